@@ -1,0 +1,111 @@
+"""Configuration of the original encoder-decoder Transformer (Vaswani et al. 2017)."""
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+
+
+class VanillaConfig(PretrainedConfig):
+    """The hyper-parameters of the Transformer; the defaults are the paper's base model (Table 3).
+
+    Args:
+        vocab_size: size of the (shared source/target) vocabulary; 37,000 is the paper's En-De BPE.
+        d_model: width of every sub-layer output and of the embeddings (sec. 3.1).
+        num_heads: parallel attention heads h; d_k = d_v = d_model / h (sec. 3.2.2).
+        d_ff: inner width of the position-wise feed-forward networks (sec. 3.3).
+        encoder_layers: N, the number of encoder layers (sec. 3.1).
+        decoder_layers: N, the number of decoder layers (sec. 3.1).
+        dropout: P_drop on sub-layer outputs and on the embedding sums (sec. 5.4).
+        attention_dropout: dropout on the attention weights (not in the paper; 0 keeps it out).
+        activation_function: the feed-forward non-linearity; the paper's is ReLU (eq. 2).
+        label_smoothing: epsilon_ls of the training loss (sec. 5.4).
+        scale_embedding: multiply embeddings by sqrt(d_model) (sec. 3.4).
+        position_embedding_type: "sinusoidal" (sec. 3.5) or "learned" (the variant of Table 3, row E).
+        max_position_embeddings: longest sequence for learned positions; sinusoids have no limit.
+        norm_first: False is the paper's post-LN, LayerNorm(x + Sublayer(x)); True is pre-LN.
+        tie_word_embeddings: one matrix for encoder input, decoder input and pre-softmax projection (sec. 3.4).
+    """
+
+    model_type = "vanilla"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "num_heads",
+        "num_hidden_layers": "decoder_layers",
+        "intermediate_size": "d_ff",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 37000,
+        d_model: int = 512,
+        num_heads: int = 8,
+        d_ff: int = 2048,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation_function: str = "relu",
+        label_smoothing: float = 0.1,
+        scale_embedding: bool = True,
+        position_embedding_type: str = "sinusoidal",
+        max_position_embeddings: int = 1024,
+        norm_first: bool = False,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        decoder_start_token_id: int = 1,
+        **kwargs,
+    ):
+        for name, value in [
+            ("vocab_size", vocab_size),
+            ("d_model", d_model),
+            ("num_heads", num_heads),
+            ("d_ff", d_ff),
+            ("encoder_layers", encoder_layers),
+            ("decoder_layers", decoder_layers),
+            ("max_position_embeddings", max_position_embeddings),
+        ]:
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        for name, value in [("dropout", dropout), ("attention_dropout", attention_dropout)]:
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} ({value}) must be in [0, 1)")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing ({label_smoothing}) must be in [0, 1)")
+        if activation_function not in ACT2FN:
+            raise ValueError(f"activation_function ({activation_function!r}) must be one of {sorted(ACT2FN)}")
+        if position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"position_embedding_type ({position_embedding_type!r}) must be one of {POSITION_EMBEDDING_TYPES}"
+            )
+
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.d_ff = d_ff
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_function = activation_function
+        self.label_smoothing = label_smoothing
+        self.scale_embedding = scale_embedding
+        self.position_embedding_type = position_embedding_type
+        self.max_position_embeddings = max_position_embeddings
+        self.norm_first = norm_first
+        self.use_cache = use_cache
+        kwargs["is_encoder_decoder"] = True
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=decoder_start_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )

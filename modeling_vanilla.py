@@ -1,0 +1,667 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017) as Hugging Face models.
+
+Read top to bottom in the paper's order: positions (sec. 3.5), attention (sec. 3.2), feed-forward (sec. 3.3),
+encoder and decoder layers and stacks (sec. 3.1), then the models users load.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+try:
+    from .configuration_vanilla import VanillaConfig
+except ImportError:
+    from configuration_vanilla import VanillaConfig
+
+# transformers renamed the cache field of its outputs from `past_key_values` to `cache` (5.2x); speak both.
+CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: the outputs "shifted right by one position" (sec. 3.1), -100 read as padding."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def sinusoidal_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:
+    """Sec. 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )
+    angles = positions.float()[..., None] * inv_freq  # (..., d_model / 2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)[..., :d_model]
+
+
+class VanillaPositionalEncoding(nn.Module):
+    """Sec. 3.5: sinusoids computed for any position, or learned embeddings up to max_position_embeddings."""
+
+    def __init__(self, config: VanillaConfig):
+        super().__init__()
+        self.d_model = config.d_model
+        self.max_positions = config.max_position_embeddings
+        self.learned = config.position_embedding_type == "learned"
+        if self.learned:
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
+
+    def forward(self, seq_len: int, offset: int, device: torch.device) -> torch.Tensor:
+        positions = torch.arange(offset, offset + seq_len, device=device)
+        if not self.learned:
+            return sinusoidal_positions(positions, self.d_model)
+        if offset + seq_len > self.max_positions:
+            raise ValueError(
+                f"sequence length ({offset + seq_len}) exceeds max_position_embeddings ({self.max_positions}) "
+                "of the learned position embeddings"
+            )
+        return self.embed_positions(positions)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention, eq. (1): softmax(QK^T / sqrt(d_k)) V."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, q_len, k_len)
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (batch, q_len, heads, d_k)
+    return output, weights
+
+
+class VanillaAttention(nn.Module):
+    """Multi-head attention, sec. 3.2.2: Concat(head_1..head_h) W^O, head_i = Attention(QW_i^Q, KW_i^K, VW_i^V)."""
+
+    def __init__(self, config: VanillaConfig, layer_idx: int | None = None, is_causal=False, is_cross=False):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = is_causal
+        self.is_cross = is_cross
+        self.num_heads = config.num_heads
+        self.head_dim = config.d_model // config.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        # The h heads' projections are one matrix each; self-attention fuses Q, K and V into one.
+        if is_cross:
+            self.q_proj = nn.Linear(config.d_model, config.d_model)
+            self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)
+        else:
+            self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)  # (batch, heads, len, d_k)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.is_cross:
+            query = self._heads(self.q_proj(hidden_states))
+            # Encoder-decoder attention: keys and values come from the encoder output, computed once per source.
+            if cache is not None and cache.is_updated.get(self.layer_idx):
+                layer = cache.cross_attention_cache.layers[self.layer_idx]
+                key, value = layer.keys, layer.values
+            else:
+                key, value = map(self._heads, self.kv_proj(key_value_states).chunk(2, dim=-1))
+                if cache is not None:
+                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+        else:
+            query, key, value = map(self._heads, self.qkv_proj(hidden_states).chunk(3, dim=-1))
+            if cache is not None:
+                self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+                key, value = self_cache.update(key, value, self.layer_idx)
+
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = self.out_proj(output.reshape(*hidden_states.shape[:-1], -1))
+        return output, weights
+
+
+class VanillaFeedForward(nn.Module):
+    """Position-wise feed-forward network, eq. (2): FFN(x) = max(0, x W_1 + b_1) W_2 + b_2."""
+
+    def __init__(self, config: VanillaConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.d_ff)
+        self.activation = ACT2FN[config.activation_function]
+        self.fc2 = nn.Linear(config.d_ff, config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class VanillaSublayer(nn.Module):
+    """Sec. 3.1 and 5.4: LayerNorm(x + Dropout(Sublayer(x))); pre-LN computes x + Dropout(Sublayer(LayerNorm(x)))."""
+
+    def __init__(self, config: VanillaConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm_first = config.norm_first
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, ...]:
+        if self.norm_first:
+            output, *extra = sublayer(self.norm(x))
+            return x + self.dropout(output), *extra
+        output, *extra = sublayer(x)
+        return self.norm(x + self.dropout(output)), *extra
+
+
+class VanillaEncoderLayer(GradientCheckpointingLayer):
+    """Sec. 3.1: multi-head self-attention, then the feed-forward network, each a residual sub-layer."""
+
+    def __init__(self, config: VanillaConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = VanillaAttention(config, layer_idx)
+        self.self_attn_sublayer = VanillaSublayer(config)
+        self.feed_forward = VanillaFeedForward(config)
+        self.feed_forward_sublayer = VanillaSublayer(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        hidden_states, self_weights = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)
+        )
+        hidden_states, *_ = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
+        return hidden_states, self_weights
+
+
+class VanillaDecoderLayer(GradientCheckpointingLayer):
+    """Sec. 3.1: masked self-attention, encoder-decoder attention, then the feed-forward network."""
+
+    def __init__(self, config: VanillaConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = VanillaAttention(config, layer_idx, is_causal=True)
+        self.self_attn_sublayer = VanillaSublayer(config)
+        self.cross_attn = VanillaAttention(config, layer_idx, is_cross=True)
+        self.cross_attn_sublayer = VanillaSublayer(config)
+        self.feed_forward = VanillaFeedForward(config)
+        self.feed_forward_sublayer = VanillaSublayer(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ):
+        hidden_states, self_weights = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, cache=cache, **kwargs)
+        )
+        hidden_states, cross_weights = self.cross_attn_sublayer(
+            hidden_states,
+            lambda x: self.cross_attn(
+                x, encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache, **kwargs
+            ),
+        )
+        hidden_states, *_ = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
+        return hidden_states, self_weights, cross_weights
+
+
+class VanillaPreTrainedModel(PreTrainedModel):
+    """Weights initialised as in common implementations of the paper (tensor2tensor, fairseq)."""
+
+    config_class = VanillaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VanillaEncoderLayer", "VanillaDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """Xavier-uniform projections and zero biases (keeps activations' variance through depth, Glorot & Bengio
+        2010); embeddings N(0, d_model^-0.5), so that after the sqrt(d_model) scaling of sec. 3.4 they have unit
+        variance and, shared with the pre-softmax projection, give logits of unit scale."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
+            if module.padding_idx is not None:
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+def _embedding(config: VanillaConfig) -> nn.Embedding:
+    return nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+
+
+class VanillaEncoder(VanillaPreTrainedModel):
+    """Sec. 3.1: a stack of N identical encoder layers over scaled token embeddings plus positions."""
+
+    def __init__(self, config: VanillaConfig, embed_tokens: nn.Embedding | None = None):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens if embed_tokens is not None else _embedding(config)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_positions = VanillaPositionalEncoding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(VanillaEncoderLayer(config, i) for i in range(config.encoder_layers))
+        # Pre-LN leaves the last residual stream un-normalised; a final LayerNorm restores it.
+        self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = _output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds to the encoder")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds * self.embed_scale
+        positions = self.embed_positions(inputs_embeds.shape[1], 0, inputs_embeds.device)
+        hidden_states = self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+
+        all_hidden_states, all_attentions = (), ()
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, weights = layer(hidden_states, mask, **kwargs)
+            if output_attentions:
+                all_attentions += (weights,)
+        if self.final_norm is not None:
+            hidden_states = self.final_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        output = BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states or None,
+            attentions=all_attentions or None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VanillaDecoder(VanillaPreTrainedModel):
+    """Sec. 3.1: a stack of N decoder layers; position i attends only to positions before i (masked self-attention)."""
+
+    def __init__(self, config: VanillaConfig, embed_tokens: nn.Embedding | None = None):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens if embed_tokens is not None else _embedding(config)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_positions = VanillaPositionalEncoding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(VanillaDecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        output_attentions, output_hidden_states, return_dict = _output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        cache = _pop_cache(cache, kwargs)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds to the decoder")
+        if encoder_hidden_states is None:
+            raise ValueError("the decoder needs encoder_hidden_states (the encoder's output)")
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if not use_cache:
+            cache = None
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds * self.embed_scale
+        past_length = cache.get_seq_length() if cache is not None else 0
+        positions = self.embed_positions(inputs_embeds.shape[1], past_length, inputs_embeds.device)
+        hidden_states = self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
+
+        self_cache = cache.self_attention_cache if cache is not None else None
+        causal_mask = create_causal_mask(
+            self.config,
+            inputs_embeds,
+            attention_mask,
+            **{CACHE_FIELD: self_cache},
+            **_cache_position(past_length, inputs_embeds),
+        )
+        cross_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+
+        all_hidden_states, all_self, all_cross = (), (), ()
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, causal_mask, encoder_hidden_states, cross_mask, cache=cache, **kwargs
+            )
+            if output_attentions:
+                all_self += (self_weights,)
+                all_cross += (cross_weights,)
+        if self.final_norm is not None:
+            hidden_states = self.final_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states or None,
+            attentions=all_self or None,
+            cross_attentions=all_cross or None,
+            **{CACHE_FIELD: cache},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VanillaModel(VanillaPreTrainedModel):
+    """The encoder-decoder of Figure 1, without the final linear and softmax."""
+
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+
+    def __init__(self, config: VanillaConfig):
+        super().__init__(config)
+        # Sec. 3.4: "we share the same weight matrix between the two embedding layers and the pre-softmax linear
+        # transformation". Untied, each side owns its matrix.
+        self.shared = _embedding(config) if config.tie_word_embeddings else None
+        self.encoder = VanillaEncoder(config, self.shared)
+        self.decoder = VanillaDecoder(config, self.shared)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.encoder.embed_tokens = value
+        if self.config.tie_word_embeddings:
+            self.shared = value
+            self.decoder.embed_tokens = value
+
+    def get_encoder(self) -> VanillaEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> VanillaDecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = _output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        cache = _pop_cache(cache, kwargs)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                **kwargs,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
+    """Figure 1 whole: the encoder-decoder, the pre-softmax linear layer, and the label-smoothed loss (sec. 5.4)."""
+
+    _tied_weights_keys = {
+        "lm_head.weight": "model.shared.weight",
+        "model.encoder.embed_tokens.weight": "model.shared.weight",
+        "model.decoder.embed_tokens.weight": "model.shared.weight",
+    }
+
+    def __init__(self, config: VanillaConfig):
+        super().__init__(config)
+        self.model = VanillaModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_encoder(self) -> VanillaEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> VanillaDecoder:
+        return self.model.decoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear):
+        self.lm_head = value
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""labels: target token ids, -100 where ignored; num_items_in_batch: the count of non-ignored labels over
+        all accumulated micro-batches (passed by Trainer), so the loss is summed over tokens and divided by it."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = _pop_cache(cache, kwargs)
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (batch, tgt_len, vocab)
+
+        loss = None
+        if labels is not None:
+            loss = label_smoothed_cross_entropy(logits, labels, self.config.label_smoothing, num_items_in_batch)
+
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def label_smoothed_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sec. 5.4: cross-entropy against (1 - eps) * one_hot + eps / vocab, over the positions whose label is not -100."""
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = nn.functional.cross_entropy(
+        logits.float().flatten(0, 1),
+        labels.to(logits.device).flatten(),
+        ignore_index=-100,
+        label_smoothing=epsilon,
+        reduction=reduction,
+    )
+    if num_items_in_batch is not None:
+        loss = loss / num_items_in_batch
+    return loss
+
+
+def _output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    return (
+        output_attentions if output_attentions is not None else config.output_attentions,
+        output_hidden_states if output_hidden_states is not None else config.output_hidden_states,
+        return_dict if return_dict is not None else config.return_dict,
+    )
+
+
+def _pop_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
+    """Takes the cache under either of its names (`past_key_values` before transformers 5.2x, `cache` after)."""
+    legacy = kwargs.pop("past_key_values", None)
+    return cache if cache is not None else legacy
+
+
+def _cache_position(past_length: int, inputs_embeds: torch.Tensor) -> dict:
+    """`create_causal_mask` wanted the absolute positions of the new tokens before transformers 5.2x."""
+    if "cache_position" not in create_causal_mask.__code__.co_varnames:
+        return {}
+    new_positions = torch.arange(past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device)
+    return {"cache_position": new_positions}
+
+
+AutoConfig.register("vanilla", VanillaConfig, exist_ok=True)
+AutoModel.register(VanillaConfig, VanillaModel, exist_ok=True)
+AutoModelForSeq2SeqLM.register(VanillaConfig, VanillaForConditionalGeneration, exist_ok=True)

@@ -1,0 +1,441 @@
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch import nn
+
+from configuration_vanilla import VanillaConfig
+from modeling_vanilla import (
+    VanillaDecoder,
+    VanillaEncoder,
+    VanillaForConditionalGeneration,
+    VanillaModel,
+    shift_tokens_right,
+    sinusoidal_positions,
+)
+
+
+def model_for(**overrides) -> VanillaForConditionalGeneration:
+    return VanillaForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def source_batch(batch=3, length=9, vocab=40):
+    """Random source ids (no special tokens) with the later rows padded on the right."""
+    ids = torch.randint(3, vocab, (batch, length))
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, length - 2 * row :] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def test_sinusoidal_table_matches_the_papers_formula():
+    d_model, positions = 12, 50
+    table = sinusoidal_positions(torch.arange(positions), d_model)
+    for pos in range(positions):
+        for i in range(d_model // 2):
+            angle = pos / 10000 ** (2 * i / d_model)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_sinusoidal_positions_extend_past_max_position_embeddings():
+    model = model_for(max_position_embeddings=8)
+    ids = torch.randint(3, 40, (1, 20))
+    assert model(input_ids=ids, decoder_input_ids=ids).logits.shape == (1, 20, 40)
+
+
+def test_learned_positions_refuse_inputs_longer_than_max_position_embeddings():
+    model = model_for(position_embedding_type="learned", max_position_embeddings=8)
+    ids = torch.randint(3, 40, (1, 9))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(input_ids=ids, decoder_input_ids=ids[:, :4])
+
+
+def test_shapes_of_every_output():
+    model = model_for(_attn_implementation="eager")
+    ids, mask = source_batch()
+    decoder_ids = torch.randint(3, 40, (3, 5))
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        decoder_input_ids=decoder_ids,
+        output_attentions=True,
+        output_hidden_states=True,
+    )
+    assert out.logits.shape == (3, 5, 40)
+    assert out.encoder_last_hidden_state.shape == (3, 9, 16)
+    assert len(out.encoder_hidden_states) == 3 and len(out.decoder_hidden_states) == 4
+    assert [a.shape for a in out.encoder_attentions] == [(3, 4, 9, 9)] * 2
+    assert [a.shape for a in out.decoder_attentions] == [(3, 4, 5, 5)] * 3
+    assert [a.shape for a in out.cross_attentions] == [(3, 4, 5, 9)] * 3
+
+
+def test_encoder_and_decoder_run_on_their_own():
+    config = tiny_config()
+    encoder, decoder = VanillaEncoder(config).eval(), VanillaDecoder(config).eval()
+    ids, mask = source_batch()
+    memory = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    out = decoder(input_ids=torch.randint(3, 40, (3, 4)), encoder_hidden_states=memory, encoder_attention_mask=mask)
+    assert memory.shape == (3, 9, 16) and out.last_hidden_state.shape == (3, 4, 16)
+
+
+def test_attention_weights_are_distributions_with_padded_keys_at_zero():
+    model = model_for(_attn_implementation="eager")
+    ids, mask = source_batch()
+    out = model(
+        input_ids=ids, attention_mask=mask, decoder_input_ids=torch.randint(3, 40, (3, 6)), output_attentions=True
+    )
+    for weights in out.encoder_attentions + out.decoder_attentions + out.cross_attentions:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    padded_keys = (mask == 0)[:, None, None, :]
+    for weights in out.encoder_attentions + out.cross_attentions:
+        assert weights.masked_select(padded_keys).abs().max() == 0
+    future = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)
+    for weights in out.decoder_attentions:
+        assert weights[..., future].abs().max() == 0
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_eager_and_sdpa_agree(norm_first):
+    eager = model_for(norm_first=norm_first, _attn_implementation="eager")
+    sdpa = model_for(norm_first=norm_first, _attn_implementation="sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    ids, mask = source_batch()
+    decoder_ids = torch.randint(3, 40, (3, 7))
+    a = eager(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    b = sdpa(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_sentence_alone_and_inside_a_padded_batch_give_the_same_logits(attn):
+    model = model_for(_attn_implementation=attn)
+    ids, mask = source_batch()
+    decoder_ids = torch.randint(3, 40, (3, 6))
+    decoder_mask = torch.ones_like(decoder_ids)
+    decoder_mask[2, 4:] = 0
+    batched = model(
+        input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask
+    ).logits
+    src_len, tgt_len = int(mask[2].sum()), int(decoder_mask[2].sum())
+    alone = model(input_ids=ids[2:, :src_len], decoder_input_ids=decoder_ids[2:, :tgt_len]).logits
+    torch.testing.assert_close(batched[2:, :tgt_len], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_layers_match_torch_nn_transformer_layers(norm_first):
+    """Our encoder and decoder layers compute what torch.nn's do, given the same weights (post-LN and pre-LN)."""
+    model = model_for(norm_first=norm_first, activation_function="relu")
+    ours_enc, ours_dec = model.model.encoder.layers[0], model.model.decoder.layers[0]
+    kwargs = dict(d_model=16, nhead=4, dim_feedforward=32, dropout=0.0, batch_first=True, norm_first=norm_first)
+    ref_enc, ref_dec = nn.TransformerEncoderLayer(**kwargs).eval(), nn.TransformerDecoderLayer(**kwargs).eval()
+
+    def copy_sublayers(ours, ref, pairs):
+        with torch.no_grad():
+            for ours_name, ref_name in pairs:
+                ref.get_parameter(ref_name).copy_(ours.get_parameter(ours_name))
+
+    common = [
+        ("self_attn.qkv_proj.weight", "self_attn.in_proj_weight"),
+        ("self_attn.qkv_proj.bias", "self_attn.in_proj_bias"),
+        ("self_attn.out_proj.weight", "self_attn.out_proj.weight"),
+        ("self_attn.out_proj.bias", "self_attn.out_proj.bias"),
+        ("feed_forward.fc1.weight", "linear1.weight"),
+        ("feed_forward.fc1.bias", "linear1.bias"),
+        ("feed_forward.fc2.weight", "linear2.weight"),
+        ("feed_forward.fc2.bias", "linear2.bias"),
+        ("self_attn_sublayer.norm.weight", "norm1.weight"),
+        ("self_attn_sublayer.norm.bias", "norm1.bias"),
+    ]
+    copy_sublayers(
+        ours_enc,
+        ref_enc,
+        common
+        + [
+            ("feed_forward_sublayer.norm.weight", "norm2.weight"),
+            ("feed_forward_sublayer.norm.bias", "norm2.bias"),
+        ],
+    )
+    copy_sublayers(
+        ours_dec,
+        ref_dec,
+        common
+        + [
+            ("cross_attn.out_proj.weight", "multihead_attn.out_proj.weight"),
+            ("cross_attn.out_proj.bias", "multihead_attn.out_proj.bias"),
+            ("cross_attn_sublayer.norm.weight", "norm2.weight"),
+            ("cross_attn_sublayer.norm.bias", "norm2.bias"),
+            ("feed_forward_sublayer.norm.weight", "norm3.weight"),
+            ("feed_forward_sublayer.norm.bias", "norm3.bias"),
+        ],
+    )
+    with torch.no_grad():
+        cross = ours_dec.cross_attn
+        ref_dec.multihead_attn.in_proj_weight.copy_(torch.cat([cross.q_proj.weight, cross.kv_proj.weight]))
+        ref_dec.multihead_attn.in_proj_bias.copy_(torch.cat([cross.q_proj.bias, cross.kv_proj.bias]))
+
+    source, target = torch.randn(2, 7, 16), torch.randn(2, 5, 16)
+    torch.testing.assert_close(ours_enc(source)[0], ref_enc(source), atol=1e-5, rtol=1e-5)
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    torch.testing.assert_close(
+        ours_dec(target, None, source)[0],
+        ref_dec(target, source, tgt_mask=causal, tgt_is_causal=True),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_embeddings_are_scaled_by_sqrt_d_model_and_positions_added():
+    model = model_for(encoder_layers=1)
+    encoder = model.model.encoder
+    ids = torch.randint(3, 40, (1, 6))
+    captured = {}
+    encoder.layers[0].register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    encoder(input_ids=ids)
+    expected = encoder.embed_tokens.weight[ids] * math.sqrt(16) + sinusoidal_positions(torch.arange(6), 16)
+    torch.testing.assert_close(captured["x"], expected)
+
+
+def test_loss_is_the_label_smoothed_cross_entropy_written_out():
+    model = model_for(label_smoothing=0.1)
+    ids, mask = source_batch()
+    labels = torch.randint(3, 40, (3, 6))
+    labels[1, 4:] = -100
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    log_probs = out.logits.log_softmax(-1)
+    total, count = 0.0, 0
+    for b in range(3):
+        for t in range(6):
+            if labels[b, t] == -100:
+                continue
+            target = torch.full((40,), 0.1 / 40)
+            target[labels[b, t]] += 0.9
+            total += -(target * log_probs[b, t]).sum()
+            count += 1
+    torch.testing.assert_close(out.loss, total / count)
+
+
+def test_loss_with_num_items_in_batch_is_a_sum_over_that_count():
+    model = model_for()
+    ids, mask = source_batch()
+    labels = torch.randint(3, 40, (3, 6))
+    mean = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    summed = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=36).loss
+    torch.testing.assert_close(summed, mean * 18 / 36)
+
+
+def test_decoder_inputs_are_labels_shifted_right_with_the_start_token():
+    labels = torch.tensor([[5, 6, 7, 2], [8, 2, -100, -100]])
+    expected = torch.tensor([[1, 5, 6, 7], [1, 8, 2, 0]])
+    assert torch.equal(shift_tokens_right(labels, pad_token_id=0, decoder_start_token_id=1), expected)
+    model = model_for()
+    ids, _ = source_batch(batch=2)
+    from_labels = model(input_ids=ids, labels=labels).logits
+    explicit = model(input_ids=ids, decoder_input_ids=expected).logits
+    torch.testing.assert_close(from_labels, explicit)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(do_sample=False),
+        dict(num_beams=4, length_penalty=0.6),
+        dict(do_sample=True, top_k=0),
+    ],
+    ids=["greedy", "beam", "sampling"],
+)
+def test_cached_and_uncached_generation_give_identical_tokens(settings):
+    model = model_for()
+    ids, mask = source_batch()
+    torch.manual_seed(1)
+    cached = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, use_cache=True, **settings)
+    torch.manual_seed(1)
+    uncached = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, use_cache=False, **settings)
+    assert cached.shape[1] > 2
+    assert torch.equal(cached, uncached)
+
+
+def test_cross_attention_keys_and_values_are_computed_once_per_source():
+    model = model_for()
+    calls = []
+    for layer in model.model.decoder.layers:
+        layer.cross_attn.kv_proj.register_forward_hook(lambda *args: calls.append(1))
+    ids, mask = source_batch()
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
+    assert out.shape[1] == 7
+    assert len(calls) == len(model.model.decoder.layers)
+
+
+def test_base_config_has_about_63m_parameters_with_a_37k_vocabulary():
+    with torch.device("meta"):
+        model = VanillaForConditionalGeneration(VanillaConfig(vocab_size=37000))
+    count = sum(p.numel() for p in model.parameters())
+    assert 62e6 < count < 64e6, count
+
+
+def test_three_embeddings_are_one_tensor_and_survive_the_round_trip(tmp_path):
+    model = model_for()
+    shared = model.model.shared.weight
+    assert model.lm_head.weight is shared
+    assert model.model.encoder.embed_tokens.weight is shared and model.model.decoder.embed_tokens.weight is shared
+    model.save_pretrained(tmp_path)
+    loaded = VanillaForConditionalGeneration.from_pretrained(tmp_path)
+    shared = loaded.model.shared.weight
+    assert loaded.lm_head.weight is shared and loaded.model.decoder.embed_tokens.weight is shared
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        stored = [k for k in f.keys() if f.get_slice(k).get_shape() == [40, 16]]
+    assert len(stored) == 1, stored
+
+
+def test_untied_embeddings_are_three_tensors():
+    model = model_for(tie_word_embeddings=False)
+    weights = [model.lm_head.weight, model.model.encoder.embed_tokens.weight, model.model.decoder.embed_tokens.weight]
+    assert len({w.data_ptr() for w in weights}) == 3
+
+
+@pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_save_and_load_round_trip_preserves_logits(tmp_path, position_embedding_type, norm_first):
+    model = model_for(position_embedding_type=position_embedding_type, norm_first=norm_first)
+    ids, mask = source_batch()
+    decoder_ids = torch.randint(3, 40, (3, 5))
+    before = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    model.save_pretrained(tmp_path)
+    from transformers import AutoModelForSeq2SeqLM
+
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is VanillaForConditionalGeneration
+    after = loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(before, after, atol=0, rtol=0)
+
+
+def test_auto_classes_know_the_vanilla_model_type():
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+    values = {k: v for k, v in tiny_config().to_dict().items() if k != "model_type"}
+    config = AutoConfig.for_model("vanilla", **values)
+    assert isinstance(config, VanillaConfig)
+    assert type(AutoModel.from_config(config)) is VanillaModel
+    assert type(AutoModelForSeq2SeqLM.from_config(config)) is VanillaForConditionalGeneration
+
+
+def test_hf_attribute_aliases_read_the_papers_names():
+    config = tiny_config()
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size) == (16, 4, 32)
+    assert config.num_hidden_layers == config.decoder_layers
+
+
+@pytest.mark.parametrize(
+    "overrides, argument",
+    [
+        (dict(d_model=30, num_heads=4), "d_model"),
+        (dict(d_ff=0), "d_ff"),
+        (dict(encoder_layers=-1), "encoder_layers"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(activation_function="swishy"), "activation_function"),
+        (dict(position_embedding_type="rotary"), "position_embedding_type"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(attention_dropout=-0.1), "attention_dropout"),
+        (dict(label_smoothing=1.5), "label_smoothing"),
+    ],
+)
+def test_invalid_configs_raise_naming_the_argument(overrides, argument):
+    with pytest.raises(ValueError, match=argument):
+        tiny_config(**overrides)
+
+
+def test_paper_defaults():
+    config = VanillaConfig()
+    shape = (config.d_model, config.num_heads, config.d_ff, config.encoder_layers, config.decoder_layers)
+    assert shape == (512, 8, 2048, 6, 6)
+    assert (config.dropout, config.label_smoothing, config.activation_function) == (0.1, 0.1, "relu")
+    assert config.scale_embedding and config.tie_word_embeddings and not config.norm_first
+    assert config.position_embedding_type == "sinusoidal" and config.is_encoder_decoder
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    plain = model_for().train()
+    checkpointed = model_for().train()
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids, mask = source_batch()
+    labels = torch.randint(3, 40, (3, 6))
+    for model in (plain, checkpointed):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_torch_compile_gives_the_same_loss_and_gradients():
+    model = model_for()
+    ids, mask = source_batch()
+    labels = torch.randint(3, 40, (3, 6))
+    compiled = torch.compile(model, fullgraph=True)
+    losses, grads = [], []
+    for runner in (model, compiled):
+        model.zero_grad()
+        loss = runner(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    for eager_grad, compiled_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_tiny_model_learns_to_copy_and_greedy_decoding_reproduces_the_targets():
+    torch.manual_seed(0)
+    model = VanillaForConditionalGeneration(
+        tiny_config(d_model=32, d_ff=64, encoder_layers=2, decoder_layers=2, label_smoothing=0.0)
+    )
+    sources = torch.randint(3, 40, (8, 6))
+    labels = torch.cat([sources, torch.full((8, 1), 2)], dim=1)  # copy, then </s>
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    model.train()
+    for _ in range(300):
+        loss = model(input_ids=sources, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    model.eval()
+    generated = model.generate(input_ids=sources, max_new_tokens=10, do_sample=False)
+    assert torch.equal(generated[:, 1:8], labels)
+
+
+def test_remote_code_loads_in_a_fresh_process_where_the_project_is_not_importable(tmp_path):
+    import subprocess
+    import sys
+
+    model = model_for()
+    model.config.register_for_auto_class()
+    model.register_for_auto_class("AutoModelForSeq2SeqLM")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    saved = {p.name for p in folder.iterdir()}
+    assert {"modeling_vanilla.py", "configuration_vanilla.py", "model.safetensors"} <= saved
+    assert model.config.auto_map["AutoModelForSeq2SeqLM"] == "modeling_vanilla.VanillaForConditionalGeneration"
+    ids, mask = source_batch()
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
+    torch.save({"ids": ids, "mask": mask, "expected": expected}, tmp_path / "inputs.pt")
+    script = f"""
+import importlib.util, torch
+assert importlib.util.find_spec("modeling_vanilla") is None, "the project is importable"
+from transformers import AutoModelForSeq2SeqLM
+model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+assert type(model).__name__ == "VanillaForConditionalGeneration"
+assert model.lm_head.weight is model.model.shared.weight
+data = torch.load({str(tmp_path / "inputs.pt")!r})
+out = model.generate(input_ids=data["ids"], attention_mask=data["mask"], max_new_tokens=6, num_beams=2)
+assert torch.equal(out, data["expected"]), (out, data["expected"])
+print("loaded")
+"""
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "loaded" in result.stdout
