@@ -1,0 +1,261 @@
+"""Data shared by train.py and eval.py: parallel corpora, the embedded number task, the joint BPE, usage errors.
+
+A corpus is a `datasets.DatasetDict` with splits "train", "validation" and "test" (where available), each row
+`{"translation": {source_lang: str, target_lang: str}}`, as in the WMT datasets the paper used (sec. 5.1).
+"""
+
+import functools
+import json
+import random
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+SPLITS = ("train", "validation", "test")
+# The embedded task: English number words -> German number words, e.g. "twenty-three" -> "dreiundzwanzig".
+EMBEDDED_LANGS = ("en", "de")
+EMBEDDED_NUMBERS = range(1, 1000)
+EMBEDDED_HELD_OUT = 0.1  # fraction of the numbers in each of validation and test
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3: VanillaConfig's pad/bos/eos and unk
+
+
+class UsageError(Exception):
+    """Bad input from the user (a missing file, a language not in the data, ...): reported in one line, exit code 2."""
+
+
+def exit_on_usage_error(main: Callable) -> Callable:
+    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as error:
+            message = " ".join(str(error).split())
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@dataclass
+class DataArguments:
+    """Where the parallel corpus comes from and which direction to translate; no data argument: the embedded task."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (or a local dataset dir)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, e.g. 'de-en'."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "JSON lines with a 'translation' column, or CSV/TSV with a column per language."},
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Same format as --train_file."})
+    test_file: str | None = field(default=None, metadata={"help": "Same format as --train_file."})
+    source_lang: str | None = field(default=None, metadata={"help": "Source language code (embedded task: en)."})
+    target_lang: str | None = field(default=None, metadata={"help": "Target language code (embedded task: de)."})
+    max_source_length: int = field(
+        default=256, metadata={"help": "Source sentences are truncated to this many tokens."}
+    )
+    max_target_length: int = field(
+        default=256, metadata={"help": "Target sentences are truncated to this many tokens."}
+    )
+
+    @property
+    def uses_embedded_task(self) -> bool:
+        return not (self.dataset_name or self.train_file or self.validation_file or self.test_file)
+
+
+def embedded_number_task() -> datasets.DatasetDict:
+    """The built-in task: 1..999 written out in English -> German words, split 80/10/10 by a fixed shuffle.
+
+    German writes the units before the tens ("twenty-three" -> "dreiundzwanzig"), so the model has to attend out
+    of order; held-out numbers are new combinations of seen parts.
+    """
+    from num2words import num2words
+
+    numbers = list(EMBEDDED_NUMBERS)
+    random.Random(0).shuffle(numbers)
+    held_out = int(len(numbers) * EMBEDDED_HELD_OUT)
+    split_numbers = {
+        "train": sorted(numbers[2 * held_out :]),
+        "validation": sorted(numbers[:held_out]),
+        "test": sorted(numbers[held_out : 2 * held_out]),
+    }
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"translation": [{"en": num2words(n, lang="en"), "de": num2words(n, lang="de")} for n in values]}
+            )
+            for split, values in split_numbers.items()
+        }
+    )
+
+
+def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
+    """The corpus named by `args` (Hub dataset, local files, or the embedded task), checked; UsageError if bad.
+
+    Fills in args.source_lang/target_lang for the embedded task (en -> de) when they are not given.
+    """
+    if args.uses_embedded_task:
+        args.source_lang = args.source_lang or EMBEDDED_LANGS[0]
+        args.target_lang = args.target_lang or EMBEDDED_LANGS[1]
+        raw = embedded_number_task()
+        origin = {split: "the embedded task" for split in raw}
+    elif args.dataset_name:
+        raw = _load_hub_dataset(args)
+        origin = {split: f"{args.dataset_name} [{split}]" for split in raw}
+    else:
+        files = {split: getattr(args, f"{split}_file") for split in SPLITS}
+        raw = datasets.DatasetDict(
+            {split: _load_local_file(path, args) for split, path in files.items() if path is not None}
+        )
+        origin = {split: files[split] for split in raw}
+    if not args.source_lang or not args.target_lang:
+        raise UsageError("--source_lang and --target_lang are required with --dataset_name or data files")
+    if args.source_lang == args.target_lang:
+        raise UsageError(f"--source_lang and --target_lang are both {args.source_lang!r}; expected two languages")
+    for split, dataset in raw.items():
+        _check_pairs(dataset, origin[split], args.source_lang, args.target_lang)
+    return raw
+
+
+def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
+    try:
+        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+    except Exception as error:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
+        raise UsageError(f"cannot load dataset {args.dataset_name!r}: {error}") from None
+    if not isinstance(raw, datasets.DatasetDict):
+        raise UsageError(f"dataset {args.dataset_name!r} has no splits")
+    raw = datasets.DatasetDict({split: raw[split] for split in SPLITS if split in raw})
+    if not raw:
+        raise UsageError(f"dataset {args.dataset_name!r} has none of the splits {', '.join(SPLITS)}")
+    return raw
+
+
+def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
+    """One split from JSON lines (a 'translation' column) or CSV/TSV (one column per language)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path}: no such file")
+    suffix = file.suffix.lower()
+    if suffix not in (".json", ".jsonl", ".csv", ".tsv"):
+        raise UsageError(f"{path}: unknown format {suffix!r}; expected .jsonl/.json, .csv or .tsv")
+    text = file.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise UsageError(f"{path}: line {number} is empty")
+    if not lines:
+        raise UsageError(f"{path}: the file is empty")
+    if suffix in (".json", ".jsonl"):
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{path}: line {number} is not JSON ({error.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("translation"), dict):
+                raise UsageError(f"{path}: line {number} has no 'translation' column holding {{language: sentence}}")
+            rows.append(row["translation"])
+        languages = sorted(set().union(*rows))
+        columns = {language: [row.get(language) for row in rows] for language in languages}
+    else:
+        columns = _read_table(path, delimiter="\t" if suffix == ".tsv" else ",")
+        languages = list(columns)
+    for language in (args.source_lang, args.target_lang):
+        if language and language not in languages:
+            raise UsageError(f"{path}: language {language!r} is not in the data (found: {', '.join(languages)})")
+    if not args.source_lang or not args.target_lang:
+        return datasets.Dataset.from_dict({"translation": []})  # load_raw_datasets reports the missing languages
+    source, target = columns[args.source_lang], columns[args.target_lang]
+    _check_counts(path, args.source_lang, source, args.target_lang, target)
+    pairs = [{args.source_lang: s, args.target_lang: t} for s, t in zip(source, target, strict=True)]
+    return datasets.Dataset.from_dict({"translation": pairs})
+
+
+def _read_table(path: str, delimiter: str) -> dict[str, list[str | None]]:
+    """Columns of a CSV/TSV file with a header row; a short row leaves None in its missing cells."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = next(reader)
+        columns: dict[str, list[str | None]] = {name: [] for name in header}
+        for number, row in enumerate(reader, start=2):
+            if len(row) > len(header):
+                raise UsageError(f"{path}: row {number} has {len(row)} fields but the header has {len(header)}")
+            for name, cell in zip(header, row + [None] * (len(header) - len(row)), strict=True):
+                columns[name].append(cell)
+    return columns
+
+
+def _check_counts(path: str, source_lang: str, source: list, target_lang: str, target: list) -> None:
+    """Every source sentence needs a target sentence and vice versa."""
+    source_count = sum(sentence is not None for sentence in source)
+    target_count = sum(sentence is not None for sentence in target)
+    if source_count != target_count:
+        raise UsageError(
+            f"{path}: mismatched pair counts: {source_count} {source_lang} sentences but {target_count} "
+            f"{target_lang} sentences"
+        )
+
+
+def _check_pairs(dataset: datasets.Dataset, origin: str, source_lang: str, target_lang: str) -> None:
+    if "translation" not in dataset.column_names:
+        raise UsageError(f"{origin}: no 'translation' column (columns: {', '.join(dataset.column_names)})")
+    if len(dataset) == 0:
+        raise UsageError(f"{origin}: no sentence pairs")
+    pairs = dataset["translation"]
+    for language in (source_lang, target_lang):
+        if language not in pairs[0]:
+            raise UsageError(f"{origin}: language {language!r} is not in the data (found: {', '.join(pairs[0])})")
+    for index, pair in enumerate(pairs):
+        for language in (source_lang, target_lang):
+            sentence = pair.get(language)
+            if sentence is None:
+                raise UsageError(f"{origin}: mismatched pair counts: pair {index + 1} has no {language} sentence")
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise UsageError(f"{origin}: pair {index + 1} has an empty {language} sentence")
+
+
+def sentences(dataset: datasets.Dataset, language: str) -> list[str]:
+    """The `language` side of every pair of a split."""
+    return [pair[language] for pair in dataset["translation"]]
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A joint source+target BPE (sec. 5.1) as a PreTrainedTokenizerFast; ids 0-3 are <pad> <s> </s> <unk>.
+
+    Words are split at whitespace and marked with a leading "▁" (Metaspace), so decoding restores the text;
+    every encoded sentence ends with </s>, the decoder starts from <s> (VanillaConfig.decoder_start_token_id).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    pad, bos, eos, unk = SPECIAL_TOKENS
+    tokenizer = Tokenizer(models.BPE(unk_token=unk))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, SPECIAL_TOKENS.index(eos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk
+    )
+
+
+def default_vocab_size(texts: Iterable[str]) -> int:
+    """A vocabulary sized to the data: a quarter of the distinct words, between 128 and the paper's 37,000."""
+    distinct = len({word for text in texts for word in text.split()})
+    return int(min(37000, max(128, distinct // 4)))
+
+
+def corpus_texts(raw: datasets.DatasetDict, source_lang: str, target_lang: str) -> list[str]:
+    """Source and target sentences of the training split: the text a joint BPE is learned from."""
+    train = raw["train"]
+    return sentences(train, source_lang) + sentences(train, target_lang)
