@@ -1,0 +1,380 @@
+"""Speed of VanillaForConditionalGeneration against transformers' MarianMTModel (and torch.nn.Transformer on GPU).
+
+Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
+warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
+
+    python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
+    python bench/bench_speed.py --device cuda      # GPU, base shape (vocab 32000, 512/8/2048, 6+6), bf16 autocast
+"""
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import GenerationConfig, MarianConfig, MarianMTModel  # noqa: E402
+
+from modeling_vanilla import (  # noqa: E402
+    VanillaConfig,
+    VanillaForConditionalGeneration,
+    shift_tokens_right,
+    sinusoidal_positions,
+)
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+@dataclass
+class Shape:
+    vocab_size: int
+    d_model: int
+    num_heads: int
+    d_ff: int
+    layers: int
+    train_batch: int
+    train_len: int
+    gen_batch: int
+    gen_len: int
+    new_tokens: int
+
+
+SHAPES = {
+    "small": Shape(8000, 256, 4, 1024, 3, train_batch=32, train_len=24, gen_batch=16, gen_len=24, new_tokens=24),
+    "base": Shape(32000, 512, 8, 2048, 6, train_batch=128, train_len=64, gen_batch=64, gen_len=64, new_tokens=64),
+}
+
+
+def build_ours(shape: Shape) -> VanillaForConditionalGeneration:
+    config = VanillaConfig(
+        vocab_size=shape.vocab_size,
+        d_model=shape.d_model,
+        num_heads=shape.num_heads,
+        d_ff=shape.d_ff,
+        encoder_layers=shape.layers,
+        decoder_layers=shape.layers,
+        dropout=0.1,
+        label_smoothing=0.1,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+        attn_implementation="sdpa",
+    )
+    return VanillaForConditionalGeneration(config)
+
+
+def build_marian(shape: Shape) -> MarianMTModel:
+    config = MarianConfig(
+        vocab_size=shape.vocab_size,
+        decoder_vocab_size=shape.vocab_size,
+        d_model=shape.d_model,
+        encoder_attention_heads=shape.num_heads,
+        decoder_attention_heads=shape.num_heads,
+        encoder_ffn_dim=shape.d_ff,
+        decoder_ffn_dim=shape.d_ff,
+        encoder_layers=shape.layers,
+        decoder_layers=shape.layers,
+        activation_function="relu",
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+        forced_eos_token_id=None,
+        attn_implementation="sdpa",
+    )
+    return MarianMTModel(config)
+
+
+class TorchTransformer(nn.Module):
+    """torch.nn.Transformer with the same shapes: tied, scaled embeddings plus sinusoids, and a tied output layer."""
+
+    def __init__(self, shape: Shape):
+        super().__init__()
+        self.d_model = shape.d_model
+        self.embed = nn.Embedding(shape.vocab_size, shape.d_model, padding_idx=PAD)
+        self.transformer = nn.Transformer(
+            shape.d_model,
+            shape.num_heads,
+            shape.layers,
+            shape.layers,
+            shape.d_ff,
+            dropout=0.1,
+            batch_first=True,
+        )
+        self.lm_head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+    def embed_with_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = sinusoidal_positions(torch.arange(ids.shape[1], device=ids.device), self.d_model)
+        return self.embed(ids) * math.sqrt(self.d_model) + positions
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids) -> torch.Tensor:
+        causal = nn.Transformer.generate_square_subsequent_mask(decoder_input_ids.shape[1], device=input_ids.device)
+        hidden = self.transformer(
+            self.embed_with_positions(input_ids),
+            self.embed_with_positions(decoder_input_ids),
+            tgt_mask=causal,
+            tgt_is_causal=True,
+            src_key_padding_mask=attention_mask == 0,
+            memory_key_padding_mask=attention_mask == 0,
+        )
+        return self.lm_head(hidden)
+
+
+def random_batch(batch: int, length: int, vocab_size: int, generator: torch.Generator) -> tuple:
+    """Token ids with lengths drawn from [length / 2, length], right-padded, and the matching attention mask."""
+    ids = torch.randint(3, vocab_size, (batch, length), generator=generator)
+    lengths = torch.randint(length // 2, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    ids[:, -1] = EOS
+    ids = torch.where(mask.bool(), ids, PAD)
+    ids[torch.arange(batch), lengths - 1] = EOS
+    return ids, mask
+
+
+def smoothed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The label-smoothed cross-entropy our model computes, for peers that only return logits."""
+    return nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=0.1
+    )
+
+
+def training_step(model: nn.Module, kind: str, batch: dict, autocast: Callable) -> Callable[[], None]:
+    """One full step: forward, label-smoothed loss, backward, AdamW."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=batch["input_ids"].is_cuda)
+    decoder_input_ids = shift_tokens_right(batch["labels"], PAD, BOS)
+
+    def step():
+        with autocast():
+            if kind == "ours":
+                loss = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+                ).loss
+            elif kind == "marian":
+                logits = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    decoder_input_ids=decoder_input_ids,
+                ).logits
+                loss = smoothed_loss(logits, batch["labels"])
+            else:
+                loss = smoothed_loss(
+                    model(batch["input_ids"], batch["attention_mask"], decoder_input_ids), batch["labels"]
+                )
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def generation_call(model: nn.Module, source: dict, num_beams: int, new_tokens: int, autocast: Callable):
+    config = GenerationConfig(
+        num_beams=num_beams,
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        length_penalty=1.0,
+        early_stopping=False,
+        use_cache=True,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+    )
+
+    def call():
+        with torch.no_grad(), autocast():
+            out = model.generate(**source, generation_config=config)
+        assert out.shape[1] == new_tokens + 1, f"expected {new_tokens} new tokens, got {out.shape[1] - 1}"
+
+    return call
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median seconds per call of each function, run in turns (ABBA...) after warm-up."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else reversed(names):
+            times[name].append(timed(fns[name], device))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory(fn: Callable[[], None], device: torch.device) -> float | None:
+    """Peak allocated GiB of one call on CUDA; None on CPU, where the allocator keeps no such count."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def training_flops(shape: Shape, src_len: int, tgt_len: int) -> float:
+    """Matmul FLOPs of one training step per sentence (forward x 3): projections, attention scores, output layer."""
+    d, d_ff, n = shape.d_model, shape.d_ff, shape.layers
+    encoder = n * src_len * (2 * (4 * d * d + 2 * d * d_ff) + 4 * src_len * d)
+    decoder = n * (
+        tgt_len * (2 * (4 * d * d + 2 * d * d + 2 * d * d_ff) + 4 * tgt_len * d + 4 * src_len * d)
+        + src_len * 2 * 2 * d * d  # cross-attention keys and values from the encoder output
+    )
+    output_layer = tgt_len * 2 * d * shape.vocab_size
+    return 3 * (encoder + decoder + output_layer)
+
+
+def bf16_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    """FLOP/s of a large bf16 matmul on this GPU, the ceiling MFU is measured against."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * size**3 * repeats / seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="default: small on CPU, base on CUDA")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per model and row (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
+    parser.add_argument("--no-bf16", action="store_true", help="on CUDA, run in float32 instead of bf16 autocast")
+    parser.add_argument("--no-compile", action="store_true", help="on CUDA, skip the torch.compile rows")
+    parser.add_argument("--skip-generation", action="store_true")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    shape = SHAPES[args.shape or ("base" if device.type == "cuda" else "small")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bf16 = device.type == "cuda" and not args.no_bf16
+    compiled = device.type == "cuda" and not args.no_compile
+
+    def autocast():
+        if not bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    train_batch = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "labels": labels.masked_fill(label_mask == 0, -100).to(device),
+    }
+    gen_ids, gen_mask = random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
+    source = {"input_ids": gen_ids.to(device), "attention_mask": gen_mask.to(device)}
+
+    torch.manual_seed(0)
+    models = {"ours": build_ours(shape).to(device), "marian": build_marian(shape).to(device)}
+    if device.type == "cuda":
+        models["nn.Transformer"] = TorchTransformer(shape).to(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(
+        f"device {device} ({where}), "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{'bf16 autocast' if bf16 else 'float32'}; shape {shape}; {args.repeats} repeats after {args.warmup} warm-up",
+        flush=True,
+    )
+    for name, model in models.items():
+        print(f"  {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+
+    rows = []  # (metric, unit, {model: value})
+    train_tokens = shape.train_batch * 2 * shape.train_len
+    train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
+    if compiled:
+        train_fns["ours, compiled"] = training_step(torch.compile(models["ours"]), "ours", train_batch, autocast)
+        train_fns["nn.Transformer, compiled"] = training_step(
+            torch.compile(models["nn.Transformer"]), "nn.Transformer", train_batch, autocast
+        )
+    seconds = compare(train_fns, device, args.warmup, args.repeats)
+    rows.append(("train tokens/s", {name: train_tokens / s for name, s in seconds.items()}))
+    if device.type == "cuda":
+        rows.append(("train peak GiB", {name: peak_memory(fn, device) for name, fn in train_fns.items()}))
+        peak = bf16_matmul_peak(device)
+        flops = shape.train_batch * training_flops(shape, shape.train_len, shape.train_len)
+        rows.append(("train MFU %", {name: 100 * flops / s / peak for name, s in seconds.items()}))
+        print(f"bf16 matmul peak measured: {peak / 1e12:.0f} TFLOP/s", flush=True)
+    else:
+        rows.append(("train peak GiB", {name: None for name in train_fns}))
+
+    if not args.skip_generation:
+        for model in models.values():
+            model.eval()
+        for label, beams in (("greedy sent/s", 1), ("beam-4 sent/s", 4)):
+            gen_fns = {
+                name: generation_call(models[name], source, beams, shape.new_tokens, autocast)
+                for name in ("ours", "marian")
+            }
+            seconds = compare(gen_fns, device, args.warmup, args.repeats)
+            rows.append((label, {name: shape.gen_batch / s for name, s in seconds.items()}))
+
+    print_table(rows, list(train_fns))
+
+
+RATIOS = [
+    ("ours", "marian"),
+    ("ours", "nn.Transformer"),
+    ("ours, compiled", "marian"),
+    ("ours, compiled", "nn.Transformer, compiled"),
+]
+
+
+def print_table(rows: list, columns: list[str]):
+    ratios = [(a, b) for a, b in RATIOS if a in columns and b in columns]
+    header = ["metric", *columns, *(f"{a} / {b}" for a, b in ratios)]
+    lines = []
+    for metric, values in rows:
+        cells = [metric]
+        for name in columns:
+            value = values.get(name)
+            cells.append("-" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}")
+        for a, b in ratios:
+            ours, theirs = values.get(a), values.get(b)
+            cells.append("-" if ours is None or theirs is None else f"{ours / theirs:.2f}x")
+        lines.append(cells)
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in lines:
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
