@@ -1,0 +1,82 @@
+"""Draws the post's figures from the project's own code.
+
+python docs/make_figures.py                      # positions and learning-rate figures
+python docs/make_figures.py --model demo-output  # also the cross-attention heatmap of a trained model
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from transformers import get_inverse_sqrt_schedule  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from modeling_vanilla import sinusoidal_positions  # noqa: E402
+
+FIGURES = Path(__file__).resolve().parent / "figures"
+
+
+def save(fig, name: str) -> Path:
+    """Writes the figure atomically (a temporary file renamed into place)."""
+    FIGURES.mkdir(exist_ok=True)
+    path = FIGURES / name
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def positional_encoding_figure() -> Path:
+    """Sec. 3.5: the sinusoid table, and four of its dimensions along the positions."""
+    table = sinusoidal_positions(torch.arange(100), 128)
+    fig, (heat, curves) = plt.subplots(1, 2, figsize=(12, 4))
+    image = heat.imshow(table.T, aspect="auto", cmap="RdBu", origin="lower")
+    heat.set(xlabel="position", ylabel="dimension", title="PE(pos, i), d_model = 128")
+    fig.colorbar(image, ax=heat)
+    for dim in (0, 1, 20, 60):
+        curves.plot(table[:, dim], label=f"dimension {dim}")
+    curves.set(xlabel="position", title="Each dimension is a sinusoid of its own wavelength")
+    curves.legend()
+    return save(fig, "positional_encoding.png")
+
+
+def learning_rate_figure(d_model: int = 512, warmup: int = 4000, steps: int = 20000) -> Path:
+    """Sec. 5.3, eq. (3), beside transformers' inverse-square-root schedule as train.py sets it."""
+    paper = [d_model**-0.5 * min(s**-0.5, s * warmup**-1.5) for s in range(1, steps)]
+    peak = (d_model * warmup) ** -0.5
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=peak)
+    schedule = get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup)
+    trainer = []
+    for _ in range(1, steps):
+        optimizer.step()
+        schedule.step()
+        trainer.append(optimizer.param_groups[0]["lr"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(paper, label="paper, eq. (3)", linewidth=3, alpha=0.5)
+    ax.plot(trainer, "--", label="transformers inverse_sqrt, lr = (d_model * warmup)^-0.5")
+    ax.set(xlabel="training step", ylabel="learning rate", title=f"d_model = {d_model}, warmup = {warmup}")
+    ax.legend()
+    return save(fig, "learning_rate.png")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a trained model folder, for the cross-attention heatmap")
+    parser.add_argument("--sentence", default="three hundred and forty-two", help="source sentence to plot")
+    args = parser.parse_args()
+    print(positional_encoding_figure())
+    print(learning_rate_figure())
+    if args.model:
+        from eval import plot_cross_attention
+
+        print(plot_cross_attention(args.model, args.sentence, FIGURES / "cross_attention.png"))
+
+
+if __name__ == "__main__":
+    main()
