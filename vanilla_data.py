@@ -232,9 +232,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     every encoded sentence ends with </s>, the decoder starts from <s> (VanillaConfig.decoder_start_token_id).
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    pad, bos, eos, unk = SPECIAL_TOKENS
+    eos, unk = SPECIAL_TOKENS[2], SPECIAL_TOKENS[3]
     tokenizer = Tokenizer(models.BPE(unk_token=unk))
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -244,8 +243,21 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, SPECIAL_TOKENS.index(eos))]
     )
+    return wrap_tokenizer(tokenizer)
+
+
+def wrap_tokenizer(tokenizer):
+    """A `tokenizers.Tokenizer` with the special tokens above as a PreTrainedTokenizerFast that VanillaConfig fits."""
+    from transformers import PreTrainedTokenizerFast
+
+    pad, bos, eos, unk = SPECIAL_TOKENS
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk
+        tokenizer_object=tokenizer,
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 
