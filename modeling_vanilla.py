@@ -558,6 +558,19 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @staticmethod
+    def _reorder_cache(cache: Cache, beam_idx: torch.Tensor) -> Cache:
+        """Beam search: moves each hypothesis' self-attention keys/values to its new slot after a step.
+
+        The cross-attention keys/values are left alone: generate() repeats every source sentence once per beam and
+        beams only move within their sentence, so reordering them would copy identical rows (a gather per layer
+        and step, paid by the default `EncoderDecoderCache.reorder_cache`)."""
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

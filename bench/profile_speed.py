@@ -1,0 +1,73 @@
+"""Where our model spends its time on the CPU: torch.profiler tables for a training step and for beam-4 generation.
+
+    python bench/profile_speed.py [--model marian] [--rows 25] [--threads 2]
+
+Uses bench_speed.py's small shape and inputs; prints operators sorted by self CPU time.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_speed import (  # noqa: E402
+    SHAPES,
+    build_marian,
+    build_ours,
+    generation_call,
+    random_batch,
+    training_step,
+)
+
+
+def show(title: str, fn, rows: int, steps: int):
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    print(f"\n=== {title} ({steps} calls) ===")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", choices=["ours", "marian"], default="ours")
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    shape = SHAPES["small"]
+    generator = torch.Generator().manual_seed(0)
+    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels.masked_fill(label_mask == 0, -100),
+    }
+    gen_ids, gen_mask = random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
+
+    torch.manual_seed(0)
+    model = (build_ours if args.model == "ours" else build_marian)(shape)
+    show(
+        "training step", training_step(model.train(), args.model, batch, contextlib.nullcontext), args.rows, args.steps
+    )
+    model.eval()
+    source = {"input_ids": gen_ids, "attention_mask": gen_mask}
+    show(
+        "beam-4 generation",
+        generation_call(model, source, 4, shape.new_tokens, contextlib.nullcontext),
+        args.rows,
+        args.steps,
+    )
+
+
+if __name__ == "__main__":
+    main()
