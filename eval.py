@@ -7,6 +7,7 @@
     echo "twenty-three" | python eval.py translate --model runs/demo
 
 The metrics are the local `evaluate` modules in metrics/ (offline); --hub_metrics loads the Hub's instead.
+torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails in a second.
 """
 
 import json
@@ -16,12 +17,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser, PreTrainedModel
+from transformers import HfArgumentParser
 
-import modeling_vanilla  # noqa: F401  (registers "vanilla" with the Auto classes, for folders without remote code)
 from vanilla_data import DataArguments, UsageError, exit_on_usage_error, load_raw_datasets, sentences
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -78,8 +81,8 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
-    """The model (on the best device, in eval mode) and its tokenizer; UsageError naming what is missing."""
+def check_model_path(name: str) -> None:
+    """Cheap checks of a local model folder (config and tokenizer present); Hub ids are checked when loaded."""
     folder = Path(name)
     if folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -88,8 +91,19 @@ def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
             raise UsageError(f"{name}: the model has no tokenizer (no {' or '.join(TOKENIZER_FILES)})")
     elif folder.exists():
         raise UsageError(f"{name}: not a model folder")
+    elif folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:  # a Hub id is "name" or "org/name"
+        raise UsageError(f"{name}: no such model folder")
+
+
+def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
+    """The model (on the best device, in eval mode) and its tokenizer; UsageError naming what is missing."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    check_model_path(name)
+    folder = Path(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
         model = AutoModelForSeq2SeqLM.from_pretrained(
             name, trust_remote_code=True, attn_implementation=attn_implementation
         )
@@ -107,12 +121,14 @@ def checkpoint_folders(run: Path) -> list[Path]:
     return sorted(folders, key=lambda path: int(path.name.split("-")[-1]))
 
 
-@torch.no_grad()
 def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
 
     Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`.
     """
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
     if last < 1:
         raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
     if not run.is_dir():
@@ -123,7 +139,11 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     chosen = checkpoints[-last:]
     model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))
     # Sum in float64 so that averaging many checkpoints loses nothing to rounding.
-    totals = {name: tensor.double() for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    totals = {
+        name: tensor.to(torch.float64, copy=True)
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point()
+    }
     for checkpoint in chosen[:-1]:
         other = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).state_dict()
         for name, total in totals.items():
@@ -134,7 +154,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     return output
 
 
-def save_model_atomically(model: PreTrainedModel, tokenizer, output: Path) -> None:
+def save_model_atomically(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", output: Path) -> None:
     """save_pretrained into a temporary folder beside `output`, then swap it in."""
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
@@ -148,14 +168,13 @@ def decoding_settings(args: EvalArguments) -> dict:
     return {"num_beams": args.num_beams, "length_penalty": args.length_penalty}
 
 
-def encode(tokenizer, texts: list[str], max_source_length: int) -> list[list[int]]:
+def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int) -> list[list[int]]:
     return tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
 
 
-@torch.no_grad()
 def translate(
-    model: PreTrainedModel,
-    tokenizer,
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
     texts: list[str],
     args: EvalArguments,
     max_source_length: int,
@@ -165,6 +184,7 @@ def translate(
 
     The output limit is the batch's longest input + max_length_offset; sorting keeps that close to each sentence's.
     """
+    import torch
     from tqdm.auto import tqdm
 
     input_ids = encode(tokenizer, texts, max_source_length)
@@ -175,12 +195,13 @@ def translate(
         indices = order[start : start + args.batch_size]
         batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
         batch = batch.to(model.device)
-        output = model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            max_new_tokens=batch["input_ids"].shape[1] + args.max_length_offset,
-            **decoding_settings(args),
-        )
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=batch["input_ids"].shape[1] + args.max_length_offset,
+                **decoding_settings(args),
+            )
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[index] = " ".join(text.splitlines())
     return hypotheses
@@ -208,7 +229,10 @@ def score(hypotheses: list[str], references: list[str], hub_metrics: bool) -> di
 def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     """Translate the split, score it, write the hypotheses and the report; returns the report."""
     raw = load_raw_datasets(data)
-    origin = data.dataset_name or getattr(data, f"{args.split}_file", None) or "the embedded number task"
+    if data.uses_embedded_task:
+        origin = "the embedded number task"
+    else:
+        origin = data.dataset_name or getattr(data, f"{args.split}_file", None) or "the data files"
     if args.split not in raw:
         raise UsageError(f"{origin}: no {args.split!r} split (found: {', '.join(raw)})")
     sources = sentences(raw[args.split], data.source_lang)
@@ -275,11 +299,11 @@ def print_table(report: dict, results_file: Path) -> None:
         print(f"{name:<10}{value}")
 
 
-@torch.no_grad()
 def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     """Heatmaps of the last decoder layer's encoder-decoder attention (sec. 3.2.3) while translating one sentence:
     one per head and their mean; rows are the output tokens, columns the source tokens."""
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -287,11 +311,11 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
     source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
-    output_ids = model.generate(
-        input_ids=source_ids, max_new_tokens=source_ids.shape[1] + args.max_length_offset, **decoding_settings(args)
-    )
-    # Teacher-force the translation: decoder step i reads output token i and attends while predicting token i + 1.
-    outputs = model(input_ids=source_ids, decoder_input_ids=output_ids[:, :-1], output_attentions=True)
+    max_new_tokens = source_ids.shape[1] + args.max_length_offset
+    with torch.no_grad():
+        output_ids = model.generate(input_ids=source_ids, max_new_tokens=max_new_tokens, **decoding_settings(args))
+        # Teacher-force the translation: decoder step i reads output token i and attends while predicting i + 1.
+        outputs = model(input_ids=source_ids, decoder_input_ids=output_ids[:, :-1], output_attentions=True)
     weights = outputs.cross_attentions[-1][0].float().cpu()  # (heads, output_len, source_len)
     panels = [(f"head {head + 1}", weights[head]) for head in range(weights.shape[0])]
     panels.append(("mean of heads", weights.mean(dim=0)))
@@ -345,7 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         "mode", nargs="?", default="evaluate", choices=("evaluate", "translate"), help="translate: stdin to stdout."
     )
     args, data, extra = parser.parse_args_into_dataclasses(args=argv)
-    if args.average_last is not None:
+    if args.average_last is None:
+        check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
+    else:
         run = Path(args.model)
         output = Path(args.averaged_model_dir or run / f"averaged-last-{args.average_last}")
         args.model = str(average_checkpoints(run, args.average_last, output))

@@ -1,0 +1,272 @@
+"""eval.py end to end on a tiny model trained for a few steps by train.py; metrics against sacrebleu itself."""
+
+import functools
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import evaluate
+import pytest
+import sacrebleu
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# Sources of different lengths, so that sorting by length reorders them; references are their German words.
+PAIRS = [
+    ("seven", "sieben"),
+    ("three hundred and forty-five", "dreihundertfünfundvierzig"),
+    ("twelve", "zwölf"),
+    ("nine hundred and ninety-nine", "neunhundertneunundneunzig"),
+    ("forty", "vierzig"),
+    ("one hundred and one", "hunderteins"),
+]
+OFFSET = 3  # --max_length_offset: short outputs keep the tests fast
+
+
+def run_cli(script: str, *args: str, stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny model trained for 4 steps on the embedded task, with checkpoints after steps 2 and 4."""
+    output = tmp_path_factory.mktemp("run")
+    result = run_cli(
+        "train.py",
+        *("--preset", "tiny", "--max_steps", "4", "--save_steps", "2", "--warmup_steps", "2"),
+        # A small learning rate keeps the outputs varied (a few steps at the paper's rate give empty ones).
+        *("--learning_rate", "1e-4", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "128"),
+        *("--output_dir", str(output), "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "test.jsonl"
+    path.write_text("".join(json.dumps({"translation": {"en": en, "de": de}}) + "\n" for en, de in PAIRS))
+    return path
+
+
+@functools.cache
+def load(model_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    return AutoModelForSeq2SeqLM.from_pretrained(model_dir, trust_remote_code=True).eval(), tokenizer
+
+
+def one_by_one(model_dir: Path, sources: list[str], max_new_tokens: int) -> list[str]:
+    """The reference: each sentence translated alone (no padding, no sorting) with the paper's beam settings."""
+    model, tokenizer = load(model_dir)
+    translations = []
+    for source in sources:
+        input_ids = torch.tensor([tokenizer(source)["input_ids"]])
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids, num_beams=4, length_penalty=0.6, max_new_tokens=max_new_tokens)
+        translations.append(tokenizer.decode(output[0], skip_special_tokens=True))
+    return translations
+
+
+def longest_source(model_dir: Path, sources: list[str]) -> int:
+    _, tokenizer = load(model_dir)
+    return max(len(tokenizer(source)["input_ids"]) for source in sources)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    error_lines = [line for line in lines if line.startswith("error: ")]
+    assert len(error_lines) == 1, result.stderr[-3000:]
+    assert lines[-1] == error_lines[0]
+    for fragment in fragments:
+        assert fragment in error_lines[0]
+
+
+def test_evaluation_writes_the_report_and_hypotheses_in_input_order(run_dir, test_file, tmp_path):
+    predictions_file, results_file = tmp_path / "hypotheses.txt", tmp_path / "report.json"
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--max_length_offset", str(OFFSET), "--predictions_file", str(predictions_file)),
+        *("--results_file", str(results_file)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    sources = [en for en, _ in PAIRS]
+    references = [de for _, de in PAIRS]
+    hypotheses = predictions_file.read_text(encoding="utf-8").split("\n")
+    assert hypotheses[-1] == ""  # every line ends with a newline
+    hypotheses = hypotheses[:-1]
+    # One batch: its output limit is the longest source + offset, whatever the sentence.
+    expected = one_by_one(run_dir, sources, longest_source(run_dir, sources) + OFFSET)
+    assert hypotheses == expected
+    assert len(set(hypotheses)) > 1, "the model should translate different sources differently"
+
+    report = json.loads(results_file.read_text())
+    assert set(report) == {
+        "model",
+        "data",
+        "split",
+        "source_lang",
+        "target_lang",
+        "num_sentences",
+        "bleu",
+        "chrf",
+        "sacrebleu_signature",
+        "chrf_signature",
+        "bleu_details",
+        "metrics",
+        "decoding",
+        "device",
+        "wall_time_s",
+        "sentences_per_second",
+        "predictions_file",
+    }
+    assert report["num_sentences"] == len(PAIRS)
+    assert report["metrics"] == "local"
+    assert report["decoding"]["num_beams"] == 4
+    assert report["decoding"]["length_penalty"] == 0.6
+    assert report["decoding"]["max_length_offset"] == OFFSET
+    bleu = sacrebleu.metrics.BLEU()
+    assert report["bleu"] == pytest.approx(bleu.corpus_score(hypotheses, [references]).score)
+    assert report["sacrebleu_signature"] == str(bleu.get_signature())
+    assert report["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+    assert report["wall_time_s"] > 0
+    assert report["sentences_per_second"] == pytest.approx(len(PAIRS) / report["wall_time_s"])
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "references",
+    [
+        ["the cat sat on a mat .", "hello world , again", "a b c d e f"],
+        [["the cat sat on a mat .", "a cat sat on the mat ."], ["hello world", "hi world , again"], ["a b c", "f e"]],
+    ],
+    ids=["one-reference", "two-references"],
+)
+def test_offline_metrics_equal_sacrebleu(references):
+    predictions = ["the cat sat on the mat .", "hello there world , again", "a b c d e"]
+    streams = [references] if isinstance(references[0], str) else [list(refs) for refs in zip(*references, strict=True)]
+    bleu = evaluate.load(str(ROOT / "metrics" / "sacrebleu")).compute(predictions=predictions, references=references)
+    chrf = evaluate.load(str(ROOT / "metrics" / "chrf")).compute(predictions=predictions, references=references)
+    expected_bleu = sacrebleu.corpus_bleu(predictions, streams)
+    assert bleu["score"] > 0
+    assert bleu["score"] == pytest.approx(expected_bleu.score)
+    assert bleu["counts"] == expected_bleu.counts
+    assert chrf["score"] == pytest.approx(sacrebleu.corpus_chrf(predictions, streams).score)
+    assert bleu["signature"].startswith(f"nrefs:{len(streams)}|")
+
+
+def test_averaging_identical_checkpoints_gives_the_checkpoint(run_dir, tmp_path):
+    from eval import average_checkpoints
+
+    run = tmp_path / "run"
+    for step in (10, 20, 30):
+        shutil.copytree(run_dir / "checkpoint-2", run / f"checkpoint-{step}")
+    averaged = average_checkpoints(run, 3, tmp_path / "averaged")
+    original = load_file(run_dir / "checkpoint-2" / "model.safetensors")
+    result = load_file(averaged / "model.safetensors")
+    assert set(result) == set(original)
+    for name, tensor in original.items():
+        torch.testing.assert_close(result[name], tensor, rtol=0, atol=1e-7, msg=name)
+
+
+def test_average_last_two_checkpoints_is_their_mean_and_is_evaluated(run_dir, test_file, tmp_path):
+    averaged = tmp_path / "averaged"
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--average_last", "2", "--averaged_model_dir", str(averaged)),
+        *("--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de", "--max_length_offset", "1"),
+        *("--results_file", str(tmp_path / "report.json"), "--predictions_file", str(tmp_path / "hypotheses.txt")),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = load_file(run_dir / "checkpoint-2" / "model.safetensors")
+    second = load_file(run_dir / "checkpoint-4" / "model.safetensors")
+    mean = load_file(averaged / "model.safetensors")
+    assert set(mean) == set(first)
+    assert any(not torch.equal(first[name], second[name]) for name in first)
+    for name in first:
+        torch.testing.assert_close(mean[name], (first[name] + second[name]) / 2, msg=name)
+    assert json.loads((tmp_path / "report.json").read_text())["model"] == str(averaged)
+    # The averaged folder is a whole model: it loads on its own, tokenizer included.
+    AutoTokenizer.from_pretrained(averaged, trust_remote_code=True)
+    AutoModelForSeq2SeqLM.from_pretrained(averaged, trust_remote_code=True)
+
+
+def test_attention_plot_is_a_png(run_dir, tmp_path):
+    plot = tmp_path / "attention.png"
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--plot_attention", "three hundred and forty-five"),
+        *("--attention_file", str(plot), "--max_length_offset", str(OFFSET)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = plot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 200 and height >= 200
+    assert len(data) > 5000
+
+
+def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(run_dir):
+    sources = ["seven", "three hundred and forty-five", "twelve"]
+    result = run_cli(
+        "eval.py",
+        *("translate", "--model", str(run_dir), "--max_length_offset", str(OFFSET)),
+        stdin=f"{sources[0]}\n\n{sources[1]}\n{sources[2]}\n",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = one_by_one(run_dir, sources, longest_source(run_dir, sources) + OFFSET)
+    assert result.stdout.split("\n") == [expected[0], "", expected[1], expected[2], ""]
+
+
+def test_missing_model_path_is_a_usage_error(tmp_path):
+    assert_usage_error(run_cli("eval.py", "--model", str(tmp_path / "no-such-model")), "no-such-model")
+
+
+def test_folder_without_a_model_is_a_usage_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert_usage_error(run_cli("eval.py", "--model", str(tmp_path)), str(tmp_path), "not a model folder")
+
+
+def test_model_without_a_tokenizer_is_a_usage_error(run_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("tokenizer*", "checkpoint-*"))
+    assert_usage_error(run_cli("eval.py", "--model", str(model)), str(model), "no tokenizer")
+
+
+def test_test_file_without_the_languages_is_a_usage_error(run_dir, tmp_path):
+    french = tmp_path / "test.jsonl"
+    french.write_text(json.dumps({"translation": {"en": "seven", "fr": "sept"}}) + "\n")
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--test_file", str(french), "--source_lang", "en", "--target_lang", "de"),
+    )
+    assert_usage_error(result, str(french), "'de'")
+
+
+def test_empty_test_set_is_a_usage_error(run_dir, tmp_path):
+    empty = tmp_path / "test.jsonl"
+    empty.write_text("")
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--test_file", str(empty), "--source_lang", "en", "--target_lang", "de"),
+    )
+    assert_usage_error(result, str(empty), "empty")
