@@ -1,0 +1,212 @@
+"""train.py and vanilla_data.py: the CLI end to end, the tokenizer, the schedule, two processes, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from num2words import num2words
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, get_scheduler
+
+import train
+from vanilla_data import train_bpe_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# A model that trains a few steps in a second or two.
+TINY = ["--preset", "tiny", "--d_model", "16", "--num_heads", "2", "--d_ff", "32", "--encoder_layers", "1"]
+QUICK = ["--per_device_train_batch_size", "4", "--warmup_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true"]
+
+
+def environment() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    return env
+
+
+def run_train(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, str(ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def write_jsonl(path: Path, numbers: range, source: str = "en", target: str = "de") -> Path:
+    lines = [
+        json.dumps({"translation": {source: num2words(n, lang=source), target: num2words(n, lang=target)}})
+        for n in numbers
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def assert_loads_and_translates(folder: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__name__ == "VanillaForConditionalGeneration"
+    inputs = tokenizer(["twenty-three"], return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=5)
+    assert output.shape[0] == 1 and output[0, 0].item() == model.config.decoder_start_token_id
+
+
+def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_model(tmp_path):
+    output_dir = tmp_path / "model"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"output_dir: {output_dir}\npreset: tiny\nd_model: 32\nnum_heads: 2\nmax_steps: 3\nlogging_steps: 1\n"
+        "per_device_train_batch_size: 8\nwarmup_steps: 2\nsave_strategy: 'no'\ndisable_tqdm: true\n"
+    )
+    result = run_train(str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    for name in ["model.safetensors", "configuration_vanilla.py", "modeling_vanilla.py", "tokenizer.json"]:
+        assert (output_dir / name).is_file(), name
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_vanilla.VanillaForConditionalGeneration"
+    # Explicit flags win over the preset; the preset fills in the rest.
+    assert (config["d_model"], config["num_heads"]) == (32, 2)
+    assert (config["d_ff"], config["encoder_layers"]) == (train.PRESETS["tiny"]["d_ff"], 2)
+    generation = json.loads((output_dir / "generation_config.json").read_text())
+    assert (generation["num_beams"], generation["length_penalty"]) == (4, 0.6)
+    assert "python eval.py --model" in (output_dir / "README.md").read_text()
+    assert not (output_dir / ".saving").exists()
+    assert f"model saved to {output_dir}" in result.stdout
+    assert f"python eval.py --model {output_dir}" in result.stdout
+    assert "padding:" in result.stdout
+    assert_loads_and_translates(output_dir)
+
+
+def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
+    texts = [num2words(n, lang=lang) for n in range(1, 300) for lang in ("en", "de")]
+    texts += ["Ein Mann in einem blauen Hemd steht auf einer Leiter.", "Zwei Männer stehen am Herd!"]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=150)
+    special = [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id]
+    assert special == [0, 1, 2, 3]
+    for text in ["three hundred and forty-seven", "dreihundertsiebenundvierzig", "Ein Mann steht am Herd. Männer!"]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[-1] == 2 and 3 not in ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert len(tokenizer) == 150
+
+
+def test_default_schedule_is_the_paper_learning_rate():
+    model_args, _, args = train.parse_arguments(["--output_dir", "unused"])
+    assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.98, 1e-9)
+    d_model, warmup = train.PRESETS[model_args.preset]["d_model"], args.warmup_steps
+    assert (d_model, warmup) == (512, 4000)
+    optimizer = torch.optim.Adam(
+        [torch.nn.Parameter(torch.zeros(1))], lr=train.paper_peak_learning_rate(d_model, warmup)
+    )
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(warmup))
+    rates = {}
+    for step in range(1, 12001):
+        optimizer.step()
+        scheduler.step()
+        rates[step] = scheduler.get_last_lr()[0]
+    for step in [1, 100, 3999, 4000, 4001, 8000, 12000]:
+        paper = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)  # sec. 5.3
+        assert rates[step] == pytest.approx(paper, rel=1e-9), step
+
+
+def test_two_processes_with_torchrun_finish_and_write_one_checkpoint(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))  # 32 pairs
+    output_dir = tmp_path / "model"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
+    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--output_dir", str(output_dir), "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "4"]
+    result = run_train(*args, "--use_cpu", "true", "--ddp_backend", "gloo", launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
+    state = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    # 4 steps x 2 processes x 4 pairs = 32 pairs: one epoch only if both ranks took part.
+    assert state["global_step"] == 4 and state["epoch"] == pytest.approx(1.0)
+    assert result.stdout.count("model saved to") == 1
+    assert_loads_and_translates(output_dir)
+
+
+def test_resume_after_sigkill_continues_the_step_count(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))  # 40 pairs, batch 4: 10 steps an epoch
+    output_dir = tmp_path / "model"
+    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--output_dir", str(output_dir), "--save_strategy", "steps", "--save_steps", "5", "--logging_steps", "1"]
+    command = [sys.executable, str(ROOT / "train.py"), *args, "--max_steps", "100000"]
+    process = subprocess.Popen(command, env=environment(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = output_dir / "checkpoint-5"
+    deadline = time.monotonic() + 120
+    while not (checkpoint / "rng_state.pth").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the rest of the checkpoint land
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert (checkpoint / "trainer_state.json").is_file()
+    assert not (output_dir / "config.json").exists()  # killed runs leave checkpoints, not a final model
+
+    result = run_train(*args, "--max_steps", "12", "--resume_from_checkpoint", str(checkpoint))
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged_epochs = [
+        json.loads(line.replace("'", '"'))["epoch"] for line in result.stdout.splitlines() if "'loss'" in line
+    ]
+    # logging every step: the resumed run logs steps 6..12, epoch = step / 10.
+    assert [float(epoch) for epoch in logged_epochs] == pytest.approx([step / 10 for step in range(6, 13)])
+    state = json.loads((output_dir / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    assert_loads_and_translates(output_dir)
+
+
+def bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    good = write_jsonl(tmp_path / "good.jsonl", range(1, 9))
+    no_column = tmp_path / "no_column.jsonl"
+    no_column.write_text('{"text": "one"}\n{"text": "two"}\n')
+    empty_line = tmp_path / "empty_line.jsonl"
+    empty_line.write_text(good.read_text().replace("\n", "\n\n", 1))
+    mismatched = tmp_path / "mismatched.tsv"
+    mismatched.write_text("en\tde\none\teins\ntwo\n")
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    lang = ["--source_lang", "en", "--target_lang", "de"]
+    return {
+        "missing file": (["--train_file", str(tmp_path / "nope.jsonl"), *lang], "nope.jsonl: no such file"),
+        "no translation column": (["--train_file", str(no_column), *lang], "no 'translation' column"),
+        "language not in data": (["--train_file", str(good), "--source_lang", "fr", "--target_lang", "de"], "'fr'"),
+        "empty line": (["--train_file", str(empty_line), *lang], "line 2 is empty"),
+        "mismatched pair counts": (["--train_file", str(mismatched), *lang], "mismatched pair counts"),
+        "unknown preset": (["--preset", "huge"], "unknown preset 'huge'"),
+        "output dir holds a model": (["--output_dir", str(held)], "already holds a model"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "no translation column",
+        "language not in data",
+        "empty line",
+        "mismatched pair counts",
+        "unknown preset",
+        "output dir holds a model",
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_with_exit_code_2_and_writes_nothing(tmp_path, case):
+    args, expected = bad_input_cases(tmp_path)[case]
+    output_dir = tmp_path / "out"
+    if "--output_dir" not in args:
+        args = [*args, "--output_dir", str(output_dir)]
+    before = sorted(path.name for path in tmp_path.rglob("*"))
+    result = run_train(*TINY, "--max_steps", "1", *args)  # the case's flags come last and win
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(path.name for path in tmp_path.rglob("*")) == before
