@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
 from vanilla_data import DataArguments, UsageError, exit_on_usage_error, load_raw_datasets, sentences
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu metric it runs
 
 
 @dataclass
@@ -207,21 +209,29 @@ def translate(
     return hypotheses
 
 
-def score(hypotheses: list[str], references: list[str], hub_metrics: bool) -> dict:
-    """sacreBLEU and chrF through `evaluate`: the local modules in metrics/ unless the Hub's are asked for."""
+def load_metrics(hub_metrics: bool) -> dict:
+    """sacreBLEU and chrF as `evaluate` modules: the local ones in metrics/ unless the Hub's are asked for."""
     import evaluate
-    from sacrebleu.metrics import BLEU, CHRF
 
-    results = {}
-    for name, sacrebleu_metric in (("sacrebleu", BLEU), ("chrf", CHRF)):
+    metrics = {}
+    for name in METRICS:
+        path = name if hub_metrics else str(METRICS_DIR / name)
         try:
-            metric = evaluate.load(name if hub_metrics else str(METRICS_DIR / name))
+            metrics[name] = evaluate.load(path)
         except Exception as error:  # evaluate raises FileNotFoundError, ConnectionError, ... when the Hub is away
-            raise UsageError(f"cannot load the Hub metric {name!r} ({error}); leave out --hub_metrics") from None
+            hint = "; leave out --hub_metrics to use the local copy" if hub_metrics else ""
+            raise UsageError(f"cannot load the metric {path!r} ({error}){hint}") from None
+    return metrics
+
+
+def score(metrics: dict, hypotheses: list[str], references: list[str]) -> dict:
+    """Each metric's result on the detokenized hypotheses, with sacreBLEU's signature."""
+    results = {}
+    for name, metric in metrics.items():
         result = metric.compute(predictions=hypotheses, references=[[reference] for reference in references])
         if "signature" not in result:
             # The Hub metrics run sacrebleu with its defaults but do not return the signature; it is this one.
-            result["signature"] = str(sacrebleu_metric(references=[references]).get_signature())
+            result["signature"] = str(METRICS[name](references=[references]).get_signature())
         results[name] = result
     return results
 
@@ -237,12 +247,13 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
         raise UsageError(f"{origin}: no {args.split!r} split (found: {', '.join(raw)})")
     sources = sentences(raw[args.split], data.source_lang)
     references = sentences(raw[args.split], data.target_lang)
+    metrics = load_metrics(args.hub_metrics)
     model, tokenizer = load_model_and_tokenizer(args.model)
 
     start = time.perf_counter()
     hypotheses = translate(model, tokenizer, sources, args, data.max_source_length)
     wall_time = time.perf_counter() - start
-    scores = score(hypotheses, references, args.hub_metrics)
+    scores = score(metrics, hypotheses, references)
 
     predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
     results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
