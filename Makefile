@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	touch $@
 
+# Train on the embedded English -> German number-words task (recipes/demo.yaml), then evaluate demo-output.
 demo: setup
-	$(PY) examples/quickstart.py
+	$(PY) train.py recipes/demo.yaml
+	# eval.py: $(PY) eval.py --model demo-output
 
 test: setup
 	$(PY) -m pytest -q
