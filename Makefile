@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 # Train on the embedded English -> German number-words task (recipes/demo.yaml), then evaluate demo-output.
 demo: setup
 	$(PY) train.py recipes/demo.yaml
-	# eval.py: $(PY) eval.py --model demo-output
+	$(PY) eval.py --model demo-output
 
 test: setup
 	$(PY) -m pytest -q

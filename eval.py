@@ -166,8 +166,14 @@ def save_model_atomically(model: "PreTrainedModel", tokenizer: "PreTrainedTokeni
     os.replace(temporary, output)
 
 
-def decoding_settings(args: EvalArguments) -> dict:
-    return {"num_beams": args.num_beams, "length_penalty": args.length_penalty}
+def generation_arguments(args: EvalArguments, input_length: int) -> dict:
+    """Sec. 6.1's beam search, output limited to input length + offset (replacing the model's saved max_length)."""
+    return {
+        "num_beams": args.num_beams,
+        "length_penalty": args.length_penalty,
+        "max_new_tokens": input_length + args.max_length_offset,
+        "max_length": None,
+    }
 
 
 def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int) -> list[list[int]]:
@@ -201,8 +207,7 @@ def translate(
             output = model.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
-                max_new_tokens=batch["input_ids"].shape[1] + args.max_length_offset,
-                **decoding_settings(args),
+                **generation_arguments(args, batch["input_ids"].shape[1]),
             )
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[index] = " ".join(text.splitlines())
@@ -271,8 +276,10 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
         "bleu_details": {key: value for key, value in scores["sacrebleu"].items() if key not in ("score", "signature")},
         "metrics": "hub" if args.hub_metrics else "local",
         "decoding": {
-            **decoding_settings(args),
+            "num_beams": args.num_beams,
+            "length_penalty": args.length_penalty,
             "max_length_offset": args.max_length_offset,
+            "early_stopping": model.generation_config.early_stopping,
             "batch_size": args.batch_size,
             "max_source_length": data.max_source_length,
         },
@@ -306,6 +313,8 @@ def print_table(report: dict, results_file: Path) -> None:
         ),
         ("written", f"{report['predictions_file']}, {results_file}"),
     ]
+    if report["bleu_details"]["totals"][-1] == 0:
+        rows.insert(4, ("note", "no hypothesis has 4 tokens, so BLEU is 0 by definition; chrF still measures it"))
     for name, value in rows:
         print(f"{name:<10}{value}")
 
@@ -322,9 +331,8 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
     source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
-    max_new_tokens = source_ids.shape[1] + args.max_length_offset
     with torch.no_grad():
-        output_ids = model.generate(input_ids=source_ids, max_new_tokens=max_new_tokens, **decoding_settings(args))
+        output_ids = model.generate(input_ids=source_ids, **generation_arguments(args, source_ids.shape[1]))
         # Teacher-force the translation: decoder step i reads output token i and attends while predicting i + 1.
         outputs = model(input_ids=source_ids, decoder_input_ids=output_ids[:, :-1], output_attentions=True)
     weights = outputs.cross_attentions[-1][0].float().cpu()  # (heads, output_len, source_len)
