@@ -91,11 +91,9 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> 
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    error_lines = [line for line in lines if line.startswith("error: ")]
-    assert len(error_lines) == 1, result.stderr[-3000:]
-    assert lines[-1] == error_lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
     for fragment in fragments:
-        assert fragment in error_lines[0]
+        assert fragment in lines[0]
 
 
 def test_evaluation_writes_the_report_and_hypotheses_in_input_order(run_dir, test_file, tmp_path):
