@@ -1,13 +1,13 @@
 """The evaluation CLI: translate a test set with beam search (sec. 6.1) and score it with sacreBLEU and chrF.
 
-    python eval.py --model runs/demo                      # the embedded task's test split
-    python eval.py --model runs/demo --test_file test.jsonl --source_lang en --target_lang de
-    python eval.py --model runs/demo --average_last 5     # average the last 5 checkpoints first (sec. 6.1)
-    python eval.py --model runs/demo --plot_attention "twenty-three"
-    echo "twenty-three" | python eval.py translate --model runs/demo
+    python eval.py --model out                      # the embedded task's test split
+    python eval.py --model out --test_file test.jsonl --source_lang en --target_lang de
+    python eval.py --model out --average_last 5     # average the last 5 checkpoints first (sec. 6.1)
+    python eval.py --model out --plot_attention "twenty-three"
+    echo "twenty-three" | python eval.py translate --model out
 
 The metrics are the local `evaluate` modules in metrics/ (offline); --hub_metrics loads the Hub's instead.
-torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails in a second.
+torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails fast.
 """
 
 import json
