@@ -190,8 +190,11 @@ def build_tokenizer(
     return wrap_tokenizer(Tokenizer.from_str(serialized[0]))
 
 
-def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments):
-    """input_ids from the source side, labels from the target side; both end with </s>."""
+def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, length_column: str):
+    """input_ids from the source side, labels from the target side; both end with </s>.
+
+    The length column, the longer side of each pair, is what group_by_length sorts on: grouping by the source alone
+    leaves the targets' padding (on Multi30k, batches of 64: 18.7% of an epoch's tokens against 9.2%)."""
 
     def encode(batch):
         pairs = batch["translation"]
@@ -201,9 +204,19 @@ def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments):
         features["labels"] = tokenizer(text_target=target, max_length=data_args.max_target_length, truncation=True)[
             "input_ids"
         ]
+        encoded = zip(features["input_ids"], features["labels"], strict=True)
+        features[length_column] = [max(len(source), len(target)) for source, target in encoded]
         return features
 
     return raw.map(encode, batched=True, remove_columns=["translation"], desc="Tokenizing")
+
+
+class VanillaTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer whose length-grouped sampler sees the length column (see `tokenize`)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
+        return super()._get_train_sampler(self.train_dataset)
 
 
 def padding_fraction(trainer: Seq2SeqTrainer) -> float:
@@ -322,8 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.overwrite_output_dir and args.process_index == 0:
         for stale in Path(args.output_dir).glob("checkpoint-*"):
             shutil.rmtree(stale)
-    tokenized = tokenize(raw, tokenizer, data_args)
-    trainer = Seq2SeqTrainer(
+    tokenized = tokenize(raw, tokenizer, data_args, args.length_column_name)
+    trainer = VanillaTrainer(
         model=model,
         args=args,
         train_dataset=tokenized["train"],
