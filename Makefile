@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup multi30k multi30k-cpu docs-figures docs-trained
 
 setup: $(VENV)/.installed
 
@@ -29,3 +29,26 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Multi30k (../shared/data/multi30k): train, then average the last checkpoints and score test_2016_flickr.
+# PAIR=de_en (default) or en_de; multi30k-cpu is the under-an-hour CPU cut of the GPU recipe.
+PAIR ?= de_en
+MULTI30K := ../shared/data/multi30k
+MULTI30K_EVAL = --test_file $(MULTI30K)/test_2016_flickr.jsonl \
+	--source_lang $(firstword $(subst _, ,$(PAIR))) --target_lang $(lastword $(subst _, ,$(PAIR)))
+
+multi30k: setup
+	$(PY) train.py recipes/multi30k_$(PAIR).yaml
+	$(PY) eval.py --model runs/multi30k_$(PAIR) --average_last 5 $(MULTI30K_EVAL)
+
+multi30k-cpu: setup
+	$(PY) train.py recipes/multi30k_$(PAIR)_cpu.yaml
+	$(PY) eval.py --model runs/multi30k_$(PAIR)_cpu --average_last 3 $(MULTI30K_EVAL)
+
+# The post's figures; the heatmap needs the demo model (make demo).
+docs-figures: setup
+	$(PY) docs/make_figures.py --model demo-output
+
+# The post's blocks with the demo model (make demo) in place of the stand-in the test suite trains.
+docs-trained: setup
+	VANILLA_DOCS_MODEL=demo-output $(PY) -m pytest -q docs/transformer-networks.md

@@ -1,7 +1,10 @@
 """Draws the post's figures from the project's own code.
 
-python docs/make_figures.py                      # positions and learning-rate figures
-python docs/make_figures.py --model demo-output  # also the cross-attention heatmap of a trained model
+python docs/make_figures.py                                  # positions and learning-rate figures
+python docs/make_figures.py --model demo-output              # also the demo model's cross-attention heatmap
+python docs/make_figures.py --run runs/multi30k_de_en_cpu    # also a run's learning curve
+python docs/make_figures.py --model runs/multi30k_de_en_cpu/averaged-last-3 \\
+    --sentence "Ein kleiner Junge spielt im Schnee." --figure docs/figures/multi30k_attention.png
 """
 
 import argparse
@@ -65,17 +68,40 @@ def learning_rate_figure(d_model: int = 512, warmup: int = 4000, steps: int = 20
     return save(fig, "learning_rate.png")
 
 
+def learning_curve_figure(run: Path) -> Path:
+    """Training loss per logging step and validation loss per epoch, from the run's last trainer_state.json."""
+    import json
+
+    checkpoints = sorted(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    if not checkpoints:
+        raise SystemExit(f"error: {run} has no checkpoint-* folders")
+    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+    train = [(row["epoch"], row["loss"]) for row in history if "loss" in row]
+    validation = [(row["epoch"], row["eval_loss"]) for row in history if "eval_loss" in row]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train, strict=True), label="training loss (label-smoothed)", alpha=0.7)
+    ax.plot(*zip(*validation, strict=True), "o-", label="validation loss (label-smoothed)")
+    ax.set(xlabel="epoch", ylabel="cross-entropy", title=f"learning curve: {run.name}")
+    ax.legend()
+    return save(fig, f"learning_curve_{run.name}.png")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a trained model folder, for the cross-attention heatmap")
+    parser.add_argument("--run", type=Path, help="a train.py output folder with checkpoints, for its learning curve")
     parser.add_argument("--sentence", default="three hundred and forty-two", help="source sentence to plot")
+    parser.add_argument("--figure", default=str(FIGURES / "cross_attention.png"), help="where the heatmap goes")
     args = parser.parse_args()
     print(positional_encoding_figure())
     print(learning_rate_figure())
+    if args.run:
+        print(learning_curve_figure(args.run))
     if args.model:
-        from eval import plot_cross_attention
+        from eval import EvalArguments, plot_cross_attention
 
-        print(plot_cross_attention(args.model, args.sentence, FIGURES / "cross_attention.png"))
+        plot = EvalArguments(model=args.model, plot_attention=args.sentence, attention_file=args.figure)
+        plot_cross_attention(plot, max_source_length=128)
 
 
 if __name__ == "__main__":
