@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from tiny_models import tiny_config
 from torch import nn
 
 from configuration_vanilla import VanillaConfig
