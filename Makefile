@@ -47,9 +47,13 @@ multi30k-cpu: setup
 	$(PY) train.py recipes/multi30k_$(PAIR)_cpu.yaml
 	$(PY) eval.py --model runs/multi30k_$(PAIR)_cpu --length_penalty 1.0 $(MULTI30K_EVAL)
 
-# The post's figures; the heatmap needs the demo model (make demo).
+# The post's figures: positions and schedule always, the demo heatmap from demo-output (make demo), the Multi30k
+# learning curve and heatmap when runs/multi30k_de_en_cpu exists (make multi30k-cpu).
+DOCS_SENTENCE := Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.
 docs-figures: setup
 	$(PY) docs/make_figures.py --model demo-output
+	test ! -d runs/multi30k_de_en_cpu || $(PY) docs/make_figures.py --run runs/multi30k_de_en_cpu \
+		--model runs/multi30k_de_en_cpu --sentence "$(DOCS_SENTENCE)" --figure docs/figures/multi30k_attention.png
 
 # The post's blocks with the demo model (make demo) in place of the stand-in the test suite trains.
 docs-trained: setup
