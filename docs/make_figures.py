@@ -3,8 +3,8 @@
 python docs/make_figures.py                                  # positions and learning-rate figures
 python docs/make_figures.py --model demo-output              # also the demo model's cross-attention heatmap
 python docs/make_figures.py --run runs/multi30k_de_en_cpu    # also a run's learning curve
-python docs/make_figures.py --model runs/multi30k_de_en_cpu --sentence "Ein Mann mit einem orangefarbenen Hut, der \\
-    etwas anstarrt." --figure docs/figures/multi30k_attention.png    # make docs-figures runs all of these
+python docs/make_figures.py --model M --sentence S --figure F  # the heatmap of any model and sentence
+make docs-figures                                            # all of the post's figures
 """
 
 import argparse
