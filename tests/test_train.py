@@ -97,6 +97,19 @@ def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
     assert len(tokenizer) == 150
 
 
+def test_bpe_tokenizer_splits_punctuation_from_words():
+    texts = ["Ein Mann (im T-Shirt) sagt: \"Hallo!\"", "A man on the street.", "The street, at night."] * 50
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=120)
+    pieces = set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens)
+    glued = [piece for piece in pieces if len(piece) > 1 and any(not c.isalnum() for c in piece.strip("▁"))]
+    assert glued == []
+    for text in texts[:3]:
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    street = tokenizer.tokenize("street")
+    assert tokenizer.tokenize("street.") == street + ["."]
+
+
 def test_default_schedule_is_the_paper_learning_rate():
     model_args, _, args = train.parse_arguments(["--output_dir", "unused"])
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.98, 1e-9)
