@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     VanillaForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
     if args.learning_rate is None:
         args.learning_rate = paper_peak_learning_rate(config.d_model, args.warmup_steps)
+    if args.device.type == "cpu":
+        args.dataloader_pin_memory = False  # pinned memory only speeds up copies to an accelerator
 
     if args.overwrite_output_dir and args.process_index == 0:
         for stale in Path(args.output_dir).glob("checkpoint-*"):

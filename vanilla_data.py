@@ -230,7 +230,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
 
     Words are split at whitespace and marked with a leading "▁" (Metaspace), so decoding restores the text, and
     punctuation is split off, so "street." and "street" share one subword instead of taking two vocabulary entries
-    (on Multi30k, 1,243 of 8,000 entries were words glued to punctuation). Every encoded sentence ends with </s>, the decoder starts from <s> (VanillaConfig.decoder_start_token_id).
+    (on Multi30k, 1,243 of 8,000 entries were words glued to punctuation). Every encoded sentence ends with </s>;
+    the decoder starts from <s> (VanillaConfig.decoder_start_token_id).
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 

@@ -4,6 +4,7 @@ Same shapes, same random inputs, one process; the models take turns (ours, Maria
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
 
     python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
+    python bench/bench_speed.py --compile          # CPU, plus torch.compile training rows (ours and Marian)
     python bench/bench_speed.py --device cuda      # GPU, base shape (vocab 32000, 512/8/2048, 6+6), bf16 autocast
 """
 
@@ -274,6 +275,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
     parser.add_argument("--no-bf16", action="store_true", help="on CUDA, run in float32 instead of bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="on CPU, add torch.compile rows (default on CUDA)")
     parser.add_argument("--no-compile", action="store_true", help="on CUDA, skip the torch.compile rows")
     parser.add_argument("--skip-generation", action="store_true")
     args = parser.parse_args()
@@ -283,7 +285,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = device.type == "cuda" and not args.no_bf16
-    compiled = device.type == "cuda" and not args.no_compile
+    compiled = (device.type == "cuda" or args.compile) and not args.no_compile
 
     def autocast():
         if not bf16:
@@ -318,11 +320,9 @@ def main():
     rows = []  # (metric, unit, {model: value})
     train_tokens = shape.train_batch * 2 * shape.train_len
     train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
-    if compiled:
-        train_fns["ours, compiled"] = training_step(torch.compile(models["ours"]), "ours", train_batch, autocast)
-        train_fns["nn.Transformer, compiled"] = training_step(
-            torch.compile(models["nn.Transformer"]), "nn.Transformer", train_batch, autocast
-        )
+    if compiled:  # what Trainer's --torch_compile does: torch.compile(model), default mode
+        for name in list(models):
+            train_fns[f"{name}, compiled"] = training_step(torch.compile(models[name]), name, train_batch, autocast)
     seconds = compare(train_fns, device, args.warmup, args.repeats)
     rows.append(("train tokens/s", {name: train_tokens / s for name, s in seconds.items()}))
     if device.type == "cuda":
@@ -352,6 +352,7 @@ RATIOS = [
     ("ours", "marian"),
     ("ours", "nn.Transformer"),
     ("ours, compiled", "marian"),
+    ("ours, compiled", "marian, compiled"),
     ("ours, compiled", "nn.Transformer, compiled"),
 ]
 

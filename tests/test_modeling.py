@@ -256,6 +256,17 @@ def test_cached_and_uncached_generation_give_identical_tokens(settings):
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.parametrize("num_beams", [1, 4], ids=["greedy", "beam"])
+def test_static_cache_gives_the_tokens_of_the_dynamic_cache(num_beams):
+    model = model_for()
+    ids, mask = source_batch()
+    settings = dict(input_ids=ids, attention_mask=mask, num_beams=num_beams, max_new_tokens=12, min_new_tokens=12)
+    dynamic = model.generate(**settings)
+    static = model.generate(**settings, cache_implementation="static")
+    assert static.shape[1] == 13
+    assert torch.equal(static, dynamic)
+
+
 def test_cross_attention_keys_and_values_are_computed_once_per_source():
     model = model_for()
     calls = []

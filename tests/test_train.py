@@ -98,7 +98,7 @@ def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
 
 
 def test_bpe_tokenizer_splits_punctuation_from_words():
-    texts = ["Ein Mann (im T-Shirt) sagt: \"Hallo!\"", "A man on the street.", "The street, at night."] * 50
+    texts = ['Ein Mann (im T-Shirt) sagt: "Hallo!"', "A man on the street.", "The street, at night."] * 50
     tokenizer = train_bpe_tokenizer(texts, vocab_size=120)
     pieces = set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens)
     glued = [piece for piece in pieces if len(piece) > 1 and any(not c.isalnum() for c in piece.strip("▁"))]
