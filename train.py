@@ -4,6 +4,7 @@
     python train.py --train_file train.jsonl --validation_file validation.jsonl \
         --source_lang de --target_lang en --preset base --output_dir out
     python train.py recipe.yaml                           # the same arguments from one JSON or YAML file
+    python train.py recipe.yaml --num_train_epochs 2      # a recipe, with flags given after it taking precedence
     torchrun --nproc_per_node 2 train.py ...              # or `accelerate launch train.py ...`: DDP, FSDP
 
 The learning rate, sec. 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5). transformers'
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tokenizers import Tokenizer
 from transformers import (
     AutoTokenizer,
@@ -107,18 +109,32 @@ def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Command-line flags, or a single JSON/YAML file holding them."""
+    """Command-line flags, optionally after a JSON/YAML file holding flags (the command line wins)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        parser.set_defaults(**read_recipe(argv[0], {action.dest for action in parser._actions}))
+        argv = argv[1:]
     try:
-        if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-            if not Path(argv[0]).is_file():
-                raise UsageError(f"{argv[0]}: no such file")
-            if argv[0].endswith(".json"):
-                return parser.parse_json_file(argv[0], allow_extra_keys=False)
-            return parser.parse_yaml_file(argv[0], allow_extra_keys=False)
         return parser.parse_args_into_dataclasses(argv)
-    except ValueError as error:  # an unknown key in the file, or a Trainer flag combination it refuses
+    except ValueError as error:  # a Trainer flag combination it refuses
         raise UsageError(str(error)) from None
+
+
+def read_recipe(path: str, known: set[str]) -> dict:
+    """The flags held by a JSON or YAML file, refusing keys that are no flag of train.py."""
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UsageError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {error}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of flag names to values")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (python train.py --help lists the flags)")
+    return values
 
 
 def check_output_dir(args: TrainingArguments) -> str | None:

@@ -14,7 +14,7 @@ from num2words import num2words
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, get_scheduler
 
 import train
-from vanilla_data import train_bpe_tokenizer
+from vanilla_data import UsageError, train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # A model that trains a few steps in a second or two.
@@ -108,6 +108,21 @@ def test_bpe_tokenizer_splits_punctuation_from_words():
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
     street = tokenizer.tokenize("street")
     assert tokenizer.tokenize("street.") == street + ["."]
+
+
+def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("preset: small\nnum_train_epochs: 8\nlearning_rate: 0.001\nsource_lang: de\n")
+    model_args, data_args, args = train.parse_arguments([str(recipe), "--num_train_epochs", "2"])
+    assert (model_args.preset, data_args.source_lang, args.learning_rate) == ("small", "de", 0.001)
+    assert args.num_train_epochs == 2
+    as_json = tmp_path / "recipe.json"
+    as_json.write_text(json.dumps({"preset": "tiny", "num_train_epochs": 3}))
+    model_args, _, args = train.parse_arguments([str(as_json)])
+    assert (model_args.preset, args.num_train_epochs) == ("tiny", 3)
+    recipe.write_text("preset: small\nnum_epochs: 8\n")
+    with pytest.raises(UsageError, match="unknown keys num_epochs"):
+        train.parse_arguments([str(recipe)])
 
 
 def test_default_schedule_is_the_paper_learning_rate():
