@@ -35,15 +35,16 @@ lint: setup
 # chosen on the validation set (BENCHMARKS.md): the average of the last 3 epochs' checkpoints, length penalty 1.0.
 PAIR ?= de_en
 MULTI30K := ../shared/data/multi30k
-MULTI30K_EVAL = --test_file $(MULTI30K)/test_2016_flickr.jsonl \
-	--source_lang $(firstword $(subst _, ,$(PAIR))) --target_lang $(lastword $(subst _, ,$(PAIR)))
+MULTI30K_LANGS = --source_lang $(firstword $(subst _, ,$(PAIR))) --target_lang $(lastword $(subst _, ,$(PAIR)))
+MULTI30K_EVAL = --test_file $(MULTI30K)/test_2016_flickr.jsonl $(MULTI30K_LANGS)
 
+# One recipe per machine for both directions: PAIR sets the languages and the output folder.
 multi30k: setup
-	$(PY) train.py recipes/multi30k_$(PAIR).yaml
+	$(PY) train.py recipes/multi30k_de_en.yaml $(MULTI30K_LANGS) --output_dir runs/multi30k_$(PAIR)
 	$(PY) eval.py --model runs/multi30k_$(PAIR) --average_last 5 $(MULTI30K_EVAL)
 
 multi30k-cpu: setup
-	$(PY) train.py recipes/multi30k_$(PAIR)_cpu.yaml
+	$(PY) train.py recipes/multi30k_de_en_cpu.yaml $(MULTI30K_LANGS) --output_dir runs/multi30k_$(PAIR)_cpu
 	$(PY) eval.py --model runs/multi30k_$(PAIR)_cpu --average_last 3 --length_penalty 1.0 $(MULTI30K_EVAL)
 
 # The post's figures: positions and schedule always, the demo heatmap from demo-output (make demo), the Multi30k
