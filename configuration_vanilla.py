@@ -6,6 +6,11 @@ from transformers.activations import ACT2FN
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 
 
+def _is_integer(value) -> bool:
+    """An int, and not a bool (True is an int to Python, but not a size or a token id)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class VanillaConfig(PretrainedConfig):
     """The hyper-parameters of the Transformer; the defaults are the paper's base model (Table 3).
 
@@ -69,15 +74,30 @@ class VanillaConfig(PretrainedConfig):
             ("decoder_layers", decoder_layers),
             ("max_position_embeddings", max_position_embeddings),
         ]:
-            if not isinstance(value, int) or value <= 0:
+            if not _is_integer(value) or value <= 0:
                 raise ValueError(f"{name} ({value!r}) must be a positive integer")
         if d_model % num_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
-        for name, value in [("dropout", dropout), ("attention_dropout", attention_dropout)]:
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} ({value}) must be in [0, 1)")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing ({label_smoothing}) must be in [0, 1)")
+        for name, value in [
+            ("dropout", dropout),
+            ("attention_dropout", attention_dropout),
+            ("label_smoothing", label_smoothing),
+        ]:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} ({value!r}) must be a number in [0, 1)")
+        for name, value in [
+            ("pad_token_id", pad_token_id),
+            ("bos_token_id", bos_token_id),
+            ("eos_token_id", eos_token_id),
+            ("decoder_start_token_id", decoder_start_token_id),
+        ]:
+            # None, as in PretrainedConfig, leaves the token out; transformers also allows a list of eos ids.
+            ids = value if name == "eos_token_id" and isinstance(value, list) else [value]
+            if value is not None and not all(_is_integer(i) and 0 <= i < vocab_size for i in ids):
+                raise ValueError(f"{name} ({value!r}) must be a token id in [0, vocab_size ({vocab_size}))")
+        for name, value in [("scale_embedding", scale_embedding), ("norm_first", norm_first)]:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} ({value!r}) must be True or False")
         if activation_function not in ACT2FN:
             raise ValueError(f"activation_function ({activation_function!r}) must be one of {sorted(ACT2FN)}")
         if position_embedding_type not in POSITION_EMBEDDING_TYPES:

@@ -351,11 +351,39 @@ def test_hf_attribute_aliases_read_the_papers_names():
         (dict(dropout=1.0), "dropout"),
         (dict(attention_dropout=-0.1), "attention_dropout"),
         (dict(label_smoothing=1.5), "label_smoothing"),
+        (dict(vocab_size=True), "vocab_size"),
+        (dict(d_model=16.0), "d_model"),
+        (dict(dropout="0.1"), "dropout"),
+        (dict(dropout=None), "dropout"),
+        (dict(attention_dropout="0"), "attention_dropout"),
+        (dict(label_smoothing=None), "label_smoothing"),
+        (dict(label_smoothing=True), "label_smoothing"),
+        (dict(pad_token_id=40), "pad_token_id"),
+        (dict(pad_token_id=True), "pad_token_id"),
+        (dict(bos_token_id=-1), "bos_token_id"),
+        (dict(eos_token_id=40), "eos_token_id"),
+        (dict(eos_token_id=[2, 40]), "eos_token_id"),
+        (dict(decoder_start_token_id=99), "decoder_start_token_id"),
+        (dict(norm_first="false"), "norm_first"),
+        (dict(scale_embedding=None), "scale_embedding"),
     ],
 )
 def test_invalid_configs_raise_naming_the_argument(overrides, argument):
-    with pytest.raises(ValueError, match=argument):
+    with pytest.raises(ValueError, match=rf"^{argument} \("):
         tiny_config(**overrides)
+
+
+def test_configs_built_the_ways_transformers_builds_them_still_validate(tmp_path):
+    # PretrainedConfig leaves a token out with None, a list of eos ids is allowed, and transformers' ConfigTester
+    # passes its common kwargs (tests/utils/test_configuration_utils.py) through to PretrainedConfig.
+    common = dict(return_dict=False, output_hidden_states=True, chunk_size_feed_forward=5, problem_type="regression")
+    common.update(architectures=["VanillaForConditionalGeneration"], id2label={0: "label"}, label2id={"label": 0})
+    no_ids = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None, decoder_start_token_id=None)
+    for config in [tiny_config(**no_ids), tiny_config(eos_token_id=[2, 3]), tiny_config(**common), VanillaConfig()]:
+        assert VanillaConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+        config.save_pretrained(tmp_path)
+        assert VanillaConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+    assert tiny_config(**common).chunk_size_feed_forward == 5 and tiny_config(**no_ids).pad_token_id is None
 
 
 def test_paper_defaults():
