@@ -42,6 +42,7 @@ from vanilla_data import (
     default_vocab_size,
     exit_on_usage_error,
     load_raw_datasets,
+    read_text,
     train_bpe_tokenizer,
     wrap_tokenizer,
 )
@@ -122,9 +123,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
 
 def read_recipe(path: str, known: set[str]) -> dict:
     """The flags held by a JSON or YAML file, refusing keys that are no flag of train.py."""
-    if not Path(path).is_file():
-        raise UsageError(f"{path}: no such file")
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
@@ -135,6 +134,24 @@ def read_recipe(path: str, known: set[str]) -> dict:
     if unknown:
         raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (python train.py --help lists the flags)")
     return values
+
+
+def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None:
+    """Refuses values that Trainer would crash on later or silently turn into a run that trains nothing."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive integer")
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        raise UsageError(f"--learning_rate is {args.learning_rate}; expected a positive number")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise UsageError(
+            f"nothing to train: --num_train_epochs is {args.num_train_epochs} and --max_steps is {args.max_steps}; "
+            "expected a positive --num_train_epochs or --max_steps"
+        )
+    if args.save_strategy == "steps" and args.save_steps <= 0:
+        raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
+    if model_args.vocab_size is not None and model_args.tokenizer_name:
+        raise UsageError("--vocab_size sizes the BPE that train.py learns; it cannot resize --tokenizer_name")
 
 
 def check_output_dir(args: TrainingArguments) -> str | None:
@@ -197,7 +214,7 @@ def build_tokenizer(
         except (OSError, ValueError) as error:
             raise UsageError(f"cannot load tokenizer {model_args.tokenizer_name!r}: {error}") from None
     texts = corpus_texts(raw, data_args.source_lang, data_args.target_lang)
-    vocab_size = model_args.vocab_size or default_vocab_size(texts)
+    vocab_size = default_vocab_size(texts) if model_args.vocab_size is None else model_args.vocab_size
     serialized = [
         train_bpe_tokenizer(texts, vocab_size).backend_tokenizer.to_str() if args.process_index == 0 else None
     ]
@@ -317,6 +334,7 @@ def save_final_model(trainer: Seq2SeqTrainer, card: str) -> None:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    check_arguments(model_args, args)
     if model_args.preset not in PRESETS:
         raise UsageError(f"unknown preset {model_args.preset!r}; expected one of {', '.join(PRESETS)}")
     if args.label_smoothing_factor:

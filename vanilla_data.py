@@ -4,7 +4,9 @@ A corpus is a `datasets.DatasetDict` with splits "train", "validation" and "test
 `{"translation": {source_lang: str, target_lang: str}}`, as in the WMT datasets the paper used (sec. 5.1).
 """
 
+import codecs
 import functools
+import io
 import json
 import random
 import sys
@@ -61,6 +63,11 @@ class DataArguments:
     max_target_length: int = field(
         default=256, metadata={"help": "Target sentences are truncated to this many tokens."}
     )
+
+    def __post_init__(self):
+        for name in ("max_source_length", "max_target_length"):
+            if getattr(self, name) < 2:
+                raise UsageError(f"--{name} is {getattr(self, name)}; expected at least 2 (a token and </s>)")
 
     @property
     def uses_embedded_task(self) -> bool:
@@ -134,15 +141,34 @@ def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
     return raw
 
 
-def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
-    """One split from JSON lines (a 'translation' column) or CSV/TSV (one column per language)."""
+def read_text(path: str) -> str:
+    """The UTF-8 text of a file, without a leading byte-order mark; UsageError saying why a file cannot be read."""
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"{path} is a folder; expected a file")
     if not file.is_file():
         raise UsageError(f"{path}: no such file")
-    suffix = file.suffix.lower()
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the file ({error.strerror})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UsageError(f"{path} is UTF-16 text; expected UTF-8 (save it as UTF-8)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UsageError(
+            f"{path}: line {line} is not UTF-8 (byte {data[error.start]:#04x}); expected UTF-8 text"
+        ) from None
+
+
+def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
+    """One split from JSON lines (a 'translation' column) or CSV/TSV (one column per language)."""
+    suffix = Path(path).suffix.lower()
     if suffix not in (".json", ".jsonl", ".csv", ".tsv"):
         raise UsageError(f"{path}: unknown format {suffix!r}; expected .jsonl/.json, .csv or .tsv")
-    text = file.read_text(encoding="utf-8")
+    text = read_text(path)
     lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -162,33 +188,47 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
         languages = sorted(set().union(*rows))
         columns = {language: [row.get(language) for row in rows] for language in languages}
     else:
-        columns = _read_table(path, delimiter="\t" if suffix == ".tsv" else ",")
+        columns = _read_table(path, text, delimiter="\t" if suffix == ".tsv" else ",")
         languages = list(columns)
     for language in (args.source_lang, args.target_lang):
         if language and language not in languages:
             raise UsageError(f"{path}: language {language!r} is not in the data (found: {', '.join(languages)})")
     if not args.source_lang or not args.target_lang:
         return datasets.Dataset.from_dict({"translation": []})  # load_raw_datasets reports the missing languages
+    if suffix in (".json", ".jsonl"):
+        _check_json_sentences(path, rows, (args.source_lang, args.target_lang))
     source, target = columns[args.source_lang], columns[args.target_lang]
     _check_counts(path, args.source_lang, source, args.target_lang, target)
     pairs = [{args.source_lang: s, args.target_lang: t} for s, t in zip(source, target, strict=True)]
     return datasets.Dataset.from_dict({"translation": pairs})
 
 
-def _read_table(path: str, delimiter: str) -> dict[str, list[str | None]]:
-    """Columns of a CSV/TSV file with a header row; a short row leaves None in its missing cells."""
+def _read_table(path: str, text: str, delimiter: str) -> dict[str, list[str | None]]:
+    """Columns of a CSV/TSV file's text with a header row; a short row leaves None in its missing cells."""
     import csv
 
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = next(reader)
-        columns: dict[str, list[str | None]] = {name: [] for name in header}
-        for number, row in enumerate(reader, start=2):
-            if len(row) > len(header):
-                raise UsageError(f"{path}: row {number} has {len(row)} fields but the header has {len(header)}")
-            for name, cell in zip(header, row + [None] * (len(header) - len(row)), strict=True):
-                columns[name].append(cell)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader)
+    columns: dict[str, list[str | None]] = {name: [] for name in header}
+    for number, row in enumerate(reader, start=2):
+        if len(row) > len(header):
+            raise UsageError(f"{path}: row {number} has {len(row)} fields but the header has {len(header)}")
+        for name, cell in zip(header, row + [None] * (len(header) - len(row)), strict=True):
+            columns[name].append(cell)
     return columns
+
+
+def _check_json_sentences(path: str, rows: list[dict], languages: tuple[str, str]) -> None:
+    """Each JSON line holds a sentence, a string, in both languages; the error names the line."""
+    for number, row in enumerate(rows, start=1):
+        for language in languages:
+            if language not in row:
+                raise UsageError(f"{path}: line {number} has no {language!r} sentence")
+            sentence = row[language]
+            if not isinstance(sentence, str):
+                raise UsageError(
+                    f"{path}: line {number}: the {language!r} sentence is {json.dumps(sentence)}; expected a string"
+                )
 
 
 def _check_counts(path: str, source_lang: str, source: list, target_lang: str, target: list) -> None:
@@ -216,7 +256,11 @@ def _check_pairs(dataset: datasets.Dataset, origin: str, source_lang: str, targe
             sentence = pair.get(language)
             if sentence is None:
                 raise UsageError(f"{origin}: mismatched pair counts: pair {index + 1} has no {language} sentence")
-            if not isinstance(sentence, str) or not sentence.strip():
+            if not isinstance(sentence, str):
+                raise UsageError(
+                    f"{origin}: pair {index + 1}: the {language} sentence is {sentence!r}; expected a string"
+                )
+            if not sentence.strip():
                 raise UsageError(f"{origin}: pair {index + 1} has an empty {language} sentence")
 
 
@@ -242,8 +286,16 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
         [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation(behavior="isolated")]
     )
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=max(vocab_size, 0), special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    if tokenizer.get_vocab_size() > vocab_size:  # the trainer keeps every character, whatever the size asked for
+        minimum = tokenizer.get_vocab_size()
+        raise UsageError(
+            f"--vocab_size {vocab_size} is too small for this text; expected at least {minimum}: the "
+            f"{len(SPECIAL_TOKENS)} special tokens and its {minimum - len(SPECIAL_TOKENS)} distinct characters"
+        )
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, SPECIAL_TOKENS.index(eos))]
     )

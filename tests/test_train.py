@@ -1,7 +1,9 @@
 """train.py and vanilla_data.py: the CLI end to end, the tokenizer, the schedule, two processes, resume, bad input."""
 
+import codecs
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,14 @@ from num2words import num2words
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, get_scheduler
 
 import train
-from vanilla_data import UsageError, train_bpe_tokenizer
+from vanilla_data import (
+    SPECIAL_TOKENS,
+    DataArguments,
+    UsageError,
+    embedded_number_task,
+    load_raw_datasets,
+    train_bpe_tokenizer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # A model that trains a few steps in a second or two.
@@ -231,10 +240,155 @@ def test_bad_input_is_one_line_on_stderr_with_exit_code_2_and_writes_nothing(tmp
     output_dir = tmp_path / "out"
     if "--output_dir" not in args:
         args = [*args, "--output_dir", str(output_dir)]
+    assert_usage_error(tmp_path, [*TINY, "--max_steps", "1", *args], expected)  # the case's flags come last and win
+
+
+def assert_usage_error(
+    tmp_path: Path, argv: list[str], expected: str, launcher: tuple[str, ...] = (sys.executable,)
+) -> None:
+    """train.py with `argv` exits 2 with one `error:` line on stderr holding `expected`, and writes nothing."""
     before = sorted(path.name for path in tmp_path.rglob("*"))
-    result = run_train(*TINY, "--max_steps", "1", *args)  # the case's flags come last and win
-    assert result.returncode == 2
+    result = run_train(*argv, launcher=launcher)
+    assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(path.name for path in tmp_path.rglob("*")) == before
+
+
+def embedded_bpe_minimum() -> int:
+    """The smallest BPE of the embedded task's training text: the special tokens and each character once.
+
+    The pre-tokenizer replaces spaces by the word marker "▁"; the number words need no NFKC change."""
+    pairs = embedded_number_task()["train"]["translation"]
+    characters = set("".join(sentence for pair in pairs for sentence in pair.values()))
+    return len(SPECIAL_TOKENS) + len(characters - {" "} | {"▁"})
+
+
+def bad_file_and_argument_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """Full command lines (a recipe must come first) and what the one error line must say."""
+    good = json.dumps({"translation": {"en": "one", "de": "eins"}})
+    number = tmp_path / "number.jsonl"
+    number.write_text(f'{good}\n{{"translation": {{"en": 2, "de": "zwei"}}}}\n', encoding="utf-8")
+    null = tmp_path / "null.jsonl"
+    null.write_text(f'{good}\n{good}\n{{"translation": {{"en": "three", "de": null}}}}\n', encoding="utf-8")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(f'{good}\n{{"translation": {{"en": "five", "de": "fünf"}}}}\n'.encode("latin-1"))
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("preset: tiny\nmax_steps: 1\n", encoding="utf-16")
+    out = ["--output_dir", str(tmp_path / "out")]
+    data = [*TINY, "--max_steps", "1", "--source_lang", "en", "--target_lang", "de", *out, "--train_file"]
+    arguments = [*TINY, "--max_steps", "1", *out]
+    minimum = embedded_bpe_minimum()
+    return {
+        "number where a sentence belongs": ([*data, str(number)], "number.jsonl: line 2: the 'en' sentence is 2;"),
+        "null sentence": ([*data, str(null)], "null.jsonl: line 3: the 'de' sentence is null; expected a string"),
+        "bytes that are not UTF-8": ([*data, str(latin1)], "latin1.jsonl: line 2 is not UTF-8 (byte 0xfc)"),
+        "folder given as the train file": ([*data, str(folder)], "folder.jsonl is a folder; expected a file"),
+        "UTF-16 recipe": ([str(recipe), *out], "recipe.yaml is UTF-16 text; expected UTF-8"),
+        "batch size 0": (
+            [*arguments, "--per_device_train_batch_size", "0"],
+            "--per_device_train_batch_size is 0; expected a positive integer",
+        ),
+        "negative learning rate": (
+            [*arguments, "--learning_rate", "-0.001"],
+            "--learning_rate is -0.001; expected a positive number",
+        ),
+        "vocab_size 0": (
+            [*arguments, "--vocab_size", "0"],
+            f"--vocab_size 0 is too small for this text; expected at least {minimum}",
+        ),
+        "vocab_size 1": (
+            [*arguments, "--vocab_size", "1"],
+            f"--vocab_size 1 is too small for this text; expected at least {minimum}",
+        ),
+        "max_source_length 0": (
+            [*arguments, "--max_source_length", "0"],
+            "--max_source_length is 0; expected at least 2",
+        ),
+        "max_target_length 0": (
+            [*arguments, "--max_target_length", "0"],
+            "--max_target_length is 0; expected at least 2",
+        ),
+        "no epochs": (
+            [*TINY, *out, "--num_train_epochs", "0"],
+            "nothing to train: --num_train_epochs is 0.0 and --max_steps is -1",
+        ),
+        "no epochs and no steps": (
+            [*TINY, *out, "--num_train_epochs", "0", "--max_steps", "0"],
+            "nothing to train: --num_train_epochs is 0.0 and --max_steps is 0",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "number where a sentence belongs",
+        "null sentence",
+        "bytes that are not UTF-8",
+        "folder given as the train file",
+        "UTF-16 recipe",
+        "batch size 0",
+        "negative learning rate",
+        "vocab_size 0",
+        "vocab_size 1",
+        "max_source_length 0",
+        "max_target_length 0",
+        "no epochs",
+        "no epochs and no steps",
+    ],
+)
+def test_bad_file_or_argument_is_one_error_line_naming_it_and_what_was_expected(tmp_path, case):
+    argv, expected = bad_file_and_argument_cases(tmp_path)[case]
+    assert_usage_error(tmp_path, argv, expected)
+
+
+def test_unreadable_train_file_is_one_error_line(tmp_path):
+    unreadable = write_jsonl(tmp_path / "unreadable.jsonl", range(1, 9))
+    unreadable.chmod(0)
+    launcher: tuple[str, ...] = (sys.executable,)
+    if os.geteuid() == 0:  # root reads any file: run train.py without the capabilities that let it
+        assert shutil.which("setpriv"), "setpriv (util-linux) is needed to drop root's file access"
+        launcher = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable)
+    argv = [*TINY, "--max_steps", "1", "--source_lang", "en", "--target_lang", "de", "--train_file", str(unreadable)]
+    expected = "unreadable.jsonl: cannot read the file (Permission denied)"
+    assert_usage_error(tmp_path, [*argv, "--output_dir", str(tmp_path / "out")], expected, launcher=launcher)
+
+
+@pytest.mark.parametrize("suffix, separator", [(".csv", ","), (".tsv", "\t"), (".jsonl", None)])
+def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, separator):
+    path = tmp_path / f"bom{suffix}"
+    if separator is None:
+        text = write_jsonl(path, range(1, 4)).read_text(encoding="utf-8")
+    else:
+        rows = [("en", "de")] + [(num2words(n), num2words(n, lang="de")) for n in range(1, 4)]
+        text = "".join(f"{source}{separator}{target}\n" for source, target in rows)
+    path.write_text(text, encoding="utf-8-sig")
+    assert path.read_bytes().startswith(codecs.BOM_UTF8)
+    raw = load_raw_datasets(DataArguments(train_file=str(path), source_lang="en", target_lang="de"))
+    expected = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in range(1, 4)]
+    assert raw["train"]["translation"] == expected
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size is 0; expected a positive integer"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps is 0; expected a positive integer"),
+        (["--learning_rate", "0"], "--learning_rate is 0.0; expected a positive number"),
+        (["--save_strategy", "steps", "--save_steps", "0"], "--save_steps is 0.0 with --save_strategy steps"),
+        (["--tokenizer_name", "t5-small", "--vocab_size", "100"], "it cannot resize --tokenizer_name"),
+        (["--max_source_length", "1"], "--max_source_length is 1; expected at least 2"),
+    ],
+)
+def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
+    missing = str(tmp_path / "missing.jsonl")  # loading it would fail: the argument must be refused first
+    argv = ["--train_file", missing, "--source_lang", "en", "--target_lang", "de", "--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*argv, *flags])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
