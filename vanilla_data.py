@@ -275,7 +275,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     Words are split at whitespace and marked with a leading "▁" (Metaspace), so decoding restores the text, and
     punctuation is split off, so "street." and "street" share one subword instead of taking two vocabulary entries
     (on Multi30k, 1,243 of 8,000 entries were words glued to punctuation). Every encoded sentence ends with </s>;
-    the decoder starts from <s> (VanillaConfig.decoder_start_token_id).
+    the decoder starts from <s> (VanillaConfig.decoder_start_token_id). A vocab_size below the special tokens plus
+    the text's distinct characters, which a BPE must all hold, is a UsageError that names that minimum.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
