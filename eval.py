@@ -161,7 +161,11 @@ def load_model(name: str | Path, attn_implementation: str | None = None) -> "Pre
     """AutoModelForSeq2SeqLM.from_pretrained, a missing or damaged weights file reported as a UsageError."""
     from safetensors import SafetensorError
     from transformers import AutoModelForSeq2SeqLM
+    from transformers.utils import logging
 
+    # Local weights load in a blink; the "Loading weights" bar would only stand between the user and an error line.
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(
             name, trust_remote_code=True, attn_implementation=attn_implementation
@@ -169,6 +173,9 @@ def load_model(name: str | Path, attn_implementation: str | None = None) -> "Pre
     except (OSError, ValueError, SafetensorError) as error:
         where = "no such model folder, and no such Hub model available" if not Path(name).exists() else "cannot load it"
         raise UsageError(f"{name}: {where} ({first_line(error)})") from None
+    finally:
+        if bars:
+            logging.enable_progress_bar()
 
 
 def first_line(error: Exception) -> str:
@@ -246,7 +253,8 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
             total += other[name].to(total.device, torch.float64)
     state = model.state_dict()
     model.load_state_dict({name: (total / last).to(state[name].dtype) for name, total in totals.items()}, strict=False)
-    files = {AVERAGED_MARKER: json.dumps({"run": str(run.resolve()), "checkpoints": [path.name for path in chosen]})}
+    sources = {"run": str(run.resolve()), "checkpoints": [path.name for path in chosen]}
+    files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
     if (run / DATA_RECORD).is_file():
         files[DATA_RECORD] = (run / DATA_RECORD).read_text(encoding="utf-8")
     save_model_atomically(model, tokenizer, output, files)
@@ -512,7 +520,8 @@ def explicit_flags(parser: HfArgumentParser, argv: list[str] | None) -> set[str]
     """The arguments given on the command line (not left at their defaults)."""
     probe = copy.deepcopy(parser)
     for action in probe._actions:
-        action.default = argparse.SUPPRESS
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
     namespace, _ = probe.parse_known_args(argv)
     return set(vars(namespace))
 
