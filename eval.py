@@ -242,13 +242,18 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
         if tensor.is_floating_point()
     }
     for checkpoint in chosen[:-1]:
-        other = {name: tensor for name, tensor in load_model(checkpoint).state_dict().items() if name in totals}
+        other = {
+            name: tensor for name, tensor in load_model(checkpoint).state_dict().items() if tensor.is_floating_point()
+        }
+        unshared = sorted(set(other) ^ set(totals))
+        if unshared:
+            holder = checkpoint if unshared[0] in other else chosen[-1]
+            raise UsageError(f"cannot average {checkpoint} with {chosen[-1]}: only {holder} has {unshared[0]}")
         for name, total in totals.items():
-            found = tuple(other[name].shape) if name in other else "no such tensor"
-            if found != tuple(total.shape):
+            if other[name].shape != total.shape:
                 raise UsageError(
-                    f"cannot average {checkpoint} with {chosen[-1]}: {name} is {found} against "
-                    f"{tuple(total.shape)}; the checkpoints must be of one model"
+                    f"cannot average {checkpoint} with {chosen[-1]}: {name} has shape {tuple(other[name].shape)} "
+                    f"against {tuple(total.shape)}; the checkpoints must be of one model"
                 )
             total += other[name].to(total.device, torch.float64)
     state = model.state_dict()
