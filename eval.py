@@ -204,7 +204,7 @@ def check_averaged_model_dir(output: Path) -> None:
     if not (output / AVERAGED_MARKER).is_file():
         raise UsageError(
             f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
-            f"{AVERAGED_MARKER}); refusing to replace it: name a new folder"
+            f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
         )
     folders = sorted(path.name for path in output.iterdir() if path.is_dir())
     if folders:
