@@ -219,7 +219,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
 
     Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
-    with AVERAGED_MARKER naming the checkpoints and the run's DATA_RECORD.
+    with AVERAGED_MARKER (the run and the checkpoints averaged) and a copy of the run's DATA_RECORD.
     """
     import torch
 
