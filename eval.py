@@ -227,12 +227,12 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
         raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
     if not run.is_dir():
         raise UsageError(f"{run}: no such run folder")
+    check_averaged_model_dir(output)
     checkpoints = checkpoint_folders(run)
     if len(checkpoints) < last:
         incomplete = sorted(path.name for path in run.glob("checkpoint-*") if path.is_dir() and path not in checkpoints)
         skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""
         raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} complete checkpoint-* folders{skipped}")
-    check_averaged_model_dir(output)
     chosen = checkpoints[-last:]
     model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))
     # Sum in float64 so that averaging many checkpoints loses nothing to rounding.

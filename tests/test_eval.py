@@ -323,13 +323,11 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
     record = data_record(test_file=str(test_file))
     (run / "data_args.json").write_text(json.dumps(record))
     averaged = tmp_path / "averaged"
-    for last in ("1", "2"):  # no data flags: the run's recorded test file is scored
-        result = run_cli(
-            "eval.py",
-            *("--model", str(run), "--average_last", last, "--averaged_model_dir", str(averaged)),
-            *("--max_length_offset", "1"),
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+    flags = ("--model", str(run), "--averaged_model_dir", str(averaged), "--max_length_offset", "1")
+    result = run_cli("eval.py", "translate", *flags, "--average_last", "1", stdin="")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("eval.py", *flags, "--average_last", "2")  # no data flags: the run's recorded test file
+    assert result.returncode == 0, result.stderr[-3000:]
     marker = json.loads((averaged / "averaged_from.json").read_text())
     assert marker == {"run": str(run.resolve()), "checkpoints": ["checkpoint-2", "checkpoint-4"]}
     assert json.loads((averaged / "data_args.json").read_text()) == record
