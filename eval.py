@@ -1,6 +1,6 @@
 """The evaluation CLI: translate a test set with beam search (sec. 6.1) and score it with sacreBLEU and chrF.
 
-    python eval.py --model out                      # the embedded task's test split
+    python eval.py --model out                      # the test data out/data_args.json records (train.py writes it)
     python eval.py --model out --test_file test.jsonl --source_lang en --target_lang de
     python eval.py --model out --average_last 5     # average the last 5 checkpoints first (sec. 6.1)
     python eval.py --model out --plot_attention "twenty-three"
@@ -10,10 +10,13 @@ The metrics are the local `evaluate` modules in metrics/ (offline); --hub_metric
 torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails fast.
 """
 
+import argparse
+import copy
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
-from vanilla_data import DataArguments, UsageError, exit_on_usage_error, load_raw_datasets, sentences
+from vanilla_data import SPLITS, DataArguments, UsageError, exit_on_usage_error, load_raw_datasets, sentences
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,6 +33,12 @@ if TYPE_CHECKING:
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu metric it runs
+# train.py records the data a model was trained on in its folder; eval.py defaults to it.
+DATA_RECORD = "data_args.json"
+DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
+DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
+# Every averaged model folder holds this file (the run and the checkpoints averaged): only such a folder is replaced.
+AVERAGED_MARKER = "averaged_from.json"
 
 
 @dataclass
@@ -66,6 +75,13 @@ class EvalArguments:
         default=None, metadata={"help": "The attention plot (default: attention.png beside the model)."}
     )
 
+    def __post_init__(self):
+        for name in ("num_beams", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} ({getattr(self, name)}) must be at least 1")
+        if self.split not in SPLITS:
+            raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
+
 
 def output_path(given: str | None, model: str, default_name: str) -> Path:
     """The file the user named, else `default_name` in the model folder (or the current folder for a Hub id)."""
@@ -75,12 +91,34 @@ def output_path(given: str | None, model: str, default_name: str) -> Path:
     return (folder if folder.is_dir() else Path.cwd()) / default_name
 
 
+def check_writable(path: Path, what: str) -> None:
+    """UsageError unless a file `path` can be written: not a folder, and its folder (or the nearest existing folder
+    above it) writable, by a real write: permission bits do not stop root, a read-only file system does."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; expected a file name")
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path}: {existing} is a file, not a folder")
+    try:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission for {existing}")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"{what} {path}: cannot write into {existing} ({error.strerror or error})") from None
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def check_model_path(name: str) -> None:
@@ -100,44 +138,101 @@ def check_model_path(name: str) -> None:
 def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
     """The model (on the best device, in eval mode) and its tokenizer; UsageError naming what is missing."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     check_model_path(name)
     folder = Path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            name, trust_remote_code=True, attn_implementation=attn_implementation
-        )
     except (OSError, ValueError) as error:
+        if folder.is_dir() and not (folder / "tokenizer.json").is_file():
+            raise UsageError(
+                f"{name}: cannot load its tokenizer: no tokenizer.json, and tokenizer_config.json alone does not "
+                f"hold a vocabulary ({first_line(error)})"
+            ) from None
         where = "no such model folder, and no such Hub model available" if not folder.exists() else "cannot load it"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"{name}: {where} ({first_line})") from None
+        raise UsageError(f"{name}: {where} ({first_line(error)})") from None
+    model = load_model(name, attn_implementation)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
 
+def load_model(name: str | Path, attn_implementation: str | None = None) -> "PreTrainedModel":
+    """AutoModelForSeq2SeqLM.from_pretrained, a missing or damaged weights file reported as a UsageError."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.utils import logging
+
+    # Local weights load in a blink; the "Loading weights" bar would only stand between the user and an error line.
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(
+            name, trust_remote_code=True, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError, SafetensorError) as error:
+        where = "no such model folder, and no such Hub model available" if not Path(name).exists() else "cannot load it"
+        raise UsageError(f"{name}: {where} ({first_line(error)})") from None
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def checkpoint_folders(run: Path) -> list[Path]:
-    """The checkpoint-<step> folders Trainer writes into a run folder, oldest first."""
+    """The complete checkpoint-<step> folders Trainer wrote into a run folder, oldest first.
+
+    Trainer writes trainer_state.json last, so a checkpoint without it was cut short (killed, disk full) and is skipped.
+    """
+    from transformers.trainer import TRAINER_STATE_NAME
+
     folders = [path for path in run.glob("checkpoint-*") if path.is_dir() and path.name.split("-")[-1].isdigit()]
-    return sorted(folders, key=lambda path: int(path.name.split("-")[-1]))
+    complete = [path for path in folders if (path / TRAINER_STATE_NAME).is_file()]
+    return sorted(complete, key=lambda path: int(path.name.split("-")[-1]))
+
+
+def check_averaged_model_dir(output: Path) -> None:
+    """Only a new folder, or one holding nothing but an earlier averaged model (its AVERAGED_MARKER), is written."""
+    if not output.exists():
+        check_writable(output / AVERAGED_MARKER, "--averaged_model_dir")
+        return
+    if not output.is_dir():
+        raise UsageError(f"--averaged_model_dir {output} is a file; expected a new folder or an earlier averaged model")
+    if not (output / AVERAGED_MARKER).is_file():
+        raise UsageError(
+            f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
+            f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
+        )
+    folders = sorted(path.name for path in output.iterdir() if path.is_dir())
+    if folders:
+        raise UsageError(
+            f"--averaged_model_dir {output} holds folders besides an averaged model ({', '.join(folders)}); "
+            "refusing to replace it: name a new folder"
+        )
+    check_writable(output.parent / AVERAGED_MARKER, "--averaged_model_dir")
 
 
 def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
 
-    Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`.
+    Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
+    with AVERAGED_MARKER (the run and the checkpoints averaged) and a copy of the run's DATA_RECORD.
     """
     import torch
-    from transformers import AutoModelForSeq2SeqLM
 
     if last < 1:
         raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
     if not run.is_dir():
         raise UsageError(f"{run}: no such run folder")
+    check_averaged_model_dir(output)
     checkpoints = checkpoint_folders(run)
     if len(checkpoints) < last:
-        raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} checkpoint-* folders")
+        incomplete = sorted(path.name for path in run.glob("checkpoint-*") if path.is_dir() and path not in checkpoints)
+        skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""
+        raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} complete checkpoint-* folders{skipped}")
     chosen = checkpoints[-last:]
     model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))
     # Sum in float64 so that averaging many checkpoints loses nothing to rounding.
@@ -147,31 +242,65 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
         if tensor.is_floating_point()
     }
     for checkpoint in chosen[:-1]:
-        other = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, trust_remote_code=True).state_dict()
+        other = {
+            name: tensor for name, tensor in load_model(checkpoint).state_dict().items() if tensor.is_floating_point()
+        }
+        unshared = sorted(set(other) ^ set(totals))
+        if unshared:
+            holder = checkpoint if unshared[0] in other else chosen[-1]
+            raise UsageError(f"cannot average {checkpoint} with {chosen[-1]}: only {holder} has {unshared[0]}")
         for name, total in totals.items():
+            if other[name].shape != total.shape:
+                raise UsageError(
+                    f"cannot average {checkpoint} with {chosen[-1]}: {name} has shape {tuple(other[name].shape)} "
+                    f"against {tuple(total.shape)}; the checkpoints must be of one model"
+                )
             total += other[name].to(total.device, torch.float64)
     state = model.state_dict()
     model.load_state_dict({name: (total / last).to(state[name].dtype) for name, total in totals.items()}, strict=False)
-    save_model_atomically(model, tokenizer, output)
+    sources = {"run": str(run.resolve()), "checkpoints": [path.name for path in chosen]}
+    files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
+    if (run / DATA_RECORD).is_file():
+        files[DATA_RECORD] = (run / DATA_RECORD).read_text(encoding="utf-8")
+    save_model_atomically(model, tokenizer, output, files)
     return output
 
 
-def save_model_atomically(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", output: Path) -> None:
-    """save_pretrained into a temporary folder beside `output`, then swap it in."""
+def save_model_atomically(
+    model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", output: Path, files: dict[str, str]
+) -> None:
+    """save_pretrained (and `files`, name -> text) into a temporary folder beside `output`, then swap it in."""
     temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(temporary, output)
+    previous = output.with_name(f".{output.name}.{os.getpid()}.old")
+    try:
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        for name, text in files.items():
+            (temporary / name).write_text(text, encoding="utf-8")
+        if output.exists():
+            os.replace(output, previous)
+        os.replace(temporary, output)
+    except OSError as error:
+        if previous.exists() and not output.exists():
+            os.replace(previous, output)
+        raise UsageError(f"cannot write the averaged model to {output} ({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def generation_arguments(args: EvalArguments, input_length: int) -> dict:
     """Sec. 6.1's beam search, output limited to input length + offset (replacing the model's saved max_length)."""
+    max_new_tokens = input_length + args.max_length_offset
+    if max_new_tokens < 1:
+        raise UsageError(
+            f"--max_length_offset {args.max_length_offset} leaves no room for an output after an input of "
+            f"{input_length} tokens; expected at least {1 - input_length}"
+        )
     return {
         "num_beams": args.num_beams,
         "length_penalty": args.length_penalty,
-        "max_new_tokens": input_length + args.max_length_offset,
+        "max_new_tokens": max_new_tokens,
         "max_length": None,
     }
 
@@ -198,17 +327,15 @@ def translate(
     input_ids = encode(tokenizer, texts, max_source_length)
     order = sorted(range(len(texts)), key=lambda index: len(input_ids[index]), reverse=True)
     hypotheses: list[str] = [""] * len(texts)
-    batches = range(0, len(order), args.batch_size)
-    for start in tqdm(batches, desc="translating", unit="batch", disable=not progress):
-        indices = order[start : start + args.batch_size]
+    batches = [order[start : start + args.batch_size] for start in range(0, len(order), args.batch_size)]
+    generation = [generation_arguments(args, len(input_ids[indices[0]])) for indices in batches]  # checked first
+    for indices, settings in tqdm(
+        list(zip(batches, generation, strict=True)), desc="translating", unit="batch", disable=not progress
+    ):
         batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
         batch = batch.to(model.device)
         with torch.no_grad():
-            output = model.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                **generation_arguments(args, batch["input_ids"].shape[1]),
-            )
+            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings)
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[index] = " ".join(text.splitlines())
     return hypotheses
@@ -243,6 +370,10 @@ def score(metrics: dict, hypotheses: list[str], references: list[str]) -> dict:
 
 def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     """Translate the split, score it, write the hypotheses and the report; returns the report."""
+    predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
+    results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
+    check_writable(predictions_file, "--predictions_file")
+    check_writable(results_file, "--results_file")
     raw = load_raw_datasets(data)
     if data.uses_embedded_task:
         origin = "the embedded number task"
@@ -259,9 +390,6 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     hypotheses = translate(model, tokenizer, sources, args, data.max_source_length)
     wall_time = time.perf_counter() - start
     scores = score(metrics, hypotheses, references)
-
-    predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
-    results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
     report = {
         "model": args.model,
         "data": origin,
@@ -328,6 +456,8 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path = output_path(args.attention_file, args.model, "attention.png")
+    check_writable(path, "--attention_file")
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
     source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
@@ -361,24 +491,86 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     figure.suptitle(f"cross-attention, last layer: {args.plot_attention!r} -> {translation!r}")
     figure.tight_layout()
 
-    path = output_path(args.attention_file, args.model, "attention.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
+    finally:
+        plt.close(figure)
+        temporary.unlink(missing_ok=True)
     print(f"{args.plot_attention} -> {translation}\nattention plot: {path}")
     return path
 
 
 def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
     """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty)."""
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None
+    lines = [line.strip() for line in text.splitlines()]
     model, tokenizer = load_model_and_tokenizer(args.model)
-    lines = [line.strip() for line in sys.stdin.read().splitlines()]
     texts = [line for line in lines if line]
     translations = iter(translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else [])
     for line in lines:
         print(next(translations) if line else "")
+
+
+def explicit_flags(parser: HfArgumentParser, argv: list[str] | None) -> set[str]:
+    """The arguments given on the command line (not left at their defaults)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+    namespace, _ = probe.parse_known_args(argv)
+    return set(vars(namespace))
+
+
+def read_data_record(folder: Path) -> dict | None:
+    """The DATA_RECORD train.py writes into a model folder (None if there is none), checked."""
+    path = folder / DATA_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not valid JSON ({error})") from None
+    missing = [key for key in (*DATA_RECORD_KEYS, "embedded_task") if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise UsageError(f"{path}: expected a JSON object with the keys {', '.join(missing)}")
+    return record
+
+
+def resolve_data(data: DataArguments, given: set[str], record: dict | None, model: str, split: str | None) -> None:
+    """Defaults from the model's DATA_RECORD for every data argument not given; with no data source given, the
+    recorded data of `split` (None: no data needed), or UsageError naming what to pass."""
+    if record is not None:
+        for name in ("source_lang", "target_lang", "max_source_length", "max_target_length"):
+            if name not in given:
+                setattr(data, name, record[name])
+    if split is None or given & set(DATA_SOURCE_ARGS):
+        return
+    data_flags = f"--{split}_file FILE with --source_lang and --target_lang, or --dataset_name"
+    if record is None:
+        raise UsageError(
+            f"{model} has no {DATA_RECORD} (a model from an older train.py or the Hub), so the data to score is "
+            f"unknown: pass {data_flags}"
+        )
+    if record["embedded_task"]:
+        return  # DataArguments without a data source: the embedded task
+    if record["dataset_name"]:
+        data.dataset_name, data.dataset_config_name = record["dataset_name"], record["dataset_config_name"]
+    elif record[f"{split}_file"]:
+        setattr(data, f"{split}_file", record[f"{split}_file"])
+    else:
+        raise UsageError(
+            f"{model} was trained without {split} data ({DATA_RECORD} has no {split}_file): pass {data_flags}"
+        )
 
 
 @exit_on_usage_error
@@ -388,16 +580,19 @@ def main(argv: list[str] | None = None) -> None:
         "mode", nargs="?", default="evaluate", choices=("evaluate", "translate"), help="translate: stdin to stdout."
     )
     args, data, extra = parser.parse_args_into_dataclasses(args=argv)
+    scores_data = extra.mode == "evaluate" and args.plot_attention is None
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
-    else:
+    record = read_data_record(Path(args.model))  # with --average_last, the run's: it goes into the averaged folder
+    resolve_data(data, explicit_flags(parser, argv), record, args.model, args.split if scores_data else None)
+    if args.average_last is not None:
         run = Path(args.model)
         output = Path(args.averaged_model_dir or run / f"averaged-last-{args.average_last}")
         args.model = str(average_checkpoints(run, args.average_last, output))
         print(f"averaged the last {args.average_last} checkpoints of {run} into {args.model}", file=sys.stderr)
     if extra.mode == "translate":
         translate_stdin(args, data.max_source_length)
-    elif args.plot_attention is not None:
+    elif not scores_data:
         plot_cross_attention(args, data.max_source_length)
     else:
         evaluate_split(args, data)

@@ -29,17 +29,18 @@ PAIRS = [
 OFFSET = 3  # --max_length_offset: short outputs keep the tests fast
 
 
-def run_cli(script: str, *args: str, stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args: str, stdin: str | bytes | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
-        input=stdin,
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
         capture_output=True,
-        text=True,
         env=env,
         cwd=cwd,
         timeout=300,
     )
+    stdout, stderr = (output.decode(errors="replace") for output in (result.stdout, result.stderr))
+    return subprocess.CompletedProcess(result.args, result.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +269,260 @@ def test_empty_test_set_is_a_usage_error(run_dir, tmp_path):
         *("--model", str(run_dir), "--test_file", str(empty), "--source_lang", "en", "--target_lang", "de"),
     )
     assert_usage_error(result, str(empty), "empty")
+
+
+def model_copy(run_dir: Path, destination: Path, record: dict | None = None) -> Path:
+    """The trained model without its checkpoints and data record; `record` (if given) as its data_args.json."""
+    shutil.copytree(run_dir, destination, ignore=shutil.ignore_patterns("checkpoint-*", "averaged-*", "data_args.json"))
+    if record is not None:
+        (destination / "data_args.json").write_text(json.dumps(record))
+    return destination
+
+
+def data_record(**values) -> dict:
+    """A data_args.json as train.py writes it: the embedded task unless files or a dataset are named."""
+    record = dict.fromkeys(("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file"))
+    record.update(source_lang="en", target_lang="de", max_source_length=256, max_target_length=256)
+    record.update(values)
+    record["embedded_task"] = not any(record[name] for name in ("dataset_name", "train_file", "test_file"))
+    return record
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("target", ["the-run-itself", "a-data-folder", "default-averaged-folder"])
+def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(run_dir, test_file, tmp_path, target):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    if target == "the-run-itself":
+        folder, flags = run, ("--averaged_model_dir", str(run))
+    elif target == "a-data-folder":
+        folder = tmp_path / "data"
+        folder.mkdir()
+        shutil.copy(test_file, folder / "test.jsonl")
+        flags = ("--averaged_model_dir", str(folder))
+    else:
+        folder, flags = run / "averaged-last-2", ()
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    before = tree(folder)
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run), "--average_last", "2", *flags),
+        *("--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+    )
+    assert_usage_error(result, str(folder), "averaged_from.json")
+    assert tree(folder) == before
+
+
+def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sources(run_dir, test_file, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("data_args.json"))
+    record = data_record(test_file=str(test_file))
+    (run / "data_args.json").write_text(json.dumps(record))
+    averaged = tmp_path / "averaged"
+    flags = ("--model", str(run), "--averaged_model_dir", str(averaged), "--max_length_offset", "1")
+    result = run_cli("eval.py", "translate", *flags, "--average_last", "1", stdin="")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("eval.py", *flags, "--average_last", "2")  # no data flags: the run's recorded test file
+    assert result.returncode == 0, result.stderr[-3000:]
+    marker = json.loads((averaged / "averaged_from.json").read_text())
+    assert marker == {"run": str(run.resolve()), "checkpoints": ["checkpoint-2", "checkpoint-4"]}
+    assert json.loads((averaged / "data_args.json").read_text()) == record
+    first = load_file(run / "checkpoint-2" / "model.safetensors")
+    second = load_file(run / "checkpoint-4" / "model.safetensors")
+    mean = load_file(averaged / "model.safetensors")
+    for name in first:
+        torch.testing.assert_close(mean[name], (first[name] + second[name]) / 2, msg=name)
+    report = json.loads((averaged / "eval_results_test.json").read_text())
+    assert (report["data"], report["num_sentences"]) == (str(test_file), len(PAIRS))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["averaged", "run"]  # no temporary folder left
+
+
+def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(run_dir, test_file, tmp_path):
+    model = model_copy(
+        run_dir, tmp_path / "model", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
+    )
+    result = run_cli("eval.py", "--model", str(model), "--max_length_offset", str(OFFSET))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / "eval_results_test.json").read_text())
+    assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
+    assert report["num_sentences"] == len(PAIRS)
+    assert len((model / "predictions_test.txt").read_text().splitlines()) == len(PAIRS)
+
+
+def test_split_validation_scores_the_recorded_validation_file(run_dir, test_file, tmp_path):
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(test_file.read_text().splitlines(keepends=True)[:3]))
+    model = model_copy(
+        run_dir, tmp_path / "model", data_record(train_file=str(test_file), validation_file=str(validation))
+    )
+    result = run_cli("eval.py", "--model", str(model), "--split", "validation", "--max_length_offset", str(OFFSET))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / "eval_results_validation.json").read_text())
+    assert (report["data"], report["split"], report["num_sentences"]) == (str(validation), "validation", 3)
+
+
+def test_a_test_file_alone_takes_the_recorded_languages(run_dir, test_file, tmp_path):
+    model = model_copy(
+        run_dir, tmp_path / "model", data_record(train_file="train.jsonl", source_lang="de", target_lang="en")
+    )
+    result = run_cli("eval.py", "--model", str(model), "--test_file", str(test_file), "--max_length_offset", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / "eval_results_test.json").read_text())
+    assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
+
+
+def test_the_recorded_embedded_task_is_scored_without_data_flags(run_dir, tmp_path):
+    model = model_copy(run_dir, tmp_path / "model", data_record())
+    result = run_cli("eval.py", "--model", str(model), "--max_length_offset", "1", "--num_beams", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / "eval_results_test.json").read_text())
+    assert (report["data"], report["source_lang"], report["target_lang"]) == ("the embedded number task", "en", "de")
+    assert report["num_sentences"] == 99
+
+
+@pytest.mark.parametrize("record", [None, "without-test-data"], ids=["no-record", "record-without-test-data"])
+def test_unknown_test_data_is_refused_and_earlier_results_kept(run_dir, tmp_path, record):
+    record = data_record(train_file="train.jsonl", source_lang="de", target_lang="en") if record else None
+    model = model_copy(run_dir, tmp_path / "model", record)
+    earlier = {"eval_results_test.json": '{"bleu": 30.0}\n', "predictions_test.txt": "a man\n"}
+    for name, text in earlier.items():
+        (model / name).write_text(text)
+    result = run_cli("eval.py", "--model", str(model))
+    assert_usage_error(result, str(model), "--test_file", "--source_lang")
+    assert {name: (model / name).read_text() for name in earlier} == earlier
+
+
+def test_train_py_records_its_data_and_eval_py_scores_it_by_default(tmp_path):
+    """End to end: train.py writes data_args.json (de -> en from files); eval.py with no data flags scores its test."""
+    files = {}
+    for split, pairs in (("train", PAIRS * 4), ("test", PAIRS[:4])):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps({"translation": {"en": en, "de": de}}) + "\n" for en, de in pairs))
+    model = tmp_path / "model"
+    result = run_cli(
+        "train.py",
+        *("--train_file", str(files["train"]), "--test_file", str(files["test"]), "--source_lang", "de"),
+        *("--target_lang", "en", "--preset", "tiny", "--vocab_size", "60", "--max_steps", "2", "--save_strategy", "no"),
+        *("--output_dir", str(model), "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("eval.py", "--model", str(model), "--max_length_offset", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / "eval_results_test.json").read_text())
+    assert (report["source_lang"], report["target_lang"], report["num_sentences"]) == ("de", "en", 4)
+    assert Path(report["data"]).resolve() == files["test"].resolve()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_damaged_weights_are_a_usage_error(run_dir, tmp_path, damage):
+    model = model_copy(run_dir, tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000] if damage == "truncated" else b"")
+    result = run_cli("eval.py", "translate", "--model", str(model), stdin="seven\n")
+    assert_usage_error(result, str(model), "deserializing")
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--num_beams", "0", "at least 1"),
+        ("--batch_size", "0", "at least 1"),
+        ("--max_length_offset", "-1000", "no room"),
+    ],
+)
+def test_decoding_arguments_that_allow_no_output_are_usage_errors(run_dir, test_file, tmp_path, flag, value, expected):
+    results_file = tmp_path / "report.json"
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *(flag, value, "--results_file", str(results_file), "--predictions_file", str(tmp_path / "hypotheses.txt")),
+    )
+    assert_usage_error(result, flag, expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(run_dir, tmp_path):
+    from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
+
+    run = tmp_path / "run"
+    for step in (2, 4):
+        shutil.copytree(run_dir / "checkpoint-2", run / f"checkpoint-{step}")
+    config = VanillaConfig.from_pretrained(run / "checkpoint-4")
+    config.d_ff *= 2
+    VanillaForConditionalGeneration(config).save_pretrained(run / "checkpoint-4")
+    result = run_cli("eval.py", "translate", "--model", str(run), "--average_last", "2", stdin="seven\n")
+    assert_usage_error(result, "checkpoint-2", "checkpoint-4", "shape")
+    assert not (run / "averaged-last-2").exists()
+
+
+def test_attention_file_that_is_a_folder_is_a_usage_error_and_leaves_no_temporary_file(run_dir, tmp_path):
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    result = run_cli(
+        "eval.py", *("--model", str(run_dir), "--plot_attention", "seven", "--attention_file", str(folder))
+    )
+    assert_usage_error(result, "--attention_file", str(folder))
+    assert [path.name for path in tmp_path.rglob("*")] == ["plots"]
+
+
+@pytest.mark.parametrize(
+    "flag, where",
+    [
+        ("--results_file", "parent-is-a-file"),
+        ("--predictions_file", "parent-is-a-file"),
+        ("--results_file", "folder-nobody-can-write"),
+    ],
+)
+def test_unwritable_output_is_refused_before_translating(run_dir, test_file, tmp_path, flag, where):
+    """Permission bits do not stop root, so: a path below a file, and /proc (creating a file there fails for root)."""
+    (tmp_path / "a-file").write_text("")
+    unwritable = tmp_path / "a-file" / "out.txt" if where == "parent-is-a-file" else Path("/proc/out.json")
+    outputs = {"--results_file": tmp_path / "report.json", "--predictions_file": tmp_path / "hypotheses.txt"}
+    outputs[flag] = unwritable
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *(item for name, path in outputs.items() for item in (name, str(path))),
+    )
+    assert_usage_error(result, flag, str(unwritable))
+    assert [path.name for path in tmp_path.iterdir()] == ["a-file"]  # nothing translated, nothing written
+
+
+def test_binary_garbage_on_translate_stdin_is_a_usage_error(run_dir):
+    result = run_cli("eval.py", "translate", "--model", str(run_dir), stdin=b"seven\n\xff\xfe\x00\x80garbage\n")
+    assert_usage_error(result, "stdin", "line 2", "UTF-8")
+
+
+def test_folder_with_only_tokenizer_config_is_a_usage_error(run_dir, tmp_path):
+    shutil.copy(run_dir / "tokenizer_config.json", tmp_path)
+    assert_usage_error(run_cli("eval.py", "--model", str(tmp_path)), str(tmp_path), "no config.json")
+
+
+def test_model_whose_tokenizer_is_only_tokenizer_config_is_a_usage_error(run_dir, tmp_path):
+    model = model_copy(run_dir, tmp_path / "model")
+    (model / "tokenizer.json").unlink()
+    result = run_cli("eval.py", "translate", "--model", str(model), stdin="seven\n")
+    assert_usage_error(result, str(model), "no tokenizer.json")
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    from eval import write_atomically
+    from vanilla_data import UsageError
+
+    (tmp_path / "report.json").mkdir()  # os.replace cannot put a file in a folder's place
+    with pytest.raises(UsageError, match="report.json"):
+        write_atomically(tmp_path / "report.json", "{}\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(run_dir, tmp_path):
+    from eval import checkpoint_folders
+
+    for step in (2, 4, 6):
+        shutil.copytree(run_dir / "checkpoint-2", tmp_path / f"checkpoint-{step}")
+    (tmp_path / "checkpoint-6" / "trainer_state.json").unlink()  # Trainer writes it last: a save cut short
+    assert [path.name for path in checkpoint_folders(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
