@@ -13,6 +13,7 @@ so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate
 """
 
 import errno
+import filecmp
 import json
 import os
 import shutil
@@ -190,12 +191,14 @@ def beside(output_dir: Path, role: str) -> Path:
     return output_dir.with_name(f".{output_dir.name}.{role}")
 
 
-def finished_step(output_dir: Path) -> int | None:
-    """The step at which the run that saved output_dir's model ended; None when it holds no finished model."""
-    if not (output_dir / "config.json").is_file():
-        return None
-    state = trainer_state(output_dir)  # saved with the model
-    return state["global_step"] if state is not None else None
+def saved_from(output_dir: Path, checkpoint: Path) -> bool:
+    """Whether output_dir holds the model of `checkpoint`: a finished run's final save is its last checkpoint's."""
+    weights = sorted(path.name for path in output_dir.glob("*.safetensors"))
+    return (
+        (output_dir / "config.json").is_file()
+        and bool(weights)
+        and all(filecmp.cmp(output_dir / name, checkpoint / name, shallow=False) for name in weights)
+    )
 
 
 def finish_interrupted_save(output_dir: Path) -> None:
@@ -246,15 +249,14 @@ def check_output_dir(args: TrainingArguments) -> str | None:
     if not output_dir.is_dir():
         return None
     checkpoints = checkpoint_folders(output_dir)
-    step = finished_step(output_dir)
     held = (output_dir / "config.json").exists() or checkpoints
     if held and not args.overwrite_output_dir:
         raise UsageError(
             f"output_dir {output_dir} already holds a model or checkpoints; pass --overwrite_output_dir to replace "
             "it or --resume_from_checkpoint to continue it"
         )
-    newest = int(checkpoints[-1].name.split("-")[-1]) if checkpoints else None
-    if newest is not None and (step is None or newest > step):
+    newest = checkpoints[-1] if checkpoints else None
+    if newest is not None and (trainer_state(newest) is None or not saved_from(output_dir, newest)):
         raise UsageError(
             f"output_dir {output_dir} holds the checkpoints of an unfinished run (the newest: {checkpoints[-1].name}), "
             "and --overwrite_output_dir only replaces a finished model: continue the run with "
@@ -264,8 +266,8 @@ def check_output_dir(args: TrainingArguments) -> str | None:
         averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
         stale = ", ".join(path.name for path in checkpoints + averaged)
         print(
-            f"--overwrite_output_dir: replacing the finished model in {output_dir} (step {step}) when the new one is "
-            f"saved; the old one stays until then" + (f"; removing its {stale}" if stale else "")
+            f"--overwrite_output_dir: replacing the finished model in {output_dir} when the new one is saved (the "
+            "old one stays until then)" + (f"; removing its {stale}" if stale else "")
         )
         for path in checkpoints + averaged:
             shutil.rmtree(path)
@@ -633,7 +635,7 @@ def train_and_save(
         run_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
         message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"
-        if finished_step(output_dir) == resumed_step:
+        if saved_from(output_dir, Path(checkpoint)):
             if trainer.is_world_process_zero():
                 print(f"{message}; its model is saved in {output_dir}")
             return
