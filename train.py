@@ -455,6 +455,8 @@ def train_loss_metrics(trainer: VanillaTrainer, resumed_step: int, whole_run_kno
     steps = trainer.state.global_step
     if whole_run_known:
         return {"train_loss": trainer.loss_total() / max(steps, 1)}
+    if steps == resumed_step:  # a complete run's checkpoint saved without the sum: no figure to report
+        return {}
     resumed_mean = (trainer.loss_total() - trainer.loss_before) / max(steps - resumed_step, 1)
     return {f"train_loss_steps_{resumed_step + 1}_to_{steps}": resumed_mean}
 

@@ -70,6 +70,18 @@ def finished(tmp_path_factory, data) -> Path:
     return output_dir
 
 
+NEW_RUN = ["--max_steps", "3", "--seed", "7", "--save_strategy", "steps", "--save_steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def new_run(tmp_path_factory, data) -> Path:
+    """What retraining into `finished` with NEW_RUN saves: another model."""
+    output_dir = tmp_path_factory.mktemp("new") / "run"
+    result = quick_run(data, output_dir, *NEW_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
 def copy_of(run: Path, tmp_path: Path) -> Path:
     copy = tmp_path / run.name
     shutil.copytree(run, copy)
@@ -163,17 +175,16 @@ def test_overwrite_replaces_a_finished_model_as_a_whole_and_says_so(tmp_path, fi
 @pytest.mark.parametrize(
     ("point", "survivor"), [("final-save", "old"), ("final-swap", "new"), ("final-swapped", "new")]
 )
-def test_final_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, finished, data, point, survivor):
+def test_final_save_killed_at_any_point_leaves_the_old_or_the_new_model(
+    tmp_path, finished, new_run, data, point, survivor
+):
     """A reader sees the old model or the new one, never a mix; the next start finishes or drops the swap."""
-    new_args = ["--max_steps", "3", "--seed", "7", "--save_strategy", "steps", "--save_steps", "3"]
-    reference = tmp_path / "reference"
-    assert quick_run(data, reference, *new_args).returncode == 0
     output_dir = copy_of(finished, tmp_path)
     (output_dir / "notes.txt").write_text("mine")
-    models = {"old": snapshot(output_dir), "new": snapshot(reference)}
+    models = {"old": snapshot(output_dir), "new": snapshot(new_run)}
     assert models["old"]["model.safetensors"] != models["new"]["model.safetensors"]
 
-    result = quick_run(data, output_dir, *new_args, "--overwrite_output_dir", "true", fault=point)
+    result = quick_run(data, output_dir, *NEW_RUN, "--overwrite_output_dir", "true", fault=point)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     if output_dir.exists():
         assert snapshot(output_dir)["model.safetensors"] == models[survivor]["model.safetensors"]
