@@ -405,6 +405,8 @@ class VanillaTrainer(Seq2SeqTrainer):
         return self.loss_before + (self.loss_since.item() if self.loss_since is not None else 0.0)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call and self.args.should_save:  # a checkpoint rewritten (resumed from an older one) is
+            (Path(output_dir) / TRAINER_STATE).unlink(missing_ok=True)  # incomplete until its new state is in
         super().save_model(output_dir, _internal_call)
         if _internal_call and self.args.should_save:  # a checkpoint, whose trainer_state.json Trainer writes next
             total = {"loss_sum": self.loss_total(), "global_step": self.state.global_step}

@@ -137,6 +137,15 @@ def test_resume_last_skips_an_incomplete_checkpoint_and_names_it(killed_recipe_r
     assert json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
 
 
+def test_a_checkpoint_killed_while_rewritten_is_not_complete(tmp_path, finished, data):
+    """Resuming from an older checkpoint rewrites the newer ones: killed mid-way, one is no mix of two saves."""
+    output_dir = copy_of(finished, tmp_path)
+    resume = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    resume += ["--resume_from_checkpoint", str(output_dir / "checkpoint-2")]
+    assert quick_run(data, output_dir, *resume, fault="checkpoint-4").returncode == -signal.SIGKILL
+    assert complete_checkpoints(output_dir) == [output_dir / "checkpoint-2"]
+
+
 def test_overwrite_refuses_to_delete_an_unfinished_run(tmp_path, killed_recipe_run):
     run, args = killed_recipe_run
     output_dir = copy_of(run, tmp_path)
