@@ -12,9 +12,14 @@ The learning rate, sec. 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup
 so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate at every optimizer step.
 """
 
+import errno
+import filecmp
 import json
+import os
 import shutil
+import signal
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,18 +37,21 @@ from transformers import (
     Seq2SeqTrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
+    TRAINER_STATE,
     DataArguments,
     UsageError,
+    checkpoint_folders,
+    complete_checkpoints,
     corpus_texts,
     default_vocab_size,
     exit_on_usage_error,
     load_raw_datasets,
     read_text,
     train_bpe_tokenizer,
+    trainer_state,
     wrap_tokenizer,
 )
 
@@ -56,7 +64,25 @@ PRESETS = {
 }
 # Sec. 6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6".
 DECODING = dict(num_beams=4, length_penalty=0.6, early_stopping=True)
-FINAL_FILES_LAST = "config.json"  # written last: a folder with a config.json holds a whole model
+# The config fields a flag of ModelArguments sets; a checkpoint fixes them all.
+CONFIG_FLAGS = (
+    "d_model",
+    "num_heads",
+    "d_ff",
+    "encoder_layers",
+    "decoder_layers",
+    "dropout",
+    "label_smoothing",
+    "position_embedding_type",
+    "norm_first",
+)
+RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
+DATA_ARGS = "data_args.json"  # in the final model: what it was trained on, for eval.py's defaults
+AVERAGED_MARKER = "averaged_from.json"  # eval.py writes it into every averaged-last-N folder it makes
+# Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
+# of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
+OLD_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "eval_results_*.json", "predictions_*.txt")
 
 
 @dataclass
@@ -112,7 +138,7 @@ def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Command-line flags, optionally after a JSON/YAML file holding flags (the command line wins)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+    if argv and argv[0].endswith(RECIPE_SUFFIXES):
         parser.set_defaults(**read_recipe(argv[0], {action.dest for action in parser._actions}))
         argv = argv[1:]
     try:
@@ -154,43 +180,172 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
         raise UsageError("--vocab_size sizes the BPE that train.py learns; it cannot resize --tokenizer_name")
 
 
+def given_flags(argv: list[str]) -> set[str]:
+    """The flags that a recipe file or the command line sets; the others keep their defaults."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    given = set()
+    if argv and argv[0].endswith(RECIPE_SUFFIXES):
+        given = set(read_recipe(argv[0], {action.dest for action in parser._actions}))
+        argv = argv[1:]
+    unset = object()
+    parser.set_defaults(**{action.dest: unset for action in parser._actions})
+    namespace, _ = parser.parse_known_args(argv)
+    return given | {name for name, value in vars(namespace).items() if value is not unset}
+
+
+def fault_point(name: str) -> None:
+    """Tests' fault injection: VANILLA_FAULT=<name> kills the process here, <name>:enospc fails as a full disk."""
+    fault = os.environ.get("VANILLA_FAULT")
+    if fault == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == f"{name}:enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def beside(output_dir: Path, role: str) -> Path:
+    """The hidden sibling folder where the final save builds the new model ("saving") or parks the old ("replaced")."""
+    output_dir = output_dir.resolve()
+    return output_dir.with_name(f".{output_dir.name}.{role}")
+
+
+def saved_from(output_dir: Path, checkpoint: Path) -> bool:
+    """Whether output_dir holds the model of `checkpoint`: a finished run's final save is its last checkpoint's."""
+    weights = sorted(path.name for path in output_dir.glob("*.safetensors"))
+    return (
+        (output_dir / "config.json").is_file()
+        and bool(weights)
+        and all(filecmp.cmp(output_dir / name, checkpoint / name, shallow=False) for name in weights)
+    )
+
+
+def finish_interrupted_save(output_dir: Path) -> None:
+    """Completes a final save that was killed while swapping folders, or drops one killed before the swap."""
+    staging, replaced = beside(output_dir, "saving"), beside(output_dir, "replaced")
+    if replaced.exists():
+        if not output_dir.exists():  # killed between the two renames: the new model was complete
+            staging.rename(output_dir)
+        keep_entries_of_replaced(replaced, output_dir)
+        print(f"finished an interrupted save: {output_dir} holds the new model")
+    if staging.exists():  # killed while writing the new model: the old one (if any) is intact
+        shutil.rmtree(staging)
+
+
+def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
+    """Moves what is not the old model (checkpoints, logs, other files) from `replaced` into output_dir; drops it."""
+    for entry in sorted(replaced.iterdir()):
+        old_model_file = entry.is_file() and any(entry.match(pattern) for pattern in OLD_MODEL_FILES)
+        if not old_model_file and not (output_dir / entry.name).exists():
+            entry.rename(output_dir / entry.name)
+    shutil.rmtree(replaced)
+
+
 def check_output_dir(args: TrainingArguments) -> str | None:
-    """Refuses an output_dir holding another model; returns the checkpoint to resume from, if any."""
+    """Refuses an output_dir holding another model or an unfinished run; returns the checkpoint to resume, if any.
+
+    Resuming never deletes anything. --overwrite_output_dir only replaces a finished model: it removes that model's
+    checkpoints and averaged models now, and the model itself when the new one is saved."""
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir} is a file, expected a folder")
+    with args.main_process_first(local=False, desc="checking output_dir"):
+        if args.process_index == 0:
+            finish_interrupted_save(output_dir)
     checkpoint = args.resume_from_checkpoint
     if checkpoint is not None:
         if checkpoint.lower() in ("true", "last"):
-            checkpoint = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
-            if checkpoint is None:
-                raise UsageError(f"--resume_from_checkpoint: no checkpoint-* folder in {output_dir}")
-        elif not (Path(checkpoint) / "trainer_state.json").is_file():
-            raise UsageError(f"--resume_from_checkpoint: {checkpoint} is not a checkpoint (no trainer_state.json)")
+            found = complete_checkpoints(output_dir) if output_dir.is_dir() else []
+            if not found:
+                raise UsageError(f"--resume_from_checkpoint: no complete checkpoint-* folder in {output_dir}")
+            return str(found[-1])
+        if trainer_state(Path(checkpoint)) is None:
+            raise UsageError(
+                f"--resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, "
+                "which Trainer writes last)"
+            )
         return checkpoint
-    held = output_dir.is_dir() and ((output_dir / "config.json").exists() or any(output_dir.glob("checkpoint-*")))
+    if not output_dir.is_dir():
+        return None
+    checkpoints = checkpoint_folders(output_dir)
+    held = (output_dir / "config.json").exists() or checkpoints
     if held and not args.overwrite_output_dir:
         raise UsageError(
             f"output_dir {output_dir} already holds a model or checkpoints; pass --overwrite_output_dir to replace "
             "it or --resume_from_checkpoint to continue it"
         )
+    newest = checkpoints[-1] if checkpoints else None
+    if newest is not None and (trainer_state(newest) is None or not saved_from(output_dir, newest)):
+        raise UsageError(
+            f"output_dir {output_dir} holds the checkpoints of an unfinished run (the newest: {checkpoints[-1].name}), "
+            "and --overwrite_output_dir only replaces a finished model: continue the run with "
+            "--resume_from_checkpoint last, or move the checkpoints away"
+        )
+    if held and args.process_index == 0:
+        averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
+        stale = ", ".join(path.name for path in checkpoints + averaged)
+        print(
+            f"--overwrite_output_dir: replacing the finished model in {output_dir} when the new one is saved (the "
+            "old one stays until then)" + (f"; removing its {stale}" if stale else "")
+        )
+        for path in checkpoints + averaged:
+            shutil.rmtree(path)
     return None
+
+
+def check_writable(output_dir: Path) -> None:
+    """Fails before training, not after, when output_dir or the folder beside it (for the final save) is unwritable."""
+    output_dir = output_dir.resolve()
+    for folder in dict.fromkeys((output_dir, output_dir.parent)):
+        while not folder.exists():
+            folder = folder.parent
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=folder))
+        except OSError as error:
+            raise UsageError(f"output_dir {output_dir} cannot be written: {folder}: {error.strerror}") from None
+
+
+def check_resume_flags(
+    model_args: ModelArguments, given: set[str], checkpoint: str, config: VanillaConfig, tokenizer, texts_of
+) -> None:
+    """Refuses, by name, flags for a resumed run that differ from the shape and tokenizer its checkpoint fixes."""
+    differ = []
+    if "preset" in given:
+        preset = PRESETS[model_args.preset]
+        mismatched = [
+            f"{name} {value}" for name, value in preset.items() if name not in given and getattr(config, name) != value
+        ]
+        if mismatched:
+            differ.append(f"--preset {model_args.preset} ({', '.join(mismatched)})")
+    for name in CONFIG_FLAGS:
+        value = getattr(model_args, name)
+        if name in given and value is not None and value != getattr(config, name):
+            differ.append(f"--{name} {value} (the checkpoint's: {getattr(config, name)})")
+    vocab_size = model_args.vocab_size
+    if (
+        "vocab_size" in given
+        and vocab_size is not None
+        and vocab_size != config.vocab_size
+        and not model_args.tokenizer_name
+    ):
+        # A BPE stops short of the size asked for when the data allows no more merges: retrain to compare.
+        if vocab_size < config.vocab_size or len(train_bpe_tokenizer(texts_of(), vocab_size)) != config.vocab_size:
+            differ.append(f"--vocab_size {vocab_size} (the checkpoint's: {config.vocab_size})")
+    if "tokenizer_name" in given and model_args.tokenizer_name:
+        try:
+            named = AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"cannot load tokenizer {model_args.tokenizer_name!r}: {error}") from None
+        if named.get_vocab() != tokenizer.get_vocab():
+            differ.append(f"--tokenizer_name {model_args.tokenizer_name} (not the checkpoint's tokenizer)")
+    if differ:
+        raise UsageError(
+            f"{checkpoint} fixes the model and these flags differ from it: {'; '.join(differ)}; drop them to resume"
+        )
 
 
 def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> VanillaConfig:
     """The preset's shape, with every explicitly given flag on top; ids from the tokenizer."""
     values = dict(PRESETS[model_args.preset])
-    for name in (
-        "d_model",
-        "num_heads",
-        "d_ff",
-        "encoder_layers",
-        "decoder_layers",
-        "dropout",
-        "label_smoothing",
-        "position_embedding_type",
-        "norm_first",
-    ):
+    for name in CONFIG_FLAGS:
         if getattr(model_args, name) is not None:
             values[name] = getattr(model_args, name)
     special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -245,11 +400,35 @@ def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, 
 
 
 class VanillaTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer whose length-grouped sampler sees the length column (see `tokenize`)."""
+    """Seq2SeqTrainer whose length-grouped sampler sees the length column (see `tokenize`), and whose checkpoints
+    keep the training loss summed over the whole run, so that a resumed run reports the whole run's mean."""
+
+    def __init__(self, *args, loss_before: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_before = loss_before  # summed over the steps of the checkpoint this run resumed from
+        self.loss_since = None  # summed over this run's steps, on the device (one sync per checkpoint)
 
     def _get_train_sampler(self, train_dataset=None):
         # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
         return super()._get_train_sampler(self.train_dataset)
+
+    def training_step(self, *args, **kwargs) -> torch.Tensor:
+        # This process's loss, divided so that the gradient accumulation steps of one optimizer step sum to its loss.
+        loss = super().training_step(*args, **kwargs)
+        self.loss_since = loss.detach() if self.loss_since is None else self.loss_since + loss.detach()
+        return loss
+
+    def loss_total(self) -> float:
+        return self.loss_before + (self.loss_since.item() if self.loss_since is not None else 0.0)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call and self.args.should_save:  # a checkpoint rewritten (resumed from an older one) is
+            (Path(output_dir) / TRAINER_STATE).unlink(missing_ok=True)  # incomplete until its new state is in
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and self.args.should_save:  # a checkpoint, whose trainer_state.json Trainer writes next
+            total = {"loss_sum": self.loss_total(), "global_step": self.state.global_step}
+            (Path(output_dir) / LOSS_TOTAL).write_text(json.dumps(total) + "\n", encoding="utf-8")
+            fault_point(Path(output_dir).name)
 
 
 def padding_fraction(trainer: Seq2SeqTrainer) -> float:
@@ -280,12 +459,48 @@ def exact_match(trainer: Seq2SeqTrainer, dataset) -> float:
     return sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True)) / len(references)
 
 
-def model_card(model_args, data_args, config: VanillaConfig, metrics: dict, output_dir: str) -> str:
+def loss_before(checkpoint: str | None) -> float | None:
+    """The training loss summed over the steps up to a checkpoint; None for a checkpoint saved without that sum."""
+    if checkpoint is None:
+        return 0.0
+    try:
+        return float(json.loads((Path(checkpoint) / LOSS_TOTAL).read_text(encoding="utf-8"))["loss_sum"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def train_loss_metrics(trainer: VanillaTrainer, resumed_step: int, whole_run_known: bool) -> dict:
+    """The mean training loss of the whole run; where a checkpoint lacks the sum, of the resumed steps, named so."""
+    steps = trainer.state.global_step
+    if whole_run_known:
+        return {"train_loss": trainer.loss_total() / max(steps, 1)}
+    if steps == resumed_step:  # a complete run's checkpoint saved without the sum: no figure to report
+        return {}
+    resumed_mean = (trainer.loss_total() - trainer.loss_before) / max(steps - resumed_step, 1)
+    return {f"train_loss_steps_{resumed_step + 1}_to_{steps}": resumed_mean}
+
+
+def data_record(data_args: DataArguments) -> dict:
+    """What the model was trained on (data_args.json beside it): eval.py's defaults."""
+    record = {name: getattr(data_args, name) for name in ("dataset_name", "dataset_config_name")}
+    for name in ("train_file", "validation_file", "test_file"):
+        path = getattr(data_args, name)
+        record[name] = os.path.abspath(path) if path is not None else None
+    for name in ("source_lang", "target_lang", "max_source_length", "max_target_length"):
+        record[name] = getattr(data_args, name)
+    record["embedded_task"] = data_args.uses_embedded_task
+    return record
+
+
+def model_card(data_args, config: VanillaConfig, metrics: dict, output_dir: str) -> str:
     data = data_args.dataset_name or data_args.train_file or "the embedded task (English -> German number words)"
     shape = ", ".join(
         f"{name} {getattr(config, name)}"
         for name in ("d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "vocab_size")
     )
+    # The shape saved, not the flags asked for: a resumed run takes its checkpoint's.
+    presets = [name for name, values in PRESETS.items() if all(getattr(config, k) == v for k, v in values.items())]
+    described = f"preset `{presets[0]}` ({shape})" if presets else f"a custom shape ({shape})"
     results = "\n".join(f"| {name} | {value:.4g} |" for name, value in metrics.items())
     return f"""---
 library_name: transformers
@@ -293,8 +508,8 @@ tags: [translation, vanilla-transformer]
 ---
 # Transformer {data_args.source_lang} -> {data_args.target_lang}
 
-The encoder-decoder Transformer of *Attention Is All You Need* (Vaswani et al., 2017), preset
-`{model_args.preset}` ({shape}), trained with `train.py` on {data}.
+The encoder-decoder Transformer of *Attention Is All You Need* (Vaswani et al., 2017), {described},
+trained with `train.py` on {data}.
 Decoding defaults (generation_config.json): beam size 4, length penalty 0.6 (sec. 6.1).
 
 | metric | value |
@@ -314,39 +529,91 @@ Evaluate: `python eval.py --model {output_dir}`
 """
 
 
-def save_final_model(trainer: Seq2SeqTrainer, card: str) -> None:
-    """Writes the model into a hidden folder, then moves each file into output_dir, config.json last."""
+def save_final_model(trainer: VanillaTrainer, files: dict[str, str], state_source: Path | None = None) -> None:
+    """Builds the model (and `files`: name -> text) in a sibling folder, then swaps it for output_dir's by renames.
+
+    A reader sees the old model or the new one, never a mix. Every entry of output_dir that is not the old model
+    (checkpoints, logs, averaged models, other files) moves into the new folder; `finish_interrupted_save` completes
+    a swap that was killed. trainer_state.json (the run's log) is the Trainer's, or a copy of `state_source`'s."""
     output_dir = Path(trainer.args.output_dir)
-    staging = output_dir / ".saving"
-    if trainer.is_world_process_zero() and staging.exists():
-        shutil.rmtree(staging)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))  # every process takes part; the main one writes
+    staging, replaced = beside(output_dir, "saving"), beside(output_dir, "replaced")
+    try:
+        if trainer.is_world_process_zero() and staging.exists():
+            shutil.rmtree(staging)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(staging))  # every process takes part; the main one writes
+        if trainer.is_world_process_zero():
+            for name, text in files.items():
+                (staging / name).write_text(text, encoding="utf-8")
+            if state_source is None:
+                trainer.state.save_to_json(str(staging / TRAINER_STATE))
+            else:
+                shutil.copyfile(state_source / TRAINER_STATE, staging / TRAINER_STATE)
+            fault_point("final-save")
+    except BaseException:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)  # the old model, untouched, stays
+        raise
     if trainer.is_world_process_zero():
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        files = sorted(staging.iterdir(), key=lambda path: path.name == FINAL_FILES_LAST)
-        for path in files:
-            path.replace(output_dir / path.name)
-        staging.rmdir()
+        if output_dir.exists():
+            output_dir.rename(replaced)
+            fault_point("final-swap")
+        staging.rename(output_dir)
+        fault_point("final-swapped")
+        if replaced.exists():
+            keep_entries_of_replaced(replaced, output_dir)
     trainer.accelerator.wait_for_everyone()
+
+
+def last_checkpoint_phrase(output_dir: Path) -> str:
+    checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
+    if not checkpoints:
+        return "there is no checkpoint to resume from"
+    return f"the last checkpoint is {checkpoints[-1]} (continue with --resume_from_checkpoint last)"
+
+
+def remove_partial_checkpoint(trainer: VanillaTrainer) -> str:
+    """Removes the checkpoint a failure cut short, so that `--resume_from_checkpoint last` never picks it."""
+    partial = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+    if trainer.is_world_process_zero() and partial.is_dir() and trainer_state(partial) is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        return f"removed the partial {partial.name}; "
+    return ""
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, args = parse_arguments(argv)
     check_arguments(model_args, args)
     if model_args.preset not in PRESETS:
         raise UsageError(f"unknown preset {model_args.preset!r}; expected one of {', '.join(PRESETS)}")
     if args.label_smoothing_factor:
         raise UsageError("--label_smoothing_factor would smooth twice; use --label_smoothing (the model config's)")
     checkpoint = check_output_dir(args)
+    try:
+        train_and_save(model_args, data_args, args, checkpoint, given_flags(argv))
+    except KeyboardInterrupt:
+        if args.process_index == 0:
+            print(f"interrupted: {last_checkpoint_phrase(Path(args.output_dir))}", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def train_and_save(
+    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, checkpoint: str | None, given: set
+) -> None:
+    """Trains (or continues `checkpoint`'s run) and saves the model, its card and its data record into output_dir."""
     raw = load_raw_datasets(data_args)
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
+    output_dir = Path(args.output_dir)
+    check_writable(output_dir)
 
     if checkpoint is not None:  # the run continues with the tokenizer and shape it started with
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         config = VanillaConfig.from_pretrained(checkpoint)
+        texts = lambda: corpus_texts(raw, data_args.source_lang, data_args.target_lang)  # noqa: E731
+        check_resume_flags(model_args, given, checkpoint, config, tokenizer, texts)
     else:
         tokenizer = build_tokenizer(model_args, raw, data_args, args)
         config = build_config(model_args, tokenizer)
@@ -368,10 +635,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.type == "cpu":
         args.dataloader_pin_memory = False  # pinned memory only speeds up copies to an accelerator
 
-    if args.overwrite_output_dir and args.process_index == 0:
-        for stale in Path(args.output_dir).glob("checkpoint-*"):
-            shutil.rmtree(stale)
     tokenized = tokenize(raw, tokenizer, data_args, args.length_column_name)
+    before = loss_before(checkpoint)
     trainer = VanillaTrainer(
         model=model,
         args=args,
@@ -379,6 +644,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        loss_before=before or 0.0,
     )
     padding = padding_fraction(trainer)
     if trainer.is_world_process_zero():
@@ -386,16 +652,53 @@ def main(argv: list[str] | None = None) -> None:
             f"padding: {padding:.1%} of the tokens in an epoch's batches "
             f"(train_sampling_strategy={args.train_sampling_strategy}, batch size {args.per_device_train_batch_size})"
         )
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = {"train_loss": train_result.training_loss, "train_padding_fraction": padding}
+    resumed_step = trainer_state(Path(checkpoint))["global_step"] if checkpoint is not None else 0
+    with torch.random.fork_rng():  # building a dataloader to count its batches must not change the random stream
+        run_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+    if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
+        message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"
+        if saved_from(output_dir, Path(checkpoint)):
+            if trainer.is_world_process_zero():
+                print(f"{message}; its model is saved in {output_dir}")
+            return
+        if trainer.is_world_process_zero():
+            print(f"{message}; saving its model")
+        trained = VanillaForConditionalGeneration.from_pretrained(checkpoint)
+        model.load_state_dict(trained.state_dict())
+        trainer.state.global_step = resumed_step
+    else:
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except OSError as error:  # a full disk, a folder made read-only: the older model and checkpoints stay intact
+            removed = remove_partial_checkpoint(trainer)
+            raise UsageError(
+                f"training stopped at step {trainer.state.global_step}: {error.strerror or error}; {removed}"
+                f"{last_checkpoint_phrase(output_dir)}"
+            ) from None
+        except KeyboardInterrupt:
+            remove_partial_checkpoint(trainer)
+            raise
+    metrics = train_loss_metrics(trainer, resumed_step, before is not None)
+    metrics["train_padding_fraction"] = padding
     if "validation" in tokenized:
         metrics.update(trainer.evaluate())
     if args.do_predict and "test" in raw:
         metrics["test_exact_match"] = exact_match(trainer, tokenized["test"])
     metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
-    trainer.save_metrics("all", metrics)
 
-    save_final_model(trainer, model_card(model_args, data_args, config, metrics, args.output_dir))
+    files = {
+        "README.md": model_card(data_args, config, metrics, args.output_dir),
+        DATA_ARGS: json.dumps(data_record(data_args), indent=2) + "\n",
+        "all_results.json": json.dumps(metrics, indent=4, sort_keys=True) + "\n",  # Trainer.save_metrics' format
+    }
+    state_source = Path(checkpoint) if checkpoint is not None and resumed_step >= run_steps else None
+    try:
+        save_final_model(trainer, files, state_source)
+    except OSError as error:
+        raise UsageError(
+            f"cannot save the model into {output_dir}: {error.strerror or error}; the older model there (if any) "
+            f"is intact and {last_checkpoint_phrase(output_dir)}"
+        ) from None
     if trainer.is_world_process_zero():
         if "test_exact_match" in metrics:
             print(f"exact match on the test split: {metrics['test_exact_match']:.1%} ({len(raw['test'])} sentences)")

@@ -22,6 +22,7 @@ EMBEDDED_LANGS = ("en", "de")
 EMBEDDED_NUMBERS = range(1, 1000)
 EMBEDDED_HELD_OUT = 0.1  # fraction of the numbers in each of validation and test
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3: VanillaConfig's pad/bos/eos and unk
+TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
 
 
 class UsageError(Exception):
@@ -328,3 +329,31 @@ def corpus_texts(raw: datasets.DatasetDict, source_lang: str, target_lang: str) 
     """Source and target sentences of the training split: the text a joint BPE is learned from."""
     train = raw["train"]
     return sentences(train, source_lang) + sentences(train, target_lang)
+
+
+def checkpoint_folders(run: Path) -> list[Path]:
+    """The checkpoint-<step> folders Trainer writes into a run folder, complete or not, oldest first."""
+    folders = [path for path in run.glob("checkpoint-*") if path.is_dir() and path.name.split("-")[-1].isdigit()]
+    return sorted(folders, key=lambda path: int(path.name.split("-")[-1]))
+
+
+def trainer_state(folder: Path) -> dict | None:
+    """A folder's trainer_state.json; None when it is missing or cut short (the save was killed or the disk full)."""
+    try:
+        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def complete_checkpoints(run: Path) -> list[Path]:
+    """The checkpoints of a run that were saved to the end, oldest first; the others are named in a warning."""
+    complete = []
+    for folder in checkpoint_folders(run):
+        if trainer_state(folder) is None:
+            print(
+                f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
+            )
+        else:
+            complete.append(folder)
+    return complete

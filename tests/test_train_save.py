@@ -1,0 +1,353 @@
+"""train.py keeps the user's work: resume, overwrite, the final save, kills, Ctrl-C, full disks, unwritable folders.
+
+Faults are injected with VANILLA_FAULT=<point> (train.fault_point): the process kills itself there, or with
+<point>:enospc fails as a full disk would. Points: checkpoint-<step> (mid-checkpoint: the weights written, not
+the optimizer or trainer_state.json), final-save (the new model built beside output_dir), final-swap (the old
+folder moved aside) and final-swapped (the new folder in place, the old one's checkpoints not yet moved back).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from test_train import QUICK, ROOT, TINY, environment, write_jsonl
+
+from vanilla_data import complete_checkpoints
+
+pytestmark = pytest.mark.slow
+LANGS = ["--source_lang", "en", "--target_lang", "de"]
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "README.md", "data_args.json")
+
+
+def run_train(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = environment()
+    if fault is not None:
+        env["VANILLA_FAULT"] = fault
+    command = [sys.executable, str(ROOT / "train.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def quick_run(train_file: Path, output_dir: Path, *extra: str, fault: str | None = None):
+    """A tiny model on `train_file`, `extra` flags last (they win)."""
+    args = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--output_dir", str(output_dir), *extra]
+    return run_train(*args, fault=fault)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in MODEL_FILES if (folder / name).is_file()}
+
+
+def hidden_siblings(output_dir: Path) -> list[str]:
+    return sorted(path.name for path in output_dir.parent.glob(f".{output_dir.name}.*"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", range(1, 17))  # 16 pairs, 4 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data) -> Path:
+    """A finished run: checkpoints 2 and 4, the model of step 4."""
+    output_dir = tmp_path_factory.mktemp("finished") / "run"
+    relative = Path(os.path.relpath(data, ROOT))  # data_args.json records it absolute
+    result = quick_run(relative, output_dir, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+NEW_RUN = ["--max_steps", "3", "--seed", "7", "--save_strategy", "steps", "--save_steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def new_run(tmp_path_factory, data) -> Path:
+    """What retraining into `finished` with NEW_RUN saves: another model."""
+    output_dir = tmp_path_factory.mktemp("new") / "run"
+    result = quick_run(data, output_dir, *NEW_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    return copy
+
+
+# 1 and 7: a run of the shipped CPU recipe (overwrite_output_dir: true), killed while saving checkpoint-6.
+RECIPE = [str(ROOT / "recipes" / "multi30k_de_en_cpu.yaml"), *TINY, "--vocab_size", "300"]
+
+
+@pytest.fixture(scope="module")
+def killed_recipe_run(tmp_path_factory, data) -> tuple[Path, list[str]]:
+    output_dir = tmp_path_factory.mktemp("recipe") / "rec"
+    args = [*RECIPE, "--train_file", str(data), "--validation_file", str(data), "--test_file", str(data), *LANGS]
+    args += ["--per_device_train_batch_size", "4", "--warmup_steps", "2", "--max_steps", "8", "--save_steps", "2"]
+    args += ["--save_strategy", "steps", "--eval_strategy", "no", "--output_dir", str(output_dir)]
+    result = run_train(*args, fault="checkpoint-6")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    return output_dir, args
+
+
+@pytest.fixture(scope="module")
+def resumed_recipe_run(tmp_path_factory, killed_recipe_run) -> tuple[Path, subprocess.CompletedProcess]:
+    run, args = killed_recipe_run
+    output_dir = copy_of(run, tmp_path_factory.mktemp("resumed"))
+    args = [*args, "--output_dir", str(output_dir), "--resume_from_checkpoint", "last"]
+    return output_dir, run_train(*args)
+
+
+def test_resuming_with_a_recipe_that_overwrites_keeps_every_checkpoint(killed_recipe_run, resumed_recipe_run):
+    killed, _ = killed_recipe_run
+    assert sorted(path.name for path in killed.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    output_dir, result = resumed_recipe_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The recipe keeps 3 checkpoints: Trainer's rotation, not train.py, removed checkpoint-2.
+    assert [path.name for path in complete_checkpoints(output_dir)] == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert "--overwrite_output_dir" not in result.stdout
+
+
+def test_resume_last_skips_an_incomplete_checkpoint_and_names_it(killed_recipe_run, resumed_recipe_run):
+    killed, _ = killed_recipe_run
+    assert (killed / "checkpoint-6" / "model.safetensors").is_file()
+    assert not (killed / "checkpoint-6" / "trainer_state.json").exists()
+    output_dir, result = resumed_recipe_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipping")]
+    assert len(warnings) == 1 and "checkpoint-6" in warnings[0] and "incomplete" in warnings[0]
+    # Resumed from checkpoint-4: the log holds one entry per step with no step twice.
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+
+
+def test_a_checkpoint_killed_while_rewritten_is_not_complete(tmp_path, finished, data):
+    """Resuming from an older checkpoint rewrites the newer ones: killed mid-way, one is no mix of two saves."""
+    output_dir = copy_of(finished, tmp_path)
+    resume = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    resume += ["--resume_from_checkpoint", str(output_dir / "checkpoint-2")]
+    assert quick_run(data, output_dir, *resume, fault="checkpoint-4").returncode == -signal.SIGKILL
+    assert complete_checkpoints(output_dir) == [output_dir / "checkpoint-2"]
+
+
+def test_overwrite_refuses_to_delete_an_unfinished_run(tmp_path, killed_recipe_run):
+    run, args = killed_recipe_run
+    output_dir = copy_of(run, tmp_path)
+    before = sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*"))
+    result = run_train(*args, "--output_dir", str(output_dir))  # the recipe's overwrite_output_dir, no resume
+    line = error_line(result)
+    assert "unfinished run" in line and "checkpoint-6" in line and "--resume_from_checkpoint last" in line
+    assert sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*")) == before
+
+
+def test_overwrite_replaces_a_finished_model_as_a_whole_and_says_so(tmp_path, finished, data):
+    output_dir = copy_of(finished, tmp_path)
+    old = snapshot(output_dir)
+    (output_dir / "averaged-last-2").mkdir()
+    (output_dir / "averaged-last-2" / "averaged_from.json").write_text("{}")
+    (output_dir / "averaged-last-3").mkdir()  # not eval.py's: no marker
+    (output_dir / "runs").mkdir()
+    (output_dir / "runs" / "events").write_text("log")
+    (output_dir / "notes.txt").write_text("mine")
+    (output_dir / "eval_results_test.json").write_text("{}")  # eval.py's report of the old weights
+    result = quick_run(data, output_dir, "--max_steps", "3", "--seed", "7", "--overwrite_output_dir", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    lines = [line for line in result.stdout.splitlines() if line.startswith("--overwrite_output_dir:")]
+    assert len(lines) == 1 and "replacing the finished model" in lines[0] and "checkpoint-4" in lines[0], lines
+    new = snapshot(output_dir)
+    assert new["model.safetensors"] != old["model.safetensors"]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+    assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "averaged-last-2").exists()
+    assert (output_dir / "averaged-last-3").is_dir() and (output_dir / "runs" / "events").read_text() == "log"
+    assert (output_dir / "notes.txt").read_text() == "mine"
+    assert not (output_dir / "eval_results_test.json").exists()
+    assert hidden_siblings(output_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("point", "survivor"), [("final-save", "old"), ("final-swap", "new"), ("final-swapped", "new")]
+)
+def test_final_save_killed_at_any_point_leaves_the_old_or_the_new_model(
+    tmp_path, finished, new_run, data, point, survivor
+):
+    """A reader sees the old model or the new one, never a mix; the next start finishes or drops the swap."""
+    output_dir = copy_of(finished, tmp_path)
+    (output_dir / "notes.txt").write_text("mine")
+    models = {"old": snapshot(output_dir), "new": snapshot(new_run)}
+    assert models["old"]["model.safetensors"] != models["new"]["model.safetensors"]
+
+    result = quick_run(data, output_dir, *NEW_RUN, "--overwrite_output_dir", "true", fault=point)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    if output_dir.exists():
+        assert snapshot(output_dir)["model.safetensors"] == models[survivor]["model.safetensors"]
+        assert snapshot(output_dir) == {**models[survivor], "README.md": snapshot(output_dir)["README.md"]}
+
+    # Any later start completes the swap (or drops the unfinished new model) before it does anything else.
+    after = run_train("--output_dir", str(output_dir))
+    assert "already holds a model" in error_line(after)
+    assert snapshot(output_dir) == {**models[survivor], "README.md": snapshot(output_dir)["README.md"]}
+    assert (output_dir / "notes.txt").read_text() == "mine"
+    assert hidden_siblings(output_dir) == []
+    # The overwrite removed the old run's checkpoints; the new run's stays, finished or not.
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+def test_resuming_a_complete_run_trains_no_further(tmp_path, finished, data):
+    output_dir = copy_of(finished, tmp_path)
+    before = snapshot(output_dir)
+    result = quick_run(data, output_dir, "--max_steps", "4", "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "completed the run (step 4 of 4): nothing to train" in result.stdout
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert snapshot(output_dir) == before
+
+
+def test_resuming_a_complete_run_killed_before_its_final_save_saves_the_last_checkpoint(tmp_path, data):
+    output_dir = tmp_path / "run"
+    args = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    assert quick_run(data, output_dir, *args, fault="final-save").returncode == -signal.SIGKILL
+    assert not (output_dir / "config.json").exists() and hidden_siblings(output_dir) == [".run.saving"]
+    result = quick_run(data, output_dir, *args, "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nothing to train; saving its model" in result.stdout
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    final, last = (load_file(folder / "model.safetensors") for folder in (output_dir, output_dir / "checkpoint-4"))
+    assert final.keys() == last.keys() and all((final[name] == last[name]).all() for name in final)
+    assert hidden_siblings(output_dir) == []
+
+
+def test_train_loss_after_a_resume_is_the_mean_over_the_whole_run(tmp_path, data):
+    output_dir = tmp_path / "run"
+    args = ["--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "1"]
+    assert quick_run(data, output_dir, *args, "--max_steps", "3").returncode == 0
+    result = quick_run(data, output_dir, *args, "--max_steps", "6", "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    history = json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    losses = {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    whole_run = sum(losses.values()) / 6
+    resumed_only = sum(losses[step] for step in (4, 5, 6)) / 3
+    assert abs(whole_run - resumed_only) > 1e-3
+    reported = json.loads((output_dir / "all_results.json").read_text())["train_loss"]
+    assert reported == pytest.approx(whole_run, rel=1e-5)
+    assert f"| train_loss | {reported:.4g} |" in (output_dir / "README.md").read_text()
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path, data):
+    if os.geteuid() == 0:  # root writes through permission bits: take a folder the kernel refuses to anyone
+        output_dir = Path("/sys/fs")
+    else:
+        output_dir = tmp_path / "locked"
+        output_dir.mkdir()
+        output_dir.chmod(0o555)
+    result = quick_run(data, output_dir, "--max_steps", "200")
+    assert "cannot be written" in error_line(result)
+    assert "padding:" not in result.stdout  # stopped before the Trainer was built
+
+
+def test_sigint_during_training_names_the_last_checkpoint_and_exits_130(tmp_path, data):
+    output_dir = tmp_path / "run"
+    args = [*TINY, *QUICK, "--train_file", str(data), *LANGS, "--output_dir", str(output_dir)]
+    args += ["--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "2"]
+    command = [sys.executable, str(ROOT / "train.py"), *args]
+    process = subprocess.Popen(
+        command, env=environment(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (output_dir / "checkpoint-2" / "trainer_state.json").exists() and time.monotonic() < deadline:
+        assert process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("interrupted: ")]
+    newest = complete_checkpoints(output_dir)[-1]
+    assert lines == [f"interrupted: the last checkpoint is {newest} (continue with --resume_from_checkpoint last)"]
+    assert len(list(output_dir.glob("checkpoint-*"))) == len(complete_checkpoints(output_dir))
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_older_model_and_no_partial_checkpoint(tmp_path, finished, data):
+    output_dir = copy_of(finished, tmp_path)
+    before = snapshot(output_dir)
+    args = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--overwrite_output_dir", "true"]
+    result = quick_run(data, output_dir, *args, fault="checkpoint-4:enospc")
+    line = error_line(result)
+    assert "No space left on device" in line and "removed the partial checkpoint-4" in line
+    assert "checkpoint-2" in line
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert complete_checkpoints(output_dir) == [output_dir / "checkpoint-2"]
+    assert snapshot(output_dir) == before
+    assert hidden_siblings(output_dir) == []
+
+
+def test_disk_full_during_the_final_save_keeps_the_older_model(tmp_path, finished, data):
+    output_dir = copy_of(finished, tmp_path)
+    before = snapshot(output_dir)
+    result = quick_run(
+        data, output_dir, "--max_steps", "2", "--overwrite_output_dir", "true", fault="final-save:enospc"
+    )
+    line = error_line(result)
+    assert "cannot save the model" in line and "No space left on device" in line
+    assert snapshot(output_dir) == before
+    assert hidden_siblings(output_dir) == []
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_resume_refuses_shape_flags_that_differ_from_the_checkpoint(tmp_path, finished, data):
+    output_dir = copy_of(finished, tmp_path)
+    resume = ["--max_steps", "6", "--resume_from_checkpoint", "last"]
+    result = quick_run(data, output_dir, *resume, "--preset", "small", "--d_model", "32", "--norm_first", "true")
+    line = error_line(result)
+    assert "--d_model 32 (the checkpoint's: 16)" in line and "--norm_first True" in line
+    assert "--preset small (decoder_layers 3)" in line
+    assert "--num_heads" not in line  # given, and equal to the checkpoint's
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_model_card_describes_the_saved_shape_not_the_preset_asked_for(finished):
+    card = (finished / "README.md").read_text()
+    config = json.loads((finished / "config.json").read_text())
+    assert config["d_model"] == 16
+    assert "preset `tiny`" not in card  # tiny is d_model 64; TINY narrows it
+    assert "a custom shape (d_model 16, num_heads 2, d_ff 32, encoder_layers 1, decoder_layers 2" in card
+
+
+def test_model_records_the_data_it_was_trained_on(tmp_path, finished, data):
+    record = json.loads((finished / "data_args.json").read_text())
+    assert record == {
+        "dataset_name": None,
+        "dataset_config_name": None,
+        "train_file": str(data),
+        "validation_file": None,
+        "test_file": None,
+        "source_lang": "en",
+        "target_lang": "de",
+        "max_source_length": 256,
+        "max_target_length": 256,
+        "embedded_task": False,
+    }
+    output_dir = tmp_path / "embedded"
+    result = run_train(*TINY, *QUICK, "--max_steps", "1", "--max_target_length", "20", "--output_dir", str(output_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((output_dir / "data_args.json").read_text())
+    assert (record["source_lang"], record["target_lang"], record["embedded_task"]) == ("en", "de", True)
+    assert (record["train_file"], record["max_target_length"]) == (None, 20)
