@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING
 from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
-from vanilla_data import SPLITS, DataArguments, UsageError, exit_on_usage_error, load_raw_datasets, sentences
+from vanilla_data import (
+    SPLITS,
+    DataArguments,
+    UsageError,
+    complete_checkpoints,
+    exit_on_usage_error,
+    load_raw_datasets,
+    sentences,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -182,18 +190,6 @@ def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def checkpoint_folders(run: Path) -> list[Path]:
-    """The complete checkpoint-<step> folders Trainer wrote into a run folder, oldest first.
-
-    Trainer writes trainer_state.json last, so a checkpoint without it was cut short (killed, disk full) and is skipped.
-    """
-    from transformers.trainer import TRAINER_STATE_NAME
-
-    folders = [path for path in run.glob("checkpoint-*") if path.is_dir() and path.name.split("-")[-1].isdigit()]
-    complete = [path for path in folders if (path / TRAINER_STATE_NAME).is_file()]
-    return sorted(complete, key=lambda path: int(path.name.split("-")[-1]))
-
-
 def check_averaged_model_dir(output: Path) -> None:
     """Only a new folder, or one holding nothing but an earlier averaged model (its AVERAGED_MARKER), is written."""
     if not output.exists():
@@ -228,7 +224,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     if not run.is_dir():
         raise UsageError(f"{run}: no such run folder")
     check_averaged_model_dir(output)
-    checkpoints = checkpoint_folders(run)
+    checkpoints = complete_checkpoints(run)
     if len(checkpoints) < last:
         incomplete = sorted(path.name for path in run.glob("checkpoint-*") if path.is_dir() and path not in checkpoints)
         skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""

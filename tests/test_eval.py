@@ -519,10 +519,11 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["report.json"]
 
 
-def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(run_dir, tmp_path):
-    from eval import checkpoint_folders
+def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(run_dir, tmp_path, capsys):
+    from vanilla_data import complete_checkpoints
 
     for step in (2, 4, 6):
         shutil.copytree(run_dir / "checkpoint-2", tmp_path / f"checkpoint-{step}")
     (tmp_path / "checkpoint-6" / "trainer_state.json").unlink()  # Trainer writes it last: a save cut short
-    assert [path.name for path in checkpoint_folders(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    assert [path.name for path in complete_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    assert "checkpoint-6" in capsys.readouterr().err
