@@ -256,7 +256,6 @@ class VanillaDecoderLayer(GradientCheckpointingLayer):
         return self.feed_forward_sublayer(hidden_states, self.feed_forward)
 
 
-@auto_docstring
 class VanillaPreTrainedModel(PreTrainedModel):
     """Weights initialised as in common implementations of the paper (tensor2tensor, fairseq)."""
 
@@ -303,7 +302,6 @@ def _embedding(config: VanillaConfig) -> nn.Embedding:
     return nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
 
 
-@auto_docstring
 class VanillaEncoder(VanillaPreTrainedModel):
     """Sec. 3.1: a stack of N identical encoder layers over scaled token embeddings plus positions."""
 
@@ -345,7 +343,6 @@ class VanillaEncoder(VanillaPreTrainedModel):
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-@auto_docstring
 class VanillaDecoder(VanillaPreTrainedModel):
     """Sec. 3.1: a stack of N decoder layers; position i attends only to positions before i (masked self-attention)."""
 
@@ -415,7 +412,6 @@ class VanillaDecoder(VanillaPreTrainedModel):
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
 
 
-@auto_docstring
 class VanillaModel(VanillaPreTrainedModel):
     """The encoder-decoder of Figure 1, without the final linear and softmax."""
 
@@ -494,7 +490,6 @@ class VanillaModel(VanillaPreTrainedModel):
         )
 
 
-@auto_docstring
 class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
     """Figure 1 whole: the encoder-decoder, the pre-softmax linear layer, and the label-smoothed loss (sec. 5.4)."""
 
