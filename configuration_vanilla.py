@@ -1,9 +1,20 @@
 """Configuration of the original encoder-decoder Transformer (Vaswani et al. 2017)."""
 
+import shutil
+from pathlib import Path
+
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+
+# The classes each Auto class loads from a saved folder with trust_remote_code=True; every saved config.json names
+# them, and the folder holds both files.
+AUTO_MAP = {
+    "AutoConfig": "configuration_vanilla.VanillaConfig",
+    "AutoModel": "modeling_vanilla.VanillaModel",
+    "AutoModelForSeq2SeqLM": "modeling_vanilla.VanillaForConditionalGeneration",
+}
 
 
 def _is_integer(value) -> bool:
@@ -33,6 +44,7 @@ class VanillaConfig(PretrainedConfig):
     """
 
     model_type = "vanilla"
+    _auto_class = "AutoConfig"  # saving copies this file beside config.json
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
     attribute_map = {
         "hidden_size": "d_model",
@@ -121,6 +133,7 @@ class VanillaConfig(PretrainedConfig):
         self.norm_first = norm_first
         self.use_cache = use_cache
         kwargs["is_encoder_decoder"] = True
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -129,3 +142,10 @@ class VanillaConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Also copies modeling_vanilla.py, so that the models of the auto_map build from this folder alone."""
+        super().save_pretrained(save_directory, **kwargs)
+        modeling_file = Path(__file__).with_name("modeling_vanilla.py")
+        if modeling_file.exists():  # absent beside a config loaded alone as remote code
+            shutil.copyfile(modeling_file, Path(save_directory) / modeling_file.name)

@@ -6,6 +6,7 @@ encoder and decoder layers and stacks (sec. 3.1), then the models users load.
 
 import math
 from collections.abc import Callable
+from typing import Unpack
 
 import torch
 from torch import nn
@@ -28,14 +29,23 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import TransformersKwargs, auto_docstring, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 try:
     from .configuration_vanilla import VanillaConfig
 except ImportError:
     from configuration_vanilla import VanillaConfig
 
-# transformers renamed the cache field of its outputs from `past_key_values` to `cache` (5.2x); speak both.
+# transformers renamed the decoder cache from `past_key_values` to `cache` (5.2x), in its outputs and arguments, and
+# deprecates the old argument name. Before the rename generate() passes `past_key_values`, the current name there:
+# it is taken as `cache` without a warning (a deprecation due in version "0" is past, so deprecate_kwarg is silent).
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+renamed_cache_argument = deprecate_kwarg(
+    "past_key_values", "5.40.0" if CACHE_FIELD == "cache" else "0", new_name="cache"
+)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -66,11 +76,13 @@ class VanillaPositionalEncoding(nn.Module):
         if self.learned:
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
 
-    def forward(self, seq_len: int, offset: int, device: torch.device) -> torch.Tensor:
-        positions = torch.arange(offset, offset + seq_len, device=device)
+    def forward(self, seq_len: int, offset: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+        # A static cache counts its tokens in a tensor: added to a range of static length, that count keeps the
+        # compiled decoding step one graph (a range ending at the count would have a data-dependent size).
+        positions = torch.arange(seq_len, device=device) + offset
         if not self.learned:
             return sinusoidal_positions(positions, self.d_model)
-        if offset + seq_len > self.max_positions:
+        if isinstance(offset, int) and offset + seq_len > self.max_positions:
             raise ValueError(
                 f"sequence length ({offset + seq_len}) exceeds max_position_embeddings ({self.max_positions}) "
                 "of the learned position embeddings"
@@ -186,12 +198,10 @@ class VanillaSublayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.norm_first = config.norm_first
 
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], tuple]) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if self.norm_first:
-            output, *extra = sublayer(self.norm(x))
-            return x + self.dropout(output), *extra
-        output, *extra = sublayer(x)
-        return self.norm(x + self.dropout(output)), *extra
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
 
 
 class VanillaEncoderLayer(GradientCheckpointingLayer):
@@ -204,12 +214,13 @@ class VanillaEncoderLayer(GradientCheckpointingLayer):
         self.feed_forward = VanillaFeedForward(config)
         self.feed_forward_sublayer = VanillaSublayer(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        hidden_states, self_weights = self.self_attn_sublayer(
-            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        hidden_states = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)[0]
         )
-        hidden_states, *_ = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
-        return hidden_states, self_weights
+        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
 
 
 class VanillaDecoderLayer(GradientCheckpointingLayer):
@@ -232,18 +243,17 @@ class VanillaDecoderLayer(GradientCheckpointingLayer):
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         **kwargs,
-    ):
-        hidden_states, self_weights = self.self_attn_sublayer(
-            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, cache=cache, **kwargs)
+    ) -> torch.Tensor:
+        hidden_states = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, cache=cache, **kwargs)[0]
         )
-        hidden_states, cross_weights = self.cross_attn_sublayer(
+        hidden_states = self.cross_attn_sublayer(
             hidden_states,
             lambda x: self.cross_attn(
                 x, encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache, **kwargs
-            ),
+            )[0],
         )
-        hidden_states, *_ = self.feed_forward_sublayer(hidden_states, lambda x: (self.feed_forward(x),))
-        return hidden_states, self_weights, cross_weights
+        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
 
 
 class VanillaPreTrainedModel(PreTrainedModel):
@@ -276,6 +286,17 @@ class VanillaPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True) -> nn.Embedding:
+        """Untied, the decoder's input embedding is a third matrix over the same vocabulary: resized with the two
+        that transformers resizes (the encoder's input embedding and the pre-softmax projection)."""
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        decoder = self.get_decoder()
+        if not self.config.tie_word_embeddings and decoder.embed_tokens is not embeddings:
+            decoder.embed_tokens = self._get_resized_embeddings(
+                decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
+            )
+        return embeddings
+
 
 def _embedding(config: VanillaConfig) -> nn.Embedding:
     return nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
@@ -284,9 +305,11 @@ def _embedding(config: VanillaConfig) -> nn.Embedding:
 class VanillaEncoder(VanillaPreTrainedModel):
     """Sec. 3.1: a stack of N identical encoder layers over scaled token embeddings plus positions."""
 
-    def __init__(self, config: VanillaConfig, embed_tokens: nn.Embedding | None = None):
+    _can_record_outputs = {"hidden_states": VanillaEncoderLayer, "attentions": VanillaAttention}
+
+    def __init__(self, config: VanillaConfig):
         super().__init__(config)
-        self.embed_tokens = embed_tokens if embed_tokens is not None else _embedding(config)
+        self.embed_tokens = _embedding(config)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = VanillaPositionalEncoding(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -295,25 +318,16 @@ class VanillaEncoder(VanillaPreTrainedModel):
         self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding):
-        self.embed_tokens = value
-
+    @merge_with_config_defaults
+    @capture_outputs
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutput | tuple:
-        output_attentions, output_hidden_states, return_dict = _output_flags(
-            self.config, output_attentions, output_hidden_states, return_dict
-        )
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds to the encoder")
         if inputs_embeds is None:
@@ -322,33 +336,25 @@ class VanillaEncoder(VanillaPreTrainedModel):
         positions = self.embed_positions(inputs_embeds.shape[1], 0, inputs_embeds.device)
         hidden_states = self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-
-        all_hidden_states, all_attentions = (), ()
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states, weights = layer(hidden_states, mask, **kwargs)
-            if output_attentions:
-                all_attentions += (weights,)
+            hidden_states = layer(hidden_states, mask, **kwargs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        output = BaseModelOutput(
-            last_hidden_state=hidden_states,
-            hidden_states=all_hidden_states or None,
-            attentions=all_attentions or None,
-        )
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
 class VanillaDecoder(VanillaPreTrainedModel):
     """Sec. 3.1: a stack of N decoder layers; position i attends only to positions before i (masked self-attention)."""
 
-    def __init__(self, config: VanillaConfig, embed_tokens: nn.Embedding | None = None):
+    _can_record_outputs = {
+        "hidden_states": VanillaDecoderLayer,
+        "attentions": OutputRecorder(VanillaAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(VanillaAttention, index=1, layer_name="cross_attn"),
+    }
+
+    def __init__(self, config: VanillaConfig):
         super().__init__(config)
-        self.embed_tokens = embed_tokens if embed_tokens is not None else _embedding(config)
+        self.embed_tokens = _embedding(config)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = VanillaPositionalEncoding(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -356,12 +362,10 @@ class VanillaDecoder(VanillaPreTrainedModel):
         self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding):
-        self.embed_tokens = value
-
+    @merge_with_config_defaults
+    @capture_outputs
+    @auto_docstring
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -371,16 +375,12 @@ class VanillaDecoder(VanillaPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
-        output_attentions, output_hidden_states, return_dict = _output_flags(
-            self.config, output_attentions, output_hidden_states, return_dict
-        )
-        cache = _pop_cache(cache, kwargs)
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        r"""
+        cache (`~cache_utils.Cache`, *optional*):
+            The attention keys and values of the positions decoded so far (`past_key_values` before transformers 5.2x).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds to the decoder")
         if encoder_hidden_states is None:
@@ -398,48 +398,26 @@ class VanillaDecoder(VanillaPreTrainedModel):
         hidden_states = self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
 
         self_cache = cache.self_attention_cache if cache is not None else None
-        causal_mask = create_causal_mask(
-            self.config,
-            inputs_embeds,
-            attention_mask,
-            **{CACHE_FIELD: self_cache},
-            **_cache_position(past_length, inputs_embeds),
-        )
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, self_cache)
         cross_mask = create_bidirectional_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
-
-        all_hidden_states, all_self, all_cross = (), (), ()
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states, self_weights, cross_weights = layer(
-                hidden_states, causal_mask, encoder_hidden_states, cross_mask, cache=cache, **kwargs
-            )
-            if output_attentions:
-                all_self += (self_weights,)
-                all_cross += (cross_weights,)
+            hidden_states = layer(hidden_states, causal_mask, encoder_hidden_states, cross_mask, cache=cache, **kwargs)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
-            hidden_states=all_hidden_states or None,
-            attentions=all_self or None,
-            cross_attentions=all_cross or None,
-            **{CACHE_FIELD: cache},
-        )
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
 
 
 class VanillaModel(VanillaPreTrainedModel):
     """The encoder-decoder of Figure 1, without the final linear and softmax."""
 
+    # Sec. 3.4: "we share the same weight matrix between the two embedding layers and the pre-softmax linear
+    # transformation". transformers ties the encoder's and the decoder's embeddings to `shared` when
+    # config.tie_word_embeddings (the default), and leaves them apart otherwise.
     _tied_weights_keys = {
         "encoder.embed_tokens.weight": "shared.weight",
         "decoder.embed_tokens.weight": "shared.weight",
@@ -447,28 +425,25 @@ class VanillaModel(VanillaPreTrainedModel):
 
     def __init__(self, config: VanillaConfig):
         super().__init__(config)
-        # Sec. 3.4: "we share the same weight matrix between the two embedding layers and the pre-softmax linear
-        # transformation". Untied, each side owns its matrix.
+        # Untied, the encoder and the decoder each own their embedding matrix and none is shared: `shared` is None.
         self.shared = _embedding(config) if config.tie_word_embeddings else None
-        self.encoder = VanillaEncoder(config, self.shared)
-        self.decoder = VanillaDecoder(config, self.shared)
+        self.encoder = VanillaEncoder(config)
+        self.decoder = VanillaDecoder(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.encoder.embed_tokens
+        return self.shared if self.shared is not None else self.encoder.embed_tokens
 
     def set_input_embeddings(self, value: nn.Embedding):
-        self.encoder.embed_tokens = value
-        if self.config.tie_word_embeddings:
+        if self.shared is None:
+            self.encoder.embed_tokens = value
+        else:
             self.shared = value
-            self.decoder.embed_tokens = value
+            self.tie_weights()
 
-    def get_encoder(self) -> VanillaEncoder:
-        return self.encoder
-
-    def get_decoder(self) -> VanillaDecoder:
-        return self.decoder
-
+    @can_return_tuple
+    @auto_docstring
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -480,24 +455,15 @@ class VanillaModel(VanillaPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> Seq2SeqModelOutput | tuple:
-        output_attentions, output_hidden_states, return_dict = _output_flags(
-            self.config, output_attentions, output_hidden_states, return_dict
-        )
-        cache = _pop_cache(cache, kwargs)
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput:
+        r"""
+        cache (`~cache_utils.Cache`, *optional*):
+            The attention keys and values of the positions decoded so far (`past_key_values` before transformers 5.2x).
+        """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-                **kwargs,
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
@@ -510,12 +476,9 @@ class VanillaModel(VanillaPreTrainedModel):
             cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
             **kwargs,
         )
-        output = Seq2SeqModelOutput(
+        return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
@@ -525,35 +488,18 @@ class VanillaModel(VanillaPreTrainedModel):
             encoder_attentions=encoder_outputs.attentions,
             **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
         )
-        return output if return_dict else output.to_tuple()
 
 
 class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
     """Figure 1 whole: the encoder-decoder, the pre-softmax linear layer, and the label-smoothed loss (sec. 5.4)."""
 
-    _tied_weights_keys = {
-        "lm_head.weight": "model.shared.weight",
-        "model.encoder.embed_tokens.weight": "model.shared.weight",
-        "model.decoder.embed_tokens.weight": "model.shared.weight",
-    }
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
 
     def __init__(self, config: VanillaConfig):
         super().__init__(config)
         self.model = VanillaModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_encoder(self) -> VanillaEncoder:
-        return self.model.encoder
-
-    def get_decoder(self) -> VanillaDecoder:
-        return self.model.decoder
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear):
-        self.lm_head = value
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
@@ -571,6 +517,9 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
             cache.reorder_cache(beam_idx)
         return cache
 
+    @can_return_tuple
+    @auto_docstring
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -583,16 +532,18 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
-        r"""labels: target token ids, -100 where ignored; num_items_in_batch: the count of non-ignored labels over
-        all accumulated micro-batches (passed by Trainer), so the loss is summed over tokens and divided by it."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        cache = _pop_cache(cache, kwargs)
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:
+        r"""
+        cache (`~cache_utils.Cache`, *optional*):
+            The attention keys and values of the positions decoded so far (`past_key_values` before transformers 5.2x).
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+            Target token ids, -100 where ignored; the decoder inputs are these shifted right when not given.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            The count of non-ignored labels over all accumulated micro-batches (passed by Trainer): the loss is then
+            summed over tokens and divided by it.
+        """
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -608,9 +559,6 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
             **kwargs,
         )
         logits = self.lm_head(outputs.last_hidden_state)  # (batch, tgt_len, vocab)
@@ -619,7 +567,7 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = label_smoothed_cross_entropy(logits, labels, self.config.label_smoothing, num_items_in_batch)
 
-        output = Seq2SeqLMOutput(
+        return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
             decoder_hidden_states=outputs.decoder_hidden_states,
@@ -630,7 +578,6 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
             encoder_attentions=outputs.encoder_attentions,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
-        return output if return_dict else output.to_tuple()
 
 
 def label_smoothed_cross_entropy(
@@ -651,28 +598,6 @@ def label_smoothed_cross_entropy(
     if num_items_in_batch is not None:
         loss = loss / num_items_in_batch
     return loss
-
-
-def _output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
-    return (
-        output_attentions if output_attentions is not None else config.output_attentions,
-        output_hidden_states if output_hidden_states is not None else config.output_hidden_states,
-        return_dict if return_dict is not None else config.return_dict,
-    )
-
-
-def _pop_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
-    """Takes the cache under either of its names (`past_key_values` before transformers 5.2x, `cache` after)."""
-    legacy = kwargs.pop("past_key_values", None)
-    return cache if cache is not None else legacy
-
-
-def _cache_position(past_length: int, inputs_embeds: torch.Tensor) -> dict:
-    """`create_causal_mask` wanted the absolute positions of the new tokens before transformers 5.2x."""
-    if "cache_position" not in create_causal_mask.__code__.co_varnames:
-        return {}
-    new_positions = torch.arange(past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device)
-    return {"cache_position": new_positions}
 
 
 AutoConfig.register("vanilla", VanillaConfig, exist_ok=True)

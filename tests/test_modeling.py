@@ -1,9 +1,18 @@
+import copy
+import json
 import math
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tiny_models import tiny_config
 from torch import nn
+from transformers.cache_utils import EncoderDecoderCache, StaticCache
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from configuration_vanilla import VanillaConfig
 from modeling_vanilla import (
@@ -18,6 +27,15 @@ from modeling_vanilla import (
 
 def model_for(**overrides) -> VanillaForConditionalGeneration:
     return VanillaForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def run_outside_the_project(script: str, tmp_path) -> subprocess.CompletedProcess:
+    """Runs `script` in a fresh offline interpreter whose working directory holds no copy of the project."""
+    script = 'import importlib.util\nassert importlib.util.find_spec("modeling_vanilla") is None\n' + script
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def source_batch(batch=3, length=9, vocab=40):
@@ -69,6 +87,31 @@ def test_shapes_of_every_output():
     assert [a.shape for a in out.encoder_attentions] == [(3, 4, 9, 9)] * 2
     assert [a.shape for a in out.decoder_attentions] == [(3, 4, 5, 5)] * 3
     assert [a.shape for a in out.cross_attentions] == [(3, 4, 5, 9)] * 3
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_hidden_states_are_the_inputs_of_every_layer_then_the_stack_output(norm_first):
+    model = model_for(norm_first=norm_first)
+    ids, mask = source_batch()
+    layer_inputs = []
+    for layer in model.model.encoder.layers:
+        layer.register_forward_pre_hook(lambda module, args: layer_inputs.append(args[0]))
+    out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :4], output_hidden_states=True)
+    assert len(out.encoder_hidden_states) == len(layer_inputs) + 1
+    for recorded, layer_input in zip(out.encoder_hidden_states, layer_inputs, strict=False):
+        torch.testing.assert_close(recorded, layer_input)
+    torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+
+
+def test_return_dict_false_gives_the_same_outputs_as_a_tuple():
+    model = model_for(_attn_implementation="eager")
+    ids, mask = source_batch()
+    kwargs = dict(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :4], output_attentions=True)
+    as_dict = model(**kwargs)
+    as_tuple = model(**kwargs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
+    torch.testing.assert_close(as_tuple[0], as_dict.logits)
+    torch.testing.assert_close(as_tuple[-1], as_dict.encoder_attentions)
 
 
 def test_encoder_and_decoder_run_on_their_own():
@@ -176,10 +219,10 @@ def test_layers_match_torch_nn_transformer_layers(norm_first):
         ref_dec.multihead_attn.in_proj_bias.copy_(torch.cat([cross.q_proj.bias, cross.kv_proj.bias]))
 
     source, target = torch.randn(2, 7, 16), torch.randn(2, 5, 16)
-    torch.testing.assert_close(ours_enc(source)[0], ref_enc(source), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_enc(source), ref_enc(source), atol=1e-5, rtol=1e-5)
     causal = nn.Transformer.generate_square_subsequent_mask(5)
     torch.testing.assert_close(
-        ours_dec(target, None, source)[0],
+        ours_dec(target, None, source),
         ref_dec(target, source, tgt_mask=causal, tgt_is_causal=True),
         atol=1e-5,
         rtol=1e-5,
@@ -267,6 +310,53 @@ def test_static_cache_gives_the_tokens_of_the_dynamic_cache(num_beams):
     assert torch.equal(static, dynamic)
 
 
+def test_static_cache_decoding_step_compiles_to_one_graph():
+    """The decoding step with a static cache compiles with fullgraph=True (no graph break, no recompilation)."""
+    assert VanillaForConditionalGeneration._can_compile_fullgraph
+    model = model_for()
+    ids, mask = source_batch()
+    encoded = model.get_encoder()(input_ids=ids, attention_mask=mask)
+
+    def greedy_tokens(step) -> torch.Tensor:
+        cache = EncoderDecoderCache(
+            StaticCache(config=model.config, max_cache_len=8), StaticCache(config=model.config, max_cache_len=9)
+        )
+        tokens = [torch.full((3, 1), model.config.decoder_start_token_id)]
+        for i in range(5):
+            runner = model if i == 0 else step  # the first step fills the cross-attention cache, eagerly
+            out = runner(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=tokens[-1], cache=cache)
+            tokens.append(out.logits[:, -1:].argmax(-1))
+        return torch.cat(tokens, dim=1)
+
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = greedy_tokens(torch.compile(model, fullgraph=True, backend="eager"))
+        assert torch.equal(compiled, greedy_tokens(model))
+
+
+@torch.no_grad()
+def test_past_key_values_argument_is_the_deprecated_name_of_cache():
+    """transformers 5.2x calls the decoder cache `cache` and deprecates `past_key_values`; before, it is the name."""
+    renamed = "cache" in Seq2SeqLMOutput.__dataclass_fields__  # transformers' own name for it
+    model = model_for()
+    ids, mask = source_batch()
+    inputs = dict(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :1], use_cache=True)
+    prefix = model(**inputs)
+    cache = getattr(prefix, "cache" if renamed else "past_key_values")
+    step = dict(inputs, decoder_input_ids=ids[:, 1:2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        legacy = model(**step, past_key_values=copy.deepcopy(cache)).logits
+    current = model(**step, cache=copy.deepcopy(cache)).logits
+    deprecations = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    if renamed:
+        assert len(deprecations) == 1 and "Use `cache` instead" in deprecations[0], deprecations
+    else:
+        assert deprecations == []
+    torch.testing.assert_close(legacy, current)
+    uncached = model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :2], use_cache=False).logits
+    torch.testing.assert_close(current, uncached[:, 1:], atol=1e-5, rtol=1e-5)
+
+
 def test_cross_attention_keys_and_values_are_computed_once_per_source():
     model = model_for()
     calls = []
@@ -294,8 +384,6 @@ def test_three_embeddings_are_one_tensor_and_survive_the_round_trip(tmp_path):
     loaded = VanillaForConditionalGeneration.from_pretrained(tmp_path)
     shared = loaded.model.shared.weight
     assert loaded.lm_head.weight is shared and loaded.model.decoder.embed_tokens.weight is shared
-    from safetensors import safe_open
-
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         stored = [k for k in f.keys() if f.get_slice(k).get_shape() == [40, 16]]
     assert len(stored) == 1, stored
@@ -305,6 +393,49 @@ def test_untied_embeddings_are_three_tensors():
     model = model_for(tie_word_embeddings=False)
     weights = [model.lm_head.weight, model.model.encoder.embed_tokens.weight, model.model.decoder.embed_tokens.weight]
     assert len({w.data_ptr() for w in weights}) == 3
+
+
+def test_embeddings_are_tied_by_transformers_not_shared_as_one_module():
+    """Each embedding is a module of its own; transformers' tie_weights makes their weights one tensor."""
+    model = model_for()
+    modules = [model.model.shared, model.model.encoder.embed_tokens, model.model.decoder.embed_tokens]
+    assert len({id(module) for module in modules}) == 3
+    tied = model.get_expanded_tied_weights_keys(all_submodels=True)
+    assert set(tied) == {"lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}
+    assert set(tied.values()) == {"model.shared.weight"}
+
+
+def test_checkpoint_without_the_embedding_reports_it_missing_and_leaves_no_meta_tensor(tmp_path):
+    model_for().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.shared.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = VanillaForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert "model.shared.weight" in info["missing_keys"]
+    on_meta = [name for name, p in loaded.named_parameters(remove_duplicate=False) if p.device.type == "meta"]
+    assert on_meta == []
+    ids, mask = source_batch()
+    assert torch.isfinite(loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3]).logits).all()
+
+
+def test_resizing_untied_embeddings_resizes_the_decoders_input_embedding_too():
+    model = model_for(tie_word_embeddings=False)
+    before = [model.lm_head.weight.clone(), model.model.decoder.embed_tokens.weight.clone()]
+    model.resize_token_embeddings(44)
+    after = [model.lm_head.weight, model.model.decoder.embed_tokens.weight, model.model.encoder.embed_tokens.weight]
+    assert [w.shape[0] for w in after] == [44, 44, 44]
+    for old, new in zip(before, after, strict=False):
+        torch.testing.assert_close(new[:40], old)
+    new_token = torch.tensor([[1, 43]])
+    assert model(input_ids=new_token, decoder_input_ids=new_token).logits.shape == (1, 2, 44)
+
+
+def test_resizing_tied_embeddings_keeps_the_three_tied():
+    model = model_for()
+    model.resize_token_embeddings(44)
+    shared = model.model.shared.weight
+    assert shared.shape[0] == 44 and model.lm_head.weight is shared
+    assert model.model.encoder.embed_tokens.weight is shared and model.model.decoder.embed_tokens.weight is shared
 
 
 @pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned"])
@@ -395,6 +526,57 @@ def test_paper_defaults():
     assert config.position_embedding_type == "sinusoidal" and config.is_encoder_decoder
 
 
+def test_get_encoder_takes_the_modality_argument_of_transformers():
+    from transformers.exporters.utils import is_multimodal
+
+    model = model_for()
+    assert model.get_encoder() is model.model.encoder
+    assert model.get_encoder(modality=None) is model.model.encoder
+    assert not is_multimodal(model)  # asks get_encoder(modality="image") and "audio"
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_forward_exports_with_torch_export(dynamic):
+    from torch.export import Dim
+
+    model = model_for()
+
+    def inputs(batch, source, target):
+        ids, mask = source_batch(batch, source)
+        return dict(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.randint(3, 40, (batch, target)))
+
+    shapes = None
+    if dynamic:
+        batch, source, target = Dim("batch", max=16), Dim("source", max=64), Dim("target", max=64)
+        shapes = dict(
+            input_ids={0: batch, 1: source},
+            attention_mask={0: batch, 1: source},
+            decoder_input_ids={0: batch, 1: target},
+            use_cache=None,
+        )
+    with torch.no_grad():
+        program = torch.export.export(model, (), dict(inputs(3, 9, 5), use_cache=False), dynamic_shapes=shapes)
+    other = inputs(4, 11, 6) if dynamic else inputs(3, 9, 5)
+    exported = program.module()(**other, use_cache=False).logits
+    torch.testing.assert_close(exported, model(**other, use_cache=False).logits)
+
+
+def test_generate_decomposes_into_prefill_and_decode_graphs_that_export():
+    """transformers.exporters captures generate()'s two forward calls and exports each with torch.export."""
+    from transformers.exporters.exporter_dynamo import DynamoConfig, DynamoExporter
+    from transformers.exporters.utils import decompose_for_generation
+
+    model = model_for()
+    ids, mask = source_batch(batch=2, length=7)
+    stages = decompose_for_generation(model, dict(input_ids=ids, attention_mask=mask))
+    assert set(stages) == {"prefill", "decode"}
+    for stage, inputs in stages.values():
+        exported = DynamoExporter().export(stage, copy.deepcopy(inputs), config=DynamoConfig())
+        program = getattr(exported, "program", exported)  # an ExportedModel from transformers 5.2x
+        traced = {k: v for k, v in copy.deepcopy(inputs).items() if not isinstance(v, bool)}
+        torch.testing.assert_close(program.module()(**traced).logits, stage(**copy.deepcopy(inputs)).logits)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     plain = model_for().train()
     checkpointed = model_for().train()
@@ -446,9 +628,6 @@ def test_tiny_model_learns_to_copy_and_greedy_decoding_reproduces_the_targets():
 
 
 def test_remote_code_loads_in_a_fresh_process_where_the_project_is_not_importable(tmp_path):
-    import subprocess
-    import sys
-
     model = model_for()
     model.config.register_for_auto_class()
     model.register_for_auto_class("AutoModelForSeq2SeqLM")
@@ -461,8 +640,7 @@ def test_remote_code_loads_in_a_fresh_process_where_the_project_is_not_importabl
     expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
     torch.save({"ids": ids, "mask": mask, "expected": expected}, tmp_path / "inputs.pt")
     script = f"""
-import importlib.util, torch
-assert importlib.util.find_spec("modeling_vanilla") is None, "the project is importable"
+import torch
 from transformers import AutoModelForSeq2SeqLM
 model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
 assert type(model).__name__ == "VanillaForConditionalGeneration"
@@ -472,9 +650,44 @@ out = model.generate(input_ids=data["ids"], attention_mask=data["mask"], max_new
 assert torch.equal(out, data["expected"]), (out, data["expected"])
 print("loaded")
 """
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_outside_the_project(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "loaded" in result.stdout
+
+
+def test_every_saved_config_loads_through_the_three_auto_classes_without_registering(tmp_path):
+    """A config saved on its own, and a model saved plainly, name AutoConfig, AutoModel and AutoModelForSeq2SeqLM."""
+    config_folder, model_folder = tmp_path / "config", tmp_path / "model"
+    tiny_config().save_pretrained(config_folder)
+    model = model_for()
+    model.save_pretrained(model_folder)
+    for folder in (config_folder, model_folder):
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"}
+        assert {"configuration_vanilla.py", "modeling_vanilla.py"} <= {p.name for p in folder.iterdir()}
+    ids, mask = source_batch()
+    with torch.no_grad():
+        encoded = model.model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.save({"ids": ids, "mask": mask, "encoded": encoded}, tmp_path / "inputs.pt")
+    script = f"""
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+config = AutoConfig.from_pretrained({str(config_folder)!r}, trust_remote_code=True)
+assert type(config).__name__ == "VanillaConfig" and config.d_model == 16
+assert type(AutoModel.from_config(config, trust_remote_code=True)).__name__ == "VanillaModel"
+seq2seq = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=True)
+assert type(seq2seq).__name__ == "VanillaForConditionalGeneration"
+base = AutoModel.from_pretrained({str(model_folder)!r}, trust_remote_code=True).eval()
+assert type(base).__name__ == "VanillaModel"
+data = torch.load({str(tmp_path / "inputs.pt")!r})
+with torch.no_grad():
+    encoded = base.encoder(input_ids=data["ids"], attention_mask=data["mask"]).last_hidden_state
+torch.testing.assert_close(encoded, data["encoded"])
+# What run_translation.py does with --config_name: the model's weights under a config saved on its own.
+model = AutoModelForSeq2SeqLM.from_pretrained({str(model_folder)!r}, config=config, trust_remote_code=True)
+assert type(model).__name__ == "VanillaForConditionalGeneration"
+print("loaded")
+"""
+    result = run_outside_the_project(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "loaded" in result.stdout
