@@ -26,6 +26,8 @@ from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
 from vanilla_data import (
+    AVERAGED_MARKER,
+    DATA_RECORD,
     SPLITS,
     DataArguments,
     UsageError,
@@ -42,11 +44,8 @@ METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu metric it runs
 # train.py records the data a model was trained on in its folder; eval.py defaults to it.
-DATA_RECORD = "data_args.json"
 DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
-# Every averaged model folder holds this file (the run and the checkpoints averaged): only such a folder is replaced.
-AVERAGED_MARKER = "averaged_from.json"
 
 
 @dataclass

@@ -40,6 +40,8 @@ from transformers import (
 
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
+    AVERAGED_MARKER,
+    DATA_RECORD,
     TRAINER_STATE,
     DataArguments,
     UsageError,
@@ -78,8 +80,6 @@ CONFIG_FLAGS = (
 )
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
-DATA_ARGS = "data_args.json"  # in the final model: what it was trained on, for eval.py's defaults
-AVERAGED_MARKER = "averaged_from.json"  # eval.py writes it into every averaged-last-N folder it makes
 # Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
 OLD_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "eval_results_*.json", "predictions_*.txt")
@@ -688,7 +688,7 @@ def train_and_save(
 
     files = {
         "README.md": model_card(data_args, config, metrics, args.output_dir),
-        DATA_ARGS: json.dumps(data_record(data_args), indent=2) + "\n",
+        DATA_RECORD: json.dumps(data_record(data_args), indent=2) + "\n",
         "all_results.json": json.dumps(metrics, indent=4, sort_keys=True) + "\n",  # Trainer.save_metrics' format
     }
     state_source = Path(checkpoint) if checkpoint is not None and resumed_step >= run_steps else None

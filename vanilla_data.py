@@ -23,6 +23,8 @@ EMBEDDED_NUMBERS = range(1, 1000)
 EMBEDDED_HELD_OUT = 0.1  # fraction of the numbers in each of validation and test
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3: VanillaConfig's pad/bos/eos and unk
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
+DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
+AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
 
 
 class UsageError(Exception):
