@@ -79,6 +79,8 @@ class VanillaModelTester:
 class VanillaCommonTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (VanillaModel, VanillaForConditionalGeneration)
     is_encoder_decoder = True
+    # The mixin dates a model by a copyright line in its config file and leaves pre-2023 ones out of this check.
+    test_can_init_all_missing_weights_before_2023 = True
 
     @classmethod
     def setUpClass(cls):
