@@ -12,6 +12,7 @@ VERSION = transformers_suite.VERSION
 
 def fake_sdist(folder: Path) -> Path:
     """An sdist holding the two common test files, each importing what the real ones import from the repository."""
+    folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"transformers-{VERSION}.tar.gz"
     files = {
         "test_modeling_common.py": "from .exporters.test_export import ExportTesterMixin\n"
@@ -41,16 +42,17 @@ def test_without_a_package_index_the_error_names_the_download_command(cache, mon
     monkeypatch.setenv("PIP_TIMEOUT", "2")
     with pytest.raises(transformers_suite.FetchError) as error:
         transformers_suite.suite_path()
-    assert f"pip download --no-binary :all: --no-deps transformers=={VERSION} -d DIR" in str(error.value)
+    command = f"pip download --no-binary :all: --no-deps transformers=={VERSION} -d {cache / 'sdists'}"
+    assert command in str(error.value)
     assert not (cache / f"transformers-tests-{VERSION}").exists()
 
 
 def test_stand_ins_replace_the_repository_modules_and_the_cache_is_reused(cache, tmp_path, monkeypatch):
     downloads = []
 
-    def download(into: Path) -> Path:
-        downloads.append(into)
-        return fake_sdist(into)
+    def download() -> Path:
+        downloads.append(1)
+        return fake_sdist(tmp_path / "sdist")
 
     monkeypatch.setattr(transformers_suite, "_download_sdist", download)
     first = transformers_suite.suite_path()
@@ -71,7 +73,7 @@ def test_a_checkout_supplies_the_generation_export_and_utils_modules(cache, tmp_
         (checkout / "tests" / folder).parent.mkdir(parents=True, exist_ok=True)
         (checkout / "tests" / folder).write_text(text)
     monkeypatch.setenv("TRANSFORMERS_SOURCE", str(checkout))
-    monkeypatch.setattr(transformers_suite, "_download_sdist", fake_sdist)
+    monkeypatch.setattr(transformers_suite, "_download_sdist", lambda: fake_sdist(tmp_path / "sdist"))
     package = transformers_suite.suite_path() / transformers_suite.PACKAGE
     assert package.parent == cache / f"transformers-tests-{VERSION}-source"
     for path in ["exporters/test_export.py", "generation/test_utils.py", "utils/test_configuration_utils.py"]:

@@ -1,10 +1,11 @@
 """transformers' common test mixins for the installed version, fetched from its source distribution at test time.
 
-The sdist ships tests/test_modeling_common.py and tests/test_configuration_common.py, but not the three modules they
-import from the repository's sub-folders (tests/exporters, tests/generation, tests/utils). Those come from a
-transformers checkout of the same version when TRANSFORMERS_SOURCE names one; otherwise they are stand-ins: empty
-`ExportTesterMixin` and `GenerationTesterMixin` (so the export and generate tests are not collected) and an empty
-`config_common_kwargs`. Nothing of transformers' code is kept in this repository.
+The sdist (downloaded into ~/.cache/vanilla-transformer/sdists) ships tests/test_modeling_common.py and
+tests/test_configuration_common.py, but not the three modules they import from the repository's sub-folders
+(tests/exporters, tests/generation, tests/utils). Those come from a transformers checkout of the same version when
+TRANSFORMERS_SOURCE names one; otherwise they are stand-ins: empty `ExportTesterMixin` and `GenerationTesterMixin`
+(so the export and generate tests are not collected) and an empty `config_common_kwargs`. Nothing of transformers'
+code is kept in this repository.
 """
 
 import importlib
@@ -21,7 +22,6 @@ import transformers
 
 VERSION = transformers.__version__
 PACKAGE = "transformers_tests"
-FETCH_COMMAND = f"{sys.executable} -m pip download --no-binary :all: --no-deps transformers=={VERSION} -d DIR"
 FROM_SDIST = ("test_modeling_common.py", "test_configuration_common.py")
 FROM_REPOSITORY = ("exporters", "generation", "utils")
 STAND_INS = {
@@ -35,22 +35,42 @@ class FetchError(RuntimeError):
     """The source distribution could not be downloaded (no package index) or did not hold the expected files."""
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vanilla-transformer"
+
+
 def cache_dir() -> Path:
     """Where the extracted tests live: one folder per transformers version and source (sdist alone, or a checkout)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vanilla-transformer"
     suffix = "-source" if os.environ.get("TRANSFORMERS_SOURCE") else ""
-    return root / f"transformers-tests-{VERSION}{suffix}"
+    return cache_root() / f"transformers-tests-{VERSION}{suffix}"
 
 
-def _download_sdist(into: Path) -> Path:
-    command = FETCH_COMMAND.split()
-    command[-1] = str(into)
-    result = subprocess.run(command, capture_output=True, text=True)
-    archives = sorted(into.glob("transformers-*.tar.gz"))
-    if result.returncode != 0 or not archives:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FetchError(f"could not download the transformers {VERSION} sdist ({last}); run: {FETCH_COMMAND}")
-    return archives[0]
+def fetch_command() -> list[str]:
+    """The download, into the folder where the sdist is looked for first (so it can also be run by hand)."""
+    folder = cache_root() / "sdists"
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-binary",
+        ":all:",
+        "--no-deps",
+        f"transformers=={VERSION}",
+        "-d",
+        str(folder),
+    ]
+
+
+def _download_sdist() -> Path:
+    command = fetch_command()
+    archive = Path(command[-1]) / f"transformers-{VERSION}.tar.gz"
+    if not archive.exists():
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0 or not archive.exists():
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FetchError(f"could not download the transformers {VERSION} sdist ({last}); run: {' '.join(command)}")
+    return archive
 
 
 def _extract(archive: Path, package: Path) -> None:
@@ -88,7 +108,7 @@ def suite_path() -> Path:
         work = Path(work)
         package = work / "suite" / PACKAGE
         package.mkdir(parents=True)
-        _extract(_download_sdist(work), package)
+        _extract(_download_sdist(), package)
         _add_repository_modules(package)
         (package / "__init__.py").touch()
         try:
