@@ -84,6 +84,7 @@ class VanillaCommonTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCa
 
     @classmethod
     def setUpClass(cls):
+        super().setUpClass()
         # The mixins tell a base model from a model with a head by its class name in transformers' tables of
         # built-in models (base models skip the training tests, seq2seq LM heads get labels); enter ours there.
         for table, name in [
