@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test lint setup multi30k multi30k-cpu docs-figures docs-trained
+.PHONY: demo test test-oldest lint setup multi30k multi30k-cpu docs-figures docs-trained
 
 setup: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 		print('\n'.join(p['dependencies'] + p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
-	$(PY) -m pip install -q -r $(VENV)/requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/requirements.txt $(if $(TRANSFORMERS),"transformers==$(TRANSFORMERS)")
 	touch $@
 
 # Train on the embedded English -> German number-words task (recipes/demo.yaml), then evaluate demo-output.
@@ -26,6 +26,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The suite on the oldest transformers that pyproject.toml allows, in its own venv (CI runs both ends).
+OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+test-oldest:
+	$(MAKE) test VENV=.venv-oldest TRANSFORMERS="$(OLDEST_TRANSFORMERS).*"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -15,6 +15,7 @@ so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate
 import errno
 import filecmp
 import json
+import math
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from tokenizers import Tokenizer
 from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
+    EvalPrediction,
     GenerationConfig,
     HfArgumentParser,
     PreTrainedTokenizerBase,
@@ -431,6 +433,23 @@ class VanillaTrainer(Seq2SeqTrainer):
             fault_point(Path(output_dir).name)
 
 
+def summed_nll_per_sentence(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+    """Each evaluated sentence as (sum of its target tokens' plain cross-entropy, their count): (batch, 2).
+
+    Trainer's `preprocess_logits_for_metrics`: evaluation gathers two numbers per sentence instead of the logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits  # (batch, tgt_len, vocab), then encoder outputs
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return torch.stack((nll.sum(dim=-1), labels.ne(-100).sum(dim=-1).float()), dim=-1)
+
+
+def nll_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    """`eval_nll_loss`, the mean negative log-likelihood per target token without label smoothing (the figure other
+    models report beside eval_loss, which is smoothed, sec. 5.4), and `eval_perplexity`, its exponential."""
+    total, tokens = prediction.predictions.sum(axis=0)
+    nll = float(total / tokens)
+    return {"nll_loss": nll, "perplexity": math.exp(nll)}
+
+
 def padding_fraction(trainer: Seq2SeqTrainer) -> float:
     """The share of pad tokens (source and target) in one epoch of this process's training batches."""
     dataset = trainer.train_dataset
@@ -450,6 +469,7 @@ def padding_fraction(trainer: Seq2SeqTrainer) -> float:
 def exact_match(trainer: Seq2SeqTrainer, dataset) -> float:
     """Share of sentences whose beam-search translation equals the reference (its tokenized target) exactly."""
     trainer.args.predict_with_generate = True
+    trainer.compute_metrics = trainer.preprocess_logits_for_metrics = None  # those read logits, not translations
     output = trainer.predict(dataset, metric_key_prefix="test")  # rows in the sampler's order, labels alongside
     pad = trainer.processing_class.pad_token_id
     hypotheses, references = (
@@ -645,6 +665,8 @@ def train_and_save(
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
         loss_before=before or 0.0,
+        compute_metrics=None if args.predict_with_generate else nll_metrics,
+        preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
     )
     padding = padding_fraction(trainer)
     if trainer.is_world_process_zero():

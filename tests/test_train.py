@@ -2,6 +2,7 @@
 
 import codecs
 import json
+import math
 import os
 import shutil
 import signal
@@ -12,10 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from num2words import num2words
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, get_scheduler
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    Seq2SeqTrainingArguments,
+    get_scheduler,
+)
 
 import train
+from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
     SPECIAL_TOKENS,
     DataArguments,
@@ -87,6 +96,8 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     assert (generation["num_beams"], generation["length_penalty"]) == (4, 0.6)
     assert "python eval.py --model" in (output_dir / "README.md").read_text()
     assert not (output_dir / ".saving").exists()
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_nll_loss"]), rel=1e-4)
     assert f"model saved to {output_dir}" in result.stdout
     assert f"python eval.py --model {output_dir}" in result.stdout
     assert "padding:" in result.stdout
@@ -392,3 +403,39 @@ def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, 
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):
+    texts = [num2words(n, lang=lang) for n in range(1, 200) for lang in ("en", "de")]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=60)
+    # Targets of different lengths, so batches carry padding and the mean must be over tokens, not sentences.
+    pairs = [(num2words(n), num2words(n, lang="de")) for n in (3, 21, 117, 40, 1999, 8)]
+    rows = [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(t)["input_ids"]} for s, t in pairs]
+    config = VanillaConfig(
+        vocab_size=len(tokenizer), d_model=16, num_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1
+    )
+    model = VanillaForConditionalGeneration(config).eval()
+    args = Seq2SeqTrainingArguments(tmp_path, per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    trainer = train.VanillaTrainer(
+        model=model,
+        args=args,
+        eval_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        compute_metrics=train.nll_metrics,
+        preprocess_logits_for_metrics=train.summed_nll_per_sentence,
+    )
+    metrics = trainer.evaluate()
+
+    # The reference: one sentence at a time, no padding, -log p of each target token summed over the whole set.
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            labels = torch.tensor([row["labels"]])
+            logits = model(input_ids=torch.tensor([row["input_ids"]]), labels=labels).logits
+            total -= logits.log_softmax(-1).gather(-1, labels[..., None]).sum().item()
+            tokens += labels.numel()
+    assert metrics["eval_nll_loss"] == pytest.approx(total / tokens, rel=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
+    # eval_loss stays the training objective, smoothed with epsilon_ls = 0.1 (sec. 5.4).
+    assert metrics["eval_loss"] != pytest.approx(metrics["eval_nll_loss"], rel=1e-3)
