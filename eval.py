@@ -5,6 +5,7 @@
     python eval.py --model out --average_last 5     # average the last 5 checkpoints first (sec. 6.1)
     python eval.py --model out --plot_attention "twenty-three"
     echo "twenty-three" | python eval.py translate --model out
+    python eval.py --model out --engine ctranslate2 --quantization int8   # CTranslate2 (pip install .[fast])
 
 The metrics are the local `evaluate` modules in metrics/ (offline); --hub_metrics loads the Hub's instead.
 torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails fast.
@@ -17,11 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
+import vanilla_ctranslate2
 from vanilla_data import DataArguments, UsageError, exit_on_usage_error, load_raw_datasets, sentences
 
 if TYPE_CHECKING:
@@ -65,6 +67,20 @@ class EvalArguments:
     attention_file: str | None = field(
         default=None, metadata={"help": "The attention plot (default: attention.png beside the model)."}
     )
+    engine: Literal["transformers", "ctranslate2"] = field(
+        default="transformers",
+        metadata={"help": "transformers' generate(), or CTranslate2 (converted once, cached beside the model)."},
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={"help": "CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ..."},
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
+        default=None, metadata={"help": "transformers engine: run the model in this dtype (default: as saved)."}
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "transformers engine: decode with a static cache and torch.compile."}
+    )
 
 
 def output_path(given: str | None, model: str, default_name: str) -> Path:
@@ -97,7 +113,7 @@ def check_model_path(name: str) -> None:
         raise UsageError(f"{name}: no such model folder")
 
 
-def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
+def load_model_and_tokenizer(name: str, attn_implementation: str | None = None, dtype: str | None = None):
     """The model (on the best device, in eval mode) and its tokenizer; UsageError naming what is missing."""
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -107,7 +123,7 @@ def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
         model = AutoModelForSeq2SeqLM.from_pretrained(
-            name, trust_remote_code=True, attn_implementation=attn_implementation
+            name, trust_remote_code=True, attn_implementation=attn_implementation, dtype=dtype or "auto"
         )
     except (OSError, ValueError) as error:
         where = "no such model folder, and no such Hub model available" if not folder.exists() else "cannot load it"
@@ -115,6 +131,36 @@ def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
         raise UsageError(f"{name}: {where} ({first_line})") from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
+
+
+def check_engine_arguments(args: EvalArguments) -> None:
+    """Each engine's own flags: --quantization for CTranslate2, --dtype and --compile for transformers."""
+    if args.engine == "ctranslate2":
+        if args.dtype is not None or args.compile:
+            raise UsageError("--dtype and --compile apply to --engine transformers; CTranslate2 takes --quantization")
+        if args.plot_attention is not None:
+            raise UsageError("--plot_attention reads the attention weights of --engine transformers")
+        vanilla_ctranslate2.import_ctranslate2()
+    elif args.quantization is not None:
+        raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
+
+
+def load_translation_model(args: EvalArguments):
+    """The model that decodes: the torch model (in --dtype), or its CTranslate2 conversion, and the tokenizer."""
+    if args.engine == "ctranslate2":
+        check_model_path(args.model)
+        return vanilla_ctranslate2.load(args.model, args.quantization)
+    return load_model_and_tokenizer(args.model, dtype=args.dtype)
+
+
+def compiled_decoding(model: "PreTrainedModel") -> dict:
+    """generate() arguments for --compile: a static cache and torch.compile of the decoding step."""
+    from transformers import CompileConfig
+
+    # transformers compiles on GPUs only unless told; "reduce-overhead" (CUDA graphs) means nothing on a CPU.
+    config = CompileConfig() if model.device.type == "cuda" else CompileConfig(mode="default")
+    config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": config}
 
 
 def checkpoint_folders(run: Path) -> list[Path]:
@@ -201,6 +247,15 @@ def translate(
     batches = range(0, len(order), args.batch_size)
     for start in tqdm(batches, desc="translating", unit="batch", disable=not progress):
         indices = order[start : start + args.batch_size]
+        if args.engine == "ctranslate2":
+            sources = [input_ids[index] for index in indices]
+            arguments = generation_arguments(args, max(map(len, sources)))
+            output = model.generate_ids(
+                sources, arguments["num_beams"], arguments["length_penalty"], arguments["max_new_tokens"]
+            )
+            for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
+                hypotheses[index] = " ".join(text.splitlines())
+            continue
         batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
         batch = batch.to(model.device)
         with torch.no_grad():
@@ -208,6 +263,7 @@ def translate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 **generation_arguments(args, batch["input_ids"].shape[1]),
+                **(compiled_decoding(model) if args.compile else {}),
             )
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[index] = " ".join(text.splitlines())
@@ -253,7 +309,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     sources = sentences(raw[args.split], data.source_lang)
     references = sentences(raw[args.split], data.target_lang)
     metrics = load_metrics(args.hub_metrics)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_translation_model(args)
 
     start = time.perf_counter()
     hypotheses = translate(model, tokenizer, sources, args, data.max_source_length)
@@ -282,7 +338,11 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
             "early_stopping": model.generation_config.early_stopping,
             "batch_size": args.batch_size,
             "max_source_length": data.max_source_length,
+            "compile": args.compile,
         },
+        "engine": args.engine,
+        "quantization": model.quantization if args.engine == "ctranslate2" else None,
+        "dtype": None if args.engine == "ctranslate2" else str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "wall_time_s": wall_time,
         "sentences_per_second": len(sources) / wall_time,
@@ -306,6 +366,7 @@ def print_table(report: dict, results_file: Path) -> None:
             f"beam {decoding['num_beams']}, length penalty {decoding['length_penalty']}, "
             f"max length input + {decoding['max_length_offset']}",
         ),
+        ("engine", f"{report['engine']}, {report['quantization'] or report['dtype']}"),
         (
             "speed",
             f"{report['num_sentences']} sentences in {report['wall_time_s']:.1f} s "
@@ -373,7 +434,7 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
 
 def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
     """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty)."""
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_translation_model(args)
     lines = [line.strip() for line in sys.stdin.read().splitlines()]
     texts = [line for line in lines if line]
     translations = iter(translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else [])
@@ -388,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         "mode", nargs="?", default="evaluate", choices=("evaluate", "translate"), help="translate: stdin to stdout."
     )
     args, data, extra = parser.parse_args_into_dataclasses(args=argv)
+    check_engine_arguments(args)
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
     else:
