@@ -150,17 +150,24 @@ def load_translation_model(args: EvalArguments):
     if args.engine == "ctranslate2":
         check_model_path(args.model)
         return vanilla_ctranslate2.load(args.model, args.quantization)
-    return load_model_and_tokenizer(args.model, dtype=args.dtype)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    if args.compile:
+        compile_for_decoding(model)
+    return model, tokenizer
 
 
-def compiled_decoding(model: "PreTrainedModel") -> dict:
-    """generate() arguments for --compile: a static cache and torch.compile of the decoding step."""
-    from transformers import CompileConfig
+def compile_for_decoding(model: "PreTrainedModel") -> None:
+    """--compile: torch.compile the forward that every decoding step calls (with COMPILED_DECODING's static cache).
 
-    # transformers compiles on GPUs only unless told; "reduce-overhead" (CUDA graphs) means nothing on a CPU.
-    config = CompileConfig() if model.device.type == "cuda" else CompileConfig(mode="default")
-    config._compile_all_devices = True
-    return {"cache_implementation": "static", "compile_config": config}
+    Compiled here rather than by generate()'s auto-compilation, which transformers applies to greedy search and
+    sampling but not to beam search."""
+    import torch
+
+    model.forward = torch.compile(model.forward)
+
+
+# generate() arguments for --compile: fixed-size key/value buffers, so each step has the same shapes.
+COMPILED_DECODING = {"cache_implementation": "static", "disable_compile": True}
 
 
 def checkpoint_folders(run: Path) -> list[Path]:
@@ -263,7 +270,7 @@ def translate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 **generation_arguments(args, batch["input_ids"].shape[1]),
-                **(compiled_decoding(model) if args.compile else {}),
+                **(COMPILED_DECODING if args.compile else {}),
             )
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[index] = " ".join(text.splitlines())
