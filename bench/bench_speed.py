@@ -234,7 +234,10 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
     tokens = bench_tokens(shape.vocab_size)
     marian_dir = os.path.join(folder, "marian")
     models["marian"].save_pretrained(marian_dir)
-    word_level = WordLevel({token: index for index, token in enumerate(tokens)}, unk_token="<t3>")
+    # Marian's converter expects its own layout, the padding token last (it drops that row: Marian starts the
+    # decoder from a zero embedding instead); source tokens missing from it (id vocab_size - 1) read as unknown.
+    marian_tokens = ["<unused>", *tokens[1:-1], "<pad>"]
+    word_level = WordLevel({token: index for index, token in enumerate(marian_tokens)}, unk_token="<t3>")
     PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(word_level), pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<t3>"
     ).save_pretrained(marian_dir)
@@ -242,7 +245,9 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
     for quantization in quantizations:
         ours_dir = os.path.join(folder, f"ours-{quantization}")
         os.makedirs(ours_dir)
-        spec = model_spec(models["ours"].config, models["ours"].state_dict(), tokens)
+        # A copy: quantizing the spec rewrites its arrays in place, which would be our model's own parameters.
+        weights = {name: tensor.detach().clone() for name, tensor in models["ours"].state_dict().items()}
+        spec = model_spec(models["ours"].config, weights, tokens)
         spec.validate()
         spec.optimize(quantization=quantization)
         spec.save(ours_dir)
