@@ -102,7 +102,10 @@ def embedding_weights(config: "VanillaConfig", weights: dict) -> dict[str, "torc
 
 
 def model_spec(config: "VanillaConfig", weights: dict, tokens: list[str]) -> "ctranslate2.specs.TransformerSpec":
-    """The model as CTranslate2's TransformerSpec: post-LN or pre-LN, scaled embeddings, positions as a table."""
+    """The model as CTranslate2's TransformerSpec: post-LN or pre-LN, scaled embeddings, positions as a table.
+
+    The spec holds the given tensors, and quantizing it (`spec.optimize`) rewrites them in place: pass a copy of
+    the weights of a model that is still in use."""
     import math
 
     import torch
