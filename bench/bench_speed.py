@@ -219,6 +219,17 @@ def generation_call(
     return call
 
 
+def check_compiled_tokens(model: nn.Module, compiled: nn.Module, source: dict, new_tokens: int) -> None:
+    """eval.py --compile's promise, in float32: the compiled static-cache decoding emits the dynamic cache's tokens."""
+    for num_beams in (1, 4):
+        arguments = {"num_beams": num_beams, "max_new_tokens": new_tokens, "do_sample": False}
+        with torch.no_grad():
+            expected = model.generate(**source, **arguments)
+            output = compiled.generate(**source, **arguments, cache_implementation="static")
+        assert torch.equal(expected, output), f"compiled static-cache tokens differ (beam {num_beams})"
+    print("compiled static-cache decoding: the dynamic cache's tokens (greedy and beam 4, float32)", flush=True)
+
+
 def bench_tokens(vocab_size: int) -> list[str]:
     """Token strings for CTranslate2, which speaks tokens, not ids: the special ones, then placeholders."""
     return ["<pad>", "<s>", "</s>", *(f"<t{index}>" for index in range(3, vocab_size))]
@@ -417,6 +428,7 @@ def main():
             static = copy.deepcopy(models["ours"])
             static.forward = torch.compile(static.forward)
             decoders["ours, compiled static"] = (static, autocast, {"cache_implementation": "static"})
+            check_compiled_tokens(models["ours"], static, source, shape.new_tokens)
         translators = {}
         folder = tempfile.TemporaryDirectory()
         if not args.no_ctranslate2:
