@@ -5,6 +5,7 @@
     python eval.py --model out --average_last 5     # average the last 5 checkpoints first (sec. 6.1)
     python eval.py --model out --plot_attention "twenty-three"
     echo "twenty-three" | python eval.py translate --model out
+    python eval.py --model out --engine ctranslate2 --quantization int8   # CTranslate2 (pip install .[fast])
 
 The metrics are the local `evaluate` modules in metrics/ (offline); --hub_metrics loads the Hub's instead.
 torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails fast.
@@ -20,11 +21,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
+import vanilla_ctranslate2
 from vanilla_data import (
     AVERAGED_MARKER,
     DATA_RECORD,
@@ -80,6 +82,20 @@ class EvalArguments:
     )
     attention_file: str | None = field(
         default=None, metadata={"help": "The attention plot (default: attention.png beside the model)."}
+    )
+    engine: Literal["transformers", "ctranslate2"] = field(
+        default="transformers",
+        metadata={"help": "transformers' generate(), or CTranslate2 (converted once, cached beside the model)."},
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={"help": "CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ..."},
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
+        default=None, metadata={"help": "transformers engine: run the model in this dtype (default: as saved)."}
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "transformers engine: decode with a static cache and torch.compile."}
     )
 
     def __post_init__(self):
@@ -142,7 +158,7 @@ def check_model_path(name: str) -> None:
         raise UsageError(f"{name}: no such model folder")
 
 
-def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
+def load_model_and_tokenizer(name: str, attn_implementation: str | None = None, dtype: str | None = None):
     """The model (on the best device, in eval mode) and its tokenizer; UsageError naming what is missing."""
     import torch
     from transformers import AutoTokenizer
@@ -159,12 +175,12 @@ def load_model_and_tokenizer(name: str, attn_implementation: str | None = None):
             ) from None
         where = "no such model folder, and no such Hub model available" if not folder.exists() else "cannot load it"
         raise UsageError(f"{name}: {where} ({first_line(error)})") from None
-    model = load_model(name, attn_implementation)
+    model = load_model(name, attn_implementation, dtype)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
 
-def load_model(name: str | Path, attn_implementation: str | None = None) -> "PreTrainedModel":
+def load_model(name: str | Path, attn_implementation: str | None = None, dtype: str | None = None) -> "PreTrainedModel":
     """AutoModelForSeq2SeqLM.from_pretrained, a missing or damaged weights file reported as a UsageError."""
     from safetensors import SafetensorError
     from transformers import AutoModelForSeq2SeqLM
@@ -175,7 +191,7 @@ def load_model(name: str | Path, attn_implementation: str | None = None) -> "Pre
     logging.disable_progress_bar()
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(
-            name, trust_remote_code=True, attn_implementation=attn_implementation
+            name, trust_remote_code=True, attn_implementation=attn_implementation, dtype=dtype or "auto"
         )
     except (OSError, ValueError, SafetensorError) as error:
         where = "no such model folder, and no such Hub model available" if not Path(name).exists() else "cannot load it"
@@ -208,6 +224,43 @@ def check_averaged_model_dir(output: Path) -> None:
             "refusing to replace it: name a new folder"
         )
     check_writable(output.parent / AVERAGED_MARKER, "--averaged_model_dir")
+
+
+def check_engine_arguments(args: EvalArguments) -> None:
+    """Each engine's own flags: --quantization for CTranslate2, --dtype and --compile for transformers."""
+    if args.engine == "ctranslate2":
+        if args.dtype is not None or args.compile:
+            raise UsageError("--dtype and --compile apply to --engine transformers; CTranslate2 takes --quantization")
+        if args.plot_attention is not None:
+            raise UsageError("--plot_attention reads the attention weights of --engine transformers")
+        vanilla_ctranslate2.import_ctranslate2()
+    elif args.quantization is not None:
+        raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
+
+
+def load_translation_model(args: EvalArguments):
+    """The model that decodes: the torch model (in --dtype), or its CTranslate2 conversion, and the tokenizer."""
+    if args.engine == "ctranslate2":
+        check_model_path(args.model)
+        return vanilla_ctranslate2.load(args.model, args.quantization)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    if args.compile:
+        compile_for_decoding(model)
+    return model, tokenizer
+
+
+def compile_for_decoding(model: "PreTrainedModel") -> None:
+    """--compile: torch.compile the forward that every decoding step calls (with COMPILED_DECODING's static cache).
+
+    Compiled here rather than by generate()'s auto-compilation, which transformers applies to greedy search and
+    sampling but not to beam search."""
+    import torch
+
+    model.forward = torch.compile(model.forward)
+
+
+# generate() arguments for --compile: fixed-size key/value buffers, so each step has the same shapes.
+COMPILED_DECODING = {"cache_implementation": "static", "disable_compile": True}
 
 
 def average_checkpoints(run: Path, last: int, output: Path) -> Path:
@@ -327,10 +380,21 @@ def translate(
     for indices, settings in tqdm(
         list(zip(batches, generation, strict=True)), desc="translating", unit="batch", disable=not progress
     ):
-        batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
-        batch = batch.to(model.device)
-        with torch.no_grad():
-            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings)
+        if args.engine == "ctranslate2":
+            sources = [input_ids[index] for index in indices]
+            output = model.generate_ids(
+                sources, settings["num_beams"], settings["length_penalty"], settings["max_new_tokens"]
+            )
+        else:
+            batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
+            batch = batch.to(model.device)
+            with torch.no_grad():
+                output = model.generate(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    **settings,
+                    **(COMPILED_DECODING if args.compile else {}),
+                )
         for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
             hypotheses[index] = " ".join(text.splitlines())
     return hypotheses
@@ -379,7 +443,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     sources = sentences(raw[args.split], data.source_lang)
     references = sentences(raw[args.split], data.target_lang)
     metrics = load_metrics(args.hub_metrics)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_translation_model(args)
 
     start = time.perf_counter()
     hypotheses = translate(model, tokenizer, sources, args, data.max_source_length)
@@ -405,7 +469,11 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
             "early_stopping": model.generation_config.early_stopping,
             "batch_size": args.batch_size,
             "max_source_length": data.max_source_length,
+            "compile": args.compile,
         },
+        "engine": args.engine,
+        "quantization": model.quantization if args.engine == "ctranslate2" else None,
+        "dtype": None if args.engine == "ctranslate2" else str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "wall_time_s": wall_time,
         "sentences_per_second": len(sources) / wall_time,
@@ -429,6 +497,7 @@ def print_table(report: dict, results_file: Path) -> None:
             f"beam {decoding['num_beams']}, length penalty {decoding['length_penalty']}, "
             f"max length input + {decoding['max_length_offset']}",
         ),
+        ("engine", f"{report['engine']}, {report['quantization'] or report['dtype']}"),
         (
             "speed",
             f"{report['num_sentences']} sentences in {report['wall_time_s']:.1f} s "
@@ -509,7 +578,7 @@ def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
         line = data[: error.start].count(b"\n") + 1
         raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None
     lines = [line.strip() for line in text.splitlines()]
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_translation_model(args)
     texts = [line for line in lines if line]
     translations = iter(translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else [])
     for line in lines:
@@ -576,6 +645,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args, data, extra = parser.parse_args_into_dataclasses(args=argv)
     scores_data = extra.mode == "evaluate" and args.plot_attention is None
+    check_engine_arguments(args)
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
     record = read_data_record(Path(args.model))  # with --average_last, the run's: it goes into the averaged folder

@@ -1,5 +1,8 @@
 """Speed of VanillaForConditionalGeneration against transformers' MarianMTModel (and torch.nn.Transformer on GPU).
 
+Decoding rows add both models converted to CTranslate2 (ours with vanilla_ctranslate2's spec, Marian with
+ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA our compiled static-cache decoding.
+
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
 
@@ -10,10 +13,12 @@ warm-up, and each row is the median over the repeats, so load from other process
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import GenerationConfig, MarianConfig, MarianMTModel  # noqa: E402
+from transformers import GenerationConfig, MarianConfig, MarianMTModel, PreTrainedTokenizerFast  # noqa: E402
 
 from modeling_vanilla import (  # noqa: E402
     VanillaConfig,
@@ -32,6 +37,7 @@ from modeling_vanilla import (  # noqa: E402
     shift_tokens_right,
     sinusoidal_positions,
 )
+from vanilla_ctranslate2 import model_spec  # noqa: E402
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -188,7 +194,9 @@ def training_step(model: nn.Module, kind: str, batch: dict, autocast: Callable) 
     return step
 
 
-def generation_call(model: nn.Module, source: dict, num_beams: int, new_tokens: int, autocast: Callable):
+def generation_call(
+    model: nn.Module, source: dict, num_beams: int, new_tokens: int, autocast: Callable, **generate_arguments
+):
     config = GenerationConfig(
         num_beams=num_beams,
         do_sample=False,
@@ -205,8 +213,83 @@ def generation_call(model: nn.Module, source: dict, num_beams: int, new_tokens: 
 
     def call():
         with torch.no_grad(), autocast():
-            out = model.generate(**source, generation_config=config)
+            out = model.generate(**source, generation_config=config, **generate_arguments)
         assert out.shape[1] == new_tokens + 1, f"expected {new_tokens} new tokens, got {out.shape[1] - 1}"
+
+    return call
+
+
+def check_compiled_tokens(model: nn.Module, compiled: nn.Module, source: dict, new_tokens: int) -> None:
+    """eval.py --compile's promise, in float32: the compiled static-cache decoding emits the dynamic cache's tokens."""
+    for num_beams in (1, 4):
+        arguments = {"num_beams": num_beams, "max_new_tokens": new_tokens, "do_sample": False}
+        with torch.no_grad():
+            expected = model.generate(**source, **arguments)
+            output = compiled.generate(**source, **arguments, cache_implementation="static")
+        assert torch.equal(expected, output), f"compiled static-cache tokens differ (beam {num_beams})"
+    print("compiled static-cache decoding: the dynamic cache's tokens (greedy and beam 4, float32)", flush=True)
+
+
+def bench_tokens(vocab_size: int) -> list[str]:
+    """Token strings for CTranslate2, which speaks tokens, not ids: the special ones, then placeholders."""
+    return ["<pad>", "<s>", "</s>", *(f"<t{index}>" for index in range(3, vocab_size))]
+
+
+def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.device, quantizations) -> dict:
+    """Ours through our spec, Marian through ctranslate2's TransformersConverter on the saved MarianMTModel."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    tokens = bench_tokens(shape.vocab_size)
+    marian_dir = os.path.join(folder, "marian")
+    models["marian"].save_pretrained(marian_dir)
+    # Marian's converter expects its own layout, the padding token last (it drops that row: Marian starts the
+    # decoder from a zero embedding instead); source tokens missing from it (id vocab_size - 1) read as unknown.
+    marian_tokens = ["<unused>", *tokens[1:-1], "<pad>"]
+    word_level = WordLevel({token: index for index, token in enumerate(marian_tokens)}, unk_token="<t3>")
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(word_level), pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<t3>"
+    ).save_pretrained(marian_dir)
+    translators = {}
+    for quantization in quantizations:
+        ours_dir = os.path.join(folder, f"ours-{quantization}")
+        os.makedirs(ours_dir)
+        # A copy: quantizing the spec rewrites its arrays in place, which would be our model's own parameters.
+        weights = {name: tensor.detach().clone() for name, tensor in models["ours"].state_dict().items()}
+        spec = model_spec(models["ours"].config, weights, tokens)
+        spec.validate()
+        spec.optimize(quantization=quantization)
+        spec.save(ours_dir)
+        marian_converted = TransformersConverter(marian_dir).convert(
+            os.path.join(folder, f"marian-{quantization}"), quantization=quantization
+        )
+        for name, path in (("ours", ours_dir), ("marian", marian_converted)):
+            translators[f"{name}, CT2 {quantization}"] = ctranslate2.Translator(
+                path, device=device.type, compute_type=quantization, intra_threads=torch.get_num_threads()
+            )
+    return translators
+
+
+def ctranslate2_call(translator, tokens: list[str], source: dict, num_beams: int, new_tokens: int) -> Callable:
+    """translate_batch on the same unpadded sources, with a fixed output length (min = max decoding length)."""
+    batch = [
+        [tokens[index] for index in ids[mask.bool()].tolist()]
+        for ids, mask in zip(source["input_ids"].cpu(), source["attention_mask"].cpu(), strict=True)
+    ]
+
+    def call():
+        results = translator.translate_batch(
+            batch,
+            beam_size=num_beams,
+            length_penalty=1.0,
+            max_decoding_length=new_tokens,
+            min_decoding_length=new_tokens,
+            max_batch_size=0,
+        )
+        lengths = {len(result.hypotheses[0]) for result in results}
+        assert lengths == {new_tokens}, f"expected {new_tokens} new tokens, got {lengths}"
 
     return call
 
@@ -278,6 +361,7 @@ def main():
     parser.add_argument("--compile", action="store_true", help="on CPU, add torch.compile rows (default on CUDA)")
     parser.add_argument("--no-compile", action="store_true", help="on CUDA, skip the torch.compile rows")
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--no-ctranslate2", action="store_true", help="skip the CTranslate2 decoding rows")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -337,19 +421,49 @@ def main():
     if not args.skip_generation:
         for model in models.values():
             model.eval()
+        decoders = {name: (models[name], autocast, {}) for name in ("ours", "marian")}
+        if device.type == "cpu":  # eval.py --dtype bfloat16: the weights in bf16 (AVX-512 BF16 / AMX where present)
+            decoders["ours, bf16"] = (copy.deepcopy(models["ours"]).to(torch.bfloat16), contextlib.nullcontext, {})
+        if compiled:  # eval.py --compile: static cache, the decoding forward compiled
+            static = copy.deepcopy(models["ours"])
+            static.forward = torch.compile(static.forward)
+            decoders["ours, compiled static"] = (static, autocast, {"cache_implementation": "static"})
+            check_compiled_tokens(models["ours"], static, source, shape.new_tokens)
+        translators = {}
+        folder = tempfile.TemporaryDirectory()
+        if not args.no_ctranslate2:
+            import ctranslate2
+
+            if device.type == "cpu" or ctranslate2.get_cuda_device_count() > 0:
+                quantizations = ("float32", "int8") if device.type == "cpu" else ("bfloat16", "int8_bfloat16")
+                translators = ctranslate2_models(models, shape, folder.name, device, quantizations)
+        tokens = bench_tokens(shape.vocab_size)
         for label, beams in (("greedy sent/s", 1), ("beam-4 sent/s", 4)):
             gen_fns = {
-                name: generation_call(models[name], source, beams, shape.new_tokens, autocast)
-                for name in ("ours", "marian")
+                name: generation_call(model, source, beams, shape.new_tokens, context, **extra)
+                for name, (model, context, extra) in decoders.items()
             }
+            for name, translator in translators.items():
+                gen_fns[name] = ctranslate2_call(translator, tokens, source, beams, shape.new_tokens)
             seconds = compare(gen_fns, device, args.warmup, args.repeats)
             rows.append((label, {name: shape.gen_batch / s for name, s in seconds.items()}))
+        folder.cleanup()
 
-    print_table(rows, list(train_fns))
+    columns = list(dict.fromkeys(name for _, values in rows for name in values))
+    print_table(rows, columns)
 
 
 RATIOS = [
     ("ours", "marian"),
+    ("ours, bf16", "marian"),
+    ("ours, compiled static", "marian"),
+    ("ours, CT2 float32", "marian"),
+    ("ours, CT2 int8", "marian"),
+    ("ours, CT2 float32", "marian, CT2 float32"),
+    ("ours, CT2 int8", "marian, CT2 int8"),
+    ("ours, CT2 bfloat16", "marian"),
+    ("ours, CT2 bfloat16", "marian, CT2 bfloat16"),
+    ("ours, CT2 int8_bfloat16", "marian, CT2 int8_bfloat16"),
     ("ours", "nn.Transformer"),
     ("ours, compiled", "marian"),
     ("ours, compiled", "marian, compiled"),

@@ -132,6 +132,9 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(run_dir, tes
         "bleu_details",
         "metrics",
         "decoding",
+        "engine",
+        "quantization",
+        "dtype",
         "device",
         "wall_time_s",
         "sentences_per_second",
@@ -142,6 +145,7 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(run_dir, tes
     assert report["decoding"]["num_beams"] == 4
     assert report["decoding"]["length_penalty"] == 0.6
     assert report["decoding"]["max_length_offset"] == OFFSET
+    assert (report["engine"], report["quantization"], report["dtype"]) == ("transformers", None, "float32")
     bleu = sacrebleu.metrics.BLEU()
     assert report["bleu"] == pytest.approx(bleu.corpus_score(hypotheses, [references]).score)
     assert report["sacrebleu_signature"] == str(bleu.get_signature())
@@ -527,3 +531,117 @@ def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(run_dir, t
     (tmp_path / "checkpoint-6" / "trainer_state.json").unlink()  # Trainer writes it last: a save cut short
     assert [path.name for path in complete_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     assert "checkpoint-6" in capsys.readouterr().err
+
+
+def evaluate_with(run_dir: Path, test_file: Path, output: Path, *args: str) -> tuple[list[str], dict]:
+    """eval.py on the test file with extra flags: the hypotheses and the report."""
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--max_length_offset", str(OFFSET), "--predictions_file", str(output / "hypotheses.txt")),
+        *("--results_file", str(output / "report.json"), *args),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (output / "hypotheses.txt").read_text().splitlines(), json.loads((output / "report.json").read_text())
+
+
+@pytest.mark.parametrize("num_beams", ["4", "1"], ids=["beam-4", "greedy"])
+def test_ctranslate2_float32_translates_token_for_token_like_generate(run_dir, test_file, tmp_path, num_beams):
+    model = tmp_path / "model"
+    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "ct2").mkdir()
+    expected, _ = evaluate_with(model, test_file, tmp_path / "hf", "--num_beams", num_beams)
+    hypotheses, report = evaluate_with(
+        model, test_file, tmp_path / "ct2", "--num_beams", num_beams, "--engine", "ctranslate2"
+    )
+    assert hypotheses == expected
+    assert (report["engine"], report["quantization"], report["dtype"]) == ("ctranslate2", "float32", None)
+    assert json.loads((model / "ctranslate2-float32" / "source.json").read_text())["model.safetensors"]
+
+
+def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(run_dir, test_file, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(run_dir / "checkpoint-2", model)
+    for name in ("hf", "first", "second", "retrained", "retrained-hf"):
+        (tmp_path / name).mkdir()
+    evaluate_with(model, test_file, tmp_path / "first", "--engine", "ctranslate2")
+    weights = model / "ctranslate2-float32" / "model.bin"
+    converted_at = weights.stat().st_mtime_ns
+    evaluate_with(model, test_file, tmp_path / "second", "--engine", "ctranslate2")
+    assert weights.stat().st_mtime_ns == converted_at
+
+    shutil.copy(run_dir / "checkpoint-4" / "model.safetensors", model / "model.safetensors")
+    hypotheses, _ = evaluate_with(model, test_file, tmp_path / "retrained", "--engine", "ctranslate2")
+    assert weights.stat().st_mtime_ns != converted_at
+    expected, _ = evaluate_with(model, test_file, tmp_path / "retrained-hf")
+    assert hypotheses == expected
+    assert not [path.name for path in model.iterdir() if path.name.startswith(".")], "temporary folders left behind"
+
+
+def test_ctranslate2_int8_gives_a_translation_close_to_float32(run_dir, test_file, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (tmp_path / "float32").mkdir()
+    (tmp_path / "int8").mkdir()
+    float32, float32_report = evaluate_with(model, test_file, tmp_path / "float32", "--engine", "ctranslate2")
+    int8, report = evaluate_with(
+        model, test_file, tmp_path / "int8", "--engine", "ctranslate2", "--quantization", "int8"
+    )
+    assert report["quantization"] == "int8"
+    assert (model / "ctranslate2-int8" / "model.bin").stat().st_size < (
+        model / "ctranslate2-float32" / "model.bin"
+    ).stat().st_size
+    assert len(int8) == len(float32) and all(int8)
+    assert abs(report["chrf"] - float32_report["chrf"]) < 5
+
+
+def test_translate_mode_with_ctranslate2_writes_what_generate_writes(run_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    stdin = "seven\n\nthree hundred and forty-five\ntwelve\n"
+    arguments = ("translate", "--model", str(model), "--max_length_offset", str(OFFSET))
+    expected = run_cli("eval.py", *arguments, stdin=stdin)
+    result = run_cli("eval.py", *arguments, "--engine", "ctranslate2", stdin=stdin)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == expected.stdout
+
+
+def test_bfloat16_decoding_is_recorded_and_translates(run_dir, test_file, tmp_path):
+    hypotheses, report = evaluate_with(run_dir, test_file, tmp_path, "--dtype", "bfloat16")
+    assert report["dtype"] == "bfloat16"
+    assert len(hypotheses) == len(PAIRS) and all(hypotheses)
+
+
+def test_ctranslate2_missing_is_a_usage_error_naming_the_install(run_dir, tmp_path):
+    # A ctranslate2 that fails to import, first on the path, stands in for a machine without the package.
+    (tmp_path / "ctranslate2").mkdir()
+    (tmp_path / "ctranslate2" / "__init__.py").write_text("raise ImportError('No module named ctranslate2')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), "--model", str(run_dir), "--engine", "ctranslate2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert_usage_error(result, "pip install ctranslate2", "pip install .[fast]")
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (("--quantization", "int8"), "--quantization applies to --engine ctranslate2"),
+        (("--engine", "ctranslate2", "--dtype", "bfloat16"), "--dtype and --compile apply to --engine transformers"),
+        (("--engine", "ctranslate2", "--quantization", "int3"), "--quantization 'int3' must be one of"),
+        (("--engine", "ctranslate2", "--quantization", "float16"), "CTranslate2 on cpu supports"),
+    ],
+    ids=["quantization-without-ctranslate2", "dtype-with-ctranslate2", "unknown-quantization", "unsupported-on-cpu"],
+)
+def test_engine_flag_mismatches_are_usage_errors(run_dir, test_file, flags, fragment):
+    result = run_cli(
+        "eval.py",
+        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *flags,
+    )
+    assert_usage_error(result, fragment)

@@ -1,0 +1,308 @@
+"""Translation with CTranslate2: a saved VanillaForConditionalGeneration converted through ctranslate2's specs API.
+
+The conversion reads the saved weights by name (model.safetensors), fills a `ctranslate2.specs.TransformerSpec` as
+ctranslate2's own converters do for Marian, and caches the result beside the model in `ctranslate2-<quantization>/`,
+converted again when the weights, config or tokenizer change.
+
+Beam search normalises the same way in both engines: a finished hypothesis scores
+sum(log p) / length ** length_penalty, the length counting the generated tokens including the end token and
+excluding the decoder start token (transformers' `BeamSearchScorer`/`_beam_search` and CTranslate2's
+`length_penalty`; tests/test_ctranslate2.py checks the scores agree).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vanilla_data import UsageError
+
+if TYPE_CHECKING:
+    import ctranslate2
+    import torch
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+    from configuration_vanilla import VanillaConfig
+
+INSTALL_HINT = "pip install ctranslate2 (or pip install .[fast])"
+# CTranslate2's weight types (ctranslate2.converters.converter.ACCEPTED_MODEL_TYPES).
+QUANTIZATIONS = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16")
+# transformers' activation names -> CTranslate2's (ctranslate2.converters.transformers._SUPPORTED_ACTIVATIONS).
+ACTIVATIONS = {
+    "relu": "RELU",
+    "gelu": "GELU",
+    "gelu_new": "GELUTanh",
+    "gelu_pytorch_tanh": "GELUTanh",
+    "gelu_fast": "GELUTanh",
+    "quick_gelu": "GELUSigmoid",
+    "silu": "SWISH",
+    "swish": "SWISH",
+    "tanh": "Tanh",
+}
+LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every norm of the model uses
+SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def import_ctranslate2():
+    """The ctranslate2 module, or a UsageError saying how to install it (it is an optional dependency)."""
+    try:
+        import ctranslate2
+    except ImportError:
+        raise UsageError(f"--engine ctranslate2 needs the ctranslate2 package: {INSTALL_HINT}") from None
+    return ctranslate2
+
+
+def vocabulary(tokenizer: "PreTrainedTokenizerBase", vocab_size: int) -> list[str]:
+    """The tokenizer's tokens in id order, one per row of the embedding matrix (unused rows get placeholders)."""
+    tokens = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])][:vocab_size]
+    taken = set(tokens)
+    for row in range(len(tokens), vocab_size):
+        placeholder = f"<unused{row}>"
+        while placeholder in taken:
+            placeholder = f"<{placeholder}>"
+        tokens.append(placeholder)
+    return tokens
+
+
+def load_weights(folder: Path) -> dict[str, "torch.Tensor"]:
+    """The saved state dict, by name (one model.safetensors file or the shards of model.safetensors.index.json)."""
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {name: tensor for shard in shards for name, tensor in load_file(folder / shard).items()}
+    if not (folder / "model.safetensors").is_file():
+        raise UsageError(f"{folder}: no model.safetensors to convert to CTranslate2")
+    return load_file(folder / "model.safetensors")
+
+
+def embedding_weights(config: "VanillaConfig", weights: dict) -> dict[str, "torch.Tensor"]:
+    """Encoder input, decoder input and pre-softmax matrices; tied (sec. 3.4), one matrix whichever name was saved."""
+    names = {
+        "encoder": "model.encoder.embed_tokens.weight",
+        "decoder": "model.decoder.embed_tokens.weight",
+        "output": "lm_head.weight",
+    }
+    if config.tie_word_embeddings:
+        # Tied weights may be saved once, under the shared module's name or under any of the tied ones.
+        saved = [name for name in ("model.shared.weight", *names.values()) if name in weights]
+        if not saved:
+            raise UsageError(
+                f"the checkpoint has no embedding matrix (none of model.shared.weight, {', '.join(names.values())})"
+            )
+        return dict.fromkeys(names, weights[saved[0]])
+    missing = [name for name in names.values() if name not in weights]
+    if missing:
+        raise UsageError(f"the untied checkpoint lacks {', '.join(missing)}")
+    return {side: weights[name] for side, name in names.items()}
+
+
+def model_spec(config: "VanillaConfig", weights: dict, tokens: list[str]) -> "ctranslate2.specs.TransformerSpec":
+    """The model as CTranslate2's TransformerSpec: post-LN or pre-LN, scaled embeddings, positions as a table.
+
+    The spec holds the given tensors, and quantizing it (`spec.optimize`) rewrites them in place: pass a copy of
+    the weights of a model that is still in use."""
+    import math
+
+    import torch
+    from ctranslate2.specs import TransformerSpec, common_spec
+
+    from modeling_vanilla import sinusoidal_positions
+
+    if config.activation_function not in ACTIVATIONS:
+        raise UsageError(
+            f"activation_function {config.activation_function!r} has no CTranslate2 equivalent "
+            f"(supported: {', '.join(ACTIVATIONS)})"
+        )
+    spec = TransformerSpec.from_config(
+        (config.encoder_layers, config.decoder_layers),
+        config.num_heads,
+        pre_norm=config.norm_first,
+        activation=getattr(common_spec.Activation, ACTIVATIONS[config.activation_function]),
+    )
+    if config.position_embedding_type == "learned":
+        encoder_positions = weights["model.encoder.embed_positions.embed_positions.weight"]
+        decoder_positions = weights["model.decoder.embed_positions.embed_positions.weight"]
+    else:
+        # CTranslate2's built-in sinusoids concatenate the sines and cosines; sec. 3.5 interleaves them, so the
+        # table is written out, as long as the learned one would be.
+        positions = torch.arange(config.max_position_embeddings)
+        encoder_positions = decoder_positions = sinusoidal_positions(positions, config.d_model)
+    embeddings = embedding_weights(config, weights)
+
+    def linear(linear_spec, prefix: str) -> None:
+        linear_spec.weight = weights[f"{prefix}.weight"]
+        linear_spec.bias = weights[f"{prefix}.bias"]
+
+    def layer_norm(norm_spec, prefix: str) -> None:
+        norm_spec.gamma = weights[f"{prefix}.weight"]
+        norm_spec.beta = weights[f"{prefix}.bias"]
+
+    def feed_forward(ffn_spec, prefix: str) -> None:
+        linear(ffn_spec.linear_0, f"{prefix}.feed_forward.fc1")
+        linear(ffn_spec.linear_1, f"{prefix}.feed_forward.fc2")
+        layer_norm(ffn_spec.layer_norm, f"{prefix}.feed_forward_sublayer.norm")
+
+    scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+    spec.encoder.embeddings[0].weight = embeddings["encoder"]
+    spec.encoder.scale_embeddings = scale
+    spec.encoder.position_encodings.encodings = encoder_positions
+    spec.decoder.embeddings.weight = embeddings["decoder"]
+    spec.decoder.scale_embeddings = scale
+    spec.decoder.position_encodings.encodings = decoder_positions
+    spec.decoder.projection.weight = embeddings["output"]
+    if config.norm_first:
+        layer_norm(spec.encoder.layer_norm, "model.encoder.final_norm")
+        layer_norm(spec.decoder.layer_norm, "model.decoder.final_norm")
+
+    # Our fused projections are CTranslate2's layout: self-attention [q; k; v], encoder-decoder attention q, [k; v].
+    for index, layer_spec in enumerate(spec.encoder.layer):
+        prefix = f"model.encoder.layers.{index}"
+        linear(layer_spec.self_attention.linear[0], f"{prefix}.self_attn.qkv_proj")
+        linear(layer_spec.self_attention.linear[1], f"{prefix}.self_attn.out_proj")
+        layer_norm(layer_spec.self_attention.layer_norm, f"{prefix}.self_attn_sublayer.norm")
+        feed_forward(layer_spec.ffn, prefix)
+    for index, layer_spec in enumerate(spec.decoder.layer):
+        prefix = f"model.decoder.layers.{index}"
+        linear(layer_spec.self_attention.linear[0], f"{prefix}.self_attn.qkv_proj")
+        linear(layer_spec.self_attention.linear[1], f"{prefix}.self_attn.out_proj")
+        layer_norm(layer_spec.self_attention.layer_norm, f"{prefix}.self_attn_sublayer.norm")
+        linear(layer_spec.attention.linear[0], f"{prefix}.cross_attn.q_proj")
+        linear(layer_spec.attention.linear[1], f"{prefix}.cross_attn.kv_proj")
+        linear(layer_spec.attention.linear[2], f"{prefix}.cross_attn.out_proj")
+        layer_norm(layer_spec.attention.layer_norm, f"{prefix}.cross_attn_sublayer.norm")
+        feed_forward(layer_spec.ffn, prefix)
+
+    spec.register_source_vocabulary(tokens)
+    spec.register_target_vocabulary(tokens)
+    spec.config.bos_token = tokens[config.bos_token_id]
+    spec.config.eos_token = tokens[config.eos_token_id]
+    spec.config.decoder_start_token = tokens[config.decoder_start_token_id]
+    spec.config.layer_norm_epsilon = LAYER_NORM_EPSILON
+    return spec
+
+
+def source_fingerprint(folder: Path) -> dict[str, str]:
+    """SHA-256 of each file the conversion reads, so that a retrained or re-averaged model is converted again."""
+    fingerprint = {}
+    for name in SOURCE_FILES:
+        path = folder / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+            fingerprint[name] = digest.hexdigest()
+    return fingerprint
+
+
+def convert(folder: Path, quantization: str, output: Path) -> Path:
+    """Convert the model folder to CTranslate2 with weights in `quantization`, written atomically to `output`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    if config.model_type != "vanilla":
+        raise UsageError(f"{folder}: --engine ctranslate2 converts vanilla models, not {config.model_type!r}")
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    spec = model_spec(config, load_weights(folder), vocabulary(tokenizer, config.vocab_size))
+    spec.validate()
+    spec.optimize(quantization=quantization)
+
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    spec.save(str(temporary))
+    (temporary / "source.json").write_text(json.dumps(source_fingerprint(folder), indent=2) + "\n")
+    stale = output.with_name(f".{output.name}.{os.getpid()}.old")
+    if output.exists():
+        os.replace(output, stale)
+    os.replace(temporary, output)
+    shutil.rmtree(stale, ignore_errors=True)
+    return output
+
+
+def converted_model(folder: Path, quantization: str) -> Path:
+    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale."""
+    output = folder / f"ctranslate2-{quantization}"
+    recorded = output / "source.json"
+    if not recorded.is_file() or json.loads(recorded.read_text()) != source_fingerprint(folder):
+        convert(folder, quantization, output)
+    return output
+
+
+@dataclass
+class CTranslate2Model:
+    """A CTranslate2 Translator with the model's vocabulary and decoding defaults, in place of the torch model."""
+
+    translator: "ctranslate2.Translator"
+    tokens: list[str]
+    generation_config: "GenerationConfig"
+    quantization: str
+
+    @property
+    def device(self) -> str:
+        return self.translator.device
+
+    def generate_ids(
+        self,
+        input_ids: list[list[int]],
+        num_beams: int,
+        length_penalty: float,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        return_scores: bool = False,
+    ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
+        """Beam search (greedy for one beam) over unpadded sources; the generated ids, start and end tokens left out."""
+        ids = {token: index for index, token in enumerate(self.tokens)}
+        results = self.translator.translate_batch(
+            [[self.tokens[index] for index in sentence] for sentence in input_ids],
+            beam_size=num_beams,
+            length_penalty=length_penalty,
+            max_decoding_length=max_new_tokens,
+            min_decoding_length=min_new_tokens,
+            return_scores=return_scores,
+            max_batch_size=0,
+        )
+        outputs = [[ids[token] for token in result.hypotheses[0]] for result in results]
+        if return_scores:
+            return outputs, [result.scores[0] for result in results]
+        return outputs
+
+
+def load(
+    model: str, quantization: str | None, threads: int | None = None
+) -> tuple[CTranslate2Model, "PreTrainedTokenizerBase"]:
+    """The model folder converted (or its cached conversion) on the GPU if CTranslate2 sees one, and its tokenizer."""
+    ctranslate2 = import_ctranslate2()
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    quantization = quantization or "float32"
+    if quantization not in QUANTIZATIONS:
+        raise UsageError(f"--quantization {quantization!r} must be one of {', '.join(QUANTIZATIONS)}")
+    folder = Path(model)
+    if not folder.is_dir():
+        raise UsageError(f"{model}: --engine ctranslate2 needs a local model folder")
+    device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    supported = ctranslate2.get_supported_compute_types(device)
+    if quantization not in supported:
+        raise UsageError(
+            f"--quantization {quantization}: CTranslate2 on {device} supports {', '.join(sorted(supported))}"
+        )
+    path = converted_model(folder, quantization)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    translator = ctranslate2.Translator(
+        str(path), device=device, compute_type=quantization, intra_threads=threads or torch.get_num_threads()
+    )
+    model = CTranslate2Model(
+        translator=translator,
+        tokens=vocabulary(tokenizer, config.vocab_size),
+        generation_config=GenerationConfig.from_pretrained(folder),
+        quantization=quantization,
+    )
+    return model, tokenizer
