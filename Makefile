@@ -24,8 +24,9 @@ demo: setup
 	$(PY) train.py recipes/demo.yaml
 	$(PY) eval.py --model demo-output
 
+# Two pytest-xdist workers: most tests wait on a train.py/eval.py subprocess, which keeps one core busy.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The suite on the oldest transformers that pyproject.toml allows, in its own venv (CI runs both ends).
 OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)

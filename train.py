@@ -647,9 +647,6 @@ def train_and_save(
         pad_token_id=config.pad_token_id,
         decoder_start_token_id=config.decoder_start_token_id,
     )
-    # Checkpoints and the final folder carry both .py files and an auto_map: trust_remote_code=True loads them.
-    VanillaConfig.register_for_auto_class()
-    VanillaForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
     if args.learning_rate is None:
         args.learning_rate = paper_peak_learning_rate(config.d_model, args.warmup_steps)
     if args.device.type == "cpu":
