@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from vanilla_data import (
     complete_checkpoints,
     exit_on_usage_error,
     load_raw_datasets,
+    probe_write,
     sentences,
 )
 
@@ -116,19 +116,15 @@ def output_path(given: str | None, model: str, default_name: str) -> Path:
 
 def check_writable(path: Path, what: str) -> None:
     """UsageError unless a file `path` can be written: not a folder, and its folder (or the nearest existing folder
-    above it) writable, by a real write: permission bits do not stop root, a read-only file system does."""
+    above it) takes a real write (vanilla_data.probe_write)."""
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; expected a file name")
-    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
-    if not existing.is_dir():
-        raise UsageError(f"{what} {path}: {existing} is a file, not a folder")
     try:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(f"no write permission for {existing}")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        probe_write(path.parent)
+    except NotADirectoryError as error:
+        raise UsageError(f"{what} {path}: {error.filename} is a file, not a folder") from None
     except OSError as error:
-        raise UsageError(f"{what} {path}: cannot write into {existing} ({error.strerror or error})") from None
+        raise UsageError(f"{what} {path}: cannot write into {error.filename} ({error.strerror or error})") from None
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from vanilla_data import (
     default_vocab_size,
     exit_on_usage_error,
     load_raw_datasets,
+    probe_write,
     read_text,
     train_bpe_tokenizer,
     trainer_state,
@@ -297,12 +297,10 @@ def check_writable(output_dir: Path) -> None:
     """Fails before training, not after, when output_dir or the folder beside it (for the final save) is unwritable."""
     output_dir = output_dir.resolve()
     for folder in dict.fromkeys((output_dir, output_dir.parent)):
-        while not folder.exists():
-            folder = folder.parent
         try:
-            os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=folder))
+            probe_write(folder)
         except OSError as error:
-            raise UsageError(f"output_dir {output_dir} cannot be written: {folder}: {error.strerror}") from None
+            raise UsageError(f"output_dir {output_dir} cannot be written: {error.filename}: {error.strerror}") from None
 
 
 def check_resume_flags(

@@ -8,8 +8,10 @@ import codecs
 import functools
 import io
 import json
+import os
 import random
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,3 +361,14 @@ def complete_checkpoints(run: Path) -> list[Path]:
         else:
             complete.append(folder)
     return complete
+
+
+def probe_write(path: Path) -> Path:
+    """The nearest existing folder at or above `path`, after a real write into it: permission bits do not stop root, a
+    read-only file system does. OSError (its filename that folder) when it is a file or cannot be written."""
+    folder = next(folder for folder in (path, *path.parents) if folder.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=folder))
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(folder)) from None
+    return folder
