@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from vanilla_data import (
     load_raw_datasets,
     probe_write,
     sentences,
+    write_folder_atomically,
 )
 
 if TYPE_CHECKING:
@@ -314,23 +314,17 @@ def save_model_atomically(
     model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", output: Path, files: dict[str, str]
 ) -> None:
     """save_pretrained (and `files`, name -> text) into a temporary folder beside `output`, then swap it in."""
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    previous = output.with_name(f".{output.name}.{os.getpid()}.old")
-    try:
-        model.save_pretrained(temporary)
-        tokenizer.save_pretrained(temporary)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
         for name, text in files.items():
-            (temporary / name).write_text(text, encoding="utf-8")
-        if output.exists():
-            os.replace(output, previous)
-        os.replace(temporary, output)
+            (folder / name).write_text(text, encoding="utf-8")
+
+    try:
+        write_folder_atomically(output, write)
     except OSError as error:
-        if previous.exists() and not output.exists():
-            os.replace(previous, output)
         raise UsageError(f"cannot write the averaged model to {output} ({error.strerror or error})") from None
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def generation_arguments(args: EvalArguments, input_length: int) -> dict:

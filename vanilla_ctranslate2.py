@@ -12,13 +12,11 @@ excluding the decoder start token (transformers' `BeamSearchScorer`/`_beam_searc
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vanilla_data import UsageError
+from vanilla_data import UsageError, write_folder_atomically
 
 if TYPE_CHECKING:
     import ctranslate2
@@ -212,16 +210,11 @@ def convert(folder: Path, quantization: str, output: Path) -> Path:
     spec.validate()
     spec.optimize(quantization=quantization)
 
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    spec.save(str(temporary))
-    (temporary / "source.json").write_text(json.dumps(source_fingerprint(folder), indent=2) + "\n")
-    stale = output.with_name(f".{output.name}.{os.getpid()}.old")
-    if output.exists():
-        os.replace(output, stale)
-    os.replace(temporary, output)
-    shutil.rmtree(stale, ignore_errors=True)
+    def write(target: Path) -> None:
+        spec.save(str(target))
+        (target / "source.json").write_text(json.dumps(source_fingerprint(folder), indent=2) + "\n")
+
+    write_folder_atomically(output, write)
     return output
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -372,3 +373,24 @@ def probe_write(path: Path) -> Path:
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(folder)) from None
     return folder
+
+
+def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None:
+    """write(folder) into a temporary folder beside `output`, then swap it in: readers see the old or the new folder,
+    and a failure puts the old one back and leaves no temporary folder."""
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    previous = output.with_name(f".{output.name}.{os.getpid()}.old")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        temporary.mkdir(parents=True)
+        write(temporary)
+        if output.exists():
+            os.replace(output, previous)
+        os.replace(temporary, output)
+    except BaseException:
+        if previous.exists() and not output.exists():
+            os.replace(previous, output)
+        raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
