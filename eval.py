@@ -28,6 +28,8 @@ import vanilla_ctranslate2
 from vanilla_data import (
     AVERAGED_MARKER,
     DATA_RECORD,
+    DATA_RECORD_KEYS,
+    DATA_SOURCE_ARGS,
     SPLITS,
     DataArguments,
     UsageError,
@@ -45,9 +47,6 @@ if TYPE_CHECKING:
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu metric it runs
-# train.py records the data a model was trained on in its folder; eval.py defaults to it.
-DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
-DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
     AVERAGED_MARKER,
     DATA_RECORD,
+    DATA_RECORD_KEYS,
     TRAINER_STATE,
     DataArguments,
     UsageError,
@@ -500,12 +501,10 @@ def train_loss_metrics(trainer: VanillaTrainer, resumed_step: int, whole_run_kno
 
 def data_record(data_args: DataArguments) -> dict:
     """What the model was trained on (data_args.json beside it): eval.py's defaults."""
-    record = {name: getattr(data_args, name) for name in ("dataset_name", "dataset_config_name")}
+    record = {name: getattr(data_args, name) for name in DATA_RECORD_KEYS}
     for name in ("train_file", "validation_file", "test_file"):
-        path = getattr(data_args, name)
-        record[name] = os.path.abspath(path) if path is not None else None
-    for name in ("source_lang", "target_lang", "max_source_length", "max_target_length"):
-        record[name] = getattr(data_args, name)
+        if record[name] is not None:
+            record[name] = os.path.abspath(record[name])
     record["embedded_task"] = data_args.uses_embedded_task
     return record
 

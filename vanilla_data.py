@@ -28,6 +28,9 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3: VanillaCon
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
 DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
 AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
+# The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
+DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
+DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
 
 
 class UsageError(Exception):
