@@ -31,6 +31,7 @@ from vanilla_data import (
     DATA_RECORD_KEYS,
     DATA_SOURCE_ARGS,
     SPLITS,
+    TRAINER_STATE,
     DataArguments,
     UsageError,
     complete_checkpoints,
@@ -599,6 +600,14 @@ def read_data_record(folder: Path) -> dict | None:
     return record
 
 
+def model_data_record(model: Path) -> dict | None:
+    """The DATA_RECORD of a model folder; for a checkpoint of a run (checkpoint-N with its trainer state), the run's."""
+    record = read_data_record(model)
+    if record is None and (model / TRAINER_STATE).is_file():
+        record = read_data_record(model.parent)
+    return record
+
+
 def resolve_data(data: DataArguments, given: set[str], record: dict | None, model: str, split: str | None) -> None:
     """Defaults from the model's DATA_RECORD for every data argument not given; with no data source given, the
     recorded data of `split` (None: no data needed), or UsageError naming what to pass."""
@@ -637,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
     check_engine_arguments(args)
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
-    record = read_data_record(Path(args.model))  # with --average_last, the run's: it goes into the averaged folder
+    record = model_data_record(Path(args.model))  # with --average_last, the run's: it goes into the averaged folder
     resolve_data(data, explicit_flags(parser, argv), record, args.model, args.split if scores_data else None)
     if args.average_last is not None:
         run = Path(args.model)

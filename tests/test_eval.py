@@ -379,6 +379,18 @@ def test_a_test_file_alone_takes_the_recorded_languages(run_dir, test_file, tmp_
     assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
 
 
+def test_a_checkpoint_without_data_flags_scores_the_data_recorded_for_its_run(run_dir, test_file, tmp_path):
+    run = model_copy(
+        run_dir, tmp_path / "run", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
+    )
+    checkpoint = run / "checkpoint-2"
+    shutil.copytree(run_dir / "checkpoint-2", checkpoint)
+    result = run_cli("eval.py", "--model", str(checkpoint), "--max_length_offset", str(OFFSET))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((checkpoint / "eval_results_test.json").read_text())
+    assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
+
+
 def test_the_recorded_embedded_task_is_scored_without_data_flags(run_dir, tmp_path):
     model = model_copy(run_dir, tmp_path / "model", data_record())
     result = run_cli("eval.py", "--model", str(model), "--max_length_offset", "1", "--num_beams", "1")
