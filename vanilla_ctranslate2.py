@@ -44,6 +44,23 @@ LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every norm of the mod
 SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
+def translator(path: str | Path, device: str, compute_type: str, threads: int) -> "ctranslate2.Translator":
+    """A Translator; on CPU one single-threaded replica per thread, each decoding its share of a batch in parallel.
+
+    For batches of short sentences CTranslate2's parallel replicas (inter_threads) outrun one replica using every
+    thread (intra_threads): its per-step matrix products are too small to split well (BENCHMARKS.md).
+    """
+    ctranslate2 = import_ctranslate2()
+    if device == "cpu":
+        return ctranslate2.Translator(str(path), device=device, compute_type=compute_type, inter_threads=threads)
+    return ctranslate2.Translator(str(path), device=device, compute_type=compute_type)
+
+
+def share_per_replica(translator: "ctranslate2.Translator", batch_size: int) -> int:
+    """translate_batch's max_batch_size that hands each replica an equal share of a batch."""
+    return -(-batch_size // translator.num_translators)
+
+
 def import_ctranslate2():
     """The ctranslate2 module, or a UsageError saying how to install it (it is an optional dependency)."""
     try:
@@ -258,7 +275,7 @@ class CTranslate2Model:
             max_decoding_length=max_new_tokens,
             min_decoding_length=min_new_tokens,
             return_scores=return_scores,
-            max_batch_size=0,
+            max_batch_size=share_per_replica(self.translator, len(input_ids)),
         )
         outputs = [[ids[token] for token in result.hypotheses[0]] for result in results]
         if return_scores:
@@ -289,11 +306,8 @@ def load(
     path = converted_model(folder, quantization)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    translator = ctranslate2.Translator(
-        str(path), device=device, compute_type=quantization, intra_threads=threads or torch.get_num_threads()
-    )
     model = CTranslate2Model(
-        translator=translator,
+        translator=translator(path, device, quantization, threads or torch.get_num_threads()),
         tokens=vocabulary(tokenizer, config.vocab_size),
         generation_config=GenerationConfig.from_pretrained(folder),
         quantization=quantization,

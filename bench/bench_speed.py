@@ -37,7 +37,7 @@ from modeling_vanilla import (  # noqa: E402
     shift_tokens_right,
     sinusoidal_positions,
 )
-from vanilla_ctranslate2 import model_spec  # noqa: E402
+from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -237,7 +237,6 @@ def bench_tokens(vocab_size: int) -> list[str]:
 
 def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.device, quantizations) -> dict:
     """Ours through our spec, Marian through ctranslate2's TransformersConverter on the saved MarianMTModel."""
-    import ctranslate2
     from ctranslate2.converters import TransformersConverter
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -266,8 +265,8 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
             os.path.join(folder, f"marian-{quantization}"), quantization=quantization
         )
         for name, path in (("ours", ours_dir), ("marian", marian_converted)):
-            translators[f"{name}, CT2 {quantization}"] = ctranslate2.Translator(
-                path, device=device.type, compute_type=quantization, intra_threads=torch.get_num_threads()
+            translators[f"{name}, CT2 {quantization}"] = translator(
+                path, device.type, quantization, torch.get_num_threads()
             )
     return translators
 
@@ -286,7 +285,7 @@ def ctranslate2_call(translator, tokens: list[str], source: dict, num_beams: int
             length_penalty=1.0,
             max_decoding_length=new_tokens,
             min_decoding_length=new_tokens,
-            max_batch_size=0,
+            max_batch_size=share_per_replica(translator, len(batch)),
         )
         lengths = {len(result.hypotheses[0]) for result in results}
         assert lengths == {new_tokens}, f"expected {new_tokens} new tokens, got {lengths}"

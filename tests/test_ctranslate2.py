@@ -7,7 +7,7 @@ from tiny_models import tiny_config
 from transformers import GenerationConfig
 
 from modeling_vanilla import VanillaForConditionalGeneration
-from vanilla_ctranslate2 import CTranslate2Model, load_weights, model_spec
+from vanilla_ctranslate2 import CTranslate2Model, load_weights, model_spec, translator
 
 EOS = 2
 VARIANTS = {
@@ -110,3 +110,16 @@ def test_saved_checkpoint_converts_like_the_full_state_dict(tied, tmp_path):
     for source in sources():
         expected, _ = generated(model, source, num_beams=1, max_new_tokens=12)
         assert engine.generate_ids([source], num_beams=1, length_penalty=1.0, max_new_tokens=12) == [expected]
+
+
+def test_a_batch_split_over_parallel_replicas_comes_back_in_input_order(tmp_path):
+    """On CPU each replica decodes its share of the batch; the hypotheses still line up with their sources."""
+    model = random_model()
+    engine = converted(model, model.state_dict(), tmp_path)
+    parallel = CTranslate2Model(
+        translator(tmp_path, "cpu", "float32", threads=3), engine.tokens, GenerationConfig(), ""
+    )
+    assert parallel.translator.num_translators == 3
+    batch = sources(count=7)
+    expected = [generated(model, source, num_beams=4, max_new_tokens=12, early_stopping=True)[0] for source in batch]
+    assert parallel.generate_ids(batch, num_beams=4, length_penalty=1.0, max_new_tokens=12) == expected
