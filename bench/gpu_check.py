@@ -102,7 +102,7 @@ DRY = Plan(
     lines=(300, 100, 100),
     bench=("--device", "cpu", "--shape", "tiny", "--threads", "1", "--repeats", "1", "--warmup", "1", "--compile")
     + ("--compile-backend", "eager", "--compiled-models", "ours"),  # eager: dynamo traces, no code generation
-    train=("--preset", "tiny", "--vocab_size", "1000", "--per_device_train_batch_size", "16", "--warmup_steps", "50")
+    train=("--preset", "tiny", "--vocab_size", "1000", "--per_device_train_batch_size", "16", "--warmup_steps", "400")
     + ("--logging_steps", "20", "--use_cpu", "true"),
     base_shape=("--preset", "tiny", "--vocab_size", "1000"),  # bench_speed.py's tiny shape
     # One thread a process: on two shared cores, two threads each slow a tiny model's steps tens of times.
@@ -495,7 +495,11 @@ def run_check(out: Path, data: Path, dry: bool, start: float) -> dict:
     for name, detail in step_details(measurements, plan).items():
         if name in steps and steps[name].status == "ok":
             steps[name].detail = detail
-    notes = [] if ctranslate2 else [f"no CTranslate2 rows: ctranslate2 is not installed ({OPTIONAL['ctranslate2']})"]
+    notes = (
+        []
+        if ctranslate2
+        else [f"no CTranslate2 rows: ctranslate2 is not installed (pip install {OPTIONAL['ctranslate2']})"]
+    )
     notes += (read_json(out / "bench_decode.json") or {}).get("notes", [])
     return {
         "dry": dry,
