@@ -326,9 +326,8 @@ def measure(out: Path, data: Path, plan: Plan) -> dict:
 
 def step_details(measurements: dict, plan: Plan) -> dict[str, str]:
     """One line per step that ran to the end: what it measured."""
-    m = {name: format_value(value) for name, value in measurements.items()}
+    m = {name: format_value(value, name) for name, value in measurements.items()}
     stopped = "stopped at" if measurements["train_stopped_by_budget"] else "finished within"
-    fastest = measurements["beam4_fastest_over_marian"]
     return {
         "train": f"{m['train_seconds']} s of training ({stopped} the {plan.train_seconds:g} s budget), "
         f"{m['train_steps']} steps, {m['train_epochs']} epochs, {m['train_real_tokens_per_second']} real tokens/s",
@@ -336,7 +335,7 @@ def step_details(measurements: dict, plan: Plan) -> dict[str, str]:
         "eval-final": f"BLEU {m['bleu_final']}, {m['final_model']}",
         "bench-train": f"ours compiled: {m['bench_compiled_tokens_per_second']} tokens/s",
         "train-base": f"{m['base_real_tokens_per_second']} real tokens/s (vocabulary {m['base_vocab_size']})",
-        "bench-decode": f"beam 4: our fastest path {format_value(fastest)}x Marian generate()",
+        "bench-decode": f"beam 4: our fastest path {m['beam4_fastest_over_marian']} Marian generate()",
     }
 
 
@@ -413,12 +412,17 @@ def clear_earlier_results(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def format_value(value) -> str:
+def format_value(value, name: str = "") -> str:
+    """A figure for the table: BLEU to two decimals, ratios as 1.23x, large numbers with thousands separators."""
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value)
+    if not isinstance(value, float):
+        return str(value)
+    if "bleu" in name:
+        return f"{value:.2f}"
+    if name.endswith(("over_marian", "over_bench")):
+        return f"{value:.2f}x"
+    return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 def print_summary(summary: dict) -> None:
@@ -428,16 +432,17 @@ def print_summary(summary: dict) -> None:
     print("\n| step | status | seconds | detail |\n|---|---|---|---|")
     for name, step in summary["steps"].items():
         print(f"| {name} | {step['status']} | {step['seconds']:.1f} | {step['detail']} |")
+    m = {name: format_value(value, name) for name, value in measurements.items()}
     rows = [
-        ("recipe training seconds (stopped by the budget)", measurements["train_seconds"]),
-        ("recipe steps / epochs", f"{measurements['train_steps']} / {format_value(measurements['train_epochs'])}"),
-        ("recipe real tokens/s", measurements["train_real_tokens_per_second"]),
-        (f"BLEU test_2016, model at {summary['plan']['early_seconds']:g} s", measurements["bleu_early"]),
-        ("BLEU test_2016, final (average of the last checkpoints)", measurements["bleu_final"]),
-        ("train.py real tokens/s, base shape", measurements["base_real_tokens_per_second"]),
+        ("recipe training seconds", m["train_seconds"]),
+        ("recipe steps / epochs", f"{m['train_steps']} / {m['train_epochs']}"),
+        ("recipe real tokens/s", m["train_real_tokens_per_second"]),
+        (f"BLEU test_2016, the model at {summary['plan']['early_seconds']:g} s", m["bleu_early"]),
+        (f"BLEU test_2016, final ({m['final_model']})", m["bleu_final"]),
+        ("train.py real tokens/s, base shape", m["base_real_tokens_per_second"]),
     ]
     rows += [
-        (f"bench train tokens/s, {name}", value)
+        (f"bench train tokens/s, {name}", format_value(value))
         for name, value in measurements["bench_train_tokens_per_second"].items()
     ]
     for metric, values in measurements["decoding_sentences_per_second"].items():
@@ -447,12 +452,13 @@ def print_summary(summary: dict) -> None:
             rows.append((f"bench {metric}, {name}", f"{format_value(value)}{ratio}"))
     print("\n| measurement | value |\n|---|---|")
     for name, value in rows:
-        print(f"| {name} | {format_value(value)} |")
+        print(f"| {name} | {value} |")
     print("\n| issue | target | measured | met |\n|---|---|---|---|")
     for target in summary["targets"]:
         met = {True: "yes", False: "no", None: "not measured"}[target["met"]]
+        measured = format_value(target["measured"], target["measurement"])
         seconds = f" after {target['seconds']:.1f} s" if target["seconds"] is not None else ""
-        print(f"| {target['issue']} | {target['target']} | {format_value(target['measured'])}{seconds} | {met} |")
+        print(f"| {target['issue']} | {target['target']} | {measured}{seconds} | {met} |")
     if summary["dry"]:
         print("\nA dry run checks that every step runs and every target is measured; its figures are a CPU's.")
     for note in summary["notes"]:

@@ -1,5 +1,6 @@
 """bench/gpu_check.py (`make gpu-check`): the dry run end to end on a CPU, and its refusals before any step starts."""
 
+import dataclasses
 import json
 import math
 import os
@@ -126,3 +127,53 @@ def test_gpu_check_refuses_a_folder_without_multi30k_in_one_line(tmp_path):
         f"error: {tmp_path}: no train.jsonl, validation.jsonl, test_2016_flickr.jsonl; name the Multi30k folder with "
         "MULTI30K=... (make) or --data"
     ]
+
+
+def fake_steps(commands: dict) -> callable:
+    """step_commands' stand-in: every step a quick `python -c` that succeeds, unless `commands` says otherwise."""
+    quick = [sys.executable, "-c", "pass"]
+    return lambda *args: {name: (lambda name=name: commands.get(name, quick)) for name in gpu_check.STEPS}
+
+
+def test_a_failing_or_skipped_step_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    failing = [
+        sys.executable,
+        "-c",
+        "import sys; print('loading'); print('error: no such recipe', file=sys.stderr); sys.exit(2)",
+    ]
+    monkeypatch.setattr(gpu_check, "step_commands", fake_steps({"train": failing, "eval-early": "no model at 90 s"}))
+    summary = gpu_check.run_check(tmp_path / "out", write_corpus(tmp_path / "data"), True, time.monotonic())
+    steps = summary["steps"]
+    assert (steps["train"]["status"], steps["train"]["returncode"]) == ("failed", 2)
+    assert steps["train"]["detail"] == "error: no such recipe"
+    assert (steps["eval-early"]["status"], steps["eval-early"]["detail"]) == ("skipped", "no model at 90 s")
+    assert [steps[name]["status"] for name in gpu_check.STEPS[2:]] == ["ok"] * 4
+    assert all(target["met"] is None for target in summary["targets"])  # nothing measured: none judged
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs: neither gone nor a zombie (killed, not yet reaped by whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_step_past_its_slot_is_killed_with_its_children_and_later_steps_keep_their_time(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    hanging = [
+        sys.executable,
+        "-c",
+        "import subprocess, sys, time; sleeper = [sys.executable, '-c', 'import time; time.sleep(120)'];"
+        f"open({str(pid_file)!r}, 'w').write(str(subprocess.Popen(sleeper).pid)); time.sleep(120)",
+    ]
+    slots = tuple((name, 3 if name == "train" else 30, 1) for name in gpu_check.STEPS)
+    monkeypatch.setattr(gpu_check, "DRY", dataclasses.replace(gpu_check.DRY, slots=slots))
+    monkeypatch.setattr(gpu_check, "step_commands", fake_steps({"train": hanging}))
+    start = time.monotonic()
+    summary = gpu_check.run_check(tmp_path / "out", write_corpus(tmp_path / "data"), True, start)
+    assert time.monotonic() - start < 30
+    train = summary["steps"]["train"]
+    assert (train["status"], train["timeout_seconds"]) == ("timed out", 3)
+    assert not running(int(pid_file.read_text()))  # the step's own child went with it
+    assert [summary["steps"][name]["status"] for name in gpu_check.STEPS[1:]] == ["ok"] * 5
