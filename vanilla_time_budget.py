@@ -45,6 +45,9 @@ class TimeBudgetCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
+        kept = model_at_folder(args.output_dir, self.save_at_seconds) if self.save_at_seconds is not None else None
+        if kept is not None and state.global_step == 0 and state.is_world_process_zero and kept.exists():
+            shutil.rmtree(kept)  # a replaced run's: this run keeps its own or none
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = time.monotonic() - self.start

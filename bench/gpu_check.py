@@ -102,6 +102,7 @@ DRY = Plan(
     lines=(300, 100, 100),
     bench=("--device", "cpu", "--shape", "tiny", "--threads", "1", "--repeats", "1", "--warmup", "1", "--compile")
     + ("--compile-backend", "eager", "--compiled-models", "ours"),  # eager: dynamo traces, no code generation
+    # --use_cpu: Trainer refuses the recipe's bf16 on a machine without a GPU unless it is given.
     train=("--preset", "tiny", "--vocab_size", "1000", "--per_device_train_batch_size", "16", "--warmup_steps", "400")
     + ("--logging_steps", "20", "--use_cpu", "true"),
     base_shape=("--preset", "tiny", "--vocab_size", "1000"),  # bench_speed.py's tiny shape

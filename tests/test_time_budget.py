@@ -53,6 +53,17 @@ def test_save_at_seconds_keeps_that_model_beyond_checkpoint_rotation(budget_run)
     assert_loads_and_translates(kept)
 
 
+def test_a_new_run_drops_the_model_a_replaced_run_kept_at_the_same_seconds(tmp_path):
+    output_dir = tmp_path / "model"
+    stale = model_at_folder(output_dir, 600)
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    result = run_train(*TINY, *QUICK, "--output_dir", str(output_dir), "--max_steps", "2", "--save_at_seconds", "600")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output_dir / "config.json").is_file()
+    assert not stale.exists()  # the run ended before 600 s: it keeps no model, and not the old run's either
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
