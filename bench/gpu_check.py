@@ -274,8 +274,10 @@ def training_record(run: Path, train_file: Path) -> dict:
 
 
 def bench_rows(path: Path) -> dict:
+    """bench_speed.py's rows ({metric: {column: value}}) from its --json file, the rows it finished."""
     record = read_json(path)
-    return record["rows"] if record else {}
+    rows = record["rows"] if record else {}
+    return {metric: {name: finite(value) for name, value in values.items()} for metric, values in rows.items()}
 
 
 def decoding_ratios(rows: dict) -> dict:
@@ -285,7 +287,7 @@ def decoding_ratios(rows: dict) -> dict:
         values = rows.get(metric, {})
         marian = values.get("marian")
         if marian:
-            ratios[metric] = {name: value / marian for name, value in values.items() if name != "marian"}
+            ratios[metric] = {name: value / marian for name, value in values.items() if name != "marian" and value}
     return ratios
 
 
@@ -316,7 +318,7 @@ def measure(out: Path, data: Path, plan: Plan) -> dict:
         "eval_final_sentences_per_second": finite(final["sentences_per_second"]) if final else None,
         "base_vocab_size": base.get("vocab_size"),
         "base_real_tokens_per_second": base_rate,
-        "bench_train_tokens_per_second": {name: finite(value) for name, value in trained.items()},
+        "bench_train_tokens_per_second": trained,
         "bench_compiled_tokens_per_second": compiled_rate,
         "base_over_bench": base_rate / compiled_rate if base_rate and compiled_rate else None,
         "decoding_sentences_per_second": decode_rows,
@@ -546,7 +548,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     from vanilla_data import exit_on_usage_error
 
-    exit_on_usage_error(gpu_check)(args.out, args.data, args.dry, start)
+    try:
+        exit_on_usage_error(gpu_check)(args.out, args.data, args.dry, start)
+    except KeyboardInterrupt:
+        print(f"interrupted: the logs so far are in {args.out / 'logs'}", file=sys.stderr)
+        sys.exit(130)
 
 
 def gpu_check(out: Path, data: Path, dry: bool, start: float) -> None:
