@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-oldest lint setup multi30k multi30k-cpu docs-figures docs-trained
+.PHONY: demo test test-oldest lint setup multi30k multi30k-cpu gpu-check docs-figures docs-trained
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,15 @@ multi30k: setup
 multi30k-cpu: setup
 	$(PY) train.py recipes/multi30k_de_en_cpu.yaml $(MULTI30K_LANGS) --output_dir runs/multi30k_$(PAIR)_cpu
 	$(PY) eval.py --model runs/multi30k_$(PAIR)_cpu --average_last 3 --length_penalty 1.0 $(MULTI30K_EVAL)
+
+# The GPU check (bench/gpu_check.py): bench_speed.py at the base shape, the GPU recipe stopped at 4 minutes of
+# training (the model at 90 s kept) and both scored on test_2016_flickr, one summary table, also in $(OUT)/summary.json.
+# At most 8 minutes on one H100. It runs on the python it finds (no venv, no install): PYTHON=... picks another.
+# GPU_CHECK_DRY=1 runs the same steps shrunk on a CPU (tiny shapes, 300 lines, seconds of training).
+PYTHON ?= python3
+OUT ?= gpu-check-results
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(OUT) --data $(MULTI30K)
 
 # The post's figures: positions and schedule always, the demo heatmap from demo-output (make demo), the Multi30k
 # learning curve and heatmap when runs/multi30k_de_en_cpu exists (make multi30k-cpu).

@@ -59,6 +59,7 @@ from vanilla_data import (
     trainer_state,
     wrap_tokenizer,
 )
+from vanilla_time_budget import time_budget_callbacks
 
 # Model shapes. base and big are Table 3's; tiny and small are for CPUs and small corpora.
 PRESETS = {
@@ -131,6 +132,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into an output_dir that already holds a model or checkpoints."}
     )
+    max_train_seconds: float | None = field(
+        default=None, metadata={"help": "Stop training after this many seconds (evaluations and saves included)."}
+    )
+    save_at_seconds: float | None = field(
+        default=None, metadata={"help": "Also keep the model after this many seconds, in output_dir/model-at-<N>s."}
+    )
 
 
 def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
@@ -181,6 +188,14 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
         raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
     if model_args.vocab_size is not None and model_args.tokenizer_name:
         raise UsageError("--vocab_size sizes the BPE that train.py learns; it cannot resize --tokenizer_name")
+    for name in ("max_train_seconds", "save_at_seconds"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive number of seconds")
+    if None not in (args.max_train_seconds, args.save_at_seconds) and args.save_at_seconds >= args.max_train_seconds:
+        raise UsageError(
+            f"--save_at_seconds ({args.save_at_seconds}) must be less than --max_train_seconds "
+            f"({args.max_train_seconds}), or no model is kept"
+        )
 
 
 def given_flags(argv: list[str]) -> set[str]:
@@ -661,6 +676,7 @@ def train_and_save(
         loss_before=before or 0.0,
         compute_metrics=None if args.predict_with_generate else nll_metrics,
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
+        callbacks=time_budget_callbacks(args),
     )
     padding = padding_fraction(trainer)
     if trainer.is_world_process_zero():

@@ -9,11 +9,13 @@ warm-up, and each row is the median over the repeats, so load from other process
     python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
     python bench/bench_speed.py --compile          # CPU, plus torch.compile training rows (ours and Marian)
     python bench/bench_speed.py --device cuda      # GPU, base shape (vocab 32000, 512/8/2048, 6+6), bf16 autocast
+    python bench/bench_speed.py --json rows.json   # the table's rows also as JSON (rewritten after each row)
 """
 
 import argparse
 import contextlib
 import copy
+import json
 import math
 import os
 import statistics
@@ -22,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,6 +34,7 @@ import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import GenerationConfig, MarianConfig, MarianMTModel, PreTrainedTokenizerFast  # noqa: E402
 
+from eval import write_atomically  # noqa: E402
 from modeling_vanilla import (  # noqa: E402
     VanillaConfig,
     VanillaForConditionalGeneration,
@@ -40,6 +44,7 @@ from modeling_vanilla import (  # noqa: E402
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 
 PAD, BOS, EOS = 0, 1, 2
+PEERS = ["ours", "marian", "nn.Transformer"]  # nn.Transformer on CUDA only
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Shape:
 
 
 SHAPES = {
+    "tiny": Shape(1000, 64, 4, 256, 2, train_batch=8, train_len=16, gen_batch=4, gen_len=12, new_tokens=12),
     "small": Shape(8000, 256, 4, 1024, 3, train_batch=32, train_len=24, gen_batch=16, gen_len=24, new_tokens=24),
     "base": Shape(32000, 512, 8, 2048, 6, train_batch=128, train_len=64, gen_batch=64, gen_len=64, new_tokens=64),
 }
@@ -359,8 +365,16 @@ def main():
     parser.add_argument("--no-bf16", action="store_true", help="on CUDA, run in float32 instead of bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="on CPU, add torch.compile rows (default on CUDA)")
     parser.add_argument("--no-compile", action="store_true", help="on CUDA, skip the torch.compile rows")
+    parser.add_argument(
+        "--compiled-models", nargs="+", choices=PEERS, default=PEERS, help="the models with compiled training rows"
+    )
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend; eager traces the same graphs, quickly"
+    )
+    parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--no-ctranslate2", action="store_true", help="skip the CTranslate2 decoding rows")
+    parser.add_argument("--json", help="also write the rows to this JSON file, rewritten after each row")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -400,22 +414,43 @@ def main():
     for name, model in models.items():
         print(f"  {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
 
-    rows = []  # (metric, unit, {model: value})
-    train_tokens = shape.train_batch * 2 * shape.train_len
-    train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
-    if compiled:  # what Trainer's --torch_compile does: torch.compile(model), default mode
-        for name in list(models):
-            train_fns[f"{name}, compiled"] = training_step(torch.compile(models[name]), name, train_batch, autocast)
-    seconds = compare(train_fns, device, args.warmup, args.repeats)
-    rows.append(("train tokens/s", {name: train_tokens / s for name, s in seconds.items()}))
-    if device.type == "cuda":
-        rows.append(("train peak GiB", {name: peak_memory(fn, device) for name, fn in train_fns.items()}))
-        peak = bf16_matmul_peak(device)
-        flops = shape.train_batch * training_flops(shape, shape.train_len, shape.train_len)
-        rows.append(("train MFU %", {name: 100 * flops / s / peak for name, s in seconds.items()}))
-        print(f"bf16 matmul peak measured: {peak / 1e12:.0f} TFLOP/s", flush=True)
-    else:
-        rows.append(("train peak GiB", {name: None for name in train_fns}))
+    rows = []  # (metric, {model: value})
+    record = {
+        "device": str(device),
+        "device_name": where,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "precision": "bf16 autocast" if bf16 else "float32",
+        "shape": {"name": args.shape or ("base" if device.type == "cuda" else "small"), **vars(shape)},
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "notes": [],
+        "rows": {},
+    }
+
+    def add_row(metric: str, values: dict) -> None:
+        rows.append((metric, values))
+        record["rows"][metric] = values
+        if args.json:
+            write_atomically(Path(args.json), json.dumps(record, indent=2) + "\n")
+
+    if not args.skip_training:
+        train_tokens = shape.train_batch * 2 * shape.train_len
+        train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
+        if compiled:  # what Trainer's --torch_compile does: torch.compile(model), default mode
+            for name in (name for name in models if name in args.compiled_models):
+                model = torch.compile(models[name], backend=args.compile_backend)
+                train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast)
+        seconds = compare(train_fns, device, args.warmup, args.repeats)
+        add_row("train tokens/s", {name: train_tokens / s for name, s in seconds.items()})
+        if device.type == "cuda":
+            add_row("train peak GiB", {name: peak_memory(fn, device) for name, fn in train_fns.items()})
+            peak = bf16_matmul_peak(device)
+            flops = shape.train_batch * training_flops(shape, shape.train_len, shape.train_len)
+            add_row("train MFU %", {name: 100 * flops / s / peak for name, s in seconds.items()})
+            print(f"bf16 matmul peak measured: {peak / 1e12:.0f} TFLOP/s", flush=True)
+        else:
+            add_row("train peak GiB", {name: None for name in train_fns})
 
     if not args.skip_generation:
         for model in models.values():
@@ -425,9 +460,10 @@ def main():
             decoders["ours, bf16"] = (copy.deepcopy(models["ours"]).to(torch.bfloat16), contextlib.nullcontext, {})
         if compiled:  # eval.py --compile: static cache, the decoding forward compiled
             static = copy.deepcopy(models["ours"])
-            static.forward = torch.compile(static.forward)
+            static.forward = torch.compile(static.forward, backend=args.compile_backend)
             decoders["ours, compiled static"] = (static, autocast, {"cache_implementation": "static"})
             check_compiled_tokens(models["ours"], static, source, shape.new_tokens)
+            record["notes"].append("compiled static-cache decoding emits the dynamic cache's tokens (float32)")
         translators = {}
         folder = tempfile.TemporaryDirectory()
         if not args.no_ctranslate2:
@@ -436,6 +472,10 @@ def main():
             if device.type == "cpu" or ctranslate2.get_cuda_device_count() > 0:
                 quantizations = ("float32", "int8") if device.type == "cpu" else ("bfloat16", "int8_bfloat16")
                 translators = ctranslate2_models(models, shape, folder.name, device, quantizations)
+            else:
+                record["notes"].append(
+                    f"no CTranslate2 rows: ctranslate2 {ctranslate2.__version__} sees no CUDA device"
+                )
         tokens = bench_tokens(shape.vocab_size)
         for label, beams in (("greedy sent/s", 1), ("beam-4 sent/s", 4)):
             gen_fns = {
@@ -445,7 +485,7 @@ def main():
             for name, translator in translators.items():
                 gen_fns[name] = ctranslate2_call(translator, tokens, source, beams, shape.new_tokens)
             seconds = compare(gen_fns, device, args.warmup, args.repeats)
-            rows.append((label, {name: shape.gen_batch / s for name, s in seconds.items()}))
+            add_row(label, {name: shape.gen_batch / s for name, s in seconds.items()})
         folder.cleanup()
 
     columns = list(dict.fromkeys(name for _, values in rows for name in values))

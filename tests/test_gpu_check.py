@@ -1,0 +1,179 @@
+"""bench/gpu_check.py (`make gpu-check`): the dry run end to end on a CPU, and its refusals before any step starts."""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from num2words import num2words
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_check  # noqa: E402
+
+
+def write_corpus(folder: Path) -> Path:
+    """German -> English number words in Multi30k's files and layout: 300 training, 100 validation, 100 test pairs."""
+    folder.mkdir()
+    numbers = {
+        "train.jsonl": range(1, 301),
+        "validation.jsonl": range(301, 401),
+        "test_2016_flickr.jsonl": range(401, 501),
+    }
+    for name, span in numbers.items():
+        pairs = [{"translation": {"de": num2words(n, lang="de"), "en": num2words(n, lang="en")}} for n in span]
+        (folder / name).write_text("".join(json.dumps(pair) + "\n" for pair in pairs), encoding="utf-8")
+    return folder
+
+
+def run_make(out: Path, data: Path, **environment: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **environment)
+    env.pop("MAKEFLAGS", None)
+    command = [
+        "make",
+        "--no-print-directory",
+        "gpu-check",
+        f"PYTHON={sys.executable}",
+        f"OUT={out}",
+        f"MULTI30K={data}",
+    ]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def numbers_in(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from numbers_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from numbers_in(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+@pytest.mark.slow
+def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
+    data = write_corpus(tmp_path / "multi30k")
+    start = time.monotonic()
+    result = run_make(tmp_path / "out", data, GPU_CHECK_DRY="1")
+    seconds = time.monotonic() - start
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert seconds < gpu_check.DRY.budget_seconds
+
+    summary = json.loads(
+        (tmp_path / "out" / "summary.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON")
+    )
+    assert summary["dry"] is True
+    assert {name: step["status"] for name, step in summary["steps"].items()} == dict.fromkeys(gpu_check.STEPS, "ok")
+    assert all(math.isfinite(number) for number in numbers_in(summary))
+    # Every target measured and judged, whatever the figures of a CPU.
+    assert [target["measurement"] for target in summary["targets"]] == [t.measurement for t in gpu_check.TARGETS]
+    assert all(target["met"] in (True, False) for target in summary["targets"])
+    measurements = summary["measurements"]
+    assert measurements["train_stopped_by_budget"] is True
+    assert gpu_check.DRY.train_seconds <= measurements["train_seconds"] < gpu_check.DRY.train_seconds + 30
+    assert 0 < measurements["early_step"] < measurements["train_steps"]
+    assert measurements["final_model"] == f"averaged-last-{gpu_check.AVERAGE_LAST}"
+    for name in ("train_real_tokens_per_second", "base_real_tokens_per_second", "bench_compiled_tokens_per_second"):
+        assert measurements[name] > 0, name
+    for metric in ("greedy sent/s", "beam-4 sent/s"):  # eager, compiled static cache, CTranslate2: each over Marian
+        ratios = measurements["decoding_over_marian"][metric]
+        assert {"ours", "ours, compiled static", "ours, CT2 float32", "ours, CT2 int8"} <= set(ratios)
+    # The table on stdout: every step and every target.
+    for name in gpu_check.STEPS:
+        assert f"| {name} | ok |" in result.stdout
+    for target in gpu_check.TARGETS:
+        assert target.text in result.stdout
+
+
+def test_gpu_check_names_the_missing_packages_and_the_pip_command(tmp_path):
+    # -S: no site-packages, so none of the required packages is importable.
+    command = [sys.executable, "-S", str(ROOT / "bench" / "gpu_check.py"), str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    packages = " ".join(gpu_check.REQUIRED.values())
+    assert result.stderr.splitlines() == [
+        f"error: missing Python packages: {', '.join(gpu_check.REQUIRED.values())}; install them with: "
+        f"{sys.executable} -m pip install {packages}"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_without_a_gpu_refuses_in_one_line_and_names_the_dry_run(tmp_path):
+    data = write_corpus(tmp_path / "multi30k")
+    command = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), str(tmp_path / "out"), "--data", str(data)]
+    env = {name: value for name, value in os.environ.items() if name != "GPU_CHECK_DRY"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: torch {torch.__version__} sees no CUDA device; GPU_CHECK_DRY=1 runs the check on a CPU"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_refuses_a_folder_without_multi30k_in_one_line(tmp_path):
+    command = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), str(tmp_path / "out"), "--dry"]
+    result = subprocess.run([*command, "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path}: no train.jsonl, validation.jsonl, test_2016_flickr.jsonl; name the Multi30k folder with "
+        "MULTI30K=... (make) or --data"
+    ]
+
+
+def fake_steps(commands: dict) -> callable:
+    """step_commands' stand-in: every step a quick `python -c` that succeeds, unless `commands` says otherwise."""
+    quick = [sys.executable, "-c", "pass"]
+    return lambda *args: {name: (lambda name=name: commands.get(name, quick)) for name in gpu_check.STEPS}
+
+
+def test_a_failing_or_skipped_step_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    failing = [
+        sys.executable,
+        "-c",
+        "import sys; print('loading'); print('error: no such recipe', file=sys.stderr); sys.exit(2)",
+    ]
+    monkeypatch.setattr(gpu_check, "step_commands", fake_steps({"train": failing, "eval-early": "no model at 90 s"}))
+    summary = gpu_check.run_check(tmp_path / "out", write_corpus(tmp_path / "data"), True, time.monotonic())
+    steps = summary["steps"]
+    assert (steps["train"]["status"], steps["train"]["returncode"]) == ("failed", 2)
+    assert steps["train"]["detail"] == "error: no such recipe"
+    assert (steps["eval-early"]["status"], steps["eval-early"]["detail"]) == ("skipped", "no model at 90 s")
+    assert [steps[name]["status"] for name in gpu_check.STEPS[2:]] == ["ok"] * 4
+    assert all(target["met"] is None for target in summary["targets"])  # nothing measured: none judged
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs: neither gone nor a zombie (killed, not yet reaped by whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_step_past_its_slot_is_killed_with_its_children_and_later_steps_keep_their_time(tmp_path, monkeypatch):
+    pid_file = tmp_path / "child.pid"
+    hanging = [
+        sys.executable,
+        "-c",
+        "import subprocess, sys, time; sleeper = [sys.executable, '-c', 'import time; time.sleep(120)'];"
+        f"open({str(pid_file)!r}, 'w').write(str(subprocess.Popen(sleeper).pid)); time.sleep(120)",
+    ]
+    slots = tuple((name, 3 if name == "train" else 30, 1) for name in gpu_check.STEPS)
+    monkeypatch.setattr(gpu_check, "DRY", dataclasses.replace(gpu_check.DRY, slots=slots))
+    monkeypatch.setattr(gpu_check, "step_commands", fake_steps({"train": hanging}))
+    start = time.monotonic()
+    summary = gpu_check.run_check(tmp_path / "out", write_corpus(tmp_path / "data"), True, start)
+    assert time.monotonic() - start < 30
+    train = summary["steps"]["train"]
+    assert (train["status"], train["timeout_seconds"]) == ("timed out", 3)
+    assert not running(int(pid_file.read_text()))  # the step's own child went with it
+    assert [summary["steps"][name]["status"] for name in gpu_check.STEPS[1:]] == ["ok"] * 5

@@ -1,0 +1,82 @@
+"""train.py --max_train_seconds and --save_at_seconds (vanilla_time_budget.py): training to a wall-clock budget."""
+
+import json
+
+import pytest
+from test_train import QUICK, TINY, assert_loads_and_translates, run_train, write_jsonl
+
+from vanilla_time_budget import model_at_folder
+
+MAX_SECONDS, KEEP_AT_SECONDS = 4.0, 1.5
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    """A run with steps for hours, a 4 s budget, the model at 1.5 s kept, and a checkpoint every step (keeping 1)."""
+    folder = tmp_path_factory.mktemp("budget")
+    train_file = write_jsonl(folder / "train.jsonl", range(1, 41))
+    output_dir = folder / "model"
+    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--output_dir", str(output_dir), "--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "1"]
+    args += [
+        "--save_total_limit",
+        "1",
+        "--max_train_seconds",
+        str(MAX_SECONDS),
+        "--save_at_seconds",
+        str(KEEP_AT_SECONDS),
+    ]
+    result = run_train(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
+
+
+def test_max_train_seconds_stops_training_after_the_budget(budget_run):
+    output_dir, result = budget_run
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    runtime = next(entry["train_runtime"] for entry in state["log_history"] if "train_runtime" in entry)
+    assert 0 < state["global_step"] < 100000
+    assert MAX_SECONDS <= runtime < MAX_SECONDS + 30
+    assert f"--max_train_seconds {MAX_SECONDS:g}: stopped after" in result.stdout
+    assert_loads_and_translates(output_dir)
+
+
+def test_save_at_seconds_keeps_that_model_beyond_checkpoint_rotation(budget_run):
+    output_dir, result = budget_run
+    kept = model_at_folder(output_dir, KEEP_AT_SECONDS)
+    kept_step = json.loads((kept / "trainer_state.json").read_text())["global_step"]
+    final_step = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    assert 0 < kept_step < final_step
+    assert not (output_dir / f"checkpoint-{kept_step}").exists()  # rotated away (save_total_limit 1); the copy stays
+    assert not (kept / "optimizer.pt").exists()  # a model folder, not a checkpoint to resume
+    assert f"saved the model at {KEEP_AT_SECONDS:g} s of training (step {kept_step})" in result.stdout
+    assert_loads_and_translates(kept)
+
+
+def test_a_new_run_drops_the_model_a_replaced_run_kept_at_the_same_seconds(tmp_path):
+    output_dir = tmp_path / "model"
+    stale = model_at_folder(output_dir, 600)
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    result = run_train(*TINY, *QUICK, "--output_dir", str(output_dir), "--max_steps", "2", "--save_at_seconds", "600")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output_dir / "config.json").is_file()
+    assert not stale.exists()  # the run ended before 600 s: it keeps no model, and not the old run's either
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_train_seconds", "0"], "error: --max_train_seconds is 0.0; expected a positive number of seconds"),
+        (["--save_at_seconds", "-1"], "error: --save_at_seconds is -1.0; expected a positive number of seconds"),
+        (
+            ["--max_train_seconds", "5", "--save_at_seconds", "5"],
+            "error: --save_at_seconds (5.0) must be less than --max_train_seconds (5.0), or no model is kept",
+        ),
+    ],
+)
+def test_time_budgets_that_keep_nothing_are_refused_in_one_line(tmp_path, flags, message):
+    result = run_train(*TINY, *QUICK, "--output_dir", str(tmp_path / "model"), *flags)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not (tmp_path / "model").exists()
