@@ -714,7 +714,7 @@ def train_and_save(
     with torch.random.fork_rng():  # building a dataloader to count its batches must not change the random stream
         run_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
-        trained = {}
+        run_metrics = {}
         message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"
         if saved_from(output_dir, Path(checkpoint)):
             if trainer.is_world_process_zero():
@@ -727,7 +727,7 @@ def train_and_save(
         trainer.state.global_step = resumed_step
     else:
         try:
-            trained = trainer.train(resume_from_checkpoint=checkpoint).metrics
+            run_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
         except OSError as error:  # a full disk, a folder made read-only: the older model and checkpoints stay intact
             removed = remove_partial_checkpoint(trainer)
             raise UsageError(
@@ -739,7 +739,7 @@ def train_and_save(
             raise
     metrics = train_loss_metrics(trainer, resumed_step, before is not None)
     speed = ("train_runtime", "train_tokens_per_second", "train_padded_tokens_per_second", "train_compiled_graphs")
-    metrics.update({name: trained[name] for name in speed if name in trained})
+    metrics.update({name: run_metrics[name] for name in speed if name in run_metrics})
     metrics["train_padding_fraction"] = padding
     if "validation" in tokenized:
         metrics.update(trainer.evaluate())
