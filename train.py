@@ -38,8 +38,10 @@ from transformers import (
     Seq2SeqTrainingArguments,
     set_seed,
 )
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
+from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length
 from vanilla_data import (
     AVERAGED_MARKER,
     DATA_RECORD,
@@ -138,6 +140,18 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     save_at_seconds: float | None = field(
         default=None, metadata={"help": "Also keep the model after this many seconds, in output_dir/model-at-<N>s."}
     )
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Batches of at most this many padded source + target tokens, of pairs of similar lengths "
+            "(sec. 5.1: about 25000 + 25000), in place of --per_device_train_batch_size sentences."
+        },
+    )
+
+    def __post_init__(self):
+        if (self.bf16 or self.bf16_full_eval) and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
+            self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
+        super().__post_init__()
 
 
 def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
@@ -177,6 +191,8 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive integer")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UsageError(f"--max_tokens is {args.max_tokens}; expected a positive integer")
     if args.learning_rate is not None and args.learning_rate <= 0:
         raise UsageError(f"--learning_rate is {args.learning_rate}; expected a positive number")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
@@ -423,16 +439,38 @@ class VanillaTrainer(Seq2SeqTrainer):
         super().__init__(*args, **kwargs)
         self.loss_before = loss_before  # summed over the steps of the checkpoint this run resumed from
         self.loss_since = None  # summed over this run's steps, on the device (one sync per checkpoint)
+        self.tokens = TokenCounter()
 
     def _get_train_sampler(self, train_dataset=None):
         # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
-        return super()._get_train_sampler(self.train_dataset)
+        max_tokens = getattr(self.args, "max_tokens", None)
+        if max_tokens is None:
+            return super()._get_train_sampler(self.train_dataset)
+        return TokenBudgetBatchSampler(
+            [len(ids) for ids in self.train_dataset["input_ids"]],
+            [len(ids) for ids in self.train_dataset["labels"]],
+            max_tokens,
+            seed=self.args.seed if self.args.data_seed is None else self.args.data_seed,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+            pad_to_multiple_of=getattr(self.data_collator, "pad_to_multiple_of", None),
+        )
 
-    def training_step(self, *args, **kwargs) -> torch.Tensor:
+    def training_step(self, model, inputs, *args, **kwargs) -> torch.Tensor:
         # This process's loss, divided so that the gradient accumulation steps of one optimizer step sum to its loss.
-        loss = super().training_step(*args, **kwargs)
+        loss = super().training_step(model, inputs, *args, **kwargs)
         self.loss_since = loss.detach() if self.loss_since is None else self.loss_since + loss.detach()
+        self.tokens.count(inputs)
         return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime
+            logs.update(self.tokens.rates(self.accelerator, start_time, runtime=logs["train_runtime"]))
+            if self.args.torch_compile:  # one graph per shape compiled (and per graph break): recompiles add more
+                logs["train_compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        elif "loss" in logs and start_time is not None:  # a training log: the rates since the last one
+            logs.update(self.tokens.rates(self.accelerator, start_time))
+        super().log(logs, start_time)
 
     def loss_total(self) -> float:
         return self.loss_before + (self.loss_since.item() if self.loss_since is not None else 0.0)
@@ -471,12 +509,13 @@ def padding_fraction(trainer: Seq2SeqTrainer) -> float:
     target_lengths = [len(ids) for ids in dataset["labels"]]
     with torch.random.fork_rng():  # drawing an epoch's order here must not change training's random stream
         batches = list(trainer.get_train_dataloader().batch_sampler)
+    multiple = getattr(trainer.data_collator, "pad_to_multiple_of", None)
     real = padded = 0
     for batch in batches:
         for lengths in (source_lengths, target_lengths):
             batch_lengths = [lengths[i] for i in batch]
             real += sum(batch_lengths)
-            padded += len(batch_lengths) * max(batch_lengths)
+            padded += len(batch_lengths) * padded_length(max(batch_lengths), multiple)
     return 1.0 - real / padded
 
 
@@ -672,7 +711,10 @@ def train_and_save(
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        # Compiled, each new shape costs a compile: lengths rounded up to a multiple of 8 keep the shapes few.
+        data_collator=DataCollatorForSeq2Seq(
+            tokenizer, model=model, pad_to_multiple_of=8 if args.torch_compile else None
+        ),
         loss_before=before or 0.0,
         compute_metrics=None if args.predict_with_generate else nll_metrics,
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
@@ -680,14 +722,15 @@ def train_and_save(
     )
     padding = padding_fraction(trainer)
     if trainer.is_world_process_zero():
-        print(
-            f"padding: {padding:.1%} of the tokens in an epoch's batches "
-            f"(train_sampling_strategy={args.train_sampling_strategy}, batch size {args.per_device_train_batch_size})"
-        )
+        batching = f"train_sampling_strategy={args.train_sampling_strategy}, batch size {args.train_batch_size}"
+        if args.max_tokens is not None:
+            batching = f"--max_tokens {args.max_tokens}"
+        print(f"padding: {padding:.1%} of the tokens in an epoch's batches ({batching})")
     resumed_step = trainer_state(Path(checkpoint))["global_step"] if checkpoint is not None else 0
     with torch.random.fork_rng():  # building a dataloader to count its batches must not change the random stream
         run_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
+        run_metrics = {}
         message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"
         if saved_from(output_dir, Path(checkpoint)):
             if trainer.is_world_process_zero():
@@ -700,7 +743,7 @@ def train_and_save(
         trainer.state.global_step = resumed_step
     else:
         try:
-            trainer.train(resume_from_checkpoint=checkpoint)
+            run_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
         except OSError as error:  # a full disk, a folder made read-only: the older model and checkpoints stay intact
             removed = remove_partial_checkpoint(trainer)
             raise UsageError(
@@ -711,6 +754,8 @@ def train_and_save(
             remove_partial_checkpoint(trainer)
             raise
     metrics = train_loss_metrics(trainer, resumed_step, before is not None)
+    speed = ("train_runtime", "train_tokens_per_second", "train_padded_tokens_per_second", "train_compiled_graphs")
+    metrics.update({name: run_metrics[name] for name in speed if name in run_metrics})
     metrics["train_padding_fraction"] = padding
     if "validation" in tokenized:
         metrics.update(trainer.evaluate())

@@ -393,6 +393,7 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
         (["--save_strategy", "steps", "--save_steps", "0"], "--save_steps is 0.0 with --save_strategy steps"),
         (["--tokenizer_name", "t5-small", "--vocab_size", "100"], "it cannot resize --tokenizer_name"),
         (["--max_source_length", "1"], "--max_source_length is 1; expected at least 2"),
+        (["--max_tokens", "0"], "--max_tokens is 0; expected a positive integer"),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):

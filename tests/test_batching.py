@@ -1,0 +1,130 @@
+"""vanilla_batching and train.py --max_tokens: token budgets, padding, epochs, ranks, resume, tokens/s, bf16 on CPU."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from num2words import num2words
+from test_train import QUICK, ROOT, TINY, environment, run_train, write_jsonl
+from transformers import DataCollatorForSeq2Seq
+from transformers.utils import is_torch_bf16_gpu_available
+
+from train import parse_arguments
+from vanilla_batching import TokenBudgetBatchSampler
+from vanilla_data import UsageError, train_bpe_tokenizer
+
+LANGS = ["--source_lang", "en", "--target_lang", "de"]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[list[dict], DataCollatorForSeq2Seq]:
+    """10,000 pairs with lengths spread like Multi30k's (source about 15 +- 5 tokens, the target close to it)."""
+    tokenizer = train_bpe_tokenizer([num2words(n) for n in range(1, 100)], vocab_size=60)
+    generate = random.Random(0)
+    rows = []
+    for _ in range(10000):
+        source = max(2, round(generate.gauss(15, 5)))
+        target = max(2, round(source * generate.gauss(1, 0.15)))
+        rows.append({"input_ids": [5] * (source - 1) + [2], "labels": [6] * (target - 1) + [2]})
+    return rows, DataCollatorForSeq2Seq(tokenizer)
+
+
+def sampler_of(rows: list[dict], max_tokens: int, **options) -> TokenBudgetBatchSampler:
+    sources, targets = ([len(row[side]) for row in rows] for side in ("input_ids", "labels"))
+    return TokenBudgetBatchSampler(sources, targets, max_tokens, **options)
+
+
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_batches_hold_at_most_max_tokens_as_collated_and_padding_is_under_5_percent(corpus, multiple):
+    rows, collator = corpus
+    collator.pad_to_multiple_of = multiple
+    sampler = sampler_of(rows, 4000, pad_to_multiple_of=multiple)
+    batches = list(sampler)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(rows)))  # each pair once
+    real = padded = 0
+    for batch in batches:  # the reference: the tensors the collator builds
+        collated = collator([rows[index] for index in batch])
+        tokens = collated["input_ids"].numel() + collated["labels"].numel()
+        assert tokens <= 4000
+        padded += tokens
+        real += int(collated["attention_mask"].sum() + collated["labels"].ne(-100).sum())
+    assert padded > 0.9 * 4000 * len(batches)  # packed full, not cut short
+    if multiple is None:
+        assert 1 - real / padded <= 0.05
+
+
+def test_each_epoch_draws_new_batches_from_the_seed_and_the_same_number(corpus):
+    rows, _ = corpus
+    sampler = sampler_of(rows, 4000, seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert len(first) == len(second) == len(sampler)
+    assert first != second and sorted(map(sorted, first)) != sorted(map(sorted, second))  # order and contents
+    again = sampler_of(rows, 4000, seed=3)
+    again.set_epoch(1)
+    assert list(again) == second
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_ranks_take_distinct_batches_and_equally_many(corpus, replicas):
+    rows, _ = corpus
+    whole = list(sampler_of(rows, 1000, seed=5))
+    per_rank = [list(sampler_of(rows, 1000, seed=5, num_replicas=replicas, rank=rank)) for rank in range(replicas)]
+    assert len({len(batches) for batches in per_rank}) == 1
+    assert len(per_rank[0]) == len(whole) // replicas
+    taken = [index for batches in per_rank for batch in batches for index in batch]
+    assert len(taken) == len(set(taken))  # no pair on two ranks
+    assert {tuple(batch) for batches in per_rank for batch in batches} <= {tuple(batch) for batch in whole}
+
+
+def test_a_pair_longer_than_the_budget_is_a_usage_error():
+    with pytest.raises(UsageError, match="--max_tokens 10 cannot hold the longest pair .12 padded"):
+        TokenBudgetBatchSampler([3, 7], [2, 5], 10)
+
+
+def test_cli_max_tokens_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 61))
+    common = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--max_tokens", "120", "--max_steps", "11"]
+    common += ["--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "2"]
+    whole = run_train(*common, "--output_dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "--max_tokens 120" in whole.stdout
+    steps_per_epoch = round(11 / json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["epoch"])
+    assert 6 > steps_per_epoch and 6 % steps_per_epoch != 0  # checkpoint-6 is in the middle of a later epoch
+    killed_dir = tmp_path / "killed"
+    env = dict(environment(), VANILLA_FAULT="checkpoint-9")  # killed while saving checkpoint-9: resume from 6
+    command = [sys.executable, str(ROOT / "train.py"), *common, "--output_dir", str(killed_dir)]
+    killed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert killed.returncode < 0, killed.stderr[-3000:]
+    resumed = run_train(*common, "--output_dir", str(killed_dir), "--resume_from_checkpoint", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("checkpoint-9/model.safetensors", "model.safetensors"):
+        assert (killed_dir / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_cli_reports_real_and_padded_tokens_per_second_in_the_log_and_results(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))
+    output_dir = tmp_path / "model"
+    args = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--max_tokens", "120", "--logging_steps", "2"]
+    result = run_train(*args, "--num_train_epochs", "1", "--output_dir", str(output_dir), "--bf16", "true")
+    assert result.returncode == 0, result.stderr[-3000:]  # --bf16 without --use_cpu on a machine without a GPU
+    results = json.loads((output_dir / "all_results.json").read_text())
+    real, padded = results["train_tokens_per_second"], results["train_padded_tokens_per_second"]
+    # The reference: the padding of the epoch's batches, computed from the sampler's batches and the lengths.
+    assert real / padded == pytest.approx(1 - results["train_padding_fraction"], rel=1e-6)
+    assert real * results["train_runtime"] > 40 * 2 * 2  # at least a word and </s> on each side of each pair
+    logged = [json.loads(line.replace("'", '"')) for line in result.stdout.splitlines() if "'loss'" in line]
+    assert logged and all(float(entry["tokens_per_second"]) > 0 for entry in logged)
+    assert all(float(entry["padded_tokens_per_second"]) >= float(entry["tokens_per_second"]) for entry in logged)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert "tokens_per_second" in state["log_history"][0]
+
+
+def test_bf16_trains_on_the_cpu_where_no_gpu_has_it():
+    _, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true"])
+    assert args.use_cpu == (not is_torch_bf16_gpu_available())
+    _, _, plain = parse_arguments(["--output_dir", "unused"])
+    assert not plain.use_cpu
