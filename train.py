@@ -5,7 +5,9 @@
         --source_lang de --target_lang en --preset base --output_dir out
     python train.py recipe.yaml                           # the same arguments from one JSON or YAML file
     python train.py recipe.yaml --num_train_epochs 2      # a recipe, with flags given after it taking precedence
-    torchrun --nproc_per_node 2 train.py ...              # or `accelerate launch train.py ...`: DDP, FSDP
+    torchrun --nproc_per_node 2 train.py ...              # data-parallel (DDP); on CPUs with the gloo backend
+    accelerate launch --multi_gpu --num_processes 2 train.py ...            # the same through accelerate
+    accelerate launch --config_file recipes/accelerate_fsdp.yaml train.py ...  # FSDP, on GPUs
 
 The learning rate, sec. 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5). transformers'
 "inverse_sqrt" schedule multiplies the peak --learning_rate by min(step / warmup_steps, sqrt(warmup_steps / step)),
@@ -38,6 +40,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
     set_seed,
 )
+from transformers.training_args import ParallelMode
 
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
@@ -144,10 +147,53 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
     if argv and argv[0].endswith(RECIPE_SUFFIXES):
         parser.set_defaults(**read_recipe(argv[0], {action.dest for action in parser._actions}))
         argv = argv[1:]
+    on_cpus = data_parallel_on_cpus(parser, argv)
     try:
-        return parser.parse_args_into_dataclasses(argv)
+        model_args, data_args, args = parser.parse_args_into_dataclasses(argv)
     except ValueError as error:  # a Trainer flag combination it refuses
         raise UsageError(str(error)) from None
+    if launched_processes() > 1 and args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise UsageError(
+            f"launched as {launched_processes()} processes, but Trainer would not train them data-parallel "
+            f"(--use_cpu {args.use_cpu}, --ddp_backend {args.ddp_backend}); drop those flags"
+        )
+    if on_cpus and args.process_index == 0:
+        print(f"no GPU: {args.world_size} processes train data-parallel (DDP) on the CPUs with the gloo backend")
+    return model_args, data_args, args
+
+
+def launched_processes() -> int:
+    """The number of processes torchrun (or `accelerate launch`, or mpirun) started for this training."""
+    names = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return max(int(os.environ.get(name, 1)) for name in names)
+
+
+def data_parallel_on_cpus(parser: HfArgumentParser, argv: list[str]) -> bool:
+    """On a machine without GPUs, makes a multi-process launch train data-parallel: --use_cpu with gloo by default.
+
+    Without --use_cpu, accelerate leaves a CPU launch undistributed: torchrun's processes train independently into
+    one folder, and with --ddp_backend gloo alone they also scale the loss by the process count (a gloo group, but no
+    DDP, so the token count that normalizes it is this process's only). Launches that cannot be data-parallel here are
+    refused, naming the command that is."""
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and launched_processes() == 1:
+        # accelerate's single-process launcher sets MASTER_ADDR only when asked for several processes.
+        raise UsageError(
+            "accelerate launch started one process: without --multi_gpu it starts several on CPUs only through "
+            "mpirun; run `accelerate launch --multi_gpu --num_processes N train.py ...` or `torchrun "
+            "--nproc_per_node N train.py ...` (both train data-parallel, on the CPUs too)"
+        )
+    if launched_processes() == 1 or torch.cuda.is_available():
+        return False
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise UsageError(
+            "FSDP needs GPUs: accelerate shards a model only across GPU processes (on CPUs it would train plain DDP); "
+            "on CPUs launch without the FSDP config: `torchrun --nproc_per_node N train.py ...`"
+        )
+    backend = parser.parse_known_args(argv)[0].ddp_backend
+    if backend not in (None, "gloo"):
+        raise UsageError(f"--ddp_backend {backend} needs GPUs, and this machine has none; drop it (gloo is used)")
+    parser.set_defaults(use_cpu=True, ddp_backend="gloo")
+    return True
 
 
 def read_recipe(path: str, known: set[str]) -> dict:
@@ -245,14 +291,30 @@ def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
 def check_output_dir(args: TrainingArguments) -> str | None:
     """Refuses an output_dir holding another model or an unfinished run; returns the checkpoint to resume, if any.
 
+    Of several processes, the main one decides (and finishes or removes what it must); the others take its answer."""
+    answer = [None]
+    if args.process_index == 0:
+        try:
+            answer = [("checkpoint", prepare_output_dir(args))]
+        except UsageError as error:
+            answer = [("error", str(error))]
+    if args.world_size > 1:
+        torch.distributed.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise UsageError(value)
+    return value
+
+
+def prepare_output_dir(args: TrainingArguments) -> str | None:
+    """check_output_dir in the main process.
+
     Resuming never deletes anything. --overwrite_output_dir only replaces a finished model: it removes that model's
     checkpoints and averaged models now, and the model itself when the new one is saved."""
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir} is a file, expected a folder")
-    with args.main_process_first(local=False, desc="checking output_dir"):
-        if args.process_index == 0:
-            finish_interrupted_save(output_dir)
+    finish_interrupted_save(output_dir)
     checkpoint = args.resume_from_checkpoint
     if checkpoint is not None:
         if checkpoint.lower() in ("true", "last"):
@@ -282,7 +344,7 @@ def check_output_dir(args: TrainingArguments) -> str | None:
             "and --overwrite_output_dir only replaces a finished model: continue the run with "
             "--resume_from_checkpoint last, or move the checkpoints away"
         )
-    if held and args.process_index == 0:
+    if held:
         averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
         stale = ", ".join(path.name for path in checkpoints + averaged)
         print(
@@ -420,14 +482,18 @@ class VanillaTrainer(Seq2SeqTrainer):
         return loss
 
     def loss_total(self) -> float:
-        return self.loss_before + (self.loss_since.item() if self.loss_since is not None else 0.0)
+        """The loss summed over the run's steps; under DDP every process holds its share of each step's loss (Trainer
+        normalizes by the tokens of all processes), so the mean over processes is the global loss. A collective."""
+        since = self.loss_since if self.loss_since is not None else torch.zeros((), device=self.args.device)
+        return self.loss_before + self.accelerator.reduce(since, reduction="mean").item()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        loss_sum = self.loss_total() if _internal_call else None  # every process takes part
         if _internal_call and self.args.should_save:  # a checkpoint rewritten (resumed from an older one) is
             (Path(output_dir) / TRAINER_STATE).unlink(missing_ok=True)  # incomplete until its new state is in
         super().save_model(output_dir, _internal_call)
         if _internal_call and self.args.should_save:  # a checkpoint, whose trainer_state.json Trainer writes next
-            total = {"loss_sum": self.loss_total(), "global_step": self.state.global_step}
+            total = {"loss_sum": loss_sum, "global_step": self.state.global_step}
             (Path(output_dir) / LOSS_TOTAL).write_text(json.dumps(total) + "\n", encoding="utf-8")
             fault_point(Path(output_dir).name)
 

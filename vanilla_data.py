@@ -38,15 +38,18 @@ class UsageError(Exception):
 
 
 def exit_on_usage_error(main: Callable) -> Callable:
-    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2."""
+    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2.
+
+    Of a multi-process launch (torchrun), only the main process prints: every process refuses the same input."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except UsageError as error:
-            message = " ".join(str(error).split())
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            if int(os.environ.get("RANK", 0)) == 0:
+                message = " ".join(str(error).split())
+                print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
