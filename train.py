@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from datasets import IterableDatasetDict
 from tokenizers import Tokenizer
 from transformers import (
     AutoTokenizer,
@@ -58,6 +59,8 @@ from vanilla_data import (
     load_raw_datasets,
     probe_write,
     read_text,
+    stream_raw_datasets,
+    streamed_texts,
     train_bpe_tokenizer,
     trainer_state,
     wrap_tokenizer,
@@ -85,6 +88,7 @@ CONFIG_FLAGS = (
     "norm_first",
 )
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+STREAMED_TOKENIZER_PAIRS = 100_000  # with --streaming and no --tokenizer_name: the BPE's sample of the training split
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
 # Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
@@ -133,6 +137,13 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into an output_dir that already holds a model or checkpoints."}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --dataset_name or the data files as training consumes them, tokenizing on the fly, for "
+            "corpora too large to load (or to wait for); needs a --max_steps budget."
+        },
     )
 
 
@@ -222,6 +233,11 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
         raise UsageError(
             f"nothing to train: --num_train_epochs is {args.num_train_epochs} and --max_steps is {args.max_steps}; "
             "expected a positive --num_train_epochs or --max_steps"
+        )
+    if args.streaming and args.max_steps <= 0:
+        raise UsageError(
+            "--streaming reads the data without knowing its size, so epochs cannot be counted: give the training "
+            "budget with --max_steps"
         )
     if args.save_strategy == "steps" and args.save_steps <= 0:
         raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
@@ -431,7 +447,7 @@ def build_tokenizer(
             return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
         except (OSError, ValueError) as error:
             raise UsageError(f"cannot load tokenizer {model_args.tokenizer_name!r}: {error}") from None
-    texts = corpus_texts(raw, data_args.source_lang, data_args.target_lang)
+    texts = tokenizer_texts(raw, data_args, args)
     vocab_size = default_vocab_size(texts) if model_args.vocab_size is None else model_args.vocab_size
     serialized = [
         train_bpe_tokenizer(texts, vocab_size).backend_tokenizer.to_str() if args.process_index == 0 else None
@@ -439,6 +455,18 @@ def build_tokenizer(
     if args.world_size > 1:
         torch.distributed.broadcast_object_list(serialized, src=0)
     return wrap_tokenizer(Tokenizer.from_str(serialized[0]))
+
+
+def tokenizer_texts(raw, data_args: DataArguments, args: TrainingArguments) -> list[str]:
+    """The text a joint BPE is learned from: the training split, or with --streaming its first pairs (a sample)."""
+    if not args.streaming:
+        return corpus_texts(raw, data_args.source_lang, data_args.target_lang)
+    if args.process_index == 0:
+        print(
+            f"--streaming: learning the BPE on (at most) the first {STREAMED_TOKENIZER_PAIRS:,} sentence pairs of the training "
+            "split (pass --tokenizer_name to use another tokenizer)"
+        )
+    return streamed_texts(raw["train"], data_args.source_lang, data_args.target_lang, STREAMED_TOKENIZER_PAIRS)
 
 
 def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, length_column: str):
@@ -459,7 +487,8 @@ def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, 
         features[length_column] = [max(len(source), len(target)) for source, target in encoded]
         return features
 
-    return raw.map(encode, batched=True, remove_columns=["translation"], desc="Tokenizing")
+    progress = {} if isinstance(raw, IterableDatasetDict) else {"desc": "Tokenizing"}  # a stream maps lazily
+    return raw.map(encode, batched=True, remove_columns=["translation"], **progress)
 
 
 class VanillaTrainer(Seq2SeqTrainer):
@@ -686,7 +715,7 @@ def train_and_save(
     model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, checkpoint: str | None, given: set
 ) -> None:
     """Trains (or continues `checkpoint`'s run) and saves the model, its card and its data record into output_dir."""
-    raw = load_raw_datasets(data_args)
+    raw = stream_raw_datasets(data_args) if args.streaming else load_raw_datasets(data_args)
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
     output_dir = Path(args.output_dir)
@@ -695,7 +724,7 @@ def train_and_save(
     if checkpoint is not None:  # the run continues with the tokenizer and shape it started with
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         config = VanillaConfig.from_pretrained(checkpoint)
-        texts = lambda: corpus_texts(raw, data_args.source_lang, data_args.target_lang)  # noqa: E731
+        texts = lambda: tokenizer_texts(raw, data_args, args)  # noqa: E731
         check_resume_flags(model_args, given, checkpoint, config, tokenizer, texts)
     else:
         tokenizer = build_tokenizer(model_args, raw, data_args, args)
@@ -728,8 +757,8 @@ def train_and_save(
         compute_metrics=None if args.predict_with_generate else nll_metrics,
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
     )
-    padding = padding_fraction(trainer)
-    if trainer.is_world_process_zero():
+    padding = None if args.streaming else padding_fraction(trainer)  # a stream's batches are not known ahead
+    if padding is not None and trainer.is_world_process_zero():
         print(
             f"padding: {padding:.1%} of the tokens in an epoch's batches "
             f"(train_sampling_strategy={args.train_sampling_strategy}, batch size {args.per_device_train_batch_size})"
@@ -761,7 +790,8 @@ def train_and_save(
             remove_partial_checkpoint(trainer)
             raise
     metrics = train_loss_metrics(trainer, resumed_step, before is not None)
-    metrics["train_padding_fraction"] = padding
+    if padding is not None:
+        metrics["train_padding_fraction"] = padding
     if "validation" in tokenized:
         metrics.update(trainer.evaluate())
     if args.do_predict and "test" in raw:
@@ -783,7 +813,8 @@ def train_and_save(
         ) from None
     if trainer.is_world_process_zero():
         if "test_exact_match" in metrics:
-            print(f"exact match on the test split: {metrics['test_exact_match']:.1%} ({len(raw['test'])} sentences)")
+            counted = "" if args.streaming else f" ({len(raw['test'])} sentences)"
+            print(f"exact match on the test split: {metrics['test_exact_match']:.1%}{counted}")
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")
         print(f"evaluate it with: python eval.py --model {args.output_dir}")

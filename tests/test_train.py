@@ -455,6 +455,7 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
         (["--save_strategy", "steps", "--save_steps", "0"], "--save_steps is 0.0 with --save_strategy steps"),
         (["--tokenizer_name", "t5-small", "--vocab_size", "100"], "it cannot resize --tokenizer_name"),
         (["--max_source_length", "1"], "--max_source_length is 1; expected at least 2"),
+        (["--streaming"], "--streaming reads the data without knowing its size, so epochs cannot be counted: give the"),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
@@ -465,6 +466,40 @@ def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, 
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def write_parquet_folder(folder: Path, splits: dict[str, range]) -> Path:
+    """A local dataset folder as `datasets` names its files: <split>-00000-of-00001.parquet."""
+    folder.mkdir()
+    for split, numbers in splits.items():
+        pairs = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in numbers]
+        Dataset.from_dict({"translation": pairs}).to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("source", ["parquet folder", "json lines file"])
+def test_streaming_trains_for_max_steps_reading_the_data_as_it_goes(tmp_path, source):
+    if source == "parquet folder":
+        data = ["--dataset_name", str(write_parquet_folder(tmp_path / "corpus", {"train": range(1, 21)}))]
+    else:
+        data = ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 21)))]
+    output_dir = tmp_path / "model"
+    cache = tmp_path / "datasets-cache"
+    args = [*TINY, *QUICK, *data, "--source_lang", "en", "--target_lang", "de", "--output_dir", str(output_dir)]
+    # 20 pairs at 4 a batch: 8 steps read the stream one and a half times.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, "--streaming", "--max_steps", "8"],
+        capture_output=True,
+        text=True,
+        env=dict(environment(), HF_DATASETS_CACHE=str(cache)),
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--streaming: learning the BPE on (at most) the first 100,000 sentence pairs" in result.stdout
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 8
+    assert_loads_and_translates(output_dir)
+    assert not list(cache.rglob("*.arrow"))  # read as it was consumed, never converted into a cached Arrow table
 
 
 def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):
