@@ -243,6 +243,27 @@ def test_launch_that_cannot_be_data_parallel_on_cpus_is_one_error_line(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.gpu
+@pytest.mark.multiprocess
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2,
+    reason="FSDP needs 2 GPUs: accelerate turns FSDP on only for GPU processes (on CPUs, --use_cpu makes them "
+    "MULTI_CPU and accelerate drops the FSDP plugin), though torch's fully_shard itself runs on CPUs with gloo",
+)
+def test_fsdp_through_accelerate_saves_the_full_model_of_one_process_at_twice_the_batch(tmp_path):
+    launcher = accelerate_launch("--config_file", str(ROOT / "recipes" / "accelerate_fsdp.yaml"))
+    result = run_train(*data_parallel_args(tmp_path, 4, "fsdp"), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model saved to") == 1
+    single = run_train(*data_parallel_args(tmp_path, 8, "single"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded, whole = (AutoModelForSeq2SeqLM.from_pretrained(tmp_path / name) for name in ("fsdp", "single"))
+    sharded_weights, whole_weights = sharded.state_dict(), whole.state_dict()
+    assert sharded_weights.keys() == whole_weights.keys()
+    for name, weight in whole_weights.items():  # full tensors, not one process's shard, trained alike
+        torch.testing.assert_close(sharded_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_resume_after_sigkill_continues_the_step_count(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))  # 40 pairs, batch 4: 10 steps an epoch
     output_dir = tmp_path / "model"
