@@ -463,8 +463,8 @@ def tokenizer_texts(raw, data_args: DataArguments, args: TrainingArguments) -> l
         return corpus_texts(raw, data_args.source_lang, data_args.target_lang)
     if args.process_index == 0:
         print(
-            f"--streaming: learning the BPE on (at most) the first {STREAMED_TOKENIZER_PAIRS:,} sentence pairs of the training "
-            "split (pass --tokenizer_name to use another tokenizer)"
+            f"--streaming: learning the BPE on (at most) the first {STREAMED_TOKENIZER_PAIRS:,} sentence pairs of "
+            "the training split (pass --tokenizer_name to use another tokenizer)"
         )
     return streamed_texts(raw["train"], data_args.source_lang, data_args.target_lang, STREAMED_TOKENIZER_PAIRS)
 
@@ -743,6 +743,10 @@ def train_and_save(
         args.learning_rate = paper_peak_learning_rate(config.d_model, args.warmup_steps)
     if args.device.type == "cpu":
         args.dataloader_pin_memory = False  # pinned memory only speeds up copies to an accelerator
+    if args.streaming:
+        # Each process reads the stream and keeps its share of every batch: accelerate's default, the main process
+        # reading and sending out slices, cannot stack batches padded to different lengths.
+        args.accelerator_config.dispatch_batches = False
 
     tokenized = tokenize(raw, tokenizer, data_args, args.length_column_name)
     before = loss_before(checkpoint)

@@ -226,6 +226,17 @@ def test_accelerate_launch_on_cpus_trains_data_parallel(tmp_path):
     assert steps == 32 // (2 * 4)
 
 
+@pytest.mark.multiprocess
+def test_streaming_under_torchrun_trains_on_batches_of_different_lengths(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))  # "one" and "thirty-two" pad differently
+    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--output_dir", str(tmp_path / "streamed"), "--streaming", "--max_steps", "3"]
+    result = run_train(*args, launcher=torchrun())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model saved to") == 1
+    assert json.loads((tmp_path / "streamed" / "trainer_state.json").read_text())["global_step"] == 3
+
+
 @pytest.mark.parametrize(
     "launcher, expected",
     [
