@@ -5,7 +5,9 @@
         --source_lang de --target_lang en --preset base --output_dir out
     python train.py recipe.yaml                           # the same arguments from one JSON or YAML file
     python train.py recipe.yaml --num_train_epochs 2      # a recipe, with flags given after it taking precedence
-    torchrun --nproc_per_node 2 train.py ...              # or `accelerate launch train.py ...`: DDP, FSDP
+    torchrun --nproc_per_node 2 train.py ...              # data-parallel (DDP); on CPUs with the gloo backend
+    accelerate launch --multi_gpu --num_processes 2 train.py ...            # the same through accelerate
+    accelerate launch --config_file recipes/accelerate_fsdp.yaml train.py ...  # FSDP, on GPUs
 
 The learning rate, sec. 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5). transformers'
 "inverse_sqrt" schedule multiplies the peak --learning_rate by min(step / warmup_steps, sqrt(warmup_steps / step)),
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from datasets import IterableDatasetDict
 from tokenizers import Tokenizer
 from transformers import (
     AutoTokenizer,
@@ -38,6 +41,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
     set_seed,
 )
+from transformers.training_args import ParallelMode
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
@@ -57,6 +61,8 @@ from vanilla_data import (
     load_raw_datasets,
     probe_write,
     read_text,
+    stream_raw_datasets,
+    streamed_texts,
     train_bpe_tokenizer,
     trainer_state,
     wrap_tokenizer,
@@ -85,6 +91,7 @@ CONFIG_FLAGS = (
     "norm_first",
 )
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+STREAMED_TOKENIZER_PAIRS = 100_000  # with --streaming and no --tokenizer_name: the BPE's sample of the training split
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
 # Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
@@ -153,6 +160,14 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
         super().__post_init__()
 
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --dataset_name or the data files as training consumes them, tokenizing on the fly, for "
+            "corpora too large to load (or to wait for); needs a --max_steps budget."
+        },
+    )
+
 
 def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
     """Sec. 5.3 lrate at step = warmup_steps, where the "inverse_sqrt" schedule peaks: (d_model * warmup)^-0.5."""
@@ -165,10 +180,53 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
     if argv and argv[0].endswith(RECIPE_SUFFIXES):
         parser.set_defaults(**read_recipe(argv[0], {action.dest for action in parser._actions}))
         argv = argv[1:]
+    on_cpus = data_parallel_on_cpus(parser, argv)
     try:
-        return parser.parse_args_into_dataclasses(argv)
+        model_args, data_args, args = parser.parse_args_into_dataclasses(argv)
     except ValueError as error:  # a Trainer flag combination it refuses
         raise UsageError(str(error)) from None
+    if launched_processes() > 1 and args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise UsageError(
+            f"launched as {launched_processes()} processes, but Trainer would not train them data-parallel "
+            f"(--use_cpu {args.use_cpu}, --ddp_backend {args.ddp_backend}); drop those flags"
+        )
+    if on_cpus and args.process_index == 0:
+        print(f"no GPU: {args.world_size} processes train data-parallel (DDP) on the CPUs with the gloo backend")
+    return model_args, data_args, args
+
+
+def launched_processes() -> int:
+    """The number of processes torchrun (or `accelerate launch`, or mpirun) started for this training."""
+    names = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return max(int(os.environ.get(name, 1)) for name in names)
+
+
+def data_parallel_on_cpus(parser: HfArgumentParser, argv: list[str]) -> bool:
+    """On a machine without GPUs, makes a multi-process launch train data-parallel: --use_cpu with gloo by default.
+
+    Without --use_cpu, accelerate leaves a CPU launch undistributed: torchrun's processes train independently into
+    one folder, and with --ddp_backend gloo alone they also scale the loss by the process count (a gloo group, but no
+    DDP, so the token count that normalizes it is this process's only). Launches that cannot be data-parallel here are
+    refused, naming the command that is."""
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and launched_processes() == 1:
+        # accelerate's single-process launcher sets MASTER_ADDR only when asked for several processes.
+        raise UsageError(
+            "accelerate launch started one process: without --multi_gpu it starts several on CPUs only through "
+            "mpirun; run `accelerate launch --multi_gpu --num_processes N train.py ...` or `torchrun "
+            "--nproc_per_node N train.py ...` (both train data-parallel, on the CPUs too)"
+        )
+    if launched_processes() == 1 or torch.cuda.is_available():
+        return False
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise UsageError(
+            "FSDP needs GPUs: accelerate shards a model only across GPU processes (on CPUs it would train plain DDP); "
+            "on CPUs launch without the FSDP config: `torchrun --nproc_per_node N train.py ...`"
+        )
+    backend = parser.parse_known_args(argv)[0].ddp_backend
+    if backend not in (None, "gloo"):
+        raise UsageError(f"--ddp_backend {backend} needs GPUs, and this machine has none; drop it (gloo is used)")
+    parser.set_defaults(use_cpu=True, ddp_backend="gloo")
+    return True
 
 
 def read_recipe(path: str, known: set[str]) -> dict:
@@ -199,6 +257,16 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
         raise UsageError(
             f"nothing to train: --num_train_epochs is {args.num_train_epochs} and --max_steps is {args.max_steps}; "
             "expected a positive --num_train_epochs or --max_steps"
+        )
+    if args.streaming and args.max_steps <= 0:
+        raise UsageError(
+            "--streaming reads the data without knowing its size, so epochs cannot be counted: give the training "
+            "budget with --max_steps"
+        )
+    if args.streaming and args.max_tokens is not None:
+        raise UsageError(
+            "--max_tokens sorts the whole training split by length, which --streaming never holds: give one of them "
+            "(with --streaming, --per_device_train_batch_size sets the batch)"
         )
     if args.save_strategy == "steps" and args.save_steps <= 0:
         raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
@@ -276,14 +344,30 @@ def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
 def check_output_dir(args: TrainingArguments) -> str | None:
     """Refuses an output_dir holding another model or an unfinished run; returns the checkpoint to resume, if any.
 
+    Of several processes, the main one decides (and finishes or removes what it must); the others take its answer."""
+    answer = [None]
+    if args.process_index == 0:
+        try:
+            answer = [("checkpoint", prepare_output_dir(args))]
+        except UsageError as error:
+            answer = [("error", str(error))]
+    if args.world_size > 1:
+        torch.distributed.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise UsageError(value)
+    return value
+
+
+def prepare_output_dir(args: TrainingArguments) -> str | None:
+    """check_output_dir in the main process.
+
     Resuming never deletes anything. --overwrite_output_dir only replaces a finished model: it removes that model's
     checkpoints and averaged models now, and the model itself when the new one is saved."""
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir} is a file, expected a folder")
-    with args.main_process_first(local=False, desc="checking output_dir"):
-        if args.process_index == 0:
-            finish_interrupted_save(output_dir)
+    finish_interrupted_save(output_dir)
     checkpoint = args.resume_from_checkpoint
     if checkpoint is not None:
         if checkpoint.lower() in ("true", "last"):
@@ -313,7 +397,7 @@ def check_output_dir(args: TrainingArguments) -> str | None:
             "and --overwrite_output_dir only replaces a finished model: continue the run with "
             "--resume_from_checkpoint last, or move the checkpoints away"
         )
-    if held and args.process_index == 0:
+    if held:
         averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
         stale = ", ".join(path.name for path in checkpoints + averaged)
         print(
@@ -400,7 +484,7 @@ def build_tokenizer(
             return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
         except (OSError, ValueError) as error:
             raise UsageError(f"cannot load tokenizer {model_args.tokenizer_name!r}: {error}") from None
-    texts = corpus_texts(raw, data_args.source_lang, data_args.target_lang)
+    texts = tokenizer_texts(raw, data_args, args)
     vocab_size = default_vocab_size(texts) if model_args.vocab_size is None else model_args.vocab_size
     serialized = [
         train_bpe_tokenizer(texts, vocab_size).backend_tokenizer.to_str() if args.process_index == 0 else None
@@ -408,6 +492,18 @@ def build_tokenizer(
     if args.world_size > 1:
         torch.distributed.broadcast_object_list(serialized, src=0)
     return wrap_tokenizer(Tokenizer.from_str(serialized[0]))
+
+
+def tokenizer_texts(raw, data_args: DataArguments, args: TrainingArguments) -> list[str]:
+    """The text a joint BPE is learned from: the training split, or with --streaming its first pairs (a sample)."""
+    if not args.streaming:
+        return corpus_texts(raw, data_args.source_lang, data_args.target_lang)
+    if args.process_index == 0:
+        print(
+            f"--streaming: learning the BPE on (at most) the first {STREAMED_TOKENIZER_PAIRS:,} sentence pairs of "
+            "the training split (pass --tokenizer_name to use another tokenizer)"
+        )
+    return streamed_texts(raw["train"], data_args.source_lang, data_args.target_lang, STREAMED_TOKENIZER_PAIRS)
 
 
 def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, length_column: str):
@@ -428,7 +524,8 @@ def tokenize(raw, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, 
         features[length_column] = [max(len(source), len(target)) for source, target in encoded]
         return features
 
-    return raw.map(encode, batched=True, remove_columns=["translation"], desc="Tokenizing")
+    progress = {} if isinstance(raw, IterableDatasetDict) else {"desc": "Tokenizing"}  # a stream maps lazily
+    return raw.map(encode, batched=True, remove_columns=["translation"], **progress)
 
 
 class VanillaTrainer(Seq2SeqTrainer):
@@ -473,14 +570,18 @@ class VanillaTrainer(Seq2SeqTrainer):
         super().log(logs, start_time)
 
     def loss_total(self) -> float:
-        return self.loss_before + (self.loss_since.item() if self.loss_since is not None else 0.0)
+        """The loss summed over the run's steps; under DDP every process holds its share of each step's loss (Trainer
+        normalizes by the tokens of all processes), so the mean over processes is the global loss. A collective."""
+        since = self.loss_since if self.loss_since is not None else torch.zeros((), device=self.args.device)
+        return self.loss_before + self.accelerator.reduce(since, reduction="mean").item()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        loss_sum = self.loss_total() if _internal_call else None  # every process takes part
         if _internal_call and self.args.should_save:  # a checkpoint rewritten (resumed from an older one) is
             (Path(output_dir) / TRAINER_STATE).unlink(missing_ok=True)  # incomplete until its new state is in
         super().save_model(output_dir, _internal_call)
         if _internal_call and self.args.should_save:  # a checkpoint, whose trainer_state.json Trainer writes next
-            total = {"loss_sum": self.loss_total(), "global_step": self.state.global_step}
+            total = {"loss_sum": loss_sum, "global_step": self.state.global_step}
             (Path(output_dir) / LOSS_TOTAL).write_text(json.dumps(total) + "\n", encoding="utf-8")
             fault_point(Path(output_dir).name)
 
@@ -674,7 +775,7 @@ def train_and_save(
     model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, checkpoint: str | None, given: set
 ) -> None:
     """Trains (or continues `checkpoint`'s run) and saves the model, its card and its data record into output_dir."""
-    raw = load_raw_datasets(data_args)
+    raw = stream_raw_datasets(data_args) if args.streaming else load_raw_datasets(data_args)
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
     output_dir = Path(args.output_dir)
@@ -683,7 +784,7 @@ def train_and_save(
     if checkpoint is not None:  # the run continues with the tokenizer and shape it started with
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         config = VanillaConfig.from_pretrained(checkpoint)
-        texts = lambda: corpus_texts(raw, data_args.source_lang, data_args.target_lang)  # noqa: E731
+        texts = lambda: tokenizer_texts(raw, data_args, args)  # noqa: E731
         check_resume_flags(model_args, given, checkpoint, config, tokenizer, texts)
     else:
         tokenizer = build_tokenizer(model_args, raw, data_args, args)
@@ -702,6 +803,10 @@ def train_and_save(
         args.learning_rate = paper_peak_learning_rate(config.d_model, args.warmup_steps)
     if args.device.type == "cpu":
         args.dataloader_pin_memory = False  # pinned memory only speeds up copies to an accelerator
+    if args.streaming:
+        # Each process reads the stream and keeps its share of every batch: accelerate's default, the main process
+        # reading and sending out slices, cannot stack batches padded to different lengths.
+        args.accelerator_config.dispatch_batches = False
 
     tokenized = tokenize(raw, tokenizer, data_args, args.length_column_name)
     before = loss_before(checkpoint)
@@ -720,9 +825,11 @@ def train_and_save(
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
         callbacks=time_budget_callbacks(args),
     )
-    padding = padding_fraction(trainer)
-    if trainer.is_world_process_zero():
-        batching = f"train_sampling_strategy={args.train_sampling_strategy}, batch size {args.train_batch_size}"
+    padding = None if args.streaming else padding_fraction(trainer)  # a stream's batches are not known ahead
+    if padding is not None and trainer.is_world_process_zero():
+        batching = (
+            f"train_sampling_strategy={args.train_sampling_strategy}, batch size {args.per_device_train_batch_size}"
+        )
         if args.max_tokens is not None:
             batching = f"--max_tokens {args.max_tokens}"
         print(f"padding: {padding:.1%} of the tokens in an epoch's batches ({batching})")
@@ -756,7 +863,8 @@ def train_and_save(
     metrics = train_loss_metrics(trainer, resumed_step, before is not None)
     speed = ("train_runtime", "train_tokens_per_second", "train_padded_tokens_per_second", "train_compiled_graphs")
     metrics.update({name: run_metrics[name] for name in speed if name in run_metrics})
-    metrics["train_padding_fraction"] = padding
+    if padding is not None:
+        metrics["train_padding_fraction"] = padding
     if "validation" in tokenized:
         metrics.update(trainer.evaluate())
     if args.do_predict and "test" in raw:
@@ -778,7 +886,8 @@ def train_and_save(
         ) from None
     if trainer.is_world_process_zero():
         if "test_exact_match" in metrics:
-            print(f"exact match on the test split: {metrics['test_exact_match']:.1%} ({len(raw['test'])} sentences)")
+            counted = "" if args.streaming else f" ({len(raw['test'])} sentences)"
+            print(f"exact match on the test split: {metrics['test_exact_match']:.1%}{counted}")
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")
         print(f"evaluate it with: python eval.py --model {args.output_dir}")

@@ -38,15 +38,18 @@ class UsageError(Exception):
 
 
 def exit_on_usage_error(main: Callable) -> Callable:
-    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2."""
+    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2.
+
+    Of a multi-process launch (torchrun), only the main process prints: every process refuses the same input."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except UsageError as error:
-            message = " ".join(str(error).split())
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            if int(os.environ.get("RANK", 0)) == 0:
+                message = " ".join(str(error).split())
+                print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
@@ -135,6 +138,70 @@ def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
     for split, dataset in raw.items():
         _check_pairs(dataset, origin[split], args.source_lang, args.target_lang)
     return raw
+
+
+# The data files --streaming reads, by suffix: the `datasets` builder that streams them.
+STREAMED_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+
+
+def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
+    """The corpus of --dataset_name or the data files as IterableDatasets, read as training consumes them.
+
+    JSON lines and Parquet hold a 'translation' column, CSV/TSV a column per language. Only each split's first pair
+    is checked up front: the data is never held whole."""
+    if args.uses_embedded_task:
+        raise UsageError("--streaming reads --dataset_name or data files; the embedded task is small, drop --streaming")
+    if not args.source_lang or not args.target_lang:
+        raise UsageError("--source_lang and --target_lang are required with --dataset_name or data files")
+    languages = (args.source_lang, args.target_lang)
+    if args.dataset_name:
+        try:
+            streams = datasets.load_dataset(args.dataset_name, args.dataset_config_name, streaming=True)
+        except Exception as error:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
+            raise UsageError(f"cannot load dataset {args.dataset_name!r}: {error}") from None
+        raw = datasets.IterableDatasetDict({split: streams[split] for split in SPLITS if split in streams})
+        if not raw:
+            raise UsageError(f"dataset {args.dataset_name!r} has none of the splits {', '.join(SPLITS)}")
+        origin = {split: f"{args.dataset_name} [{split}]" for split in raw}
+    else:
+        raw, origin = datasets.IterableDatasetDict(), {}
+        for split in SPLITS:
+            path = getattr(args, f"{split}_file")
+            if path is None:
+                continue
+            suffix = Path(path).suffix.lower()
+            if suffix not in STREAMED_FORMATS:
+                raise UsageError(f"{path}: unknown format {suffix!r}; expected {', '.join(STREAMED_FORMATS)}")
+            if not Path(path).is_file():
+                raise UsageError(f"{path}: no such file")
+            options = {"delimiter": "\t"} if suffix == ".tsv" else {}
+            stream = datasets.load_dataset(
+                STREAMED_FORMATS[suffix], data_files=path, split="train", streaming=True, **options
+            )
+            if STREAMED_FORMATS[suffix] == "csv":
+                stream = stream.map(lambda row: {"translation": {language: row[language] for language in languages}})
+                stream = stream.select_columns(["translation"])
+            raw[split], origin[split] = stream, path
+    for split, stream in raw.items():
+        try:
+            first = next(iter(stream), None)
+        except Exception as error:  # a parse error of the builder (JSON, Parquet, CSV) or a column missing
+            raise UsageError(f"{origin[split]}: cannot read the first pair: {error}") from None
+        if first is None:
+            raise UsageError(f"{origin[split]}: no sentence pairs")
+        if not isinstance(first.get("translation"), dict):
+            raise UsageError(f"{origin[split]}: no 'translation' column (columns: {', '.join(first)})")
+        found = ", ".join(first["translation"])
+        for language in languages:
+            if language not in first["translation"]:
+                raise UsageError(f"{origin[split]}: language {language!r} is not in the data (found: {found})")
+    return raw
+
+
+def streamed_texts(stream: datasets.IterableDataset, source_lang: str, target_lang: str, pairs: int) -> list[str]:
+    """Source and target sentences of the first `pairs` pairs of a streamed split: a bounded sample for the BPE."""
+    sample = [row["translation"] for row in stream.take(pairs)]
+    return [pair[source_lang] for pair in sample] + [pair[target_lang] for pair in sample]
 
 
 def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:

@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,21 +165,114 @@ def test_default_schedule_is_the_paper_learning_rate():
         assert rates[step] == pytest.approx(paper, rel=1e-9), step
 
 
-def test_two_processes_with_torchrun_finish_and_write_one_checkpoint(tmp_path):
-    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))  # 32 pairs
-    output_dir = tmp_path / "model"
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
-    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
-    args += ["--output_dir", str(output_dir), "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "4"]
-    result = run_train(*args, "--use_cpu", "true", "--ddp_backend", "gloo", launcher=launcher)
-    assert result.returncode == 0, result.stderr[-3000:]
+def free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
-    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
-    state = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())
-    # 4 steps x 2 processes x 4 pairs = 32 pairs: one epoch only if both ranks took part.
-    assert state["global_step"] == 4 and state["epoch"] == pytest.approx(1.0)
+
+def torchrun() -> tuple[str, ...]:
+    return (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port())
+
+
+def accelerate_launch(*flags: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "accelerate.commands.launch", *flags, "--main_process_port", free_port())
+
+
+def data_parallel_args(tmp_path: Path, batch_size: int, name: str) -> list[str]:
+    """One epoch of 32 pairs, no dropout and a fixed order: one process at batch 2b sees what two see at batch b."""
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))
+    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--dropout", "0", "--train_sampling_strategy", "random", "--num_train_epochs", "1"]
+    args += ["--per_device_train_batch_size", str(batch_size), "--save_strategy", "epoch"]
+    return args + ["--output_dir", str(tmp_path / name)]
+
+
+def run_record(output_dir: Path) -> tuple[int, float, float]:
+    """(steps, summed loss of the checkpoint, train_loss) of a finished one-epoch run."""
+    checkpoint = train.complete_checkpoints(output_dir)[-1]
+    loss_sum = json.loads((checkpoint / train.LOSS_TOTAL).read_text())["loss_sum"]
+    steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    return steps, loss_sum, json.loads((output_dir / "all_results.json").read_text())["train_loss"]
+
+
+@pytest.mark.multiprocess
+def test_torchrun_on_cpus_trains_data_parallel_like_one_process_at_twice_the_batch(tmp_path):
+    result = run_train(*data_parallel_args(tmp_path, 4, "ddp"), launcher=torchrun())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no GPU: 2 processes train data-parallel (DDP) on the CPUs with the gloo backend" in result.stdout
     assert result.stdout.count("model saved to") == 1
-    assert_loads_and_translates(output_dir)
+    single = run_train(*data_parallel_args(tmp_path, 8, "single"))
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    ddp_steps, ddp_sum, ddp_loss = run_record(tmp_path / "ddp")
+    single_steps, single_sum, single_loss = run_record(tmp_path / "single")
+    # 32 pairs at 4 a batch: 4 steps per process, half of one process's 8 at the same batch, when each takes half.
+    assert ddp_steps == single_steps == 32 // (2 * 4)
+    # Both processes' loss, normalized by the tokens of both, is one process's loss on their two batches together.
+    assert ddp_sum == pytest.approx(single_sum, rel=1e-4) and ddp_loss == pytest.approx(single_loss, rel=1e-4)
+    assert [path.name for path in (tmp_path / "ddp").glob("checkpoint-*")] == ["checkpoint-4"]
+    assert_loads_and_translates(tmp_path / "ddp")
+
+
+@pytest.mark.multiprocess
+def test_accelerate_launch_on_cpus_trains_data_parallel(tmp_path):
+    launcher = accelerate_launch("--multi_gpu", "--num_processes", "2")
+    result = run_train(*data_parallel_args(tmp_path, 4, "ddp"), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no GPU: 2 processes train data-parallel (DDP)" in result.stdout
+    assert result.stdout.count("model saved to") == 1
+    steps, _, _ = run_record(tmp_path / "ddp")
+    assert steps == 32 // (2 * 4)
+
+
+@pytest.mark.multiprocess
+def test_streaming_under_torchrun_trains_on_batches_of_different_lengths(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))  # "one" and "thirty-two" pad differently
+    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--output_dir", str(tmp_path / "streamed"), "--streaming", "--max_steps", "3"]
+    result = run_train(*args, launcher=torchrun())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model saved to") == 1
+    assert json.loads((tmp_path / "streamed" / "trainer_state.json").read_text())["global_step"] == 3
+
+
+@pytest.mark.parametrize(
+    "launcher, expected",
+    [
+        (("--cpu", "--num_processes", "2"), "accelerate launch started one process"),
+        (("--config_file", str(ROOT / "recipes" / "accelerate_fsdp.yaml")), "FSDP needs GPUs"),
+    ],
+)
+@pytest.mark.multiprocess
+def test_launch_that_cannot_be_data_parallel_on_cpus_is_one_error_line(tmp_path, launcher, expected):
+    result = run_train(*data_parallel_args(tmp_path, 4, "out"), launcher=accelerate_launch("-q", *launcher))
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
+    assert 'train.py", line' not in result.stderr  # no traceback of train.py's own
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.multiprocess
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2,
+    reason="FSDP needs 2 GPUs: accelerate turns FSDP on only for GPU processes (on CPUs, --use_cpu makes them "
+    "MULTI_CPU and accelerate drops the FSDP plugin), though torch's fully_shard itself runs on CPUs with gloo",
+)
+def test_fsdp_through_accelerate_saves_the_full_model_of_one_process_at_twice_the_batch(tmp_path):
+    launcher = accelerate_launch("--config_file", str(ROOT / "recipes" / "accelerate_fsdp.yaml"))
+    result = run_train(*data_parallel_args(tmp_path, 4, "fsdp"), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model saved to") == 1
+    single = run_train(*data_parallel_args(tmp_path, 8, "single"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded, whole = (AutoModelForSeq2SeqLM.from_pretrained(tmp_path / name) for name in ("fsdp", "single"))
+    sharded_weights, whole_weights = sharded.state_dict(), whole.state_dict()
+    assert sharded_weights.keys() == whole_weights.keys()
+    for name, weight in whole_weights.items():  # full tensors, not one process's shard, trained alike
+        torch.testing.assert_close(sharded_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_resume_after_sigkill_continues_the_step_count(tmp_path):
@@ -394,6 +488,8 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
         (["--tokenizer_name", "t5-small", "--vocab_size", "100"], "it cannot resize --tokenizer_name"),
         (["--max_source_length", "1"], "--max_source_length is 1; expected at least 2"),
         (["--max_tokens", "0"], "--max_tokens is 0; expected a positive integer"),
+        (["--streaming", "--max_steps", "2", "--max_tokens", "64"], "--max_tokens sorts the whole training split"),
+        (["--streaming"], "--streaming reads the data without knowing its size, so epochs cannot be counted: give the"),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
@@ -404,6 +500,40 @@ def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, 
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def write_parquet_folder(folder: Path, splits: dict[str, range]) -> Path:
+    """A local dataset folder as `datasets` names its files: <split>-00000-of-00001.parquet."""
+    folder.mkdir()
+    for split, numbers in splits.items():
+        pairs = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in numbers]
+        Dataset.from_dict({"translation": pairs}).to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("source", ["parquet folder", "json lines file"])
+def test_streaming_trains_for_max_steps_reading_the_data_as_it_goes(tmp_path, source):
+    if source == "parquet folder":
+        data = ["--dataset_name", str(write_parquet_folder(tmp_path / "corpus", {"train": range(1, 21)}))]
+    else:
+        data = ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 21)))]
+    output_dir = tmp_path / "model"
+    cache = tmp_path / "datasets-cache"
+    args = [*TINY, *QUICK, *data, "--source_lang", "en", "--target_lang", "de", "--output_dir", str(output_dir)]
+    # 20 pairs at 4 a batch: 8 steps read the stream one and a half times.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, "--streaming", "--max_steps", "8"],
+        capture_output=True,
+        text=True,
+        env=dict(environment(), HF_DATASETS_CACHE=str(cache)),
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--streaming: learning the BPE on (at most) the first 100,000 sentence pairs" in result.stdout
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 8
+    assert_loads_and_translates(output_dir)
+    assert not list(cache.rglob("*.arrow"))  # read as it was consumed, never converted into a cached Arrow table
 
 
 def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):
