@@ -480,10 +480,10 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
 def refresh_card(folder: Path, results_file: Path) -> None:
     """Rebuilds the card of the model folder scored when the report went beside it, its model-index taking the new
     BLEU and chrF; only a card train.py wrote is rewritten (checkpoints and averaged folders have none)."""
-    from train import PRESETS
-
     if not folder.is_dir() or results_file.parent.resolve() != folder.resolve():
         return
+    from train import PRESETS  # the presets' one home until they move beside the config
+
     card = folder_card(folder, PRESETS)
     if card is not None:
         write_atomically(folder / CARD, str(card))
