@@ -41,6 +41,7 @@ from vanilla_data import (
     sentences,
     write_folder_atomically,
 )
+from vanilla_hub import CARD, folder_card
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -442,6 +443,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     report = {
         "model": args.model,
         "data": origin,
+        "dataset_config": data.dataset_config_name,
         "split": args.split,
         "source_lang": data.source_lang,
         "target_lang": data.target_lang,
@@ -471,8 +473,21 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     }
     write_atomically(predictions_file, "".join(f"{hypothesis}\n" for hypothesis in hypotheses))
     write_atomically(results_file, json.dumps(report, indent=2) + "\n")
+    refresh_card(Path(args.model), results_file)
     print_table(report, results_file)
     return report
+
+
+def refresh_card(folder: Path, results_file: Path) -> None:
+    """Rebuilds the card of the model folder scored when the report went beside it, its model-index taking the new
+    BLEU and chrF; only a card train.py wrote is rewritten (checkpoints and averaged folders have none)."""
+    if not folder.is_dir() or results_file.parent.resolve() != folder.resolve():
+        return
+    from train import PRESETS  # the presets' one home until they move beside the config
+
+    card = folder_card(folder, PRESETS)
+    if card is not None:
+        write_atomically(folder / CARD, str(card))
 
 
 def print_table(report: dict, results_file: Path) -> None:

@@ -41,8 +41,10 @@ from transformers import (
     Seq2SeqTrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.training_args import ParallelMode
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+from transformers.utils.hub import PushInProgress, hf_api
 
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length
@@ -67,6 +69,7 @@ from vanilla_data import (
     trainer_state,
     wrap_tokenizer,
 )
+from vanilla_hub import CARD, NOT_PUSHED, model_card
 from vanilla_time_budget import time_budget_callbacks
 
 # Model shapes. base and big are Table 3's; tiny and small are for CPUs and small corpora.
@@ -579,11 +582,60 @@ class VanillaTrainer(Seq2SeqTrainer):
         loss_sum = self.loss_total() if _internal_call else None  # every process takes part
         if _internal_call and self.args.should_save:  # a checkpoint rewritten (resumed from an older one) is
             (Path(output_dir) / TRAINER_STATE).unlink(missing_ok=True)  # incomplete until its new state is in
-        super().save_model(output_dir, _internal_call)
+        # Never Trainer's push of the folder being saved (the final save's staging folder): push_to_hub below sends
+        # output_dir once the final save has swapped the new model in.
+        super().save_model(output_dir, _internal_call=True)
         if _internal_call and self.args.should_save:  # a checkpoint, whose trainer_state.json Trainer writes next
             total = {"loss_sum": loss_sum, "global_step": self.state.global_step}
             (Path(output_dir) / LOSS_TOTAL).write_text(json.dumps(total) + "\n", encoding="utf-8")
             fault_point(Path(output_dir).name)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push of each save, uploaded from the checkpoint itself (its model, tokenizer and the code that
+        config.json's auto_map names). Trainer's copies the weights into output_dir and uploads that: a revision
+        without the model's code, and output_dir's previous model overwritten before the final save replaces it."""
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return  # as Trainer: skip this save while the last one is still uploading
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            message = f"Training in progress, step {self.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(self.state.epoch)}"
+        jobs = [self.upload(checkpoint_folder, message, NOT_PUSHED, run_as_future=True)]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):  # the resume state too
+            last = self.args.hub_strategy == HubStrategy.CHECKPOINT
+            folder = "last-checkpoint" if last else Path(checkpoint_folder).name
+            jobs.append(
+                self.upload(checkpoint_folder, f"{message}, checkpoint", [], path_in_repo=folder, run_as_future=True)
+            )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
+
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, **kwargs):
+        """Uploads output_dir as train.py's final save left it (the model, its card): Trainer's would save the model
+        into output_dir again, outside the atomic save, and write its generic card over the project's."""
+        if not self.is_world_process_zero():
+            return None
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if self.hub_model_id is None:
+            self.init_hf_repo()
+        self._finish_current_push()
+        return self.upload(self.args.output_dir, commit_message, NOT_PUSHED, run_as_future=not blocking)
+
+    def upload(self, folder: str, message: str, ignore_patterns: list[str], **kwargs):
+        return hf_api().upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=folder,
+            commit_message=message,
+            token=self.args.hub_token,
+            ignore_patterns=ignore_patterns,
+            revision=self.args.hub_revision,
+            **kwargs,
+        )
 
 
 def summed_nll_per_sentence(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
@@ -662,43 +714,6 @@ def data_record(data_args: DataArguments) -> dict:
             record[name] = os.path.abspath(record[name])
     record["embedded_task"] = data_args.uses_embedded_task
     return record
-
-
-def model_card(data_args, config: VanillaConfig, metrics: dict, output_dir: str) -> str:
-    data = data_args.dataset_name or data_args.train_file or "the embedded task (English -> German number words)"
-    shape = ", ".join(
-        f"{name} {getattr(config, name)}"
-        for name in ("d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "vocab_size")
-    )
-    # The shape saved, not the flags asked for: a resumed run takes its checkpoint's.
-    presets = [name for name, values in PRESETS.items() if all(getattr(config, k) == v for k, v in values.items())]
-    described = f"preset `{presets[0]}` ({shape})" if presets else f"a custom shape ({shape})"
-    results = "\n".join(f"| {name} | {value:.4g} |" for name, value in metrics.items())
-    return f"""---
-library_name: transformers
-tags: [translation, vanilla-transformer]
----
-# Transformer {data_args.source_lang} -> {data_args.target_lang}
-
-The encoder-decoder Transformer of *Attention Is All You Need* (Vaswani et al., 2017), {described},
-trained with `train.py` on {data}.
-Decoding defaults (generation_config.json): beam size 4, length penalty 0.6 (sec. 6.1).
-
-| metric | value |
-|---|---|
-{results}
-
-```python
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{output_dir}")
-model = AutoModelForSeq2SeqLM.from_pretrained("{output_dir}", trust_remote_code=True)
-inputs = tokenizer(["..."], return_tensors="pt")
-print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True))
-```
-
-Evaluate: `python eval.py --model {output_dir}`
-"""
 
 
 def save_final_model(trainer: VanillaTrainer, files: dict[str, str], state_source: Path | None = None) -> None:
@@ -871,8 +886,10 @@ def train_and_save(
         metrics["test_exact_match"] = exact_match(trainer, tokenized["test"])
     metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
 
+    repo_id = trainer.hub_model_id if args.push_to_hub else args.hub_model_id or output_dir.resolve().name
+    card = model_card(config.to_dict(), data_record(data_args), metrics, [], repo_id, PRESETS)
     files = {
-        "README.md": model_card(data_args, config, metrics, args.output_dir),
+        CARD: str(card),
         DATA_RECORD: json.dumps(data_record(data_args), indent=2) + "\n",
         "all_results.json": json.dumps(metrics, indent=4, sort_keys=True) + "\n",  # Trainer.save_metrics' format
     }
@@ -891,6 +908,10 @@ def train_and_save(
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")
         print(f"evaluate it with: python eval.py --model {args.output_dir}")
+    if args.push_to_hub:
+        commit = trainer.push_to_hub()
+        if trainer.is_world_process_zero():
+            print(f"pushed to {commit.commit_url}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""A local stand-in of the Hub API: `python tests/hub_standin.py RECORD SCRIPT ARGS...` runs SCRIPT with HfApi's
+create_repo, create_commit and README validation answered locally, no network.
+
+Each commit becomes RECORD/revision-<n>/, the repository as that commit leaves it (the previous revision's files,
+plus the commit's additions, less its deletions), and RECORD/commits.json lists the commits: message, branch and
+the paths each one added or deleted. upload_folder itself is huggingface_hub's: it picks the files that go.
+"""
+
+import hashlib
+import json
+import runpy
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import huggingface_hub.hf_api
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, RepoUrl, constants
+
+NAMESPACE = "standin-user"
+_lock = threading.Lock()
+
+
+def install(record: Path) -> None:
+    """Answers the Hub calls of HfApi (every instance, Trainer's too) from `record`."""
+    record.mkdir(parents=True, exist_ok=True)
+    commits_file = record / "commits.json"
+    commits_file.write_text("[]\n")
+
+    def create_repo(self, repo_id: str, **kwargs) -> RepoUrl:
+        repo_id = repo_id if "/" in repo_id else f"{NAMESPACE}/{repo_id}"
+        return RepoUrl(f"{constants.ENDPOINT}/{repo_id}", endpoint=constants.ENDPOINT)
+
+    def create_commit(self, repo_id: str, operations, *, commit_message: str, revision=None, **kwargs) -> CommitInfo:
+        with _lock:
+            commits = json.loads(commits_file.read_text())
+            snapshot = record / f"revision-{len(commits)}"
+            if commits:
+                shutil.copytree(record / f"revision-{len(commits) - 1}", snapshot)
+            else:
+                snapshot.mkdir()
+            added, deleted = [], []
+            for operation in operations:
+                target = snapshot / operation.path_in_repo
+                if isinstance(operation, CommitOperationAdd):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with operation.as_file() as source:
+                        target.write_bytes(source.read())
+                    added.append(operation.path_in_repo)
+                elif isinstance(operation, CommitOperationDelete):
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                    deleted.append(operation.path_in_repo)
+                else:
+                    raise NotImplementedError(f"the stand-in takes additions and deletions, not {operation!r}")
+            oid = hashlib.sha1(f"{len(commits)}{commit_message}".encode()).hexdigest()
+            commits.append(
+                {
+                    "revision": snapshot.name,
+                    "repo_id": repo_id,
+                    "branch": revision or constants.DEFAULT_REVISION,
+                    "message": commit_message,
+                    "added": sorted(added),
+                    "deleted": sorted(deleted),
+                }
+            )
+            commits_file.write_text(json.dumps(commits, indent=2) + "\n")
+        url = f"{constants.ENDPOINT}/{repo_id}/commit/{oid}"
+        return CommitInfo(commit_url=url, commit_message=commit_message, commit_description="", oid=oid)
+
+    def validate_yaml(self, content: str, **kwargs) -> None:
+        ModelCard(content, ignore_metadata_errors=False)  # raises on metadata the Hub would refuse to parse
+
+    HfApi.create_repo = create_repo
+    HfApi.create_commit = create_commit
+    HfApi._validate_yaml = validate_yaml
+    huggingface_hub.hf_api.is_xet_available = lambda: False  # upload_folder's one-commit path: create_commit
+
+
+if __name__ == "__main__":
+    install(Path(sys.argv[1]))
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")

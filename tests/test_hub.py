@@ -1,0 +1,167 @@
+"""train.py --push_to_hub against a local stand-in of the Hub API (tests/hub_standin.py), and the model card."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from test_train import QUICK, ROOT, TINY, environment
+from transformers import AutoTokenizer
+
+from modeling_vanilla import VanillaForConditionalGeneration
+
+pytestmark = pytest.mark.slow
+SOURCE = "twenty-three"
+DECODER_INPUT = [[1, 5, 6, 7]]
+MODEL_FILES = {
+    "config.json",
+    "configuration_vanilla.py",
+    "generation_config.json",
+    "model.safetensors",
+    "modeling_vanilla.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_args.bin",
+}
+RESUME_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "loss_total.json"}
+# A fresh process: each folder's model and tokenizer through the auto classes, and its logits on SOURCE.
+LOAD = f"""
+import sys, torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+for folder, output in zip(sys.argv[1::2], sys.argv[2::2]):
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)
+    input_ids = tokenizer([{SOURCE!r}], return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, decoder_input_ids=torch.tensor({DECODER_INPUT})).logits
+    torch.save({{"class": type(model).__name__, "input_ids": input_ids, "logits": logits}}, output)
+"""
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def run(*command: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, env=environment() | env, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
+    """A tiny run that saves and pushes at steps 2 and 4 (hub_strategy all_checkpoints), then its final model."""
+    tmp = tmp_path_factory.mktemp("hub")
+    output_dir, record = tmp / "en-de", tmp / "hub"
+    args = [*TINY, *QUICK, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir"]
+    args += [str(output_dir), "--push_to_hub", "--hub_strategy", "all_checkpoints", "--hub_always_push"]
+    result = run(str(ROOT / "tests" / "hub_standin.py"), str(record), str(ROOT / "train.py"), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, record, json.loads((record / "commits.json").read_text())
+
+
+def test_each_push_commits_a_whole_model_and_no_staging_temporary_or_resume_files(pushed):
+    _, _, commits = pushed
+    messages = [commit["message"] for commit in commits]
+    assert messages == [
+        "Training in progress, step 2",
+        "Training in progress, step 2, checkpoint",
+        "Training in progress, step 4",
+        "Training in progress, step 4, checkpoint",
+        "End of training",
+    ]
+    for commit in commits[0], commits[2]:
+        assert set(commit["added"]) == MODEL_FILES
+    for commit, step in (commits[1], 2), (commits[3], 4):
+        assert set(commit["added"]) == {f"checkpoint-{step}/{name}" for name in MODEL_FILES | RESUME_STATE}
+    assert set(commits[-1]["added"]) == MODEL_FILES | {"README.md", "all_results.json"}
+    for commit in commits:
+        assert commit["deleted"] == [] and commit["repo_id"] == "standin-user/en-de"
+        assert not any(part.startswith(".") for path in commit["added"] for part in Path(path).parts)
+    assert json.loads((pushed[1] / "revision-0" / "config.json").read_text())["auto_map"]
+
+
+def test_every_pushed_revision_loads_in_a_fresh_process_with_the_saved_models_logits(pushed, tmp_path):
+    output_dir, record, commits = pushed
+    revisions = [record / commit["revision"] for commit in commits]
+    # A checkpoint push adds its folder to the revision before it: the root model stays, byte for byte.
+    for index, step in (1, 2), (3, 4):
+        added = {
+            name: data for name, data in files(revisions[index]).items() if name not in files(revisions[index - 1])
+        }
+        assert {**files(revisions[index - 1]), **added} == files(revisions[index])
+        assert set(added) == {f"checkpoint-{step}/{name}" for name in MODEL_FILES | RESUME_STATE}
+    saved = {  # pushed folder -> the local folder train.py saved it from
+        revisions[0]: output_dir / "checkpoint-2",
+        revisions[2]: output_dir / "checkpoint-4",
+        revisions[4]: output_dir,
+        revisions[4] / "checkpoint-2": output_dir / "checkpoint-2",
+        revisions[4] / "checkpoint-4": output_dir / "checkpoint-4",
+    }
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    input_ids = tokenizer([SOURCE], return_tensors="pt").input_ids
+    loads = {}  # one fresh process per revision, side by side
+    for revision in revisions[0], revisions[2], revisions[4]:
+        folders = [folder for folder in saved if revision in (folder, folder.parent)]
+        outputs = [tmp_path / f"{folder.parent.name}-{folder.name}.pt" for folder in folders]
+        arguments = [str(path) for pair in zip(folders, outputs, strict=True) for path in pair]
+        env = environment() | {"HF_MODULES_CACHE": str(tmp_path / revision.name)}
+        command = [sys.executable, "-c", LOAD, *arguments]
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+        loads[revision] = (process, folders, outputs)
+    for revision, (process, folders, outputs) in loads.items():
+        assert process.wait(timeout=300) == 0, f"{revision.name}: {process.stderr.read()[-2000:]}"
+        for folder, output in zip(folders, outputs, strict=True):
+            loaded = torch.load(output)
+            model = VanillaForConditionalGeneration.from_pretrained(saved[folder]).eval()
+            with torch.no_grad():
+                expected = model(input_ids=input_ids, decoder_input_ids=torch.tensor(DECODER_INPUT)).logits
+            assert loaded["class"] == "VanillaForConditionalGeneration"
+            assert torch.equal(loaded["input_ids"], input_ids)
+            torch.testing.assert_close(loaded["logits"], expected, rtol=0, atol=0)
+
+
+def usage_snippet(card: str) -> str:
+    return re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
+
+
+def test_model_card_metadata_round_trips_and_its_snippet_loads_the_pushed_repo(pushed, tmp_path):
+    output_dir, record, _ = pushed
+    text = (record / "revision-4" / "README.md").read_text()
+    assert text == (output_dir / "README.md").read_text()
+    card = ModelCard.load(record / "revision-4" / "README.md", ignore_metadata_errors=False)
+    metadata = card.data.to_dict()
+    assert ModelCardData(**metadata).to_dict() == metadata
+    assert metadata["language"] == ["en", "de"] and metadata["pipeline_tag"] == "translation"
+    assert (metadata["library_name"], metadata["license"]) == ("transformers", "apache-2.0")
+    assert "vanilla-transformer" in metadata["tags"] and "model-index" not in metadata  # not scored yet
+    assert str(tmp_path.parent) not in text and str(output_dir) not in text  # no local path
+    snippet = usage_snippet(text)
+    assert snippet.count('"standin-user/en-de", trust_remote_code=True') == 2
+    shutil.copytree(record / "revision-4", tmp_path / "repo", ignore=shutil.ignore_patterns("checkpoint-*"))
+    result = run("-c", snippet.replace("standin-user/en-de", str(tmp_path / "repo")), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("['") and "Traceback" not in result.stderr
+
+
+def test_eval_py_puts_bleu_and_chrf_into_the_cards_model_index(pushed, tmp_path):
+    model = tmp_path / "en-de"
+    shutil.copytree(pushed[0], model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    result = run(str(ROOT / "eval.py"), "--model", str(model), "--num_beams", "1", "--max_length_offset", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((model / "eval_results_test.json").read_text())
+    card = ModelCard.load(model / "README.md", ignore_metadata_errors=False)
+    assert card.data.model_name == "standin-user/en-de"  # the repo id the card named before
+    scores = {result.metric_type: result for result in card.data.eval_results}
+    assert set(scores) == {"bleu", "chrf"}
+    for metric in scores:
+        assert scores[metric].metric_value == round(report[metric], 2)
+        assert (scores[metric].task_type, scores[metric].dataset_split) == ("translation", "test")
+    assert scores["bleu"].metric_config == report["sacrebleu_signature"]
+    assert f"| chrF (embedded-number-words, test) | {round(report['chrf'], 2)} |" in card.text
+    assert not [path.name for path in model.iterdir() if path.name.startswith(".")]  # no temporary file left

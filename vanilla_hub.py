@@ -1,0 +1,168 @@
+"""The model card of a saved model folder, and what a push to the Hub leaves out of that folder.
+
+The card is huggingface_hub's `ModelCard`: metadata (languages, license, `pipeline_tag: translation`, datasets, a
+model-index with the BLEU and chrF of eval.py's results files) above a text that describes the saved shape and
+shows how to load the model, whose code ships beside its weights (`trust_remote_code=True`).
+"""
+
+import json
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from vanilla_data import DATA_RECORD, TRAINER_STATE
+
+CARD = "README.md"
+CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
+TRAIN_RESULTS = "all_results.json"  # train.py's metrics, in Trainer.save_metrics' format
+EVAL_RESULTS = "eval_results_*.json"  # eval.py's report per split
+LICENSE = "apache-2.0"  # the code's (pyproject.toml); a model inherits its training data's terms as well
+SHAPE = ("d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "vocab_size")
+EMBEDDED_DATA = "the embedded task (English -> German number words)"
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
+# Left out of every push: Trainer's resume state in a checkpoint (optimizer, scheduler, RNG, log, train.py's loss
+# sum), the run's checkpoint and averaged folders, the data record (local absolute paths), hidden temporary files.
+NOT_PUSHED = [
+    "optimizer.*",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*.pth",
+    TRAINER_STATE,
+    "loss_total.json",
+    DATA_RECORD,
+    "checkpoint-*",
+    "averaged-last-*",
+    "runs/*",
+    ".*",
+    "_*",
+]
+
+TEMPLATE = """---
+{{ card_data }}
+---
+# Transformer {{ source_lang }} -> {{ target_lang }}
+
+The encoder-decoder Transformer of *Attention Is All You Need* (Vaswani et al., 2017), {{ shape }},
+trained with `train.py` on {{ data }}.
+Decoding defaults (generation_config.json): beam size 4, length penalty 0.6 (sec. 6.1).
+{% if rows %}
+| metric | value |
+|---|---|
+{% for name, value in rows %}| {{ name }} | {{ value }} |
+{% endfor %}{% endif %}
+## Usage
+
+The model's code (configuration_vanilla.py, modeling_vanilla.py) ships with its weights, so it loads with
+`trust_remote_code=True`:
+
+```python
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+model = AutoModelForSeq2SeqLM.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+inputs = tokenizer(["{{ example }}"], return_tensors="pt")
+print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True))
+```
+
+Evaluate: `python eval.py --model {{ repo_id }}` (BLEU and chrF with sacreBLEU).
+"""
+REPO_ID = re.compile(r'AutoModelForSeq2SeqLM\.from_pretrained\("([^"]+)"')
+
+
+def described_shape(config: dict, presets: dict[str, dict]) -> str:
+    """The shape saved, not the flags asked for (a resumed run takes its checkpoint's): a preset's name if it is one."""
+    shape = ", ".join(f"{name} {config[name]}" for name in SHAPE)
+    named = [name for name, values in presets.items() if all(config.get(key) == value for key, value in values.items())]
+    return f"preset `{named[0]}` ({shape})" if named else f"a custom shape ({shape})"
+
+
+def dataset_of(data: str) -> str:
+    """A dataset id for the card: a Hub dataset's name, a data file's name (never its local path)."""
+    return Path(data).name if data.lower().endswith(DATA_FILE_SUFFIXES) else data
+
+
+def eval_results(reports: list[dict]) -> list[EvalResult]:
+    """BLEU and chrF of each eval.py report, as model-index entries."""
+    results = []
+    for report in reports:
+        dataset = (
+            "embedded-number-words" if report["data"] == "the embedded number task" else dataset_of(report["data"])
+        )
+        for metric, name, signature in (("bleu", "BLEU", "sacrebleu_signature"), ("chrf", "chrF", "chrf_signature")):
+            results.append(
+                EvalResult(
+                    task_type="translation",
+                    task_name="Translation",
+                    dataset_type=dataset,
+                    dataset_name=dataset,
+                    dataset_config=report.get("dataset_config"),
+                    dataset_split=report["split"],
+                    metric_type=metric,
+                    metric_name=name,
+                    metric_value=round(report[metric], 2),
+                    metric_config=report[signature],
+                )
+            )
+    return results
+
+
+def model_card(
+    config: dict, record: dict, metrics: dict, reports: list[dict], repo_id: str, presets: dict[str, dict]
+) -> ModelCard:
+    """The card of a model: its shape (`config`), data (`record`, train.py's data record), train.py's `metrics`,
+    eval.py's `reports`, and a usage snippet that loads it from `repo_id`."""
+    if record["embedded_task"]:
+        data, datasets = EMBEDDED_DATA, None
+    elif record["dataset_name"]:
+        data, datasets = record["dataset_name"], [record["dataset_name"]]
+    else:
+        data, datasets = dataset_of(record["train_file"] or "local data files"), None
+    results = eval_results(reports)
+    card_data = ModelCardData(
+        language=[record["source_lang"], record["target_lang"]],
+        license=LICENSE,
+        library_name="transformers",
+        pipeline_tag="translation",
+        tags=["translation", CARD_TAG, "custom_code"],
+        datasets=datasets,
+        metrics=["bleu", "chrf"] if results else None,
+        model_name=repo_id if results else None,
+        eval_results=results or None,
+    )
+    rows = [(name, f"{value:.4g}") for name, value in metrics.items()]
+    rows += [
+        (f"{result.metric_name} ({result.dataset_name}, {result.dataset_split})", result.metric_value)
+        for result in results
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        source_lang=record["source_lang"],
+        target_lang=record["target_lang"],
+        shape=described_shape(config, presets),
+        data=data,
+        rows=rows,
+        repo_id=repo_id,
+        example="twenty-three" if record["embedded_task"] else f"A sentence in {record['source_lang']}.",
+    )
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def folder_card(folder: Path, presets: dict[str, dict]) -> ModelCard | None:
+    """The card of a model folder rebuilt from its files (config, data record, train.py's and eval.py's results),
+    keeping the repo id its card names; None for a folder without a card written here (a checkpoint, another's)."""
+    card_path = folder / CARD
+    if not card_path.is_file() or not (folder / DATA_RECORD).is_file():
+        return None
+    old = ModelCard.load(card_path, ignore_metadata_errors=True)
+    found = REPO_ID.search(old.text)
+    if CARD_TAG not in (old.data.tags or []) or found is None:
+        return None
+    metrics = read_json(folder / TRAIN_RESULTS) if (folder / TRAIN_RESULTS).is_file() else {}
+    reports = [read_json(path) for path in sorted(folder.glob(EVAL_RESULTS))]
+    config, record = read_json(folder / "config.json"), read_json(folder / DATA_RECORD)
+    return model_card(config, record, metrics, reports, found.group(1), presets)
