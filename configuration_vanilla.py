@@ -8,6 +8,15 @@ from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 
+# Named model shapes, as fairseq names its architectures: base and big are Table 3's; tiny and small are for CPUs and
+# small corpora. Each holds what differs from VanillaConfig's defaults (the base model) or what defines the shape.
+PRESETS = {
+    "tiny": dict(d_model=64, num_heads=4, d_ff=256, encoder_layers=2, decoder_layers=2),
+    "small": dict(d_model=256, num_heads=4, d_ff=1024, encoder_layers=3, decoder_layers=3),
+    "base": dict(d_model=512, num_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, dropout=0.1),
+    "big": dict(d_model=1024, num_heads=16, d_ff=4096, encoder_layers=6, decoder_layers=6, dropout=0.3),
+}
+
 # The classes each Auto class loads from a saved folder with trust_remote_code=True; every saved config.json names
 # them, and the folder holds both files.
 AUTO_MAP = {
@@ -142,6 +151,13 @@ class VanillaConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VanillaConfig":
+        """The shape PRESETS[name] names, with `overrides` (any other field, or a field of the preset) on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def save_pretrained(self, save_directory, **kwargs):
         """Also copies modeling_vanilla.py, so that the models of the auto_map build from this folder alone."""

@@ -39,6 +39,7 @@ from transformers import (
     set_seed,
 )
 
+from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
     AVERAGED_MARKER,
@@ -60,13 +61,6 @@ from vanilla_data import (
     wrap_tokenizer,
 )
 
-# Model shapes. base and big are Table 3's; tiny and small are for CPUs and small corpora.
-PRESETS = {
-    "tiny": dict(d_model=64, num_heads=4, d_ff=256, encoder_layers=2, decoder_layers=2),
-    "small": dict(d_model=256, num_heads=4, d_ff=1024, encoder_layers=3, decoder_layers=3),
-    "base": dict(d_model=512, num_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, dropout=0.1),
-    "big": dict(d_model=1024, num_heads=16, d_ff=4096, encoder_layers=6, decoder_layers=6, dropout=0.3),
-}
 # Sec. 6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6".
 DECODING = dict(num_beams=4, length_penalty=0.6, early_stopping=True)
 # The config fields a flag of ModelArguments sets; a checkpoint fixes them all.
@@ -345,17 +339,16 @@ def check_resume_flags(
 
 def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> VanillaConfig:
     """The preset's shape, with every explicitly given flag on top; ids from the tokenizer."""
-    values = dict(PRESETS[model_args.preset])
-    for name in CONFIG_FLAGS:
-        if getattr(model_args, name) is not None:
-            values[name] = getattr(model_args, name)
+    values = {name: getattr(model_args, name) for name in CONFIG_FLAGS if getattr(model_args, name) is not None}
     special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     for name, expected in special.items():
         actual = getattr(tokenizer, name)
         if actual != expected:
             raise UsageError(f"the tokenizer's {name} is {actual}, expected {expected} (VanillaConfig's)")
     try:
-        return VanillaConfig(vocab_size=len(tokenizer), **values, **special, decoder_start_token_id=1)
+        return VanillaConfig.from_preset(
+            model_args.preset, vocab_size=len(tokenizer), **values, **special, decoder_start_token_id=1
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
 

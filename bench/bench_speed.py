@@ -31,6 +31,7 @@ import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import GenerationConfig, MarianConfig, MarianMTModel, PreTrainedTokenizerFast  # noqa: E402
 
+from configuration_vanilla import PRESETS  # noqa: E402
 from modeling_vanilla import (  # noqa: E402
     VanillaConfig,
     VanillaForConditionalGeneration,
@@ -44,32 +45,32 @@ PAD, BOS, EOS = 0, 1, 2
 
 @dataclass
 class Shape:
+    """A preset of configuration_vanilla.PRESETS (both stacks of its encoder depth) and the benchmark's batches."""
+
+    preset: str
     vocab_size: int
-    d_model: int
-    num_heads: int
-    d_ff: int
-    layers: int
     train_batch: int
     train_len: int
     gen_batch: int
     gen_len: int
     new_tokens: int
 
+    def __post_init__(self):
+        values = PRESETS[self.preset]
+        self.d_model, self.num_heads, self.d_ff = values["d_model"], values["num_heads"], values["d_ff"]
+        self.layers = values["encoder_layers"]
+
 
 SHAPES = {
-    "small": Shape(8000, 256, 4, 1024, 3, train_batch=32, train_len=24, gen_batch=16, gen_len=24, new_tokens=24),
-    "base": Shape(32000, 512, 8, 2048, 6, train_batch=128, train_len=64, gen_batch=64, gen_len=64, new_tokens=64),
+    name: Shape(name, vocab_size, train_batch=batch, train_len=length, gen_batch=gen, gen_len=length, new_tokens=length)
+    for name, vocab_size, batch, gen, length in (("small", 8000, 32, 16, 24), ("base", 32000, 128, 64, 64))
 }
 
 
 def build_ours(shape: Shape) -> VanillaForConditionalGeneration:
-    config = VanillaConfig(
+    config = VanillaConfig.from_preset(
+        shape.preset,
         vocab_size=shape.vocab_size,
-        d_model=shape.d_model,
-        num_heads=shape.num_heads,
-        d_ff=shape.d_ff,
-        encoder_layers=shape.layers,
-        decoder_layers=shape.layers,
         dropout=0.1,
         label_smoothing=0.1,
         pad_token_id=PAD,

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.cache_utils import EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from configuration_vanilla import VanillaConfig
+from configuration_vanilla import PRESETS, VanillaConfig
 from modeling_vanilla import (
     VanillaDecoder,
     VanillaEncoder,
@@ -366,6 +366,18 @@ def test_cross_attention_keys_and_values_are_computed_once_per_source():
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
     assert out.shape[1] == 7
     assert len(calls) == len(model.model.decoder.layers)
+
+
+def test_presets_are_table_3_base_and_big_and_take_overrides():
+    base, big = VanillaConfig.from_preset("base"), VanillaConfig.from_preset("big", vocab_size=100)
+    table_3 = {"base": (512, 2048, 8, 6, 0.1), "big": (1024, 4096, 16, 6, 0.3)}  # d_model, d_ff, h, N, P_drop
+    for config, name in ((base, "base"), (big, "big")):
+        shape = (config.d_model, config.d_ff, config.num_heads, config.encoder_layers, config.dropout)
+        assert shape == table_3[name] and config.decoder_layers == config.encoder_layers
+    assert big.vocab_size == 100 and VanillaConfig.from_preset("tiny", d_model=32).d_model == 32
+    assert set(PRESETS) == {"tiny", "small", "base", "big"}
+    with pytest.raises(ValueError, match="unknown preset 'huge'; expected one of tiny, small, base, big"):
+        VanillaConfig.from_preset("huge")
 
 
 def test_base_config_has_about_63m_parameters_with_a_37k_vocabulary():

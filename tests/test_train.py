@@ -24,6 +24,7 @@ from transformers import (
 )
 
 import train
+from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
     SPECIAL_TOKENS,
@@ -91,7 +92,7 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_vanilla.VanillaForConditionalGeneration"
     # Explicit flags win over the preset; the preset fills in the rest.
     assert (config["d_model"], config["num_heads"]) == (32, 2)
-    assert (config["d_ff"], config["encoder_layers"]) == (train.PRESETS["tiny"]["d_ff"], 2)
+    assert (config["d_ff"], config["encoder_layers"]) == (PRESETS["tiny"]["d_ff"], 2)
     generation = json.loads((output_dir / "generation_config.json").read_text())
     assert (generation["num_beams"], generation["length_penalty"]) == (4, 0.6)
     assert "python eval.py --model" in (output_dir / "README.md").read_text()
@@ -148,7 +149,7 @@ def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
 def test_default_schedule_is_the_paper_learning_rate():
     model_args, _, args = train.parse_arguments(["--output_dir", "unused"])
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.98, 1e-9)
-    d_model, warmup = train.PRESETS[model_args.preset]["d_model"], args.warmup_steps
+    d_model, warmup = PRESETS[model_args.preset]["d_model"], args.warmup_steps
     assert (d_model, warmup) == (512, 4000)
     optimizer = torch.optim.Adam(
         [torch.nn.Parameter(torch.zeros(1))], lr=train.paper_peak_learning_rate(d_model, warmup)
