@@ -7,6 +7,10 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+# The special tokens of the shared source/target vocabulary (sec. 5.1), in id order: every tokenizer train.py builds
+# puts them first, and VanillaConfig's pad/bos/eos ids (the decoder starts from <s>) point at them.
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID, UNK_TOKEN_ID = range(len(SPECIAL_TOKENS))
 
 # Named model shapes, as fairseq names its architectures: base and big are Table 3's; tiny and small are for CPUs and
 # small corpora. Each holds what differs from VanillaConfig's defaults (the base model) or what defines the shape.
@@ -80,10 +84,10 @@ class VanillaConfig(PretrainedConfig):
         norm_first: bool = False,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
-        pad_token_id: int = 0,
-        bos_token_id: int = 1,
-        eos_token_id: int = 2,
-        decoder_start_token_id: int = 1,
+        pad_token_id: int = PAD_TOKEN_ID,
+        bos_token_id: int = BOS_TOKEN_ID,
+        eos_token_id: int = EOS_TOKEN_ID,
+        decoder_start_token_id: int = BOS_TOKEN_ID,
         **kwargs,
     ):
         for name, value in [

@@ -39,7 +39,7 @@ from transformers import (
     set_seed,
 )
 
-from configuration_vanilla import PRESETS
+from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
     AVERAGED_MARKER,
@@ -340,15 +340,13 @@ def check_resume_flags(
 def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> VanillaConfig:
     """The preset's shape, with every explicitly given flag on top; ids from the tokenizer."""
     values = {name: getattr(model_args, name) for name in CONFIG_FLAGS if getattr(model_args, name) is not None}
-    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    special = dict(pad_token_id=PAD_TOKEN_ID, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID)
     for name, expected in special.items():
         actual = getattr(tokenizer, name)
         if actual != expected:
             raise UsageError(f"the tokenizer's {name} is {actual}, expected {expected} (VanillaConfig's)")
     try:
-        return VanillaConfig.from_preset(
-            model_args.preset, vocab_size=len(tokenizer), **values, **special, decoder_start_token_id=1
-        )
+        return VanillaConfig.from_preset(model_args.preset, vocab_size=len(tokenizer), **values)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

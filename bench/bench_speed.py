@@ -31,7 +31,7 @@ import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import GenerationConfig, MarianConfig, MarianMTModel, PreTrainedTokenizerFast  # noqa: E402
 
-from configuration_vanilla import PRESETS  # noqa: E402
+from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS  # noqa: E402
 from modeling_vanilla import (  # noqa: E402
     VanillaConfig,
     VanillaForConditionalGeneration,
@@ -40,7 +40,7 @@ from modeling_vanilla import (  # noqa: E402
 )
 from vanilla_ctranslate2 import model_spec  # noqa: E402
 
-PAD, BOS, EOS = 0, 1, 2
+PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
 
 
 @dataclass
@@ -73,10 +73,6 @@ def build_ours(shape: Shape) -> VanillaForConditionalGeneration:
         vocab_size=shape.vocab_size,
         dropout=0.1,
         label_smoothing=0.1,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        decoder_start_token_id=BOS,
         attn_implementation="sdpa",
     )
     return VanillaForConditionalGeneration(config)

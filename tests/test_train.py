@@ -23,6 +23,7 @@ from transformers import (
     get_scheduler,
 )
 
+import configuration_vanilla
 import train
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
@@ -111,6 +112,11 @@ def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
     tokenizer = train_bpe_tokenizer(texts, vocab_size=150)
     special = [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id]
     assert special == [0, 1, 2, 3]
+    config = VanillaConfig()
+    ids = (config.pad_token_id, config.bos_token_id, config.eos_token_id, config.decoder_start_token_id)
+    assert ids == (0, 1, 2, 1)
+    assert tokenizer.convert_ids_to_tokens(special) == list(configuration_vanilla.SPECIAL_TOKENS)
+    assert SPECIAL_TOKENS is configuration_vanilla.SPECIAL_TOKENS  # one definition, imported
     for text in ["three hundred and forty-seven", "dreihundertsiebenundvierzig", "Ein Mann steht am Herd. Männer!"]:
         ids = tokenizer(text)["input_ids"]
         assert ids[-1] == 2 and 3 not in ids
