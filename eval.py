@@ -51,12 +51,18 @@ METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu 
 
 @dataclass
 class EvalArguments:
-    """The model to evaluate, the decoding settings (the paper's by default, sec. 6.1) and where the results go."""
+    """The model to evaluate, the decoding settings (the model's generation_config unless given) and the outputs."""
 
     model: str = field(metadata={"help": "A model folder or Hub id with its tokenizer; with --average_last, a run."})
     split: str = field(default="test", metadata={"help": "The split to translate and score."})
-    num_beams: int = field(default=4, metadata={"help": "Beam size (sec. 6.1: 4)."})
-    length_penalty: float = field(default=0.6, metadata={"help": "Length penalty alpha (sec. 6.1: 0.6)."})
+    num_beams: int | None = field(
+        default=None,
+        metadata={"help": "Beam size (default: generation_config's; train.py saves 4, sec. 6.1)."},
+    )
+    length_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1)."},
+    )
     max_length_offset: int = field(
         default=50, metadata={"help": "Maximum output length = input length + this, in tokens (sec. 6.1: 50)."}
     )
@@ -99,7 +105,7 @@ class EvalArguments:
 
     def __post_init__(self):
         for name in ("num_beams", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name} ({getattr(self, name)}) must be at least 1")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
@@ -237,11 +243,20 @@ def load_translation_model(args: EvalArguments):
     """The model that decodes: the torch model (in --dtype), or its CTranslate2 conversion, and the tokenizer."""
     if args.engine == "ctranslate2":
         check_model_path(args.model)
-        return vanilla_ctranslate2.load(args.model, args.quantization)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    if args.compile:
-        compile_for_decoding(model)
+        model, tokenizer = vanilla_ctranslate2.load(args.model, args.quantization)
+    else:
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+        if args.compile:
+            compile_for_decoding(model)
+    take_decoding_defaults(args, model.generation_config)
     return model, tokenizer
+
+
+def take_decoding_defaults(args: EvalArguments, generation_config) -> None:
+    """The model's saved decoding settings for every decoding flag the user left out (train.py saves sec. 6.1's)."""
+    for name in ("num_beams", "length_penalty"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(generation_config, name))
 
 
 def compile_for_decoding(model: "PreTrainedModel") -> None:
@@ -513,6 +528,7 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     check_writable(path, "--attention_file")
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
+    take_decoding_defaults(args, model.generation_config)
     source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
     with torch.no_grad():
         output_ids = model.generate(input_ids=source_ids, **generation_arguments(args, source_ids.shape[1]))

@@ -510,6 +510,7 @@ def model_card(data_args, config: VanillaConfig, metrics: dict, output_dir: str)
     presets = [name for name, values in PRESETS.items() if all(getattr(config, k) == v for k, v in values.items())]
     described = f"preset `{presets[0]}` ({shape})" if presets else f"a custom shape ({shape})"
     results = "\n".join(f"| {name} | {value:.4g} |" for name, value in metrics.items())
+    decoding = f"beam size {DECODING['num_beams']}, length penalty {DECODING['length_penalty']}"
     return f"""---
 library_name: transformers
 tags: [translation, vanilla-transformer]
@@ -518,7 +519,7 @@ tags: [translation, vanilla-transformer]
 
 The encoder-decoder Transformer of *Attention Is All You Need* (Vaswani et al., 2017), {described},
 trained with `train.py` on {data}.
-Decoding defaults (generation_config.json): beam size 4, length penalty 0.6 (sec. 6.1).
+Decoding defaults (generation_config.json): {decoding} (sec. 6.1).
 
 | metric | value |
 |---|---|

@@ -357,6 +357,20 @@ def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(ru
     assert len((model / "predictions_test.txt").read_text().splitlines()) == len(PAIRS)
 
 
+def test_decoding_starts_from_the_saved_generation_config_and_given_flags_override_it(run_dir, test_file, tmp_path):
+    model = model_copy(run_dir, tmp_path / "model", data_record(test_file=str(test_file)))
+    config = json.loads((model / "generation_config.json").read_text())
+    config.update(num_beams=2, length_penalty=1.0)
+    (model / "generation_config.json").write_text(json.dumps(config))
+    decoding = {}
+    for name, flags in {"saved": [], "given": ["--num_beams", "3"]}.items():
+        result = run_cli("eval.py", "--model", str(model), "--max_length_offset", str(OFFSET), *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads((model / "eval_results_test.json").read_text())
+        decoding[name] = (report["decoding"]["num_beams"], report["decoding"]["length_penalty"])
+    assert decoding == {"saved": (2, 1.0), "given": (3, 1.0)}
+
+
 def test_split_validation_scores_the_recorded_validation_file(run_dir, test_file, tmp_path):
     validation = tmp_path / "validation.jsonl"
     validation.write_text("".join(test_file.read_text().splitlines(keepends=True)[:3]))
