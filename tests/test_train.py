@@ -19,6 +19,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
+    HfArgumentParser,
     Seq2SeqTrainingArguments,
     get_scheduler,
 )
@@ -400,6 +401,9 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
         (["--save_strategy", "steps", "--save_steps", "0"], "--save_steps is 0.0 with --save_strategy steps"),
         (["--tokenizer_name", "t5-small", "--vocab_size", "100"], "it cannot resize --tokenizer_name"),
         (["--max_source_length", "1"], "--max_source_length is 1; expected at least 2"),
+        (["--config_overrides", "d_ff=48,colour=red"], "--config_overrides d_ff=48,colour=red: colour is not a field"),
+        (["--config_overrides", "d_ff=wide"], "--config_overrides d_ff=wide: invalid literal for int()"),
+        (["--config_overrides", "d_ff"], "expected key=value pairs joined by commas"),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
@@ -410,6 +414,48 @@ def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, 
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+class WideFeedForwardConfig(VanillaConfig):
+    """VanillaConfig with one more field, as a user adding a hyper-parameter would write it.
+
+    Args:
+        d_ff_multiplier: d_ff as a multiple of d_model.
+    """
+
+    def __init__(self, d_ff_multiplier: int = 4, **kwargs):
+        self.d_ff_multiplier = d_ff_multiplier
+        super().__init__(**kwargs)
+
+
+def small_bpe():
+    return train_bpe_tokenizer([num2words(n, lang=lang) for n in range(1, 100) for lang in ("en", "de")], 60)
+
+
+def test_every_config_field_is_a_flag_and_a_new_field_of_a_subclass_becomes_one():
+    paper = ["d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "dropout", "label_smoothing"]
+    variants = ["position_embedding_type", "norm_first", "attention_dropout", "activation_function"]
+    rest = ["scale_embedding", "max_position_embeddings", "tie_word_embeddings"]
+    assert set(paper + variants + rest) <= set(HfArgumentParser(train.ModelArguments).parse_args([]).__dict__)
+    parser = HfArgumentParser(train.model_arguments(WideFeedForwardConfig))
+    assert "D_ff as a multiple of d_model." in " ".join(parser.format_help().split())
+    (model_args,) = parser.parse_args_into_dataclasses(["--preset", "tiny", "--d_ff_multiplier", "8", "--dropout", "0"])
+    config = train.build_config(model_args, small_bpe())
+    assert type(config) is WideFeedForwardConfig and config.d_ff_multiplier == 8
+    assert (config.d_model, config.dropout, config.vocab_size) == (64, 0.0, 60)
+
+
+def test_config_overrides_set_fields_over_the_preset_and_named_flags_win_over_them():
+    overrides = "d_ff=48,activation_function=gelu,norm_first=true,attention_dropout=0.2"
+    model_args, _, _ = train.parse_arguments(["--preset", "tiny", "--config_overrides", overrides, "--d_ff", "40"])
+    config = train.build_config(model_args, small_bpe())
+    assert (config.d_ff, config.activation_function, config.norm_first, config.attention_dropout) == (
+        40,
+        "gelu",
+        True,
+        0.2,
+    )
+    assert (config.d_model, config.num_heads) == (PRESETS["tiny"]["d_model"], PRESETS["tiny"]["num_heads"])
 
 
 def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):
