@@ -14,7 +14,6 @@ torch, the model classes, evaluate and matplotlib are imported where used, so th
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,12 +32,15 @@ from vanilla_data import (
     SPLITS,
     DataArguments,
     UsageError,
+    checkpoint_folders,
     complete_checkpoints,
     exit_on_usage_error,
     load_raw_datasets,
     probe_write,
     sentences,
+    write_file_atomically,
     write_folder_atomically,
+    write_text_atomically,
 )
 
 if TYPE_CHECKING:
@@ -133,16 +135,11 @@ def check_writable(path: Path, what: str) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """vanilla_data.write_text_atomically, a failure reported as a UsageError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_text_atomically(path, text)
     except OSError as error:
         raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def check_model_path(name: str) -> None:
@@ -288,7 +285,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     check_averaged_model_dir(output)
     checkpoints = complete_checkpoints(run)
     if len(checkpoints) < last:
-        incomplete = sorted(path.name for path in run.glob("checkpoint-*") if path.is_dir() and path not in checkpoints)
+        incomplete = sorted(path.name for path in checkpoint_folders(run) if path not in checkpoints)
         skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""
         raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} complete checkpoint-* folders{skipped}")
     chosen = checkpoints[-last:]
@@ -560,16 +557,12 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     figure.suptitle(f"cross-attention, last layer: {args.plot_attention!r} -> {translation!r}")
     figure.tight_layout()
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(temporary, dpi=100)
-        os.replace(temporary, path)
+        write_file_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
     except OSError as error:
         raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
     finally:
         plt.close(figure)
-        temporary.unlink(missing_ok=True)
     print(f"{args.plot_attention} -> {translation}\nattention plot: {path}")
     return path
 

@@ -379,6 +379,23 @@ def probe_write(path: Path) -> Path:
     return folder
 
 
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """write(temporary) into a file beside `path` with its suffix, then rename it over `path`: readers see the old file
+    or the whole new one, and a failure leaves no temporary file."""
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` as the UTF-8 content of `path`, written atomically (write_file_atomically)."""
+    write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
 def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None:
     """write(folder) into a temporary folder beside `output`, then swap it in: readers see the old or the new folder,
     and a failure puts the old one back and leaves no temporary folder."""

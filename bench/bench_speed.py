@@ -41,6 +41,8 @@ from modeling_vanilla import (  # noqa: E402
 from vanilla_ctranslate2 import model_spec  # noqa: E402
 
 PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
+# The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.
+SPECIAL_IDS = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
 
 
 @dataclass
@@ -97,10 +99,7 @@ def build_marian(shape: Shape) -> MarianMTModel:
         share_encoder_decoder_embeddings=True,
         tie_word_embeddings=True,
         max_position_embeddings=512,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        decoder_start_token_id=BOS,
+        **SPECIAL_IDS,
         forced_eos_token_id=None,
         attn_implementation="sdpa",
     )
@@ -202,10 +201,7 @@ def generation_call(
         length_penalty=1.0,
         early_stopping=False,
         use_cache=True,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        decoder_start_token_id=BOS,
+        **SPECIAL_IDS,
     )
 
     def call():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from harness import ROOT, environment, run_cli
 from num2words import num2words
 from transformers import (
     AutoModelForSeq2SeqLM,
@@ -37,27 +38,13 @@ from vanilla_data import (
     train_bpe_tokenizer,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 # A model that trains a few steps in a second or two.
 TINY = ["--preset", "tiny", "--d_model", "16", "--num_heads", "2", "--d_ff", "32", "--encoder_layers", "1"]
 QUICK = ["--per_device_train_batch_size", "4", "--warmup_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true"]
 
 
-def environment() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    return env
-
-
 def run_train(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*launcher, str(ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-        timeout=300,
-    )
+    return run_cli("train.py", *args, launcher=launcher)
 
 
 def write_jsonl(path: Path, numbers: range, source: str = "en", target: str = "de") -> Path:
