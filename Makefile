@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 		print('\n'.join(p['dependencies'] + p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt $(if $(TRANSFORMERS),"transformers==$(TRANSFORMERS)")
+	$(PY) -m pip install -q --no-deps -e .  # the modules and the vanilla-train / vanilla-eval console scripts
 	touch $@
 
 # Train on the embedded English -> German number-words task (recipes/demo.yaml), then evaluate demo-output.

@@ -6,6 +6,8 @@ ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA 
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
 
+The project's modules come from its installation (make setup installs it editable).
+
     python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
     python bench/bench_speed.py --compile          # CPU, plus torch.compile training rows (ours and Marian)
     python bench/bench_speed.py --device cuda      # GPU, base shape (vocab 32000, 512/8/2048, 6+6), bf16 autocast
@@ -17,14 +19,12 @@ import copy
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
