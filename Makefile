@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-oldest lint setup multi30k multi30k-cpu docs-figures docs-trained
+.PHONY: demo test test-fast test-oldest lint setup multi30k multi30k-cpu docs-figures docs-trained
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ demo: setup
 # Two pytest-xdist workers: most tests wait on a train.py/eval.py subprocess, which keeps one core busy.
 test: setup
 	$(PY) -m pytest -q -n 2
+
+# The quick tier (under a minute): everything but the tests marked slow or multiprocess (pyproject.toml).
+test-fast: setup
+	$(PY) -m pytest -q -n 2 -m "not slow and not multiprocess"
 
 # The suite on the oldest transformers that pyproject.toml allows, in its own venv (CI runs both ends).
 OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)

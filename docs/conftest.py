@@ -12,3 +12,10 @@ def trained_model(tmp_path_factory) -> str:
     if os.environ.get("VANILLA_DOCS_MODEL"):
         return os.environ["VANILLA_DOCS_MODEL"]
     return str(train_tiny_run(tmp_path_factory.mktemp("docs-model") / "model"))
+
+
+def pytest_collection_modifyitems(items):
+    """The post's blocks run as `slow` (continued blocks re-run the ones before, the last trains a model first)."""
+    for item in items:
+        if item.path.suffix == ".md":
+            item.add_marker(pytest.mark.slow)

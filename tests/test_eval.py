@@ -67,6 +67,7 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run, test_file, tmp_path):
     predictions_file, results_file = tmp_path / "hypotheses.txt", tmp_path / "report.json"
     result = run_cli(
@@ -146,6 +147,7 @@ def test_offline_metrics_equal_sacrebleu(references):
     assert bleu["signature"].startswith(f"nrefs:{len(streams)}|")
 
 
+@pytest.mark.slow
 def test_averaging_identical_checkpoints_gives_the_checkpoint(trained_run, tmp_path):
     from eval import average_checkpoints
 
@@ -160,6 +162,7 @@ def test_averaging_identical_checkpoints_gives_the_checkpoint(trained_run, tmp_p
         torch.testing.assert_close(result[name], tensor, rtol=0, atol=1e-7, msg=name)
 
 
+@pytest.mark.slow
 def test_average_last_two_checkpoints_is_their_mean_and_is_evaluated(trained_run, test_file, tmp_path):
     averaged = tmp_path / "averaged"
     result = run_cli(
@@ -182,6 +185,7 @@ def test_average_last_two_checkpoints_is_their_mean_and_is_evaluated(trained_run
     AutoModelForSeq2SeqLM.from_pretrained(averaged, trust_remote_code=True)
 
 
+@pytest.mark.slow
 def test_attention_plot_is_a_png(trained_run, tmp_path):
     plot = tmp_path / "attention.png"
     result = run_cli(
@@ -198,6 +202,7 @@ def test_attention_plot_is_a_png(trained_run, tmp_path):
     assert len(data) > 5000
 
 
+@pytest.mark.slow
 def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(trained_run):
     sources = ["seven", "three hundred and forty-five", "twelve"]
     result = run_cli(
@@ -210,21 +215,25 @@ def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(trained_run):
     assert result.stdout.split("\n") == [expected[0], "", expected[1], expected[2], ""]
 
 
+@pytest.mark.slow
 def test_missing_model_path_is_a_usage_error(tmp_path):
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path / "no-such-model")), "no-such-model")
 
 
+@pytest.mark.slow
 def test_folder_without_a_model_is_a_usage_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path)), str(tmp_path), "not a model folder")
 
 
+@pytest.mark.slow
 def test_model_without_a_tokenizer_is_a_usage_error(trained_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("tokenizer*", "checkpoint-*"))
     assert_usage_error(run_cli("eval.py", "--model", str(model)), str(model), "no tokenizer")
 
 
+@pytest.mark.slow
 def test_test_file_without_the_languages_is_a_usage_error(trained_run, tmp_path):
     french = tmp_path / "test.jsonl"
     french.write_text(json.dumps({"translation": {"en": "seven", "fr": "sept"}}) + "\n")
@@ -235,6 +244,7 @@ def test_test_file_without_the_languages_is_a_usage_error(trained_run, tmp_path)
     assert_usage_error(result, str(french), "'de'")
 
 
+@pytest.mark.slow
 def test_empty_test_set_is_a_usage_error(trained_run, tmp_path):
     empty = tmp_path / "test.jsonl"
     empty.write_text("")
@@ -266,6 +276,7 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["the-run-itself", "a-data-folder", "default-averaged-folder"])
 def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(trained_run, test_file, tmp_path, target):
     run = tmp_path / "run"
@@ -291,6 +302,7 @@ def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(trained_ru
     assert tree(folder) == before
 
 
+@pytest.mark.slow
 def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sources(trained_run, test_file, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("data_args.json"))
@@ -315,6 +327,7 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
     assert sorted(path.name for path in tmp_path.iterdir()) == ["averaged", "run"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(trained_run, test_file, tmp_path):
     model = model_copy(
         trained_run, tmp_path / "model", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
@@ -327,6 +340,7 @@ def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(tr
     assert len((model / "predictions_test.txt").read_text().splitlines()) == len(PAIRS)
 
 
+@pytest.mark.slow
 def test_decoding_starts_from_the_saved_generation_config_and_given_flags_override_it(trained_run, test_file, tmp_path):
     model = model_copy(trained_run, tmp_path / "model", data_record(test_file=str(test_file)))
     config = json.loads((model / "generation_config.json").read_text())
@@ -341,6 +355,7 @@ def test_decoding_starts_from_the_saved_generation_config_and_given_flags_overri
     assert decoding == {"saved": (2, 1.0), "given": (3, 1.0)}
 
 
+@pytest.mark.slow
 def test_split_validation_scores_the_recorded_validation_file(trained_run, test_file, tmp_path):
     validation = tmp_path / "validation.jsonl"
     validation.write_text("".join(test_file.read_text().splitlines(keepends=True)[:3]))
@@ -353,6 +368,7 @@ def test_split_validation_scores_the_recorded_validation_file(trained_run, test_
     assert (report["data"], report["split"], report["num_sentences"]) == (str(validation), "validation", 3)
 
 
+@pytest.mark.slow
 def test_a_test_file_alone_takes_the_recorded_languages(trained_run, test_file, tmp_path):
     model = model_copy(
         trained_run, tmp_path / "model", data_record(train_file="train.jsonl", source_lang="de", target_lang="en")
@@ -363,6 +379,7 @@ def test_a_test_file_alone_takes_the_recorded_languages(trained_run, test_file, 
     assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
 
 
+@pytest.mark.slow
 def test_the_recorded_embedded_task_is_scored_without_data_flags(trained_run, tmp_path):
     model = model_copy(trained_run, tmp_path / "model", data_record())
     result = run_cli("eval.py", "--model", str(model), "--max_length_offset", "1", "--num_beams", "1")
@@ -372,6 +389,7 @@ def test_the_recorded_embedded_task_is_scored_without_data_flags(trained_run, tm
     assert report["num_sentences"] == 99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", [None, "without-test-data"], ids=["no-record", "record-without-test-data"])
 def test_unknown_test_data_is_refused_and_earlier_results_kept(trained_run, tmp_path, record):
     record = data_record(train_file="train.jsonl", source_lang="de", target_lang="en") if record else None
@@ -384,6 +402,7 @@ def test_unknown_test_data_is_refused_and_earlier_results_kept(trained_run, tmp_
     assert {name: (model / name).read_text() for name in earlier} == earlier
 
 
+@pytest.mark.slow
 def test_train_py_records_its_data_and_eval_py_scores_it_by_default(tmp_path):
     """End to end: train.py writes data_args.json (de -> en from files); eval.py with no data flags scores its test."""
     files = {}
@@ -405,6 +424,7 @@ def test_train_py_records_its_data_and_eval_py_scores_it_by_default(tmp_path):
     assert Path(report["data"]).resolve() == files["test"].resolve()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_damaged_weights_are_a_usage_error(trained_run, tmp_path, damage):
     model = model_copy(trained_run, tmp_path / "model")
@@ -414,6 +434,7 @@ def test_damaged_weights_are_a_usage_error(trained_run, tmp_path, damage):
     assert_usage_error(result, str(model), "deserializing")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag, value, expected",
     [
@@ -435,6 +456,7 @@ def test_decoding_arguments_that_allow_no_output_are_usage_errors(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(trained_run, tmp_path):
     from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 
@@ -449,6 +471,7 @@ def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(trained_run,
     assert not (run / "averaged-last-2").exists()
 
 
+@pytest.mark.slow
 def test_attention_file_that_is_a_folder_is_a_usage_error_and_leaves_no_temporary_file(trained_run, tmp_path):
     folder = tmp_path / "plots"
     folder.mkdir()
@@ -459,6 +482,7 @@ def test_attention_file_that_is_a_folder_is_a_usage_error_and_leaves_no_temporar
     assert [path.name for path in tmp_path.rglob("*")] == ["plots"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag, where",
     [
@@ -482,16 +506,19 @@ def test_unwritable_output_is_refused_before_translating(trained_run, test_file,
     assert [path.name for path in tmp_path.iterdir()] == ["a-file"]  # nothing translated, nothing written
 
 
+@pytest.mark.slow
 def test_binary_garbage_on_translate_stdin_is_a_usage_error(trained_run):
     result = run_cli("eval.py", "translate", "--model", str(trained_run), stdin=b"seven\n\xff\xfe\x00\x80garbage\n")
     assert_usage_error(result, "stdin", "line 2", "UTF-8")
 
 
+@pytest.mark.slow
 def test_folder_with_only_tokenizer_config_is_a_usage_error(trained_run, tmp_path):
     shutil.copy(trained_run / "tokenizer_config.json", tmp_path)
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path)), str(tmp_path), "no config.json")
 
 
+@pytest.mark.slow
 def test_model_whose_tokenizer_is_only_tokenizer_config_is_a_usage_error(trained_run, tmp_path):
     model = model_copy(trained_run, tmp_path / "model")
     (model / "tokenizer.json").unlink()
@@ -527,6 +554,7 @@ def test_an_atomic_write_replaces_the_whole_file_or_leaves_the_old_one_and_no_te
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and path.read_text() == "new"
 
 
+@pytest.mark.slow
 def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(trained_run, tmp_path, capsys):
     from vanilla_data import complete_checkpoints
 
@@ -549,6 +577,7 @@ def evaluate_with(trained_run: Path, test_file: Path, output: Path, *args: str) 
     return (output / "hypotheses.txt").read_text().splitlines(), json.loads((output / "report.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_beams", ["4", "1"], ids=["beam-4", "greedy"])
 def test_ctranslate2_float32_translates_token_for_token_like_generate(trained_run, test_file, tmp_path, num_beams):
     model = tmp_path / "model"
@@ -564,6 +593,7 @@ def test_ctranslate2_float32_translates_token_for_token_like_generate(trained_ru
     assert json.loads((model / "ctranslate2-float32" / "source.json").read_text())["model.safetensors"]
 
 
+@pytest.mark.slow
 def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(trained_run, test_file, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_run / "checkpoint-2", model)
@@ -583,6 +613,7 @@ def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(tra
     assert not [path.name for path in model.iterdir() if path.name.startswith(".")], "temporary folders left behind"
 
 
+@pytest.mark.slow
 def test_ctranslate2_int8_gives_a_translation_close_to_float32(trained_run, test_file, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
@@ -600,6 +631,7 @@ def test_ctranslate2_int8_gives_a_translation_close_to_float32(trained_run, test
     assert abs(report["chrf"] - float32_report["chrf"]) < 5
 
 
+@pytest.mark.slow
 def test_translate_mode_with_ctranslate2_writes_what_generate_writes(trained_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
@@ -611,12 +643,14 @@ def test_translate_mode_with_ctranslate2_writes_what_generate_writes(trained_run
     assert result.stdout == expected.stdout
 
 
+@pytest.mark.slow
 def test_bfloat16_decoding_is_recorded_and_translates(trained_run, test_file, tmp_path):
     hypotheses, report = evaluate_with(trained_run, test_file, tmp_path, "--dtype", "bfloat16")
     assert report["dtype"] == "bfloat16"
     assert len(hypotheses) == len(PAIRS) and all(hypotheses)
 
 
+@pytest.mark.slow
 def test_ctranslate2_missing_is_a_usage_error_naming_the_install(trained_run, tmp_path):
     # A ctranslate2 that fails to import, first on the path, stands in for a machine without the package.
     (tmp_path / "ctranslate2").mkdir()
@@ -626,6 +660,7 @@ def test_ctranslate2_missing_is_a_usage_error_naming_the_install(trained_run, tm
     assert_usage_error(result, "pip install ctranslate2", "pip install .[fast]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, fragment",
     [

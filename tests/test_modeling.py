@@ -310,6 +310,7 @@ def test_static_cache_gives_the_tokens_of_the_dynamic_cache(num_beams):
     assert torch.equal(static, dynamic)
 
 
+@pytest.mark.slow
 def test_static_cache_decoding_step_compiles_to_one_graph():
     """The decoding step with a static cache compiles with fullgraph=True (no graph break, no recompilation)."""
     assert VanillaForConditionalGeneration._can_compile_fullgraph
@@ -547,6 +548,7 @@ def test_get_encoder_takes_the_modality_argument_of_transformers():
     assert not is_multimodal(model)  # asks get_encoder(modality="image") and "audio"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_forward_exports_with_torch_export(dynamic):
     from torch.export import Dim
@@ -573,6 +575,7 @@ def test_forward_exports_with_torch_export(dynamic):
     torch.testing.assert_close(exported, model(**other, use_cache=False).logits)
 
 
+@pytest.mark.slow
 def test_generate_decomposes_into_prefill_and_decode_graphs_that_export():
     """transformers.exporters captures generate()'s two forward calls and exports each with torch.export."""
     from transformers.exporters.exporter_dynamo import DynamoConfig, DynamoExporter
@@ -602,6 +605,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_torch_compile_gives_the_same_loss_and_gradients():
     model = model_for()
     ids, mask = source_batch()
@@ -619,6 +623,7 @@ def test_torch_compile_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_to_copy_and_greedy_decoding_reproduces_the_targets():
     torch.manual_seed(0)
     model = VanillaForConditionalGeneration(
@@ -639,6 +644,7 @@ def test_tiny_model_learns_to_copy_and_greedy_decoding_reproduces_the_targets():
     assert torch.equal(generated[:, 1:8], labels)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_in_a_fresh_process_where_the_project_is_not_importable(tmp_path):
     model = model_for()
     model.config.register_for_auto_class()
@@ -667,6 +673,7 @@ print("loaded")
     assert "loaded" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_saved_config_loads_through_the_three_auto_classes_without_registering(tmp_path):
     """A config saved on its own, and a model saved plainly, name AutoConfig, AutoModel and AutoModelForSeq2SeqLM."""
     config_folder, model_folder = tmp_path / "config", tmp_path / "model"

@@ -65,6 +65,7 @@ def assert_loads_and_translates(folder: Path) -> None:
     assert output.shape[0] == 1 and output[0, 0].item() == model.config.decoder_start_token_id
 
 
+@pytest.mark.slow
 def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_model(tmp_path):
     output_dir = tmp_path / "model"
     recipe = tmp_path / "recipe.yaml"
@@ -159,6 +160,7 @@ def test_default_schedule_is_the_paper_learning_rate():
         assert rates[step] == pytest.approx(paper, rel=1e-9), step
 
 
+@pytest.mark.multiprocess
 def test_two_processes_with_torchrun_finish_and_write_one_checkpoint(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))  # 32 pairs
     output_dir = tmp_path / "model"
@@ -176,6 +178,7 @@ def test_two_processes_with_torchrun_finish_and_write_one_checkpoint(tmp_path):
     assert_loads_and_translates(output_dir)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_the_step_count(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))  # 40 pairs, batch 4: 10 steps an epoch
     output_dir = tmp_path / "model"
@@ -229,6 +232,7 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -329,6 +333,7 @@ def bad_file_and_argument_cases(tmp_path: Path) -> dict[str, tuple[list[str], st
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -352,6 +357,7 @@ def test_bad_file_or_argument_is_one_error_line_naming_it_and_what_was_expected(
     assert_usage_error(tmp_path, argv, expected)
 
 
+@pytest.mark.slow
 def test_unreadable_train_file_is_one_error_line(tmp_path):
     unreadable = write_jsonl(tmp_path / "unreadable.jsonl", range(1, 9))
     unreadable.chmod(0)
