@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: demo test test-oldest lint setup multi30k multi30k-cpu gpu-check docs-figures docs-trained
+.PHONY: demo test test-fast test-oldest lint setup multi30k multi30k-cpu gpu-check docs-figures docs-trained
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 		print('\n'.join(p['dependencies'] + p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt $(if $(TRANSFORMERS),"transformers==$(TRANSFORMERS)")
+	$(PY) -m pip install -q --no-deps -e .  # the modules and the vanilla-train / vanilla-eval console scripts
 	touch $@
 
 # Train on the embedded English -> German number-words task (recipes/demo.yaml), then evaluate demo-output.
@@ -27,6 +28,10 @@ demo: setup
 # Two pytest-xdist workers: most tests wait on a train.py/eval.py subprocess, which keeps one core busy.
 test: setup
 	$(PY) -m pytest -q -n 2
+
+# The quick tier (under a minute): everything but the tests marked slow or multiprocess (pyproject.toml).
+test-fast: setup
+	$(PY) -m pytest -q -n 2 -m "not slow and not multiprocess"
 
 # The suite on the oldest transformers that pyproject.toml allows, in its own venv (CI runs both ends).
 OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)

@@ -7,6 +7,19 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+# The special tokens of the shared source/target vocabulary (sec. 5.1), in id order: every tokenizer train.py builds
+# puts them first, and VanillaConfig's pad/bos/eos ids (the decoder starts from <s>) point at them.
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID, UNK_TOKEN_ID = range(len(SPECIAL_TOKENS))
+
+# Named model shapes, as fairseq names its architectures: base and big are Table 3's; tiny and small are for CPUs and
+# small corpora. Each holds what differs from VanillaConfig's defaults (the base model) or what defines the shape.
+PRESETS = {
+    "tiny": dict(d_model=64, num_heads=4, d_ff=256, encoder_layers=2, decoder_layers=2),
+    "small": dict(d_model=256, num_heads=4, d_ff=1024, encoder_layers=3, decoder_layers=3),
+    "base": dict(d_model=512, num_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, dropout=0.1),
+    "big": dict(d_model=1024, num_heads=16, d_ff=4096, encoder_layers=6, decoder_layers=6, dropout=0.3),
+}
 
 # The classes each Auto class loads from a saved folder with trust_remote_code=True; every saved config.json names
 # them, and the folder holds both files.
@@ -71,10 +84,10 @@ class VanillaConfig(PretrainedConfig):
         norm_first: bool = False,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
-        pad_token_id: int = 0,
-        bos_token_id: int = 1,
-        eos_token_id: int = 2,
-        decoder_start_token_id: int = 1,
+        pad_token_id: int = PAD_TOKEN_ID,
+        bos_token_id: int = BOS_TOKEN_ID,
+        eos_token_id: int = EOS_TOKEN_ID,
+        decoder_start_token_id: int = BOS_TOKEN_ID,
         **kwargs,
     ):
         for name, value in [
@@ -142,6 +155,13 @@ class VanillaConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VanillaConfig":
+        """The shape PRESETS[name] names, with `overrides` (any other field, or a field of the preset) on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def save_pretrained(self, save_directory, **kwargs):
         """Also copies modeling_vanilla.py, so that the models of the auto_map build from this folder alone."""

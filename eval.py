@@ -14,7 +14,6 @@ torch, the model classes, evaluate and matplotlib are imported where used, so th
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,12 +33,15 @@ from vanilla_data import (
     TRAINER_STATE,
     DataArguments,
     UsageError,
+    checkpoint_folders,
     complete_checkpoints,
     exit_on_usage_error,
     load_raw_datasets,
     probe_write,
     sentences,
+    write_file_atomically,
     write_folder_atomically,
+    write_text_atomically,
 )
 from vanilla_hub import CARD, folder_card
 
@@ -53,12 +55,18 @@ METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu 
 
 @dataclass
 class EvalArguments:
-    """The model to evaluate, the decoding settings (the paper's by default, sec. 6.1) and where the results go."""
+    """The model to evaluate, the decoding settings (the model's generation_config unless given) and the outputs."""
 
     model: str = field(metadata={"help": "A model folder or Hub id with its tokenizer; with --average_last, a run."})
     split: str = field(default="test", metadata={"help": "The split to translate and score."})
-    num_beams: int = field(default=4, metadata={"help": "Beam size (sec. 6.1: 4)."})
-    length_penalty: float = field(default=0.6, metadata={"help": "Length penalty alpha (sec. 6.1: 0.6)."})
+    num_beams: int | None = field(
+        default=None,
+        metadata={"help": "Beam size (default: generation_config's; train.py saves 4, sec. 6.1)."},
+    )
+    length_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1)."},
+    )
     max_length_offset: int = field(
         default=50, metadata={"help": "Maximum output length = input length + this, in tokens (sec. 6.1: 50)."}
     )
@@ -101,7 +109,7 @@ class EvalArguments:
 
     def __post_init__(self):
         for name in ("num_beams", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name} ({getattr(self, name)}) must be at least 1")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
@@ -129,16 +137,11 @@ def check_writable(path: Path, what: str) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """vanilla_data.write_text_atomically, a failure reported as a UsageError."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_text_atomically(path, text)
     except OSError as error:
         raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def check_model_path(name: str) -> None:
@@ -239,11 +242,20 @@ def load_translation_model(args: EvalArguments):
     """The model that decodes: the torch model (in --dtype), or its CTranslate2 conversion, and the tokenizer."""
     if args.engine == "ctranslate2":
         check_model_path(args.model)
-        return vanilla_ctranslate2.load(args.model, args.quantization)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-    if args.compile:
-        compile_for_decoding(model)
+        model, tokenizer = vanilla_ctranslate2.load(args.model, args.quantization)
+    else:
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+        if args.compile:
+            compile_for_decoding(model)
+    take_decoding_defaults(args, model.generation_config)
     return model, tokenizer
+
+
+def take_decoding_defaults(args: EvalArguments, generation_config) -> None:
+    """The model's saved decoding settings for every decoding flag the user left out (train.py saves sec. 6.1's)."""
+    for name in ("num_beams", "length_penalty"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(generation_config, name))
 
 
 def compile_for_decoding(model: "PreTrainedModel") -> None:
@@ -275,7 +287,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     check_averaged_model_dir(output)
     checkpoints = complete_checkpoints(run)
     if len(checkpoints) < last:
-        incomplete = sorted(path.name for path in run.glob("checkpoint-*") if path.is_dir() and path not in checkpoints)
+        incomplete = sorted(path.name for path in checkpoint_folders(run) if path not in checkpoints)
         skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""
         raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} complete checkpoint-* folders{skipped}")
     chosen = checkpoints[-last:]
@@ -483,7 +495,7 @@ def refresh_card(folder: Path, results_file: Path) -> None:
     BLEU and chrF; only a card train.py wrote is rewritten (checkpoints and averaged folders have none)."""
     if not folder.is_dir() or results_file.parent.resolve() != folder.resolve():
         return
-    from train import PRESETS  # the presets' one home until they move beside the config
+    from configuration_vanilla import PRESETS
 
     card = folder_card(folder, PRESETS)
     if card is not None:
@@ -529,6 +541,7 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     check_writable(path, "--attention_file")
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
+    take_decoding_defaults(args, model.generation_config)
     source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
     with torch.no_grad():
         output_ids = model.generate(input_ids=source_ids, **generation_arguments(args, source_ids.shape[1]))
@@ -560,16 +573,12 @@ def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
     figure.suptitle(f"cross-attention, last layer: {args.plot_attention!r} -> {translation!r}")
     figure.tight_layout()
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(temporary, dpi=100)
-        os.replace(temporary, path)
+        write_file_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
     except OSError as error:
         raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
     finally:
         plt.close(figure)
-        temporary.unlink(missing_ok=True)
     print(f"{args.plot_attention} -> {translation}\nattention plot: {path}")
     return path
 

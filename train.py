@@ -16,13 +16,15 @@ so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate
 
 import errno
 import filecmp
+import inspect
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from transformers import (
     EvalPrediction,
     GenerationConfig,
     HfArgumentParser,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
@@ -46,6 +49,7 @@ from transformers.training_args import ParallelMode
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 from transformers.utils.hub import PushInProgress, hf_api
 
+from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length
 from vanilla_data import (
@@ -72,27 +76,11 @@ from vanilla_data import (
 from vanilla_hub import CARD, NOT_PUSHED, model_card
 from vanilla_time_budget import time_budget_callbacks
 
-# Model shapes. base and big are Table 3's; tiny and small are for CPUs and small corpora.
-PRESETS = {
-    "tiny": dict(d_model=64, num_heads=4, d_ff=256, encoder_layers=2, decoder_layers=2),
-    "small": dict(d_model=256, num_heads=4, d_ff=1024, encoder_layers=3, decoder_layers=3),
-    "base": dict(d_model=512, num_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, dropout=0.1),
-    "big": dict(d_model=1024, num_heads=16, d_ff=4096, encoder_layers=6, decoder_layers=6, dropout=0.3),
-}
 # Sec. 6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6".
 DECODING = dict(num_beams=4, length_penalty=0.6, early_stopping=True)
-# The config fields a flag of ModelArguments sets; a checkpoint fixes them all.
-CONFIG_FLAGS = (
-    "d_model",
-    "num_heads",
-    "d_ff",
-    "encoder_layers",
-    "decoder_layers",
-    "dropout",
-    "label_smoothing",
-    "position_embedding_type",
-    "norm_first",
-)
+# VanillaConfig arguments that are no flag: the tokenizer fixes the vocabulary and the special ids (--vocab_size sizes
+# the BPE train.py learns), and the cache is a decoding matter.
+NOT_FLAGS = ("vocab_size", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 STREAMED_TOKENIZER_PAIRS = 100_000  # with --streaming and no --tokenizer_name: the BPE's sample of the training split
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
@@ -101,26 +89,73 @@ LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed o
 OLD_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "eval_results_*.json", "predictions_*.txt")
 
 
-@dataclass
-class ModelArguments:
-    """The model's shape (a preset, then explicit overrides) and its tokenizer."""
+def config_fields(config_class: type[VanillaConfig]) -> dict[str, inspect.Parameter]:
+    """The named arguments of the config class's __init__ (and its parents' up to PretrainedConfig) a flag sets."""
+    fields = {}
+    for cls in config_class.__mro__:
+        if cls is PretrainedConfig or not issubclass(cls, PretrainedConfig):
+            break
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and name != "self" and name not in NOT_FLAGS:
+                fields.setdefault(name, parameter)
+    return fields
 
-    preset: str = field(default="base", metadata={"help": f"Model shape: {', '.join(PRESETS)}."})
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "A tokenizer to load; default: train a joint BPE on the training split."}
+
+def documented_arguments(config_class: type[VanillaConfig]) -> dict[str, str]:
+    """Each `name: text` line of the Args section of the config class's docstring (and its parents')."""
+    documented = {}
+    for cls in reversed(config_class.__mro__):
+        documented.update(re.findall(r"^ {4}(\w+): (.+)$", inspect.getdoc(cls) or "", re.MULTILINE))
+    return documented
+
+
+def model_arguments(config_class: type[VanillaConfig] = VanillaConfig) -> type:
+    """The dataclass of model flags: a preset, the tokenizer, --config_overrides, and one flag per config field.
+
+    Each field of `config_class.__init__` becomes a flag of its name that overrides the preset, so a new field
+    reaches the command line without a change here."""
+    documented = documented_arguments(config_class)
+    flags = [
+        ("preset", str, field(default="base", metadata={"help": f"Model shape: {', '.join(PRESETS)}."})),
+        (
+            "tokenizer_name",
+            str | None,
+            field(
+                default=None,
+                metadata={"help": "A tokenizer to load; default: train a joint BPE on the training split."},
+            ),
+        ),
+        (
+            "vocab_size",
+            int | None,
+            field(
+                default=None, metadata={"help": "Size of the trained BPE; default: a quarter of the distinct words."}
+            ),
+        ),
+        (
+            "config_overrides",
+            str | None,
+            field(
+                default=None,
+                metadata={"help": "Config fields as key=value,... over the preset (the named flags win over these)."},
+            ),
+        ),
+    ]
+    for name, parameter in config_fields(config_class).items():
+        kind = parameter.annotation if parameter.annotation is not inspect.Parameter.empty else type(parameter.default)
+        described = documented.get(name, name)
+        text = (
+            f"{described[:1].upper()}{described[1:]} Overrides the preset (the config's default: {parameter.default})."
+        )
+        flags.append((name, kind | None, field(default=None, metadata={"help": text.replace("%", "%%")})))
+    return make_dataclass(
+        "ModelArguments",
+        flags,
+        namespace={"config_class": config_class, "__doc__": "The model's shape (a preset, then overrides)."},
     )
-    vocab_size: int | None = field(
-        default=None, metadata={"help": "Size of the trained BPE; default: a quarter of the distinct words."}
-    )
-    d_model: int | None = field(default=None, metadata={"help": "Overrides the preset."})
-    num_heads: int | None = field(default=None, metadata={"help": "Overrides the preset."})
-    d_ff: int | None = field(default=None, metadata={"help": "Overrides the preset."})
-    encoder_layers: int | None = field(default=None, metadata={"help": "Overrides the preset."})
-    decoder_layers: int | None = field(default=None, metadata={"help": "Overrides the preset."})
-    dropout: float | None = field(default=None, metadata={"help": "P_drop (sec. 5.4); default 0.1, big 0.3."})
-    label_smoothing: float | None = field(default=None, metadata={"help": "epsilon_ls (sec. 5.4); default 0.1."})
-    position_embedding_type: str | None = field(default=None, metadata={"help": "sinusoidal (default) or learned."})
-    norm_first: bool | None = field(default=None, metadata={"help": "Pre-LN instead of the paper's post-LN."})
+
+
+ModelArguments = model_arguments()
 
 
 @dataclass
@@ -283,6 +318,7 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             f"--save_at_seconds ({args.save_at_seconds}) must be less than --max_train_seconds "
             f"({args.max_train_seconds}), or no model is kept"
         )
+    config_overrides(model_args)  # a malformed --config_overrides fails before the data is loaded
 
 
 def given_flags(argv: list[str]) -> set[str]:
@@ -434,10 +470,14 @@ def check_resume_flags(
         ]
         if mismatched:
             differ.append(f"--preset {model_args.preset} ({', '.join(mismatched)})")
-    for name in CONFIG_FLAGS:
+    for name in config_fields(model_args.config_class):
         value = getattr(model_args, name)
         if name in given and value is not None and value != getattr(config, name):
             differ.append(f"--{name} {value} (the checkpoint's: {getattr(config, name)})")
+    if "config_overrides" in given and model_args.config_overrides:
+        for name, value in config_overrides(model_args).items():
+            if value != getattr(config, name):
+                differ.append(f"--config_overrides {name}={value} (the checkpoint's: {getattr(config, name)})")
     vocab_size = model_args.vocab_size
     if (
         "vocab_size" in given
@@ -461,19 +501,39 @@ def check_resume_flags(
         )
 
 
+def config_overrides(model_args: ModelArguments) -> dict:
+    """--config_overrides "key=value,...", each value read as the type of the field's default (transformers'
+    PretrainedConfig.update_from_string); UsageError for a malformed pair or a key that is no flag's field."""
+    if not model_args.config_overrides:
+        return {}
+    text = model_args.config_overrides
+    names = [pair.split("=", 1)[0] for pair in text.split(",")]
+    fields = config_fields(model_args.config_class)
+    unknown = [name for name in names if name not in fields]
+    if unknown:
+        raise UsageError(
+            f"--config_overrides {text}: {unknown[0]} is not a field it sets; expected some of {', '.join(fields)}"
+        )
+    probe = model_args.config_class()
+    try:
+        probe.update_from_string(text)
+    except ValueError as error:
+        raise UsageError(f"--config_overrides {text}: {error}; expected key=value pairs joined by commas") from None
+    return {name: getattr(probe, name) for name in names}
+
+
 def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> VanillaConfig:
-    """The preset's shape, with every explicitly given flag on top; ids from the tokenizer."""
-    values = dict(PRESETS[model_args.preset])
-    for name in CONFIG_FLAGS:
-        if getattr(model_args, name) is not None:
-            values[name] = getattr(model_args, name)
-    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    """The preset's shape, --config_overrides over it, then every given flag; ids from the tokenizer."""
+    values = config_overrides(model_args)
+    fields = config_fields(model_args.config_class)
+    values.update({name: getattr(model_args, name) for name in fields if getattr(model_args, name) is not None})
+    special = dict(pad_token_id=PAD_TOKEN_ID, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID)
     for name, expected in special.items():
         actual = getattr(tokenizer, name)
         if actual != expected:
             raise UsageError(f"the tokenizer's {name} is {actual}, expected {expected} (VanillaConfig's)")
     try:
-        return VanillaConfig(vocab_size=len(tokenizer), **values, **special, decoder_start_token_id=1)
+        return model_args.config_class.from_preset(model_args.preset, vocab_size=len(tokenizer), **values)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import datasets
 
+from configuration_vanilla import EOS_TOKEN_ID, SPECIAL_TOKENS, UNK_TOKEN_ID
+
 SPLITS = ("train", "validation", "test")
 # The embedded task: English number words -> German number words, e.g. "twenty-three" -> "dreiundzwanzig".
 EMBEDDED_LANGS = ("en", "de")
 EMBEDDED_NUMBERS = range(1, 1000)
 EMBEDDED_HELD_OUT = 0.1  # fraction of the numbers in each of validation and test
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3: VanillaConfig's pad/bos/eos and unk
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
 DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
 AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
@@ -346,7 +347,7 @@ def sentences(dataset: datasets.Dataset, language: str) -> list[str]:
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A joint source+target BPE (sec. 5.1) as a PreTrainedTokenizerFast; ids 0-3 are <pad> <s> </s> <unk>.
+    """A joint source+target BPE (sec. 5.1) as a PreTrainedTokenizerFast; SPECIAL_TOKENS take the first ids.
 
     Words are split at whitespace and marked with a leading "▁" (Metaspace), so decoding restores the text, and
     punctuation is split off, so "street." and "street" share one subword instead of taking two vocabulary entries
@@ -356,7 +357,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    eos, unk = SPECIAL_TOKENS[2], SPECIAL_TOKENS[3]
+    eos, unk = SPECIAL_TOKENS[EOS_TOKEN_ID], SPECIAL_TOKENS[UNK_TOKEN_ID]
     tokenizer = Tokenizer(models.BPE(unk_token=unk))
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -374,7 +375,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
             f"{len(SPECIAL_TOKENS)} special tokens and its {minimum - len(SPECIAL_TOKENS)} distinct characters"
         )
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, SPECIAL_TOKENS.index(eos))]
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, EOS_TOKEN_ID)]
     )
     return wrap_tokenizer(tokenizer)
 
@@ -443,6 +444,23 @@ def probe_write(path: Path) -> Path:
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(folder)) from None
     return folder
+
+
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """write(temporary) into a file beside `path` with its suffix, then rename it over `path`: readers see the old file
+    or the whole new one, and a failure leaves no temporary file."""
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` as the UTF-8 content of `path`, written atomically (write_file_atomically)."""
+    write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None:

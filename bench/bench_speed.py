@@ -6,6 +6,8 @@ ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA 
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
 
+The project's modules come from its installation (make setup installs it editable).
+
     python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
     python bench/bench_speed.py --compile          # CPU, plus torch.compile training rows (ours and Marian)
     python bench/bench_speed.py --device cuda      # GPU, base shape (vocab 32000, 512/8/2048, 6+6), bf16 autocast
@@ -19,7 +21,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import GenerationConfig, MarianConfig, MarianMTModel, PreTrainedTokenizerFast  # noqa: E402
 
-from eval import write_atomically  # noqa: E402
+from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS  # noqa: E402
 from modeling_vanilla import (  # noqa: E402
     VanillaConfig,
     VanillaForConditionalGeneration,
@@ -42,46 +42,45 @@ from modeling_vanilla import (  # noqa: E402
     sinusoidal_positions,
 )
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
+from vanilla_data import write_text_atomically  # noqa: E402
 
-PAD, BOS, EOS = 0, 1, 2
+PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
+# The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.
+SPECIAL_IDS = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
 PEERS = ["ours", "marian", "nn.Transformer"]  # nn.Transformer on CUDA only
 
 
 @dataclass
 class Shape:
+    """A preset of configuration_vanilla.PRESETS (both stacks of its encoder depth) and the benchmark's batches."""
+
+    preset: str
     vocab_size: int
-    d_model: int
-    num_heads: int
-    d_ff: int
-    layers: int
     train_batch: int
     train_len: int
     gen_batch: int
     gen_len: int
     new_tokens: int
 
+    def __post_init__(self):
+        values = PRESETS[self.preset]
+        self.d_model, self.num_heads, self.d_ff = values["d_model"], values["num_heads"], values["d_ff"]
+        self.layers = values["encoder_layers"]
+
 
 SHAPES = {
-    "tiny": Shape(1000, 64, 4, 256, 2, train_batch=8, train_len=16, gen_batch=4, gen_len=12, new_tokens=12),
-    "small": Shape(8000, 256, 4, 1024, 3, train_batch=32, train_len=24, gen_batch=16, gen_len=24, new_tokens=24),
-    "base": Shape(32000, 512, 8, 2048, 6, train_batch=128, train_len=64, gen_batch=64, gen_len=64, new_tokens=64),
+    name: Shape(name, vocab_size, train_batch=batch, train_len=length, gen_batch=gen, gen_len=length, new_tokens=length)
+    for name, vocab_size, batch, gen, length in (("small", 8000, 32, 16, 24), ("base", 32000, 128, 64, 64))
 }
+SHAPES["tiny"] = Shape("tiny", 1000, train_batch=8, train_len=16, gen_batch=4, gen_len=12, new_tokens=12)  # dry runs
 
 
 def build_ours(shape: Shape) -> VanillaForConditionalGeneration:
-    config = VanillaConfig(
+    config = VanillaConfig.from_preset(
+        shape.preset,
         vocab_size=shape.vocab_size,
-        d_model=shape.d_model,
-        num_heads=shape.num_heads,
-        d_ff=shape.d_ff,
-        encoder_layers=shape.layers,
-        decoder_layers=shape.layers,
         dropout=0.1,
         label_smoothing=0.1,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        decoder_start_token_id=BOS,
         attn_implementation="sdpa",
     )
     return VanillaForConditionalGeneration(config)
@@ -106,10 +105,7 @@ def build_marian(shape: Shape) -> MarianMTModel:
         share_encoder_decoder_embeddings=True,
         tie_word_embeddings=True,
         max_position_embeddings=512,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        decoder_start_token_id=BOS,
+        **SPECIAL_IDS,
         forced_eos_token_id=None,
         attn_implementation="sdpa",
     )
@@ -211,10 +207,7 @@ def generation_call(
         length_penalty=1.0,
         early_stopping=False,
         use_cache=True,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        decoder_start_token_id=BOS,
+        **SPECIAL_IDS,
     )
 
     def call():
@@ -432,7 +425,7 @@ def main():
         rows.append((metric, values))
         record["rows"][metric] = values
         if args.json:
-            write_atomically(Path(args.json), json.dumps(record, indent=2) + "\n")
+            write_text_atomically(Path(args.json), json.dumps(record, indent=2) + "\n")
 
     if not args.skip_training:
         train_tokens = shape.train_batch * 2 * shape.train_len

@@ -7,14 +7,9 @@ Uses bench_speed.py's small shape and inputs; prints operators sorted by self CP
 
 import argparse
 import contextlib
-import os
-import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_speed import (  # noqa: E402
+from bench_speed import (  # the script's folder is on the path
     SHAPES,
     build_marian,
     build_ours,
@@ -22,6 +17,7 @@ from bench_speed import (  # noqa: E402
     random_batch,
     training_step,
 )
+from torch.profiler import ProfilerActivity, profile
 
 
 def show(title: str, fn, rows: int, steps: int):

@@ -8,7 +8,6 @@ make docs-figures                                            # all of the post's
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -18,20 +17,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from transformers import get_inverse_sqrt_schedule  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modeling_vanilla import sinusoidal_positions  # noqa: E402
+from vanilla_data import complete_checkpoints, trainer_state, write_file_atomically  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 
 
 def save(fig, name: str) -> Path:
-    """Writes the figure atomically (a temporary file renamed into place)."""
-    FIGURES.mkdir(exist_ok=True)
+    """Writes the figure atomically (vanilla_data.write_file_atomically)."""
     path = FIGURES / name
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    write_file_atomically(path, lambda temporary: fig.savefig(temporary, dpi=120, bbox_inches="tight"))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -70,12 +66,10 @@ def learning_rate_figure(d_model: int = 512, warmup: int = 4000, steps: int = 20
 
 def learning_curve_figure(run: Path) -> Path:
     """Training loss per logging step and validation loss per epoch, from the run's last trainer_state.json."""
-    import json
-
-    checkpoints = sorted(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    checkpoints = complete_checkpoints(run)
     if not checkpoints:
-        raise SystemExit(f"error: {run} has no checkpoint-* folders")
-    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+        raise SystemExit(f"error: {run} has no complete checkpoint-* folders")
+    history = trainer_state(checkpoints[-1])["log_history"]
     train = [(row["epoch"], row["loss"]) for row in history if "loss" in row]
     validation = [(row["epoch"], row["eval_loss"]) for row in history if "eval_loss" in row]
     fig, ax = plt.subplots(figsize=(7, 4))

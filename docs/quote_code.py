@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from vanilla_data import write_text_atomically
+
 ROOT = Path(__file__).resolve().parent.parent
 POST = ROOT / "docs" / "transformer-networks.md"
 MARKER = re.compile(
@@ -48,9 +50,7 @@ def main() -> int:
             return 1
         return 0
     if fresh != post:
-        tmp = POST.with_suffix(".md.tmp")
-        tmp.write_text(fresh)
-        tmp.replace(POST)
+        write_text_atomically(POST, fresh)
     return 0
 
 

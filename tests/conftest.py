@@ -6,8 +6,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from harness import train_tiny_run  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The session's one tiny trained model (harness.train_tiny_run), for every test that only needs a trained model
+    and its checkpoints; a test that changes it works on a copy."""
+    return train_tiny_run(tmp_path_factory.mktemp("run") / "run")

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -6,11 +7,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_quote_code():
-    spec = importlib.util.spec_from_file_location("quote_code", ROOT / "docs" / "quote_code.py")
+def load_docs_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_quote_code():
+    return load_docs_script("quote_code")
 
 
 def test_the_posts_quoted_code_is_the_projects_current_code():
@@ -24,3 +29,16 @@ def test_a_quote_of_a_missing_name_is_an_error():
     quote_code = load_quote_code()
     with pytest.raises(LookupError, match="NoSuchClass"):
         quote_code.source_of("modeling_vanilla.py", "NoSuchClass")
+
+
+def test_the_learning_curve_is_read_from_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    make_figures = load_docs_script("make_figures")
+    monkeypatch.setattr(make_figures, "FIGURES", tmp_path / "figures")
+    run = tmp_path / "run"
+    log = [{"epoch": 1.0, "loss": 3.0}, {"epoch": 1.0, "eval_loss": 2.5}, {"epoch": 2.0, "loss": 2.0}]
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": log}))
+    (run / "checkpoint-10").mkdir()  # killed before Trainer wrote its trainer_state.json
+    figure = make_figures.learning_curve_figure(run)
+    assert figure == tmp_path / "figures" / "learning_curve_run.png" and figure.read_bytes().startswith(b"\x89PNG")
+    assert sorted(path.name for path in figure.parent.iterdir()) == ["learning_curve_run.png"]

@@ -6,17 +6,16 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import evaluate
 import pytest
 import sacrebleu
 import torch
+from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 # Sources of different lengths, so that sorting by length reorders them; references are their German words.
 PAIRS = [
     ("seven", "sieben"),
@@ -27,35 +26,6 @@ PAIRS = [
     ("one hundred and one", "hunderteins"),
 ]
 OFFSET = 3  # --max_length_offset: short outputs keep the tests fast
-
-
-def run_cli(script: str, *args: str, stdin: str | bytes | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        input=stdin.encode() if isinstance(stdin, str) else stdin,
-        capture_output=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
-    stdout, stderr = (output.decode(errors="replace") for output in (result.stdout, result.stderr))
-    return subprocess.CompletedProcess(result.args, result.returncode, stdout, stderr)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A tiny model trained for 4 steps on the embedded task, with checkpoints after steps 2 and 4."""
-    output = tmp_path_factory.mktemp("run")
-    result = run_cli(
-        "train.py",
-        *("--preset", "tiny", "--max_steps", "4", "--save_steps", "2", "--warmup_steps", "2"),
-        # A small learning rate keeps the outputs varied (a few steps at the paper's rate give empty ones).
-        *("--learning_rate", "1e-4", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "128"),
-        *("--output_dir", str(output), "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +67,12 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in lines[0]
 
 
-def test_evaluation_writes_the_report_and_hypotheses_in_input_order(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run, test_file, tmp_path):
     predictions_file, results_file = tmp_path / "hypotheses.txt", tmp_path / "report.json"
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--model", str(trained_run), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
         *("--max_length_offset", str(OFFSET), "--predictions_file", str(predictions_file)),
         *("--results_file", str(results_file)),
     )
@@ -113,7 +84,7 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(run_dir, tes
     assert hypotheses[-1] == ""  # every line ends with a newline
     hypotheses = hypotheses[:-1]
     # One batch: its output limit is the longest source + offset, whatever the sentence.
-    expected = one_by_one(run_dir, sources, longest_source(run_dir, sources) + OFFSET)
+    expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
     assert hypotheses == expected
     assert len(set(hypotheses)) > 1, "the model should translate different sources differently"
 
@@ -176,31 +147,33 @@ def test_offline_metrics_equal_sacrebleu(references):
     assert bleu["signature"].startswith(f"nrefs:{len(streams)}|")
 
 
-def test_averaging_identical_checkpoints_gives_the_checkpoint(run_dir, tmp_path):
+@pytest.mark.slow
+def test_averaging_identical_checkpoints_gives_the_checkpoint(trained_run, tmp_path):
     from eval import average_checkpoints
 
     run = tmp_path / "run"
     for step in (10, 20, 30):
-        shutil.copytree(run_dir / "checkpoint-2", run / f"checkpoint-{step}")
+        shutil.copytree(trained_run / "checkpoint-2", run / f"checkpoint-{step}")
     averaged = average_checkpoints(run, 3, tmp_path / "averaged")
-    original = load_file(run_dir / "checkpoint-2" / "model.safetensors")
+    original = load_file(trained_run / "checkpoint-2" / "model.safetensors")
     result = load_file(averaged / "model.safetensors")
     assert set(result) == set(original)
     for name, tensor in original.items():
         torch.testing.assert_close(result[name], tensor, rtol=0, atol=1e-7, msg=name)
 
 
-def test_average_last_two_checkpoints_is_their_mean_and_is_evaluated(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_average_last_two_checkpoints_is_their_mean_and_is_evaluated(trained_run, test_file, tmp_path):
     averaged = tmp_path / "averaged"
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--average_last", "2", "--averaged_model_dir", str(averaged)),
+        *("--model", str(trained_run), "--average_last", "2", "--averaged_model_dir", str(averaged)),
         *("--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de", "--max_length_offset", "1"),
         *("--results_file", str(tmp_path / "report.json"), "--predictions_file", str(tmp_path / "hypotheses.txt")),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    first = load_file(run_dir / "checkpoint-2" / "model.safetensors")
-    second = load_file(run_dir / "checkpoint-4" / "model.safetensors")
+    first = load_file(trained_run / "checkpoint-2" / "model.safetensors")
+    second = load_file(trained_run / "checkpoint-4" / "model.safetensors")
     mean = load_file(averaged / "model.safetensors")
     assert set(mean) == set(first)
     assert any(not torch.equal(first[name], second[name]) for name in first)
@@ -212,11 +185,12 @@ def test_average_last_two_checkpoints_is_their_mean_and_is_evaluated(run_dir, te
     AutoModelForSeq2SeqLM.from_pretrained(averaged, trust_remote_code=True)
 
 
-def test_attention_plot_is_a_png(run_dir, tmp_path):
+@pytest.mark.slow
+def test_attention_plot_is_a_png(trained_run, tmp_path):
     plot = tmp_path / "attention.png"
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--plot_attention", "three hundred and forty-five"),
+        *("--model", str(trained_run), "--plot_attention", "three hundred and forty-five"),
         *("--attention_file", str(plot), "--max_length_offset", str(OFFSET)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -228,56 +202,62 @@ def test_attention_plot_is_a_png(run_dir, tmp_path):
     assert len(data) > 5000
 
 
-def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(run_dir):
+@pytest.mark.slow
+def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(trained_run):
     sources = ["seven", "three hundred and forty-five", "twelve"]
     result = run_cli(
         "eval.py",
-        *("translate", "--model", str(run_dir), "--max_length_offset", str(OFFSET)),
+        *("translate", "--model", str(trained_run), "--max_length_offset", str(OFFSET)),
         stdin=f"{sources[0]}\n\n{sources[1]}\n{sources[2]}\n",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = one_by_one(run_dir, sources, longest_source(run_dir, sources) + OFFSET)
+    expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
     assert result.stdout.split("\n") == [expected[0], "", expected[1], expected[2], ""]
 
 
+@pytest.mark.slow
 def test_missing_model_path_is_a_usage_error(tmp_path):
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path / "no-such-model")), "no-such-model")
 
 
+@pytest.mark.slow
 def test_folder_without_a_model_is_a_usage_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path)), str(tmp_path), "not a model folder")
 
 
-def test_model_without_a_tokenizer_is_a_usage_error(run_dir, tmp_path):
+@pytest.mark.slow
+def test_model_without_a_tokenizer_is_a_usage_error(trained_run, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("tokenizer*", "checkpoint-*"))
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("tokenizer*", "checkpoint-*"))
     assert_usage_error(run_cli("eval.py", "--model", str(model)), str(model), "no tokenizer")
 
 
-def test_test_file_without_the_languages_is_a_usage_error(run_dir, tmp_path):
+@pytest.mark.slow
+def test_test_file_without_the_languages_is_a_usage_error(trained_run, tmp_path):
     french = tmp_path / "test.jsonl"
     french.write_text(json.dumps({"translation": {"en": "seven", "fr": "sept"}}) + "\n")
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--test_file", str(french), "--source_lang", "en", "--target_lang", "de"),
+        *("--model", str(trained_run), "--test_file", str(french), "--source_lang", "en", "--target_lang", "de"),
     )
     assert_usage_error(result, str(french), "'de'")
 
 
-def test_empty_test_set_is_a_usage_error(run_dir, tmp_path):
+@pytest.mark.slow
+def test_empty_test_set_is_a_usage_error(trained_run, tmp_path):
     empty = tmp_path / "test.jsonl"
     empty.write_text("")
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--test_file", str(empty), "--source_lang", "en", "--target_lang", "de"),
+        *("--model", str(trained_run), "--test_file", str(empty), "--source_lang", "en", "--target_lang", "de"),
     )
     assert_usage_error(result, str(empty), "empty")
 
 
-def model_copy(run_dir: Path, destination: Path, record: dict | None = None) -> Path:
+def model_copy(run: Path, destination: Path, record: dict | None = None) -> Path:
     """The trained model without its checkpoints and data record; `record` (if given) as its data_args.json."""
-    shutil.copytree(run_dir, destination, ignore=shutil.ignore_patterns("checkpoint-*", "averaged-*", "data_args.json"))
+    shutil.copytree(run, destination, ignore=shutil.ignore_patterns("checkpoint-*", "averaged-*", "data_args.json"))
     if record is not None:
         (destination / "data_args.json").write_text(json.dumps(record))
     return destination
@@ -296,10 +276,11 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["the-run-itself", "a-data-folder", "default-averaged-folder"])
-def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(run_dir, test_file, tmp_path, target):
+def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(trained_run, test_file, tmp_path, target):
     run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
+    shutil.copytree(trained_run, run)
     if target == "the-run-itself":
         folder, flags = run, ("--averaged_model_dir", str(run))
     elif target == "a-data-folder":
@@ -321,9 +302,10 @@ def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(run_dir, t
     assert tree(folder) == before
 
 
-def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sources(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sources(trained_run, test_file, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("data_args.json"))
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("data_args.json"))
     record = data_record(test_file=str(test_file))
     (run / "data_args.json").write_text(json.dumps(record))
     averaged = tmp_path / "averaged"
@@ -345,9 +327,10 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
     assert sorted(path.name for path in tmp_path.iterdir()) == ["averaged", "run"]  # no temporary folder left
 
 
-def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(trained_run, test_file, tmp_path):
     model = model_copy(
-        run_dir, tmp_path / "model", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
+        trained_run, tmp_path / "model", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
     )
     result = run_cli("eval.py", "--model", str(model), "--max_length_offset", str(OFFSET))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -357,11 +340,27 @@ def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(ru
     assert len((model / "predictions_test.txt").read_text().splitlines()) == len(PAIRS)
 
 
-def test_split_validation_scores_the_recorded_validation_file(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_decoding_starts_from_the_saved_generation_config_and_given_flags_override_it(trained_run, test_file, tmp_path):
+    model = model_copy(trained_run, tmp_path / "model", data_record(test_file=str(test_file)))
+    config = json.loads((model / "generation_config.json").read_text())
+    config.update(num_beams=2, length_penalty=1.0)
+    (model / "generation_config.json").write_text(json.dumps(config))
+    decoding = {}
+    for name, flags in {"saved": [], "given": ["--num_beams", "3"]}.items():
+        result = run_cli("eval.py", "--model", str(model), "--max_length_offset", str(OFFSET), *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads((model / "eval_results_test.json").read_text())
+        decoding[name] = (report["decoding"]["num_beams"], report["decoding"]["length_penalty"])
+    assert decoding == {"saved": (2, 1.0), "given": (3, 1.0)}
+
+
+@pytest.mark.slow
+def test_split_validation_scores_the_recorded_validation_file(trained_run, test_file, tmp_path):
     validation = tmp_path / "validation.jsonl"
     validation.write_text("".join(test_file.read_text().splitlines(keepends=True)[:3]))
     model = model_copy(
-        run_dir, tmp_path / "model", data_record(train_file=str(test_file), validation_file=str(validation))
+        trained_run, tmp_path / "model", data_record(train_file=str(test_file), validation_file=str(validation))
     )
     result = run_cli("eval.py", "--model", str(model), "--split", "validation", "--max_length_offset", str(OFFSET))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -369,9 +368,10 @@ def test_split_validation_scores_the_recorded_validation_file(run_dir, test_file
     assert (report["data"], report["split"], report["num_sentences"]) == (str(validation), "validation", 3)
 
 
-def test_a_test_file_alone_takes_the_recorded_languages(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_a_test_file_alone_takes_the_recorded_languages(trained_run, test_file, tmp_path):
     model = model_copy(
-        run_dir, tmp_path / "model", data_record(train_file="train.jsonl", source_lang="de", target_lang="en")
+        trained_run, tmp_path / "model", data_record(train_file="train.jsonl", source_lang="de", target_lang="en")
     )
     result = run_cli("eval.py", "--model", str(model), "--test_file", str(test_file), "--max_length_offset", "1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -379,20 +379,22 @@ def test_a_test_file_alone_takes_the_recorded_languages(run_dir, test_file, tmp_
     assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
 
 
-def test_a_checkpoint_without_data_flags_scores_the_data_recorded_for_its_run(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_a_checkpoint_without_data_flags_scores_the_data_recorded_for_its_run(trained_run, test_file, tmp_path):
     run = model_copy(
-        run_dir, tmp_path / "run", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
+        trained_run, tmp_path / "run", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
     )
     checkpoint = run / "checkpoint-2"
-    shutil.copytree(run_dir / "checkpoint-2", checkpoint)
+    shutil.copytree(trained_run / "checkpoint-2", checkpoint)
     result = run_cli("eval.py", "--model", str(checkpoint), "--max_length_offset", str(OFFSET))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((checkpoint / "eval_results_test.json").read_text())
     assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
 
 
-def test_the_recorded_embedded_task_is_scored_without_data_flags(run_dir, tmp_path):
-    model = model_copy(run_dir, tmp_path / "model", data_record())
+@pytest.mark.slow
+def test_the_recorded_embedded_task_is_scored_without_data_flags(trained_run, tmp_path):
+    model = model_copy(trained_run, tmp_path / "model", data_record())
     result = run_cli("eval.py", "--model", str(model), "--max_length_offset", "1", "--num_beams", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((model / "eval_results_test.json").read_text())
@@ -400,10 +402,11 @@ def test_the_recorded_embedded_task_is_scored_without_data_flags(run_dir, tmp_pa
     assert report["num_sentences"] == 99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", [None, "without-test-data"], ids=["no-record", "record-without-test-data"])
-def test_unknown_test_data_is_refused_and_earlier_results_kept(run_dir, tmp_path, record):
+def test_unknown_test_data_is_refused_and_earlier_results_kept(trained_run, tmp_path, record):
     record = data_record(train_file="train.jsonl", source_lang="de", target_lang="en") if record else None
-    model = model_copy(run_dir, tmp_path / "model", record)
+    model = model_copy(trained_run, tmp_path / "model", record)
     earlier = {"eval_results_test.json": '{"bleu": 30.0}\n', "predictions_test.txt": "a man\n"}
     for name, text in earlier.items():
         (model / name).write_text(text)
@@ -412,6 +415,7 @@ def test_unknown_test_data_is_refused_and_earlier_results_kept(run_dir, tmp_path
     assert {name: (model / name).read_text() for name in earlier} == earlier
 
 
+@pytest.mark.slow
 def test_train_py_records_its_data_and_eval_py_scores_it_by_default(tmp_path):
     """End to end: train.py writes data_args.json (de -> en from files); eval.py with no data flags scores its test."""
     files = {}
@@ -433,15 +437,17 @@ def test_train_py_records_its_data_and_eval_py_scores_it_by_default(tmp_path):
     assert Path(report["data"]).resolve() == files["test"].resolve()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
-def test_damaged_weights_are_a_usage_error(run_dir, tmp_path, damage):
-    model = model_copy(run_dir, tmp_path / "model")
+def test_damaged_weights_are_a_usage_error(trained_run, tmp_path, damage):
+    model = model_copy(trained_run, tmp_path / "model")
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000] if damage == "truncated" else b"")
     result = run_cli("eval.py", "translate", "--model", str(model), stdin="seven\n")
     assert_usage_error(result, str(model), "deserializing")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag, value, expected",
     [
@@ -450,23 +456,26 @@ def test_damaged_weights_are_a_usage_error(run_dir, tmp_path, damage):
         ("--max_length_offset", "-1000", "no room"),
     ],
 )
-def test_decoding_arguments_that_allow_no_output_are_usage_errors(run_dir, test_file, tmp_path, flag, value, expected):
+def test_decoding_arguments_that_allow_no_output_are_usage_errors(
+    trained_run, test_file, tmp_path, flag, value, expected
+):
     results_file = tmp_path / "report.json"
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--model", str(trained_run), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
         *(flag, value, "--results_file", str(results_file), "--predictions_file", str(tmp_path / "hypotheses.txt")),
     )
     assert_usage_error(result, flag, expected)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(run_dir, tmp_path):
+@pytest.mark.slow
+def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(trained_run, tmp_path):
     from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 
     run = tmp_path / "run"
     for step in (2, 4):
-        shutil.copytree(run_dir / "checkpoint-2", run / f"checkpoint-{step}")
+        shutil.copytree(trained_run / "checkpoint-2", run / f"checkpoint-{step}")
     config = VanillaConfig.from_pretrained(run / "checkpoint-4")
     config.d_ff *= 2
     VanillaForConditionalGeneration(config).save_pretrained(run / "checkpoint-4")
@@ -475,16 +484,18 @@ def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(run_dir, tmp
     assert not (run / "averaged-last-2").exists()
 
 
-def test_attention_file_that_is_a_folder_is_a_usage_error_and_leaves_no_temporary_file(run_dir, tmp_path):
+@pytest.mark.slow
+def test_attention_file_that_is_a_folder_is_a_usage_error_and_leaves_no_temporary_file(trained_run, tmp_path):
     folder = tmp_path / "plots"
     folder.mkdir()
     result = run_cli(
-        "eval.py", *("--model", str(run_dir), "--plot_attention", "seven", "--attention_file", str(folder))
+        "eval.py", *("--model", str(trained_run), "--plot_attention", "seven", "--attention_file", str(folder))
     )
     assert_usage_error(result, "--attention_file", str(folder))
     assert [path.name for path in tmp_path.rglob("*")] == ["plots"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag, where",
     [
@@ -493,7 +504,7 @@ def test_attention_file_that_is_a_folder_is_a_usage_error_and_leaves_no_temporar
         ("--results_file", "folder-nobody-can-write"),
     ],
 )
-def test_unwritable_output_is_refused_before_translating(run_dir, test_file, tmp_path, flag, where):
+def test_unwritable_output_is_refused_before_translating(trained_run, test_file, tmp_path, flag, where):
     """Permission bits do not stop root, so: a path below a file, and /proc (creating a file there fails for root)."""
     (tmp_path / "a-file").write_text("")
     unwritable = tmp_path / "a-file" / "out.txt" if where == "parent-is-a-file" else Path("/proc/out.json")
@@ -501,25 +512,28 @@ def test_unwritable_output_is_refused_before_translating(run_dir, test_file, tmp
     outputs[flag] = unwritable
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--model", str(trained_run), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
         *(item for name, path in outputs.items() for item in (name, str(path))),
     )
     assert_usage_error(result, flag, str(unwritable))
     assert [path.name for path in tmp_path.iterdir()] == ["a-file"]  # nothing translated, nothing written
 
 
-def test_binary_garbage_on_translate_stdin_is_a_usage_error(run_dir):
-    result = run_cli("eval.py", "translate", "--model", str(run_dir), stdin=b"seven\n\xff\xfe\x00\x80garbage\n")
+@pytest.mark.slow
+def test_binary_garbage_on_translate_stdin_is_a_usage_error(trained_run):
+    result = run_cli("eval.py", "translate", "--model", str(trained_run), stdin=b"seven\n\xff\xfe\x00\x80garbage\n")
     assert_usage_error(result, "stdin", "line 2", "UTF-8")
 
 
-def test_folder_with_only_tokenizer_config_is_a_usage_error(run_dir, tmp_path):
-    shutil.copy(run_dir / "tokenizer_config.json", tmp_path)
+@pytest.mark.slow
+def test_folder_with_only_tokenizer_config_is_a_usage_error(trained_run, tmp_path):
+    shutil.copy(trained_run / "tokenizer_config.json", tmp_path)
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path)), str(tmp_path), "no config.json")
 
 
-def test_model_whose_tokenizer_is_only_tokenizer_config_is_a_usage_error(run_dir, tmp_path):
-    model = model_copy(run_dir, tmp_path / "model")
+@pytest.mark.slow
+def test_model_whose_tokenizer_is_only_tokenizer_config_is_a_usage_error(trained_run, tmp_path):
+    model = model_copy(trained_run, tmp_path / "model")
     (model / "tokenizer.json").unlink()
     result = run_cli("eval.py", "translate", "--model", str(model), stdin="seven\n")
     assert_usage_error(result, str(model), "no tokenizer.json")
@@ -535,21 +549,40 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["report.json"]
 
 
-def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(run_dir, tmp_path, capsys):
+def test_an_atomic_write_replaces_the_whole_file_or_leaves_the_old_one_and_no_temporary_file(tmp_path):
+    from vanilla_data import write_file_atomically, write_text_atomically
+
+    path = tmp_path / "figure.png"
+    write_text_atomically(path, "old")
+
+    def fail_halfway(temporary: Path) -> None:
+        assert temporary.suffix == ".png" and temporary.parent == tmp_path  # savefig reads the format from it
+        temporary.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_file_atomically(path, fail_halfway)
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and path.read_text() == "old"
+    write_text_atomically(path, "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and path.read_text() == "new"
+
+
+@pytest.mark.slow
+def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(trained_run, tmp_path, capsys):
     from vanilla_data import complete_checkpoints
 
     for step in (2, 4, 6):
-        shutil.copytree(run_dir / "checkpoint-2", tmp_path / f"checkpoint-{step}")
+        shutil.copytree(trained_run / "checkpoint-2", tmp_path / f"checkpoint-{step}")
     (tmp_path / "checkpoint-6" / "trainer_state.json").unlink()  # Trainer writes it last: a save cut short
     assert [path.name for path in complete_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     assert "checkpoint-6" in capsys.readouterr().err
 
 
-def evaluate_with(run_dir: Path, test_file: Path, output: Path, *args: str) -> tuple[list[str], dict]:
+def evaluate_with(trained_run: Path, test_file: Path, output: Path, *args: str) -> tuple[list[str], dict]:
     """eval.py on the test file with extra flags: the hypotheses and the report."""
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--model", str(trained_run), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
         *("--max_length_offset", str(OFFSET), "--predictions_file", str(output / "hypotheses.txt")),
         *("--results_file", str(output / "report.json"), *args),
     )
@@ -557,10 +590,11 @@ def evaluate_with(run_dir: Path, test_file: Path, output: Path, *args: str) -> t
     return (output / "hypotheses.txt").read_text().splitlines(), json.loads((output / "report.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_beams", ["4", "1"], ids=["beam-4", "greedy"])
-def test_ctranslate2_float32_translates_token_for_token_like_generate(run_dir, test_file, tmp_path, num_beams):
+def test_ctranslate2_float32_translates_token_for_token_like_generate(trained_run, test_file, tmp_path, num_beams):
     model = tmp_path / "model"
-    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
     (tmp_path / "hf").mkdir()
     (tmp_path / "ct2").mkdir()
     expected, _ = evaluate_with(model, test_file, tmp_path / "hf", "--num_beams", num_beams)
@@ -572,9 +606,10 @@ def test_ctranslate2_float32_translates_token_for_token_like_generate(run_dir, t
     assert json.loads((model / "ctranslate2-float32" / "source.json").read_text())["model.safetensors"]
 
 
-def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(trained_run, test_file, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(run_dir / "checkpoint-2", model)
+    shutil.copytree(trained_run / "checkpoint-2", model)
     for name in ("hf", "first", "second", "retrained", "retrained-hf"):
         (tmp_path / name).mkdir()
     evaluate_with(model, test_file, tmp_path / "first", "--engine", "ctranslate2")
@@ -583,7 +618,7 @@ def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(run
     evaluate_with(model, test_file, tmp_path / "second", "--engine", "ctranslate2")
     assert weights.stat().st_mtime_ns == converted_at
 
-    shutil.copy(run_dir / "checkpoint-4" / "model.safetensors", model / "model.safetensors")
+    shutil.copy(trained_run / "checkpoint-4" / "model.safetensors", model / "model.safetensors")
     hypotheses, _ = evaluate_with(model, test_file, tmp_path / "retrained", "--engine", "ctranslate2")
     assert weights.stat().st_mtime_ns != converted_at
     expected, _ = evaluate_with(model, test_file, tmp_path / "retrained-hf")
@@ -591,9 +626,10 @@ def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(run
     assert not [path.name for path in model.iterdir() if path.name.startswith(".")], "temporary folders left behind"
 
 
-def test_ctranslate2_int8_gives_a_translation_close_to_float32(run_dir, test_file, tmp_path):
+@pytest.mark.slow
+def test_ctranslate2_int8_gives_a_translation_close_to_float32(trained_run, test_file, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
     (tmp_path / "float32").mkdir()
     (tmp_path / "int8").mkdir()
     float32, float32_report = evaluate_with(model, test_file, tmp_path / "float32", "--engine", "ctranslate2")
@@ -608,9 +644,10 @@ def test_ctranslate2_int8_gives_a_translation_close_to_float32(run_dir, test_fil
     assert abs(report["chrf"] - float32_report["chrf"]) < 5
 
 
-def test_translate_mode_with_ctranslate2_writes_what_generate_writes(run_dir, tmp_path):
+@pytest.mark.slow
+def test_translate_mode_with_ctranslate2_writes_what_generate_writes(trained_run, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(run_dir, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
     stdin = "seven\n\nthree hundred and forty-five\ntwelve\n"
     arguments = ("translate", "--model", str(model), "--max_length_offset", str(OFFSET))
     expected = run_cli("eval.py", *arguments, stdin=stdin)
@@ -619,27 +656,24 @@ def test_translate_mode_with_ctranslate2_writes_what_generate_writes(run_dir, tm
     assert result.stdout == expected.stdout
 
 
-def test_bfloat16_decoding_is_recorded_and_translates(run_dir, test_file, tmp_path):
-    hypotheses, report = evaluate_with(run_dir, test_file, tmp_path, "--dtype", "bfloat16")
+@pytest.mark.slow
+def test_bfloat16_decoding_is_recorded_and_translates(trained_run, test_file, tmp_path):
+    hypotheses, report = evaluate_with(trained_run, test_file, tmp_path, "--dtype", "bfloat16")
     assert report["dtype"] == "bfloat16"
     assert len(hypotheses) == len(PAIRS) and all(hypotheses)
 
 
-def test_ctranslate2_missing_is_a_usage_error_naming_the_install(run_dir, tmp_path):
+@pytest.mark.slow
+def test_ctranslate2_missing_is_a_usage_error_naming_the_install(trained_run, tmp_path):
     # A ctranslate2 that fails to import, first on the path, stands in for a machine without the package.
     (tmp_path / "ctranslate2").mkdir()
     (tmp_path / "ctranslate2" / "__init__.py").write_text("raise ImportError('No module named ctranslate2')\n")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "eval.py"), "--model", str(run_dir), "--engine", "ctranslate2"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    env = environment(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    result = run_cli("eval.py", "--model", str(trained_run), "--engine", "ctranslate2", env=env)
     assert_usage_error(result, "pip install ctranslate2", "pip install .[fast]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, fragment",
     [
@@ -650,10 +684,10 @@ def test_ctranslate2_missing_is_a_usage_error_naming_the_install(run_dir, tmp_pa
     ],
     ids=["quantization-without-ctranslate2", "dtype-with-ctranslate2", "unknown-quantization", "unsupported-on-cpu"],
 )
-def test_engine_flag_mismatches_are_usage_errors(run_dir, test_file, flags, fragment):
+def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, fragment):
     result = run_cli(
         "eval.py",
-        *("--model", str(run_dir), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--model", str(trained_run), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
         *flags,
     )
     assert_usage_error(result, fragment)

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.cache_utils import EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
-from configuration_vanilla import VanillaConfig
+from configuration_vanilla import PRESETS, VanillaConfig
 from modeling_vanilla import (
     VanillaDecoder,
     VanillaEncoder,
@@ -310,6 +310,7 @@ def test_static_cache_gives_the_tokens_of_the_dynamic_cache(num_beams):
     assert torch.equal(static, dynamic)
 
 
+@pytest.mark.slow
 def test_static_cache_decoding_step_compiles_to_one_graph():
     """The decoding step with a static cache compiles with fullgraph=True (no graph break, no recompilation)."""
     assert VanillaForConditionalGeneration._can_compile_fullgraph
@@ -366,6 +367,18 @@ def test_cross_attention_keys_and_values_are_computed_once_per_source():
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
     assert out.shape[1] == 7
     assert len(calls) == len(model.model.decoder.layers)
+
+
+def test_presets_are_table_3_base_and_big_and_take_overrides():
+    base, big = VanillaConfig.from_preset("base"), VanillaConfig.from_preset("big", vocab_size=100)
+    table_3 = {"base": (512, 2048, 8, 6, 0.1), "big": (1024, 4096, 16, 6, 0.3)}  # d_model, d_ff, h, N, P_drop
+    for config, name in ((base, "base"), (big, "big")):
+        shape = (config.d_model, config.d_ff, config.num_heads, config.encoder_layers, config.dropout)
+        assert shape == table_3[name] and config.decoder_layers == config.encoder_layers
+    assert big.vocab_size == 100 and VanillaConfig.from_preset("tiny", d_model=32).d_model == 32
+    assert set(PRESETS) == {"tiny", "small", "base", "big"}
+    with pytest.raises(ValueError, match="unknown preset 'huge'; expected one of tiny, small, base, big"):
+        VanillaConfig.from_preset("huge")
 
 
 def test_base_config_has_about_63m_parameters_with_a_37k_vocabulary():
@@ -535,6 +548,7 @@ def test_get_encoder_takes_the_modality_argument_of_transformers():
     assert not is_multimodal(model)  # asks get_encoder(modality="image") and "audio"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_forward_exports_with_torch_export(dynamic):
     from torch.export import Dim
@@ -561,6 +575,7 @@ def test_forward_exports_with_torch_export(dynamic):
     torch.testing.assert_close(exported, model(**other, use_cache=False).logits)
 
 
+@pytest.mark.slow
 def test_generate_decomposes_into_prefill_and_decode_graphs_that_export():
     """transformers.exporters captures generate()'s two forward calls and exports each with torch.export."""
     from transformers.exporters.exporter_dynamo import DynamoConfig, DynamoExporter
@@ -590,6 +605,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_torch_compile_gives_the_same_loss_and_gradients():
     model = model_for()
     ids, mask = source_batch()
@@ -607,6 +623,7 @@ def test_torch_compile_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_to_copy_and_greedy_decoding_reproduces_the_targets():
     torch.manual_seed(0)
     model = VanillaForConditionalGeneration(
@@ -627,6 +644,7 @@ def test_tiny_model_learns_to_copy_and_greedy_decoding_reproduces_the_targets():
     assert torch.equal(generated[:, 1:8], labels)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_in_a_fresh_process_where_the_project_is_not_importable(tmp_path):
     model = model_for()
     model.config.register_for_auto_class()
@@ -655,6 +673,7 @@ print("loaded")
     assert "loaded" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_saved_config_loads_through_the_three_auto_classes_without_registering(tmp_path):
     """A config saved on its own, and a model saved plainly, name AutoConfig, AutoModel and AutoModelForSeq2SeqLM."""
     config_folder, model_folder = tmp_path / "config", tmp_path / "model"

@@ -15,16 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from harness import ROOT, environment, run_cli
 from num2words import num2words
 from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
+    HfArgumentParser,
     Seq2SeqTrainingArguments,
     get_scheduler,
 )
 
+import configuration_vanilla
 import train
+from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_data import (
     SPECIAL_TOKENS,
@@ -35,27 +39,13 @@ from vanilla_data import (
     train_bpe_tokenizer,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 # A model that trains a few steps in a second or two.
 TINY = ["--preset", "tiny", "--d_model", "16", "--num_heads", "2", "--d_ff", "32", "--encoder_layers", "1"]
 QUICK = ["--per_device_train_batch_size", "4", "--warmup_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true"]
 
 
-def environment() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    return env
-
-
 def run_train(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*launcher, str(ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-        timeout=300,
-    )
+    return run_cli("train.py", *args, launcher=launcher)
 
 
 def write_jsonl(path: Path, numbers: range, source: str = "en", target: str = "de") -> Path:
@@ -76,6 +66,7 @@ def assert_loads_and_translates(folder: Path) -> None:
     assert output.shape[0] == 1 and output[0, 0].item() == model.config.decoder_start_token_id
 
 
+@pytest.mark.slow
 def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_model(tmp_path):
     output_dir = tmp_path / "model"
     recipe = tmp_path / "recipe.yaml"
@@ -92,7 +83,7 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_vanilla.VanillaForConditionalGeneration"
     # Explicit flags win over the preset; the preset fills in the rest.
     assert (config["d_model"], config["num_heads"]) == (32, 2)
-    assert (config["d_ff"], config["encoder_layers"]) == (train.PRESETS["tiny"]["d_ff"], 2)
+    assert (config["d_ff"], config["encoder_layers"]) == (PRESETS["tiny"]["d_ff"], 2)
     generation = json.loads((output_dir / "generation_config.json").read_text())
     assert (generation["num_beams"], generation["length_penalty"]) == (4, 0.6)
     assert "python eval.py --model" in (output_dir / "README.md").read_text()
@@ -111,6 +102,11 @@ def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
     tokenizer = train_bpe_tokenizer(texts, vocab_size=150)
     special = [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id]
     assert special == [0, 1, 2, 3]
+    config = VanillaConfig()
+    ids = (config.pad_token_id, config.bos_token_id, config.eos_token_id, config.decoder_start_token_id)
+    assert ids == (0, 1, 2, 1)
+    assert tokenizer.convert_ids_to_tokens(special) == list(configuration_vanilla.SPECIAL_TOKENS)
+    assert SPECIAL_TOKENS is configuration_vanilla.SPECIAL_TOKENS  # one definition, imported
     for text in ["three hundred and forty-seven", "dreihundertsiebenundvierzig", "Ein Mann steht am Herd. Männer!"]:
         ids = tokenizer(text)["input_ids"]
         assert ids[-1] == 2 and 3 not in ids
@@ -149,7 +145,7 @@ def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
 def test_default_schedule_is_the_paper_learning_rate():
     model_args, _, args = train.parse_arguments(["--output_dir", "unused"])
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.98, 1e-9)
-    d_model, warmup = train.PRESETS[model_args.preset]["d_model"], args.warmup_steps
+    d_model, warmup = PRESETS[model_args.preset]["d_model"], args.warmup_steps
     assert (d_model, warmup) == (512, 4000)
     optimizer = torch.optim.Adam(
         [torch.nn.Parameter(torch.zeros(1))], lr=train.paper_peak_learning_rate(d_model, warmup)
@@ -275,6 +271,7 @@ def test_fsdp_through_accelerate_saves_the_full_model_of_one_process_at_twice_th
         torch.testing.assert_close(sharded_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_the_step_count(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))  # 40 pairs, batch 4: 10 steps an epoch
     output_dir = tmp_path / "model"
@@ -328,6 +325,7 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -428,6 +426,7 @@ def bad_file_and_argument_cases(tmp_path: Path) -> dict[str, tuple[list[str], st
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -451,6 +450,7 @@ def test_bad_file_or_argument_is_one_error_line_naming_it_and_what_was_expected(
     assert_usage_error(tmp_path, argv, expected)
 
 
+@pytest.mark.slow
 def test_unreadable_train_file_is_one_error_line(tmp_path):
     unreadable = write_jsonl(tmp_path / "unreadable.jsonl", range(1, 9))
     unreadable.chmod(0)
@@ -490,6 +490,9 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
         (["--max_tokens", "0"], "--max_tokens is 0; expected a positive integer"),
         (["--streaming", "--max_steps", "2", "--max_tokens", "64"], "--max_tokens sorts the whole training split"),
         (["--streaming"], "--streaming reads the data without knowing its size, so epochs cannot be counted: give the"),
+        (["--config_overrides", "d_ff=48,colour=red"], "--config_overrides d_ff=48,colour=red: colour is not a field"),
+        (["--config_overrides", "d_ff=wide"], "--config_overrides d_ff=wide: invalid literal for int()"),
+        (["--config_overrides", "d_ff"], "expected key=value pairs joined by commas"),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
@@ -534,6 +537,48 @@ def test_streaming_trains_for_max_steps_reading_the_data_as_it_goes(tmp_path, so
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 8
     assert_loads_and_translates(output_dir)
     assert not list(cache.rglob("*.arrow"))  # read as it was consumed, never converted into a cached Arrow table
+
+
+class WideFeedForwardConfig(VanillaConfig):
+    """VanillaConfig with one more field, as a user adding a hyper-parameter would write it.
+
+    Args:
+        d_ff_multiplier: d_ff as a multiple of d_model.
+    """
+
+    def __init__(self, d_ff_multiplier: int = 4, **kwargs):
+        self.d_ff_multiplier = d_ff_multiplier
+        super().__init__(**kwargs)
+
+
+def small_bpe():
+    return train_bpe_tokenizer([num2words(n, lang=lang) for n in range(1, 100) for lang in ("en", "de")], 60)
+
+
+def test_every_config_field_is_a_flag_and_a_new_field_of_a_subclass_becomes_one():
+    paper = ["d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "dropout", "label_smoothing"]
+    variants = ["position_embedding_type", "norm_first", "attention_dropout", "activation_function"]
+    rest = ["scale_embedding", "max_position_embeddings", "tie_word_embeddings"]
+    assert set(paper + variants + rest) <= set(HfArgumentParser(train.ModelArguments).parse_args([]).__dict__)
+    parser = HfArgumentParser(train.model_arguments(WideFeedForwardConfig))
+    assert "D_ff as a multiple of d_model." in " ".join(parser.format_help().split())
+    (model_args,) = parser.parse_args_into_dataclasses(["--preset", "tiny", "--d_ff_multiplier", "8", "--dropout", "0"])
+    config = train.build_config(model_args, small_bpe())
+    assert type(config) is WideFeedForwardConfig and config.d_ff_multiplier == 8
+    assert (config.d_model, config.dropout, config.vocab_size) == (64, 0.0, 60)
+
+
+def test_config_overrides_set_fields_over_the_preset_and_named_flags_win_over_them():
+    overrides = "d_ff=48,activation_function=gelu,norm_first=true,attention_dropout=0.2"
+    model_args, _, _ = train.parse_arguments(["--preset", "tiny", "--config_overrides", overrides, "--d_ff", "40"])
+    config = train.build_config(model_args, small_bpe())
+    assert (config.d_ff, config.activation_function, config.norm_first, config.attention_dropout) == (
+        40,
+        "gelu",
+        True,
+        0.2,
+    )
+    assert (config.d_model, config.num_heads) == (PRESETS["tiny"]["d_model"], PRESETS["tiny"]["num_heads"])
 
 
 def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):

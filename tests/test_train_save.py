@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
-from test_train import QUICK, ROOT, TINY, environment, write_jsonl
+from test_train import QUICK, TINY, write_jsonl
 
 from vanilla_data import complete_checkpoints
 
@@ -27,11 +28,7 @@ MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "README.md"
 
 
 def run_train(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = environment()
-    if fault is not None:
-        env["VANILLA_FAULT"] = fault
-    command = [sys.executable, str(ROOT / "train.py"), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    return run_cli("train.py", *args, env=environment(**({} if fault is None else {"VANILLA_FAULT": fault})))
 
 
 def quick_run(train_file: Path, output_dir: Path, *extra: str, fault: str | None = None):

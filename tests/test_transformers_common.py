@@ -14,6 +14,8 @@ from transformers_suite import FetchError, import_suite
 from configuration_vanilla import VanillaConfig
 from modeling_vanilla import VanillaForConditionalGeneration, VanillaModel
 
+pytestmark = pytest.mark.slow  # transformers' common model tests: over a thousand subtests
+
 try:
     modeling_common, configuration_common = import_suite()
 except FetchError as error:
