@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # Module -> the pip package that provides it. CTranslate2 is optional: without it the check has no CTranslate2 rows.
 REQUIRED = {

@@ -92,6 +92,7 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run,
     assert set(report) == {
         "model",
         "data",
+        "dataset_config",
         "split",
         "source_lang",
         "target_lang",
