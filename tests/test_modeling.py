@@ -30,8 +30,10 @@ def model_for(**overrides) -> VanillaForConditionalGeneration:
 
 
 def run_outside_the_project(script: str, tmp_path) -> subprocess.CompletedProcess:
-    """Runs `script` in a fresh offline interpreter whose working directory holds no copy of the project."""
-    script = 'import importlib.util\nassert importlib.util.find_spec("modeling_vanilla") is None\n' + script
+    """Runs `script` in a fresh offline interpreter where the project is not importable: its working directory holds no
+    copy, and the finder of the project's editable install (make setup) is taken off sys.meta_path."""
+    hidden = "import sys\nsys.meta_path = [f for f in sys.meta_path if not f.__module__.startswith('__editable__')]\n"
+    script = hidden + 'import importlib.util\nassert importlib.util.find_spec("modeling_vanilla") is None\n' + script
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     return subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
