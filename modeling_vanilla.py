@@ -302,21 +302,43 @@ def _embedding(config: VanillaConfig) -> nn.Embedding:
     return nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
 
 
-class VanillaEncoder(VanillaPreTrainedModel):
-    """Sec. 3.1: a stack of N identical encoder layers over scaled token embeddings plus positions."""
+class VanillaStack(VanillaPreTrainedModel):
+    """Sec. 3.1: N identical layers over scaled token embeddings plus positions; the encoder and the decoder are two."""
 
-    _can_record_outputs = {"hidden_states": VanillaEncoderLayer, "attentions": VanillaAttention}
-
-    def __init__(self, config: VanillaConfig):
+    def __init__(self, config: VanillaConfig, layer_class: type[GradientCheckpointingLayer], num_layers: int):
         super().__init__(config)
         self.embed_tokens = _embedding(config)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.embed_positions = VanillaPositionalEncoding(config)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(VanillaEncoderLayer(config, i) for i in range(config.encoder_layers))
+        self.layers = nn.ModuleList(layer_class(config, i) for i in range(num_layers))
         # Pre-LN leaves the last residual stream un-normalised; a final LayerNorm restores it.
         self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
         self.post_init()
+
+    def embed(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None, past_length: int | torch.Tensor
+    ) -> torch.Tensor:
+        """Sec. 3.4, 3.5, 5.4: Dropout(token embedding * sqrt(d_model) + positions), counted from past_length."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(f"pass exactly one of input_ids or inputs_embeds to {type(self).__name__}")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = inputs_embeds * self.embed_scale
+        positions = self.embed_positions(inputs_embeds.shape[1], past_length, inputs_embeds.device)
+        return self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
+
+    def normalize(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states if self.final_norm is None else self.final_norm(hidden_states)
+
+
+class VanillaEncoder(VanillaStack):
+    """Sec. 3.1: a stack of N identical encoder layers; every position attends to all positions of the source."""
+
+    _can_record_outputs = {"hidden_states": VanillaEncoderLayer, "attentions": VanillaAttention}
+
+    def __init__(self, config: VanillaConfig):
+        super().__init__(config, VanillaEncoderLayer, config.encoder_layers)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -328,22 +350,14 @@ class VanillaEncoder(VanillaPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds to the encoder")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        inputs_embeds = inputs_embeds * self.embed_scale
-        positions = self.embed_positions(inputs_embeds.shape[1], 0, inputs_embeds.device)
-        hidden_states = self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
-        mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        hidden_states = self.embed(input_ids, inputs_embeds, 0)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, **kwargs)
-        if self.final_norm is not None:
-            hidden_states = self.final_norm(hidden_states)
-        return BaseModelOutput(last_hidden_state=hidden_states)
+        return BaseModelOutput(last_hidden_state=self.normalize(hidden_states))
 
 
-class VanillaDecoder(VanillaPreTrainedModel):
+class VanillaDecoder(VanillaStack):
     """Sec. 3.1: a stack of N decoder layers; position i attends only to positions before i (masked self-attention)."""
 
     _can_record_outputs = {
@@ -353,14 +367,7 @@ class VanillaDecoder(VanillaPreTrainedModel):
     }
 
     def __init__(self, config: VanillaConfig):
-        super().__init__(config)
-        self.embed_tokens = _embedding(config)
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed_positions = VanillaPositionalEncoding(config)
-        self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(VanillaDecoderLayer(config, i) for i in range(config.decoder_layers))
-        self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
-        self.post_init()
+        super().__init__(config, VanillaDecoderLayer, config.decoder_layers)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -381,8 +388,6 @@ class VanillaDecoder(VanillaPreTrainedModel):
         cache (`~cache_utils.Cache`, *optional*):
             The attention keys and values of the positions decoded so far (`past_key_values` before transformers 5.2x).
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds to the decoder")
         if encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (the encoder's output)")
         if use_cache and cache is None:
@@ -390,26 +395,20 @@ class VanillaDecoder(VanillaPreTrainedModel):
         if not use_cache:
             cache = None
 
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        inputs_embeds = inputs_embeds * self.embed_scale
-        past_length = cache.get_seq_length() if cache is not None else 0
-        positions = self.embed_positions(inputs_embeds.shape[1], past_length, inputs_embeds.device)
-        hidden_states = self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
-
+        hidden_states = self.embed(input_ids, inputs_embeds, cache.get_seq_length() if cache is not None else 0)
         self_cache = cache.self_attention_cache if cache is not None else None
-        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, self_cache)
+        causal_mask = create_causal_mask(self.config, hidden_states, attention_mask, self_cache)
         cross_mask = create_bidirectional_mask(
             config=self.config,
-            inputs_embeds=inputs_embeds,
+            inputs_embeds=hidden_states,
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
         for layer in self.layers:
             hidden_states = layer(hidden_states, causal_mask, encoder_hidden_states, cross_mask, cache=cache, **kwargs)
-        if self.final_norm is not None:
-            hidden_states = self.final_norm(hidden_states)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=self.normalize(hidden_states), **{CACHE_FIELD: cache}
+        )
 
 
 class VanillaModel(VanillaPreTrainedModel):
