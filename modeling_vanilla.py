@@ -566,17 +566,9 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = label_smoothed_cross_entropy(logits, labels, self.config.label_smoothing, num_items_in_batch)
 
-        return Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-        )
+        # The encoder-decoder's other outputs (cache, hidden states, attentions) pass on under the same names.
+        passed_on = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        return Seq2SeqLMOutput(loss=loss, logits=logits, **passed_on)
 
 
 def label_smoothed_cross_entropy(
