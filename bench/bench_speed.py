@@ -1,7 +1,9 @@
 """Speed of VanillaForConditionalGeneration against transformers' MarianMTModel (and torch.nn.Transformer on GPU).
 
-Decoding rows add both models converted to CTranslate2 (ours with vanilla_ctranslate2's spec, Marian with
-ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA our compiled static-cache decoding.
+On CPU the rows are float32, plus training rows of both models in bf16 autocast (native bf16 matmuls where the CPU
+has AVX-512 BF16 / AMX). Decoding rows add both models converted to CTranslate2 (ours with vanilla_ctranslate2's spec,
+Marian with ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA our compiled static-cache
+decoding.
 
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
@@ -9,6 +11,7 @@ warm-up, and each row is the median over the repeats, so load from other process
 The project's modules come from its installation (make setup installs it editable).
 
     python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
+    python bench/bench_speed.py --no-bf16          # CPU, float32 rows only
     python bench/bench_speed.py --compile          # CPU, plus torch.compile training rows (ours and Marian)
     python bench/bench_speed.py --device cuda      # GPU, base shape (vocab 32000, 512/8/2048, 6+6), bf16 autocast
     python bench/bench_speed.py --json rows.json   # the table's rows also as JSON (rewritten after each row)
@@ -38,6 +41,7 @@ from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRES
 from modeling_vanilla import (  # noqa: E402
     VanillaConfig,
     VanillaForConditionalGeneration,
+    label_smoothed_cross_entropy,
     shift_tokens_right,
     sinusoidal_positions,
 )
@@ -48,6 +52,7 @@ PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
 # The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.
 SPECIAL_IDS = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS)
 PEERS = ["ours", "marian", "nn.Transformer"]  # nn.Transformer on CUDA only
+LABEL_SMOOTHING = 0.1  # sec. 5.4, in every model's loss
 
 
 @dataclass
@@ -80,7 +85,7 @@ def build_ours(shape: Shape) -> VanillaForConditionalGeneration:
         shape.preset,
         vocab_size=shape.vocab_size,
         dropout=0.1,
-        label_smoothing=0.1,
+        label_smoothing=LABEL_SMOOTHING,
         attn_implementation="sdpa",
     )
     return VanillaForConditionalGeneration(config)
@@ -160,15 +165,9 @@ def random_batch(batch: int, length: int, vocab_size: int, generator: torch.Gene
     return ids, mask
 
 
-def smoothed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The label-smoothed cross-entropy our model computes, for peers that only return logits."""
-    return nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=0.1
-    )
-
-
 def training_step(model: nn.Module, kind: str, batch: dict, autocast: Callable) -> Callable[[], None]:
-    """One full step: forward, label-smoothed loss, backward, AdamW."""
+    """One full step: forward, label-smoothed loss (our model's own, for the peers that only return logits), backward,
+    AdamW."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=batch["input_ids"].is_cuda)
     decoder_input_ids = shift_tokens_right(batch["labels"], PAD, BOS)
 
@@ -184,11 +183,10 @@ def training_step(model: nn.Module, kind: str, batch: dict, autocast: Callable) 
                     attention_mask=batch["attention_mask"],
                     decoder_input_ids=decoder_input_ids,
                 ).logits
-                loss = smoothed_loss(logits, batch["labels"])
+                loss = label_smoothed_cross_entropy(logits, batch["labels"], LABEL_SMOOTHING)
             else:
-                loss = smoothed_loss(
-                    model(batch["input_ids"], batch["attention_mask"], decoder_input_ids), batch["labels"]
-                )
+                logits = model(batch["input_ids"], batch["attention_mask"], decoder_input_ids)
+                loss = label_smoothed_cross_entropy(logits, batch["labels"], LABEL_SMOOTHING)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -292,6 +290,11 @@ def ctranslate2_call(translator, tokens: list[str], source: dict, num_beams: int
     return call
 
 
+def autocast_context(device: torch.device, bf16: bool) -> Callable:
+    """A fresh context per call: bf16 autocast on the device, or none (float32)."""
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -355,7 +358,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per model and row (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
-    parser.add_argument("--no-bf16", action="store_true", help="on CUDA, run in float32 instead of bf16 autocast")
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="float32 only: on CUDA no bf16 autocast, on CPU no bf16 rows"
+    )
     parser.add_argument("--compile", action="store_true", help="on CPU, add torch.compile rows (default on CUDA)")
     parser.add_argument("--no-compile", action="store_true", help="on CUDA, skip the torch.compile rows")
     parser.add_argument(
@@ -375,12 +380,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = device.type == "cuda" and not args.no_bf16
+    cpu_bf16 = device.type == "cpu" and not args.no_bf16  # bf16 rows beside the float32 ones
     compiled = (device.type == "cuda" or args.compile) and not args.no_compile
-
-    def autocast():
-        if not bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    autocast = autocast_context(device, bf16)
 
     generator = torch.Generator().manual_seed(0)
     input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
@@ -419,17 +421,23 @@ def main():
         "warmup": args.warmup,
         "notes": [],
         "rows": {},
+        "ratios": {},
     }
 
     def add_row(metric: str, values: dict) -> None:
         rows.append((metric, values))
         record["rows"][metric] = values
+        record["ratios"][metric] = row_ratios(values)
         if args.json:
             write_text_atomically(Path(args.json), json.dumps(record, indent=2) + "\n")
 
     if not args.skip_training:
         train_tokens = shape.train_batch * 2 * shape.train_len
         train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
+        if cpu_bf16:  # what train.py --bf16 does on a CPU: bf16 autocast, float32 weights
+            for name in ("ours", "marian"):
+                step = training_step(models[name], name, train_batch, autocast_context(device, True))
+                train_fns[f"{name}, bf16 autocast"] = step
         if compiled:  # what Trainer's --torch_compile does: torch.compile(model), default mode
             for name in (name for name in models if name in args.compiled_models):
                 model = torch.compile(models[name], backend=args.compile_backend)
@@ -449,7 +457,7 @@ def main():
         for model in models.values():
             model.eval()
         decoders = {name: (models[name], autocast, {}) for name in ("ours", "marian")}
-        if device.type == "cpu":  # eval.py --dtype bfloat16: the weights in bf16 (AVX-512 BF16 / AMX where present)
+        if cpu_bf16:  # eval.py --dtype bfloat16: the weights in bf16 (AVX-512 BF16 / AMX where present)
             decoders["ours, bf16"] = (copy.deepcopy(models["ours"]).to(torch.bfloat16), contextlib.nullcontext, {})
         if compiled:  # eval.py --compile: static cache, the decoding forward compiled
             static = copy.deepcopy(models["ours"])
@@ -485,8 +493,9 @@ def main():
     print_table(rows, columns)
 
 
-RATIOS = [
+RATIOS = [  # (a, b): a's value over b's, in each row that has both
     ("ours", "marian"),
+    ("ours, bf16 autocast", "marian, bf16 autocast"),
     ("ours, bf16", "marian"),
     ("ours, compiled static", "marian"),
     ("ours, CT2 float32", "marian"),
@@ -503,18 +512,22 @@ RATIOS = [
 ]
 
 
+def row_ratios(values: dict) -> dict[str, float]:
+    """RATIOS' quotients ("a / b") in one row, where the row has both values."""
+    return {f"{a} / {b}": values[a] / values[b] for a, b in RATIOS if values.get(a) and values.get(b)}
+
+
 def print_table(rows: list, columns: list[str]):
-    ratios = [(a, b) for a, b in RATIOS if a in columns and b in columns]
-    header = ["metric", *columns, *(f"{a} / {b}" for a, b in ratios)]
+    ratios = [f"{a} / {b}" for a, b in RATIOS if a in columns and b in columns]
+    header = ["metric", *columns, *ratios]
     lines = []
     for metric, values in rows:
         cells = [metric]
         for name in columns:
             value = values.get(name)
             cells.append("-" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}")
-        for a, b in ratios:
-            ours, theirs = values.get(a), values.get(b)
-            cells.append("-" if ours is None or theirs is None else f"{ours / theirs:.2f}x")
+        quotients = row_ratios(values)
+        cells += ["-" if name not in quotients else f"{quotients[name]:.2f}x" for name in ratios]
         lines.append(cells)
     print()
     print("| " + " | ".join(header) + " |")
