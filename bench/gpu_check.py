@@ -101,9 +101,8 @@ DRY = Plan(
     lines=(300, 100, 100),
     bench=("--device", "cpu", "--shape", "tiny", "--threads", "1", "--repeats", "1", "--warmup", "1", "--compile")
     + ("--compile-backend", "eager", "--compiled-models", "ours"),  # eager: dynamo traces, no code generation
-    # --use_cpu: Trainer refuses the recipe's bf16 on a machine without a GPU unless it is given.
     train=("--preset", "tiny", "--vocab_size", "1000", "--per_device_train_batch_size", "16", "--warmup_steps", "400")
-    + ("--logging_steps", "20", "--use_cpu", "true"),
+    + ("--logging_steps", "20"),
     base_shape=("--preset", "tiny", "--vocab_size", "1000"),  # bench_speed.py's tiny shape
     # One thread a process: on two shared cores, two threads each slow a tiny model's steps tens of times.
     environment=(("CUDA_VISIBLE_DEVICES", ""), ("OMP_NUM_THREADS", "1")),
@@ -242,33 +241,24 @@ def finite(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def training_record(run: Path, train_file: Path) -> dict:
-    """A train.py run's seconds, steps and real (non-pad) tokens/s, from its trainer_state.json.
+def training_record(run: Path) -> dict:
+    """A train.py run's seconds and tokens/s (real: source + target tokens that are not padding; padded: all), as
+    train.py reports them in all_results.json, and its steps from trainer_state.json."""
+    from vanilla_hub import TRAIN_RESULTS
 
-    Real tokens are the pairs trained on (epochs x corpus) times the mean source + target tokens of a pair (with
-    </s>, truncated as train.py does), counted with the run's own tokenizer."""
-    from tokenizers import Tokenizer
-
+    results = read_json(run / TRAIN_RESULTS)
     state = read_json(run / "trainer_state.json")
-    record = read_json(run / "data_args.json")
-    if state is None or record is None or not (run / "tokenizer.json").is_file():
+    if results is None or state is None:
         return {}
-    summary = next((entry for entry in reversed(state["log_history"]) if "train_runtime" in entry), {})
-    seconds = finite(summary.get("train_runtime"))
-    pairs = [json.loads(line)["translation"] for line in train_file.read_text(encoding="utf-8").splitlines() if line]
-    tokenizer = Tokenizer.from_file(str(run / "tokenizer.json"))
-    tokens = 0
-    for lang, limit in ((SOURCE_LANG, record["max_source_length"]), (TARGET_LANG, record["max_target_length"])):
-        tokens += sum(min(len(encoding.ids), limit) for encoding in tokenizer.encode_batch([p[lang] for p in pairs]))
-    trained_pairs = state["epoch"] * len(pairs)
     config = read_json(run / "config.json") or {}
     return {
-        "train_seconds": seconds,
+        "train_seconds": finite(results.get("train_runtime")),
         "stopped_by_budget": state["global_step"] < state["max_steps"],
         "steps": state["global_step"],
         "epochs": finite(state["epoch"]),
         "vocab_size": config.get("vocab_size"),
-        "real_tokens_per_second": finite(trained_pairs * tokens / len(pairs) / seconds) if seconds else None,
+        "real_tokens_per_second": finite(results.get("train_tokens_per_second")),
+        "padded_tokens_per_second": finite(results.get("train_padded_tokens_per_second")),
     }
 
 
@@ -290,10 +280,10 @@ def decoding_ratios(rows: dict) -> dict:
     return ratios
 
 
-def measure(out: Path, data: Path, plan: Plan) -> dict:
+def measure(out: Path, plan: Plan) -> dict:
     """Every figure the summary reports (None where its step did not produce it)."""
-    train = training_record(out / "multi30k", data / DATA_FILES[0])
-    base = training_record(out / "train-base", data / DATA_FILES[0])
+    train = training_record(out / "multi30k")
+    base = training_record(out / "train-base")
     early, final = read_json(out / "eval_early.json"), read_json(out / "eval_final.json")
     trained = bench_rows(out / "bench_train.json").get("train tokens/s", {})
     decode_rows = bench_rows(out / "bench_decode.json")
@@ -309,6 +299,7 @@ def measure(out: Path, data: Path, plan: Plan) -> dict:
         "train_steps": train.get("steps"),
         "train_epochs": train.get("epochs"),
         "train_real_tokens_per_second": train.get("real_tokens_per_second"),
+        "train_padded_tokens_per_second": train.get("padded_tokens_per_second"),
         "early_seconds": plan.early_seconds,
         "early_step": early_state.get("global_step"),
         "bleu_early": finite(early["bleu"]) if early else None,
@@ -317,6 +308,7 @@ def measure(out: Path, data: Path, plan: Plan) -> dict:
         "eval_final_sentences_per_second": finite(final["sentences_per_second"]) if final else None,
         "base_vocab_size": base.get("vocab_size"),
         "base_real_tokens_per_second": base_rate,
+        "base_padded_tokens_per_second": base.get("padded_tokens_per_second"),
         "bench_train_tokens_per_second": trained,
         "bench_compiled_tokens_per_second": compiled_rate,
         "base_over_bench": base_rate / compiled_rate if base_rate and compiled_rate else None,
@@ -332,11 +324,13 @@ def step_details(measurements: dict, plan: Plan) -> dict[str, str]:
     stopped = "stopped at" if measurements["train_stopped_by_budget"] else "finished within"
     return {
         "train": f"{m['train_seconds']} s of training ({stopped} the {plan.train_seconds:g} s budget), "
-        f"{m['train_steps']} steps, {m['train_epochs']} epochs, {m['train_real_tokens_per_second']} real tokens/s",
+        f"{m['train_steps']} steps, {m['train_epochs']} epochs, {m['train_real_tokens_per_second']} real tokens/s "
+        f"({m['train_padded_tokens_per_second']} padded)",
         "eval-early": f"BLEU {m['bleu_early']}, the model at {plan.early_seconds:g} s (step {m['early_step']})",
         "eval-final": f"BLEU {m['bleu_final']}, {m['final_model']}",
         "bench-train": f"ours compiled: {m['bench_compiled_tokens_per_second']} tokens/s",
-        "train-base": f"{m['base_real_tokens_per_second']} real tokens/s (vocabulary {m['base_vocab_size']})",
+        "train-base": f"{m['base_real_tokens_per_second']} real tokens/s ({m['base_padded_tokens_per_second']} padded, "
+        f"vocabulary {m['base_vocab_size']})",
         "bench-decode": f"beam 4: our fastest path {m['beam4_fastest_over_marian']} Marian generate()",
     }
 
@@ -350,13 +344,22 @@ def early_model(out: Path, plan: Plan) -> Path:
 def step_commands(out: Path, data: Path, plan: Plan, ctranslate2: bool) -> dict[str, Callable[[], list[str] | str]]:
     """Each step's command line, built when the step starts (a string: why the step is skipped)."""
     python = sys.executable
-    corpus = ["--train_file", str(data / DATA_FILES[0]), "--validation_file", str(data / DATA_FILES[1])]
-    corpus += ["--test_file", str(data / DATA_FILES[2]), "--source_lang", SOURCE_LANG, "--target_lang", TARGET_LANG]
     test = ["--test_file", str(data / DATA_FILES[2]), "--source_lang", SOURCE_LANG, "--target_lang", TARGET_LANG]
+    corpus = ["--train_file", str(data / DATA_FILES[0]), "--validation_file", str(data / DATA_FILES[1]), *test]
     run = out / "multi30k"
     bench = [python, str(ROOT / "bench" / "bench_speed.py"), *plan.bench]
     if not ctranslate2:
         bench.append("--no-ctranslate2")
+
+    def evaluation(model: list[str], name: str) -> list[str]:
+        """eval.py on the test set, its report in OUT/eval_<name>.json and its translations beside it."""
+        files = [
+            "--results_file",
+            str(out / f"eval_{name}.json"),
+            "--predictions_file",
+            str(out / f"predictions_{name}.txt"),
+        ]
+        return [python, str(ROOT / "eval.py"), *model, *test, *files]
 
     def train():
         budget = ["--max_train_seconds", str(plan.train_seconds), "--save_at_seconds", str(plan.early_seconds)]
@@ -366,13 +369,7 @@ def step_commands(out: Path, data: Path, plan: Plan, ctranslate2: bool) -> dict[
         model = early_model(out, plan)
         if not (model / "config.json").is_file():
             return f"the train step kept no model at {plan.early_seconds:g} s ({model})"
-        files = [
-            "--results_file",
-            str(out / "eval_early.json"),
-            "--predictions_file",
-            str(out / "predictions_early.txt"),
-        ]
-        return [python, str(ROOT / "eval.py"), "--model", str(model), *test, *files]
+        return evaluation(["--model", str(model)], "early")
 
     def eval_final():
         from vanilla_data import complete_checkpoints
@@ -384,13 +381,7 @@ def step_commands(out: Path, data: Path, plan: Plan, ctranslate2: bool) -> dict[
             model = ["--model", str(run)]
         else:
             return f"the train step left no model or checkpoint in {run}"
-        files = [
-            "--results_file",
-            str(out / "eval_final.json"),
-            "--predictions_file",
-            str(out / "predictions_final.txt"),
-        ]
-        return [python, str(ROOT / "eval.py"), *model, *test, *files]
+        return evaluation(model, "final")
 
     def train_base():
         budget = ["--max_train_seconds", str(plan.base_train_seconds), "--eval_strategy", "no", "--save_strategy", "no"]
@@ -438,10 +429,16 @@ def print_summary(summary: dict) -> None:
     rows = [
         ("recipe training seconds", m["train_seconds"]),
         ("recipe steps / epochs", f"{m['train_steps']} / {m['train_epochs']}"),
-        ("recipe real tokens/s", m["train_real_tokens_per_second"]),
+        (
+            "recipe real / padded tokens/s",
+            f"{m['train_real_tokens_per_second']} / {m['train_padded_tokens_per_second']}",
+        ),
         (f"BLEU test_2016, the model at {summary['plan']['early_seconds']:g} s", m["bleu_early"]),
         (f"BLEU test_2016, final ({m['final_model']})", m["bleu_final"]),
-        ("train.py real tokens/s, base shape", m["base_real_tokens_per_second"]),
+        (
+            "train.py real / padded tokens/s, base shape",
+            f"{m['base_real_tokens_per_second']} / {m['base_padded_tokens_per_second']}",
+        ),
     ]
     rows += [
         (f"bench train tokens/s, {name}", format_value(value))
@@ -499,7 +496,7 @@ def run_check(out: Path, data: Path, dry: bool, start: float) -> dict:
             steps[name] = StepResult("skipped", detail=f"no time left in the {plan.budget_seconds:g} s budget")
         else:
             steps[name] = run_step(name, command, timeout, out, environment)
-    measurements = measure(out, data, plan)
+    measurements = measure(out, plan)
     for name, detail in step_details(measurements, plan).items():
         if name in steps and steps[name].status == "ok":
             steps[name].detail = detail

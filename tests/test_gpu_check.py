@@ -83,6 +83,15 @@ def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
     assert measurements["final_model"] == f"averaged-last-{gpu_check.AVERAGE_LAST}"
     for name in ("train_real_tokens_per_second", "base_real_tokens_per_second", "bench_compiled_tokens_per_second"):
         assert measurements[name] > 0, name
+    # train.py's own tokens/s, as each run reported them in all_results.json; the recipe's bf16 without --use_cpu.
+    for run, prefix in (("multi30k", "train"), ("train-base", "base")):
+        results = json.loads((tmp_path / "out" / run / "all_results.json").read_text())
+        assert measurements[f"{prefix}_real_tokens_per_second"] == results["train_tokens_per_second"]
+        assert measurements[f"{prefix}_padded_tokens_per_second"] == results["train_padded_tokens_per_second"]
+        assert measurements[f"{prefix}_padded_tokens_per_second"] >= measurements[f"{prefix}_real_tokens_per_second"]
+    for step in ("train", "train-base"):
+        command = (tmp_path / "out" / "logs" / f"{step}.log").read_text().splitlines()[0].split()
+        assert "--use_cpu" not in command and "recipes/multi30k_de_en.yaml" in " ".join(command)
     for metric in ("greedy sent/s", "beam-4 sent/s"):  # eager, compiled static cache, CTranslate2: each over Marian
         ratios = measurements["decoding_over_marian"][metric]
         assert {"ours", "ours, compiled static", "ours, CT2 float32", "ours, CT2 int8"} <= set(ratios)
