@@ -351,6 +351,7 @@ class VanillaEncoder(VanillaStack):
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         hidden_states = self.embed(input_ids, inputs_embeds, 0)
+        # The masks take only the batch size, length, dtype and device of the embeddings they are given.
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, **kwargs)
