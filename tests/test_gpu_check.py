@@ -89,6 +89,11 @@ def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
         assert measurements[f"{prefix}_real_tokens_per_second"] == results["train_tokens_per_second"]
         assert measurements[f"{prefix}_padded_tokens_per_second"] == results["train_padded_tokens_per_second"]
         assert measurements[f"{prefix}_padded_tokens_per_second"] >= measurements[f"{prefix}_real_tokens_per_second"]
+    # bench_speed.py on a CPU: float32 and bf16 autocast training rows of both models, each pair's ratio in its JSON.
+    bench = json.loads((tmp_path / "out" / "bench_train.json").read_text())
+    trained, ratios = bench["rows"]["train tokens/s"], bench["ratios"]["train tokens/s"]
+    for ours, marian in (("ours", "marian"), ("ours, bf16 autocast", "marian, bf16 autocast")):
+        assert ratios[f"{ours} / {marian}"] == pytest.approx(trained[ours] / trained[marian])
     for step in ("train", "train-base"):
         command = (tmp_path / "out" / "logs" / f"{step}.log").read_text().splitlines()[0].split()
         assert "--use_cpu" not in command and "recipes/multi30k_de_en.yaml" in " ".join(command)
