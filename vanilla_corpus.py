@@ -106,8 +106,8 @@ def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
     return raw
 
 
-# The data files --streaming reads, by suffix: the `datasets` builder that streams them.
-STREAMED_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+# The data files train.py and eval.py read, by suffix: the `datasets` builder that reads them (streamed or not).
+DATA_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 
 
 def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
@@ -136,15 +136,15 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
             if path is None:
                 continue
             suffix = Path(path).suffix.lower()
-            if suffix not in STREAMED_FORMATS:
-                raise UsageError(f"{path}: unknown format {suffix!r}; expected {', '.join(STREAMED_FORMATS)}")
+            if suffix not in DATA_FORMATS:
+                raise UsageError(f"{path}: unknown format {suffix!r}; expected {', '.join(DATA_FORMATS)}")
             if not Path(path).is_file():
                 raise UsageError(f"{path}: no such file")
             options = {"delimiter": "\t"} if suffix == ".tsv" else {}
             stream = datasets.load_dataset(
-                STREAMED_FORMATS[suffix], data_files=path, split="train", streaming=True, **options
+                DATA_FORMATS[suffix], data_files=path, split="train", streaming=True, **options
             )
-            if STREAMED_FORMATS[suffix] == "csv":
+            if DATA_FORMATS[suffix] == "csv":
                 stream = stream.map(lambda row: {"translation": {language: row[language] for language in languages}})
                 stream = stream.select_columns(["translation"])
             raw[split], origin[split] = stream, path
@@ -178,17 +178,20 @@ def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
 
 
 def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
-    """One split from JSON lines (a 'translation' column) or CSV/TSV (one column per language)."""
+    """One split from JSON lines or Parquet (a 'translation' column) or CSV/TSV (one column per language)."""
     suffix = Path(path).suffix.lower()
-    if suffix not in (".json", ".jsonl", ".csv", ".tsv"):
-        raise UsageError(f"{path}: unknown format {suffix!r}; expected .jsonl/.json, .csv or .tsv")
-    text = read_text(path)
-    lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise UsageError(f"{path}: line {number} is empty")
-    if not lines:
-        raise UsageError(f"{path}: the file is empty")
+    if suffix not in DATA_FORMATS:
+        raise UsageError(f"{path}: unknown format {suffix!r}; expected .jsonl/.json, .parquet, .csv or .tsv")
+    if suffix == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        text = read_text(path)
+        lines = text.splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                raise UsageError(f"{path}: line {number} is empty")
+        if not lines:
+            raise UsageError(f"{path}: the file is empty")
     if suffix in (".json", ".jsonl"):
         rows = []
         for number, line in enumerate(lines, start=1):
@@ -199,6 +202,7 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
             if not isinstance(row, dict) or not isinstance(row.get("translation"), dict):
                 raise UsageError(f"{path}: line {number} has no 'translation' column holding {{language: sentence}}")
             rows.append(row["translation"])
+    if DATA_FORMATS[suffix] != "csv":
         languages = sorted(set().union(*rows))
         columns = {language: [row.get(language) for row in rows] for language in languages}
     else:
@@ -209,12 +213,30 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
             raise UsageError(f"{path}: language {language!r} is not in the data (found: {', '.join(languages)})")
     if not args.source_lang or not args.target_lang:
         return datasets.Dataset.from_dict({"translation": []})  # load_raw_datasets reports the missing languages
-    if suffix in (".json", ".jsonl"):
+    if DATA_FORMATS[suffix] != "csv":
         _check_json_sentences(path, rows, (args.source_lang, args.target_lang))
     source, target = columns[args.source_lang], columns[args.target_lang]
     _check_counts(path, args.source_lang, source, args.target_lang, target)
     pairs = [{args.source_lang: s, args.target_lang: t} for s, t in zip(source, target, strict=True)]
     return datasets.Dataset.from_dict({"translation": pairs})
+
+
+def _read_parquet(path: str) -> list[dict]:
+    """The 'translation' column of a Parquet file ({language: sentence} a row), read by the builder --streaming uses."""
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        dataset = datasets.load_dataset("parquet", data_files=path, split="train")
+    except Exception as error:  # pyarrow's errors for a file that is not Parquet
+        raise UsageError(f"{path}: cannot read it as Parquet ({error})") from None
+    if "translation" not in dataset.column_names:
+        raise UsageError(f"{path}: no 'translation' column (columns: {', '.join(dataset.column_names)})")
+    rows = list(dataset["translation"])
+    if not rows:
+        raise UsageError(f"{path}: no sentence pairs")
+    if not all(isinstance(row, dict) for row in rows):
+        raise UsageError(f"{path}: the 'translation' column does not hold {{language: sentence}}")
+    return rows
 
 
 def _read_table(path: str, text: str, delimiter: str) -> dict[str, list[str | None]]:

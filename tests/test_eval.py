@@ -12,6 +12,7 @@ import evaluate
 import pytest
 import sacrebleu
 import torch
+from datasets import Dataset
 from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -590,6 +591,18 @@ def evaluate_with(trained_run: Path, test_file: Path, output: Path, *args: str) 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return (output / "hypotheses.txt").read_text().splitlines(), json.loads((output / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_parquet_test_file_is_scored_as_its_json_lines_twin(trained_run, test_file, tmp_path):
+    parquet = tmp_path / "test.parquet"
+    Dataset.from_dict({"translation": [{"en": en, "de": de} for en, de in PAIRS]}).to_parquet(parquet)
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "parquet").mkdir()
+    hypotheses, report = evaluate_with(trained_run, test_file, tmp_path / "jsonl")
+    from_parquet, parquet_report = evaluate_with(trained_run, parquet, tmp_path / "parquet")
+    assert from_parquet == hypotheses and len(hypotheses) == len(PAIRS)
+    assert (parquet_report["bleu"], parquet_report["chrf"]) == (report["bleu"], report["chrf"])
 
 
 @pytest.mark.slow

@@ -480,6 +480,22 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
     assert raw["train"]["translation"] == expected
 
 
+def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it(tmp_path):
+    pairs = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in range(1, 6)]
+    Dataset.from_dict({"translation": pairs}).to_parquet(tmp_path / "pairs.parquet")
+    twin = write_jsonl(tmp_path / "pairs.jsonl", range(1, 6))
+    loaded = {
+        path.suffix: load_raw_datasets(DataArguments(train_file=str(path), source_lang="en", target_lang="de"))
+        for path in (tmp_path / "pairs.parquet", twin)
+    }
+    assert loaded[".parquet"]["train"]["translation"] == loaded[".jsonl"]["train"]["translation"] == pairs
+    with pytest.raises(UsageError, match="language 'fr' is not in the data"):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "pairs.parquet"), source_lang="en", target_lang="fr"))
+    Dataset.from_dict({"text": ["one"]}).to_parquet(tmp_path / "plain.parquet")
+    with pytest.raises(UsageError, match="no 'translation' column"):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "plain.parquet"), source_lang="en", target_lang="de"))
+
+
 @pytest.mark.parametrize(
     "flags, expected",
     [
