@@ -121,6 +121,13 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into an output_dir that already holds a model or checkpoints."}
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP's find_unused_parameters: False, as every parameter of the model takes part in each step "
+            "(True walks the autograd graph every step looking for unused ones, and warns that there are none)."
+        },
+    )
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "Stop training after this many seconds (evaluations and saves included)."}
     )
