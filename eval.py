@@ -14,7 +14,6 @@ torch, the model classes, evaluate and matplotlib are imported where used, so th
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ from transformers import HfArgumentParser
 
 import vanilla_ctranslate2
 from vanilla_averaging import average_checkpoints
-from vanilla_cli import UsageError, exit_on_usage_error, given_flags
+from vanilla_cli import UsageError, argument_dataclass, exit_on_usage_error, given_flags
 from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data
 from vanilla_files import check_writable, output_path, write_text_atomically
@@ -35,59 +34,47 @@ METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu metric it runs
 
 
-@dataclass
+@argument_dataclass
 class EvalArguments:
-    """The model to evaluate, the decoding settings (the model's generation_config unless given) and the outputs."""
+    """The model to evaluate, the decoding settings (the model's generation_config unless given) and the outputs.
 
-    model: str = field(metadata={"help": "A model folder or Hub id with its tokenizer; with --average_last, a run."})
-    split: str = field(default="test", metadata={"help": "The split to translate and score."})
-    num_beams: int | None = field(
-        default=None,
-        metadata={"help": "Beam size (default: generation_config's; train.py saves 4, sec. 6.1)."},
-    )
-    length_penalty: float | None = field(
-        default=None,
-        metadata={"help": "Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1)."},
-    )
-    max_length_offset: int = field(
-        default=50, metadata={"help": "Maximum output length = input length + this, in tokens (sec. 6.1: 50)."}
-    )
-    batch_size: int = field(default=64, metadata={"help": "Sentences per generate() call."})
-    predictions_file: str | None = field(
-        default=None, metadata={"help": "Hypotheses, one a line (default: predictions_<split>.txt beside the model)."}
-    )
-    results_file: str | None = field(
-        default=None, metadata={"help": "The JSON report (default: eval_results_<split>.json beside the model)."}
-    )
-    hub_metrics: bool = field(
-        default=False, metadata={"help": "Load sacrebleu and chrf from the Hub instead of the local metrics/."}
-    )
-    average_last: int | None = field(
-        default=None, metadata={"help": "Average the weights of the last N checkpoint-* folders of --model first."}
-    )
-    averaged_model_dir: str | None = field(
-        default=None, metadata={"help": "Where the averaged model is written (default: <run>/averaged-last-N)."}
-    )
-    plot_attention: str | None = field(
-        default=None, metadata={"help": "Only plot the last layer's cross-attention while translating this sentence."}
-    )
-    attention_file: str | None = field(
-        default=None, metadata={"help": "The attention plot (default: attention.png beside the model)."}
-    )
-    engine: Literal["transformers", "ctranslate2"] = field(
-        default="transformers",
-        metadata={"help": "transformers' generate(), or CTranslate2 (converted once, cached beside the model)."},
-    )
-    quantization: str | None = field(
-        default=None,
-        metadata={"help": "CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ..."},
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
-        default=None, metadata={"help": "transformers engine: run the model in this dtype (default: as saved)."}
-    )
-    compile: bool = field(
-        default=False, metadata={"help": "transformers engine: decode with a static cache and torch.compile."}
-    )
+    Args:
+        model: A model folder or Hub id with its tokenizer; with --average_last, a run.
+        split: The split to translate and score.
+        num_beams: Beam size (default: generation_config's; train.py saves 4, sec. 6.1).
+        length_penalty: Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1).
+        max_length_offset: Maximum output length = input length + this, in tokens (sec. 6.1: 50).
+        batch_size: Sentences per generate() call.
+        predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model).
+        results_file: The JSON report (default: eval_results_<split>.json beside the model).
+        hub_metrics: Load sacrebleu and chrf from the Hub instead of the local metrics/.
+        average_last: Average the weights of the last N checkpoint-* folders of --model first.
+        averaged_model_dir: Where the averaged model is written (default: <run>/averaged-last-N).
+        plot_attention: Only plot the last layer's cross-attention while translating this sentence.
+        attention_file: The attention plot (default: attention.png beside the model).
+        engine: transformers' generate(), or CTranslate2 (converted once, cached beside the model).
+        quantization: CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ...
+        dtype: transformers engine: run the model in this dtype (default: as saved).
+        compile: transformers engine: decode with a static cache and torch.compile.
+    """
+
+    model: str
+    split: str = "test"
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    max_length_offset: int = 50
+    batch_size: int = 64
+    predictions_file: str | None = None
+    results_file: str | None = None
+    hub_metrics: bool = False
+    average_last: int | None = None
+    averaged_model_dir: str | None = None
+    plot_attention: str | None = None
+    attention_file: str | None = None
+    engine: Literal["transformers", "ctranslate2"] = "transformers"
+    quantization: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    compile: bool = False
 
     def __post_init__(self):
         for name in ("num_beams", "batch_size"):

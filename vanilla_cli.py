@@ -2,10 +2,14 @@
 
 import argparse
 import codecs
+import dataclasses
 import functools
+import inspect
 import json
 import os
+import re
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,3 +88,24 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[
     parser.set_defaults(**{action.dest: unset for action in parser._actions})
     namespace, _ = parser.parse_known_args(argv)
     return given | {name for name, value in vars(namespace).items() if value is not unset}
+
+
+def documented_arguments(cls: type) -> dict[str, str]:
+    """Each `name: text` entry of the Args section of the class's docstring (and its parents'); a text runs on over
+    the lines indented below its first."""
+    documented = {}
+    for ancestor in reversed(cls.__mro__):
+        entries = re.findall(r"^ {4}(\w+): (.+(?:\n {8}.+)*)$", inspect.getdoc(ancestor) or "", re.MULTILINE)
+        documented.update((name, " ".join(text.split())) for name, text in entries)
+    return documented
+
+
+def argument_dataclass(cls: type) -> type:
+    """@dataclass for a CLI's arguments (HfArgumentParser's), each field's --help its entry in the docstring's Args."""
+    documented = documented_arguments(cls)
+    for name in cls.__annotations__:
+        value = cls.__dict__.get(name, dataclasses.MISSING)
+        argument = value if isinstance(value, dataclasses.Field) else dataclasses.field(default=value)
+        argument.metadata = types.MappingProxyType({**argument.metadata, "help": documented[name]})
+        setattr(cls, name, argument)
+    return dataclasses.dataclass(cls)

@@ -7,12 +7,11 @@ A corpus is a `datasets.DatasetDict` with splits "train", "validation" and "test
 import io
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 
-from vanilla_cli import UsageError, read_text
+from vanilla_cli import UsageError, argument_dataclass, read_text
 
 SPLITS = ("train", "validation", "test")
 # The embedded task: English number words -> German number words, e.g. "twenty-three" -> "dreiundzwanzig".
@@ -21,26 +20,31 @@ EMBEDDED_NUMBERS = range(1, 1000)
 EMBEDDED_HELD_OUT = 0.1  # fraction of the numbers in each of validation and test
 
 
-@dataclass
+@argument_dataclass
 class DataArguments:
-    """Where the parallel corpus comes from and which direction to translate; no data argument: the embedded task."""
+    """Where the parallel corpus comes from and which direction to translate; no data argument: the embedded task.
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (or a local dataset dir)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, e.g. 'de-en'."})
-    train_file: str | None = field(
-        default=None,
-        metadata={"help": "JSON lines with a 'translation' column, or CSV/TSV with a column per language."},
-    )
-    validation_file: str | None = field(default=None, metadata={"help": "Same format as --train_file."})
-    test_file: str | None = field(default=None, metadata={"help": "Same format as --train_file."})
-    source_lang: str | None = field(default=None, metadata={"help": "Source language code (embedded task: en)."})
-    target_lang: str | None = field(default=None, metadata={"help": "Target language code (embedded task: de)."})
-    max_source_length: int = field(
-        default=256, metadata={"help": "Source sentences are truncated to this many tokens."}
-    )
-    max_target_length: int = field(
-        default=256, metadata={"help": "Target sentences are truncated to this many tokens."}
-    )
+    Args:
+        dataset_name: A dataset on the Hub (or a local dataset dir).
+        dataset_config_name: Its configuration, e.g. 'de-en'.
+        train_file: JSON lines or Parquet with a 'translation' column, or CSV/TSV with a column per language.
+        validation_file: Same format as --train_file.
+        test_file: Same format as --train_file.
+        source_lang: Source language code (embedded task: en).
+        target_lang: Target language code (embedded task: de).
+        max_source_length: Source sentences are truncated to this many tokens.
+        max_target_length: Target sentences are truncated to this many tokens.
+    """
+
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    source_lang: str | None = None
+    target_lang: str | None = None
+    max_source_length: int = 256
+    max_target_length: int = 256
 
     def __post_init__(self):
         for name in ("max_source_length", "max_target_length"):

@@ -7,8 +7,7 @@ so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate
 
 import inspect
 import os
-import re
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import field, make_dataclass
 
 import torch
 from transformers import (
@@ -22,7 +21,7 @@ from transformers.training_args import ParallelMode
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS, VanillaConfig
-from vanilla_cli import RECIPE_SUFFIXES, UsageError, read_recipe
+from vanilla_cli import RECIPE_SUFFIXES, UsageError, argument_dataclass, documented_arguments, read_recipe
 from vanilla_corpus import DataArguments
 from vanilla_tokenizer import train_bpe_tokenizer
 
@@ -41,14 +40,6 @@ def config_fields(config_class: type[VanillaConfig]) -> dict[str, inspect.Parame
             if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and name != "self" and name not in NOT_FLAGS:
                 fields.setdefault(name, parameter)
     return fields
-
-
-def documented_arguments(config_class: type[VanillaConfig]) -> dict[str, str]:
-    """Each `name: text` line of the Args section of the config class's docstring (and its parents')."""
-    documented = {}
-    for cls in reversed(config_class.__mro__):
-        documented.update(re.findall(r"^ {4}(\w+): (.+)$", inspect.getdoc(cls) or "", re.MULTILINE))
-    return documented
 
 
 def model_arguments(config_class: type[VanillaConfig] = VanillaConfig) -> type:
@@ -100,60 +91,45 @@ def model_arguments(config_class: type[VanillaConfig] = VanillaConfig) -> type:
 ModelArguments = model_arguments()
 
 
-@dataclass
+@argument_dataclass
 class TrainingArguments(Seq2SeqTrainingArguments):
-    """Trainer's arguments with the paper's recipe (sec. 5.3) as defaults, and --overwrite_output_dir."""
+    """Trainer's arguments with the paper's recipe (sec. 5.3) as defaults, and --overwrite_output_dir.
 
-    learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate; default (d_model * warmup_steps)^-0.5, the paper's."}
-    )
-    lr_scheduler_type: str = field(default="inverse_sqrt", metadata={"help": "Sec. 5.3: warmup, then 1/sqrt(step)."})
-    warmup_steps: float = field(default=4000, metadata={"help": "Sec. 5.3: warmup_steps = 4000."})
-    adam_beta2: float = field(default=0.98, metadata={"help": "Sec. 5.3: beta_2 = 0.98."})
-    adam_epsilon: float = field(default=1e-9, metadata={"help": "Sec. 5.3: epsilon = 1e-9."})
-    train_sampling_strategy: str = field(
-        default="group_by_length",
-        metadata={
-            "help": "Batches of similar lengths cut padding (sec. 5.1).",
-            "choices": ["random", "group_by_length"],
-        },
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train into an output_dir that already holds a model or checkpoints."}
-    )
-    ddp_find_unused_parameters: bool | None = field(
-        default=False,
-        metadata={
-            "help": "DDP's find_unused_parameters: False, as every parameter of the model takes part in each step "
-            "(True walks the autograd graph every step looking for unused ones, and warns that there are none)."
-        },
-    )
-    max_train_seconds: float | None = field(
-        default=None, metadata={"help": "Stop training after this many seconds (evaluations and saves included)."}
-    )
-    save_at_seconds: float | None = field(
-        default=None, metadata={"help": "Also keep the model after this many seconds, in output_dir/model-at-<N>s."}
-    )
-    max_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Batches of at most this many padded source + target tokens, of pairs of similar lengths "
-            "(sec. 5.1: about 25000 + 25000), in place of --per_device_train_batch_size sentences."
-        },
-    )
+    Args:
+        learning_rate: Peak learning rate; default (d_model * warmup_steps)^-0.5, the paper's.
+        lr_scheduler_type: Sec. 5.3: warmup, then 1/sqrt(step).
+        warmup_steps: Sec. 5.3: warmup_steps = 4000.
+        adam_beta2: Sec. 5.3: beta_2 = 0.98.
+        adam_epsilon: Sec. 5.3: epsilon = 1e-9.
+        train_sampling_strategy: Batches of similar lengths cut padding (sec. 5.1).
+        overwrite_output_dir: Train into an output_dir that already holds a model or checkpoints.
+        ddp_find_unused_parameters: DDP's find_unused_parameters: False, as every parameter of the model takes part in
+            each step (True walks the autograd graph every step looking for unused ones, and warns that there are none).
+        max_train_seconds: Stop training after this many seconds (evaluations and saves included).
+        save_at_seconds: Also keep the model after this many seconds, in output_dir/model-at-<N>s.
+        max_tokens: Batches of at most this many padded source + target tokens, of pairs of similar lengths (sec. 5.1:
+            about 25000 + 25000), in place of --per_device_train_batch_size sentences.
+        streaming: Read --dataset_name or the data files as training consumes them, tokenizing on the fly, for corpora
+            too large to load (or to wait for); needs a --max_steps budget.
+    """
+
+    learning_rate: float | None = None
+    lr_scheduler_type: str = "inverse_sqrt"
+    warmup_steps: float = 4000
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-9
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"choices": ["random", "group_by_length"]})
+    overwrite_output_dir: bool = False
+    ddp_find_unused_parameters: bool | None = False
+    max_train_seconds: float | None = None
+    save_at_seconds: float | None = None
+    max_tokens: int | None = None
+    streaming: bool = False
 
     def __post_init__(self):
         if (self.bf16 or self.bf16_full_eval) and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
             self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
         super().__post_init__()
-
-    streaming: bool = field(
-        default=False,
-        metadata={
-            "help": "Read --dataset_name or the data files as training consumes them, tokenizing on the fly, for "
-            "corpora too large to load (or to wait for); needs a --max_steps budget."
-        },
-    )
 
 
 def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:

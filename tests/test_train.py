@@ -36,6 +36,7 @@ from vanilla_files import complete_checkpoints
 from vanilla_tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
 from vanilla_train_arguments import (
     ModelArguments,
+    argument_parser,
     build_config,
     model_arguments,
     paper_peak_learning_rate,
@@ -585,6 +586,15 @@ def test_every_config_field_is_a_flag_and_a_new_field_of_a_subclass_becomes_one(
     config = build_config(model_args, small_bpe())
     assert type(config) is WideFeedForwardConfig and config.d_ff_multiplier == 8
     assert (config.d_model, config.dropout, config.vocab_size) == (64, 0.0, 60)
+
+
+def test_a_flags_help_is_its_docstring_entry_with_the_lines_indented_below_it():
+    helps = {action.dest: action.help for action in argument_parser()._actions}
+    assert helps["max_tokens"] == (
+        "Batches of at most this many padded source + target tokens, of pairs of similar lengths (sec. 5.1: about "
+        "25000 + 25000), in place of --per_device_train_batch_size sentences."
+    )
+    assert helps["test_file"] == "Same format as --train_file."
 
 
 def test_config_overrides_set_fields_over_the_preset_and_named_flags_win_over_them():
