@@ -11,101 +11,70 @@ The metrics are the local `evaluate` modules in metrics/ (offline); --hub_metric
 torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails fast.
 """
 
-import argparse
-import copy
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
 import vanilla_ctranslate2
-from vanilla_data import (
-    AVERAGED_MARKER,
-    DATA_RECORD,
-    DATA_RECORD_KEYS,
-    DATA_SOURCE_ARGS,
-    SPLITS,
-    TRAINER_STATE,
-    DataArguments,
-    UsageError,
-    checkpoint_folders,
-    complete_checkpoints,
-    exit_on_usage_error,
-    load_raw_datasets,
-    probe_write,
-    sentences,
-    write_file_atomically,
-    write_folder_atomically,
-    write_text_atomically,
-)
+from vanilla_averaging import average_checkpoints
+from vanilla_cli import UsageError, argument_dataclass, exit_on_usage_error, given_flags
+from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
+from vanilla_data_record import model_data_record, resolve_data
+from vanilla_files import check_writable, output_path, write_text_atomically
 from vanilla_hub import CARD, folder_card
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from vanilla_plots import plot_cross_attention
+from vanilla_translation import check_model_path, load_translation_model, translate
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu metric it runs
 
 
-@dataclass
+@argument_dataclass
 class EvalArguments:
-    """The model to evaluate, the decoding settings (the model's generation_config unless given) and the outputs."""
+    """The model to evaluate, the decoding settings (the model's generation_config unless given) and the outputs.
 
-    model: str = field(metadata={"help": "A model folder or Hub id with its tokenizer; with --average_last, a run."})
-    split: str = field(default="test", metadata={"help": "The split to translate and score."})
-    num_beams: int | None = field(
-        default=None,
-        metadata={"help": "Beam size (default: generation_config's; train.py saves 4, sec. 6.1)."},
-    )
-    length_penalty: float | None = field(
-        default=None,
-        metadata={"help": "Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1)."},
-    )
-    max_length_offset: int = field(
-        default=50, metadata={"help": "Maximum output length = input length + this, in tokens (sec. 6.1: 50)."}
-    )
-    batch_size: int = field(default=64, metadata={"help": "Sentences per generate() call."})
-    predictions_file: str | None = field(
-        default=None, metadata={"help": "Hypotheses, one a line (default: predictions_<split>.txt beside the model)."}
-    )
-    results_file: str | None = field(
-        default=None, metadata={"help": "The JSON report (default: eval_results_<split>.json beside the model)."}
-    )
-    hub_metrics: bool = field(
-        default=False, metadata={"help": "Load sacrebleu and chrf from the Hub instead of the local metrics/."}
-    )
-    average_last: int | None = field(
-        default=None, metadata={"help": "Average the weights of the last N checkpoint-* folders of --model first."}
-    )
-    averaged_model_dir: str | None = field(
-        default=None, metadata={"help": "Where the averaged model is written (default: <run>/averaged-last-N)."}
-    )
-    plot_attention: str | None = field(
-        default=None, metadata={"help": "Only plot the last layer's cross-attention while translating this sentence."}
-    )
-    attention_file: str | None = field(
-        default=None, metadata={"help": "The attention plot (default: attention.png beside the model)."}
-    )
-    engine: Literal["transformers", "ctranslate2"] = field(
-        default="transformers",
-        metadata={"help": "transformers' generate(), or CTranslate2 (converted once, cached beside the model)."},
-    )
-    quantization: str | None = field(
-        default=None,
-        metadata={"help": "CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ..."},
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
-        default=None, metadata={"help": "transformers engine: run the model in this dtype (default: as saved)."}
-    )
-    compile: bool = field(
-        default=False, metadata={"help": "transformers engine: decode with a static cache and torch.compile."}
-    )
+    Args:
+        model: A model folder or Hub id with its tokenizer; with --average_last, a run.
+        split: The split to translate and score.
+        num_beams: Beam size (default: generation_config's; train.py saves 4, sec. 6.1).
+        length_penalty: Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1).
+        max_length_offset: Maximum output length = input length + this, in tokens (sec. 6.1: 50).
+        batch_size: Sentences per generate() call.
+        predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model).
+        results_file: The JSON report (default: eval_results_<split>.json beside the model).
+        hub_metrics: Load sacrebleu and chrf from the Hub instead of the local metrics/.
+        average_last: Average the weights of the last N checkpoint-* folders of --model first.
+        averaged_model_dir: Where the averaged model is written (default: <run>/averaged-last-N).
+        plot_attention: Only plot the last layer's cross-attention while translating this sentence.
+        attention_file: The attention plot (default: attention.png beside the model).
+        engine: transformers' generate(), or CTranslate2 (converted once, cached beside the model).
+        quantization: CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ...
+        dtype: transformers engine: run the model in this dtype (default: as saved).
+        compile: transformers engine: decode with a static cache and torch.compile.
+    """
+
+    model: str
+    split: str = "test"
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    max_length_offset: int = 50
+    batch_size: int = 64
+    predictions_file: str | None = None
+    results_file: str | None = None
+    hub_metrics: bool = False
+    average_last: int | None = None
+    averaged_model_dir: str | None = None
+    plot_attention: str | None = None
+    attention_file: str | None = None
+    engine: Literal["transformers", "ctranslate2"] = "transformers"
+    quantization: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    compile: bool = False
 
     def __post_init__(self):
         for name in ("num_beams", "batch_size"):
@@ -113,117 +82,6 @@ class EvalArguments:
                 raise UsageError(f"--{name} ({getattr(self, name)}) must be at least 1")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
-
-
-def output_path(given: str | None, model: str, default_name: str) -> Path:
-    """The file the user named, else `default_name` in the model folder (or the current folder for a Hub id)."""
-    if given:
-        return Path(given)
-    folder = Path(model)
-    return (folder if folder.is_dir() else Path.cwd()) / default_name
-
-
-def check_writable(path: Path, what: str) -> None:
-    """UsageError unless a file `path` can be written: not a folder, and its folder (or the nearest existing folder
-    above it) takes a real write (vanilla_data.probe_write)."""
-    if path.is_dir():
-        raise UsageError(f"{what} {path} is a folder; expected a file name")
-    try:
-        probe_write(path.parent)
-    except NotADirectoryError as error:
-        raise UsageError(f"{what} {path}: {error.filename} is a file, not a folder") from None
-    except OSError as error:
-        raise UsageError(f"{what} {path}: cannot write into {error.filename} ({error.strerror or error})") from None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """vanilla_data.write_text_atomically, a failure reported as a UsageError."""
-    try:
-        write_text_atomically(path, text)
-    except OSError as error:
-        raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
-
-
-def check_model_path(name: str) -> None:
-    """Cheap checks of a local model folder (config and tokenizer present); Hub ids are checked when loaded."""
-    folder = Path(name)
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise UsageError(f"{name}: not a model folder (no config.json)")
-        if not any((folder / file).is_file() for file in TOKENIZER_FILES):
-            raise UsageError(f"{name}: the model has no tokenizer (no {' or '.join(TOKENIZER_FILES)})")
-    elif folder.exists():
-        raise UsageError(f"{name}: not a model folder")
-    elif folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:  # a Hub id is "name" or "org/name"
-        raise UsageError(f"{name}: no such model folder")
-
-
-def load_model_and_tokenizer(name: str, attn_implementation: str | None = None, dtype: str | None = None):
-    """The model (on the best device, in eval mode) and its tokenizer; UsageError naming what is missing."""
-    import torch
-    from transformers import AutoTokenizer
-
-    check_model_path(name)
-    folder = Path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
-    except (OSError, ValueError) as error:
-        if folder.is_dir() and not (folder / "tokenizer.json").is_file():
-            raise UsageError(
-                f"{name}: cannot load its tokenizer: no tokenizer.json, and tokenizer_config.json alone does not "
-                f"hold a vocabulary ({first_line(error)})"
-            ) from None
-        where = "no such model folder, and no such Hub model available" if not folder.exists() else "cannot load it"
-        raise UsageError(f"{name}: {where} ({first_line(error)})") from None
-    model = load_model(name, attn_implementation, dtype)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
-
-
-def load_model(name: str | Path, attn_implementation: str | None = None, dtype: str | None = None) -> "PreTrainedModel":
-    """AutoModelForSeq2SeqLM.from_pretrained, a missing or damaged weights file reported as a UsageError."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForSeq2SeqLM
-    from transformers.utils import logging
-
-    # Local weights load in a blink; the "Loading weights" bar would only stand between the user and an error line.
-    bars = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(
-            name, trust_remote_code=True, attn_implementation=attn_implementation, dtype=dtype or "auto"
-        )
-    except (OSError, ValueError, SafetensorError) as error:
-        where = "no such model folder, and no such Hub model available" if not Path(name).exists() else "cannot load it"
-        raise UsageError(f"{name}: {where} ({first_line(error)})") from None
-    finally:
-        if bars:
-            logging.enable_progress_bar()
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def check_averaged_model_dir(output: Path) -> None:
-    """Only a new folder, or one holding nothing but an earlier averaged model (its AVERAGED_MARKER), is written."""
-    if not output.exists():
-        check_writable(output / AVERAGED_MARKER, "--averaged_model_dir")
-        return
-    if not output.is_dir():
-        raise UsageError(f"--averaged_model_dir {output} is a file; expected a new folder or an earlier averaged model")
-    if not (output / AVERAGED_MARKER).is_file():
-        raise UsageError(
-            f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
-            f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
-        )
-    folders = sorted(path.name for path in output.iterdir() if path.is_dir())
-    if folders:
-        raise UsageError(
-            f"--averaged_model_dir {output} holds folders besides an averaged model ({', '.join(folders)}); "
-            "refusing to replace it: name a new folder"
-        )
-    check_writable(output.parent / AVERAGED_MARKER, "--averaged_model_dir")
 
 
 def check_engine_arguments(args: EvalArguments) -> None:
@@ -236,171 +94,6 @@ def check_engine_arguments(args: EvalArguments) -> None:
         vanilla_ctranslate2.import_ctranslate2()
     elif args.quantization is not None:
         raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
-
-
-def load_translation_model(args: EvalArguments):
-    """The model that decodes: the torch model (in --dtype), or its CTranslate2 conversion, and the tokenizer."""
-    if args.engine == "ctranslate2":
-        check_model_path(args.model)
-        model, tokenizer = vanilla_ctranslate2.load(args.model, args.quantization)
-    else:
-        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
-        if args.compile:
-            compile_for_decoding(model)
-    take_decoding_defaults(args, model.generation_config)
-    return model, tokenizer
-
-
-def take_decoding_defaults(args: EvalArguments, generation_config) -> None:
-    """The model's saved decoding settings for every decoding flag the user left out (train.py saves sec. 6.1's)."""
-    for name in ("num_beams", "length_penalty"):
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(generation_config, name))
-
-
-def compile_for_decoding(model: "PreTrainedModel") -> None:
-    """--compile: torch.compile the forward that every decoding step calls (with COMPILED_DECODING's static cache).
-
-    Compiled here rather than by generate()'s auto-compilation, which transformers applies to greedy search and
-    sampling but not to beam search."""
-    import torch
-
-    model.forward = torch.compile(model.forward)
-
-
-# generate() arguments for --compile: fixed-size key/value buffers, so each step has the same shapes.
-COMPILED_DECODING = {"cache_implementation": "static", "disable_compile": True}
-
-
-def average_checkpoints(run: Path, last: int, output: Path) -> Path:
-    """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
-
-    Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
-    with AVERAGED_MARKER (the run and the checkpoints averaged) and a copy of the run's DATA_RECORD.
-    """
-    import torch
-
-    if last < 1:
-        raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
-    if not run.is_dir():
-        raise UsageError(f"{run}: no such run folder")
-    check_averaged_model_dir(output)
-    checkpoints = complete_checkpoints(run)
-    if len(checkpoints) < last:
-        incomplete = sorted(path.name for path in checkpoint_folders(run) if path not in checkpoints)
-        skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""
-        raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} complete checkpoint-* folders{skipped}")
-    chosen = checkpoints[-last:]
-    model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))
-    # Sum in float64 so that averaging many checkpoints loses nothing to rounding.
-    totals = {
-        name: tensor.to(torch.float64, copy=True)
-        for name, tensor in model.state_dict().items()
-        if tensor.is_floating_point()
-    }
-    for checkpoint in chosen[:-1]:
-        other = {
-            name: tensor for name, tensor in load_model(checkpoint).state_dict().items() if tensor.is_floating_point()
-        }
-        unshared = sorted(set(other) ^ set(totals))
-        if unshared:
-            holder = checkpoint if unshared[0] in other else chosen[-1]
-            raise UsageError(f"cannot average {checkpoint} with {chosen[-1]}: only {holder} has {unshared[0]}")
-        for name, total in totals.items():
-            if other[name].shape != total.shape:
-                raise UsageError(
-                    f"cannot average {checkpoint} with {chosen[-1]}: {name} has shape {tuple(other[name].shape)} "
-                    f"against {tuple(total.shape)}; the checkpoints must be of one model"
-                )
-            total += other[name].to(total.device, torch.float64)
-    state = model.state_dict()
-    model.load_state_dict({name: (total / last).to(state[name].dtype) for name, total in totals.items()}, strict=False)
-    sources = {"run": str(run.resolve()), "checkpoints": [path.name for path in chosen]}
-    files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
-    if (run / DATA_RECORD).is_file():
-        files[DATA_RECORD] = (run / DATA_RECORD).read_text(encoding="utf-8")
-    save_model_atomically(model, tokenizer, output, files)
-    return output
-
-
-def save_model_atomically(
-    model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", output: Path, files: dict[str, str]
-) -> None:
-    """save_pretrained (and `files`, name -> text) into a temporary folder beside `output`, then swap it in."""
-
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        for name, text in files.items():
-            (folder / name).write_text(text, encoding="utf-8")
-
-    try:
-        write_folder_atomically(output, write)
-    except OSError as error:
-        raise UsageError(f"cannot write the averaged model to {output} ({error.strerror or error})") from None
-
-
-def generation_arguments(args: EvalArguments, input_length: int) -> dict:
-    """Sec. 6.1's beam search, output limited to input length + offset (replacing the model's saved max_length)."""
-    max_new_tokens = input_length + args.max_length_offset
-    if max_new_tokens < 1:
-        raise UsageError(
-            f"--max_length_offset {args.max_length_offset} leaves no room for an output after an input of "
-            f"{input_length} tokens; expected at least {1 - input_length}"
-        )
-    return {
-        "num_beams": args.num_beams,
-        "length_penalty": args.length_penalty,
-        "max_new_tokens": max_new_tokens,
-        "max_length": None,
-    }
-
-
-def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int) -> list[list[int]]:
-    return tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
-
-
-def translate(
-    model: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
-    texts: list[str],
-    args: EvalArguments,
-    max_source_length: int,
-    progress: bool = True,
-) -> list[str]:
-    """Beam search over batches of sources of similar length (longest first); hypotheses come back in input order.
-
-    The output limit is the batch's longest input + max_length_offset; sorting keeps that close to each sentence's.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    input_ids = encode(tokenizer, texts, max_source_length)
-    order = sorted(range(len(texts)), key=lambda index: len(input_ids[index]), reverse=True)
-    hypotheses: list[str] = [""] * len(texts)
-    batches = [order[start : start + args.batch_size] for start in range(0, len(order), args.batch_size)]
-    generation = [generation_arguments(args, len(input_ids[indices[0]])) for indices in batches]  # checked first
-    for indices, settings in tqdm(
-        list(zip(batches, generation, strict=True)), desc="translating", unit="batch", disable=not progress
-    ):
-        if args.engine == "ctranslate2":
-            sources = [input_ids[index] for index in indices]
-            output = model.generate_ids(
-                sources, settings["num_beams"], settings["length_penalty"], settings["max_new_tokens"]
-            )
-        else:
-            batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
-            batch = batch.to(model.device)
-            with torch.no_grad():
-                output = model.generate(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    **settings,
-                    **(COMPILED_DECODING if args.compile else {}),
-                )
-        for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
-            hypotheses[index] = " ".join(text.splitlines())
-    return hypotheses
 
 
 def load_metrics(hub_metrics: bool) -> dict:
@@ -483,8 +176,8 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
         "sentences_per_second": len(sources) / wall_time,
         "predictions_file": str(predictions_file),
     }
-    write_atomically(predictions_file, "".join(f"{hypothesis}\n" for hypothesis in hypotheses))
-    write_atomically(results_file, json.dumps(report, indent=2) + "\n")
+    write_text_atomically(predictions_file, "".join(f"{hypothesis}\n" for hypothesis in hypotheses))
+    write_text_atomically(results_file, json.dumps(report, indent=2) + "\n")
     refresh_card(Path(args.model), results_file)
     print_table(report, results_file)
     return report
@@ -499,7 +192,7 @@ def refresh_card(folder: Path, results_file: Path) -> None:
 
     card = folder_card(folder, PRESETS)
     if card is not None:
-        write_atomically(folder / CARD, str(card))
+        write_text_atomically(folder / CARD, str(card))
 
 
 def print_table(report: dict, results_file: Path) -> None:
@@ -528,61 +221,6 @@ def print_table(report: dict, results_file: Path) -> None:
         print(f"{name:<10}{value}")
 
 
-def plot_cross_attention(args: EvalArguments, max_source_length: int) -> Path:
-    """Heatmaps of the last decoder layer's encoder-decoder attention (sec. 3.2.3) while translating one sentence:
-    one per head and their mean; rows are the output tokens, columns the source tokens."""
-    import matplotlib
-    import torch
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = output_path(args.attention_file, args.model, "attention.png")
-    check_writable(path, "--attention_file")
-    # Only the eager implementation returns attention weights.
-    model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
-    take_decoding_defaults(args, model.generation_config)
-    source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
-    with torch.no_grad():
-        output_ids = model.generate(input_ids=source_ids, **generation_arguments(args, source_ids.shape[1]))
-        # Teacher-force the translation: decoder step i reads output token i and attends while predicting i + 1.
-        outputs = model(input_ids=source_ids, decoder_input_ids=output_ids[:, :-1], output_attentions=True)
-    weights = outputs.cross_attentions[-1][0].float().cpu()  # (heads, output_len, source_len)
-    panels = [(f"head {head + 1}", weights[head]) for head in range(weights.shape[0])]
-    panels.append(("mean of heads", weights.mean(dim=0)))
-
-    source_tokens = tokenizer.convert_ids_to_tokens(source_ids[0].tolist())
-    output_tokens = tokenizer.convert_ids_to_tokens(output_ids[0, 1:].tolist())
-    columns = min(4, len(panels))
-    rows = -(-len(panels) // columns)
-    cell = 0.35
-    figure, axes = plt.subplots(
-        rows,
-        columns,
-        figsize=(columns * (1.5 + cell * len(source_tokens)), rows * (1.5 + cell * len(output_tokens))),
-        squeeze=False,
-    )
-    for axis, (title, panel) in zip(axes.flat, panels, strict=False):
-        axis.imshow(panel.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-        axis.set_title(title)
-        axis.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8)
-        axis.set_yticks(range(len(output_tokens)), output_tokens, fontsize=8)
-    for axis in list(axes.flat)[len(panels) :]:
-        axis.axis("off")
-    translation = tokenizer.decode(output_ids[0], skip_special_tokens=True)
-    figure.suptitle(f"cross-attention, last layer: {args.plot_attention!r} -> {translation!r}")
-    figure.tight_layout()
-
-    try:
-        write_file_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
-    except OSError as error:
-        raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
-    finally:
-        plt.close(figure)
-    print(f"{args.plot_attention} -> {translation}\nattention plot: {path}")
-    return path
-
-
 def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
     """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty)."""
     data = sys.stdin.buffer.read()
@@ -599,66 +237,6 @@ def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
         print(next(translations) if line else "")
 
 
-def explicit_flags(parser: HfArgumentParser, argv: list[str] | None) -> set[str]:
-    """The arguments given on the command line (not left at their defaults)."""
-    probe = copy.deepcopy(parser)
-    for action in probe._actions:
-        if action.option_strings:
-            action.default = argparse.SUPPRESS
-    namespace, _ = probe.parse_known_args(argv)
-    return set(vars(namespace))
-
-
-def read_data_record(folder: Path) -> dict | None:
-    """The DATA_RECORD train.py writes into a model folder (None if there is none), checked."""
-    path = folder / DATA_RECORD
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path}: not valid JSON ({error})") from None
-    missing = [key for key in (*DATA_RECORD_KEYS, "embedded_task") if not isinstance(record, dict) or key not in record]
-    if missing:
-        raise UsageError(f"{path}: expected a JSON object with the keys {', '.join(missing)}")
-    return record
-
-
-def model_data_record(model: Path) -> dict | None:
-    """The DATA_RECORD of a model folder; for a checkpoint of a run (checkpoint-N with its trainer state), the run's."""
-    record = read_data_record(model)
-    if record is None and (model / TRAINER_STATE).is_file():
-        record = read_data_record(model.parent)
-    return record
-
-
-def resolve_data(data: DataArguments, given: set[str], record: dict | None, model: str, split: str | None) -> None:
-    """Defaults from the model's DATA_RECORD for every data argument not given; with no data source given, the
-    recorded data of `split` (None: no data needed), or UsageError naming what to pass."""
-    if record is not None:
-        for name in ("source_lang", "target_lang", "max_source_length", "max_target_length"):
-            if name not in given:
-                setattr(data, name, record[name])
-    if split is None or given & set(DATA_SOURCE_ARGS):
-        return
-    data_flags = f"--{split}_file FILE with --source_lang and --target_lang, or --dataset_name"
-    if record is None:
-        raise UsageError(
-            f"{model} has no {DATA_RECORD} (a model from an older train.py or the Hub), so the data to score is "
-            f"unknown: pass {data_flags}"
-        )
-    if record["embedded_task"]:
-        return  # DataArguments without a data source: the embedded task
-    if record["dataset_name"]:
-        data.dataset_name, data.dataset_config_name = record["dataset_name"], record["dataset_config_name"]
-    elif record[f"{split}_file"]:
-        setattr(data, f"{split}_file", record[f"{split}_file"])
-    else:
-        raise UsageError(
-            f"{model} was trained without {split} data ({DATA_RECORD} has no {split}_file): pass {data_flags}"
-        )
-
-
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((EvalArguments, DataArguments), description=__doc__.splitlines()[0])
@@ -671,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
     record = model_data_record(Path(args.model))  # with --average_last, the run's: it goes into the averaged folder
-    resolve_data(data, explicit_flags(parser, argv), record, args.model, args.split if scores_data else None)
+    resolve_data(data, given_flags(parser, argv), record, args.model, args.split if scores_data else None)
     if args.average_last is not None:
         run = Path(args.model)
         output = Path(args.averaged_model_dir or run / f"averaged-last-{args.average_last}")

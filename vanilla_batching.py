@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-from vanilla_data import UsageError
+from vanilla_cli import UsageError
 
 
 def padded_length(length: int, multiple: int | None) -> int:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vanilla_data import UsageError, write_folder_atomically
+from vanilla_cli import UsageError
+from vanilla_files import write_folder_atomically
 
 if TYPE_CHECKING:
     import ctranslate2

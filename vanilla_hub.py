@@ -11,7 +11,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from vanilla_data import DATA_RECORD, TRAINER_STATE
+from vanilla_data_record import DATA_RECORD
+from vanilla_files import TRAINER_STATE
 
 CARD = "README.md"
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh

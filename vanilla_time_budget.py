@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from vanilla_data import write_folder_atomically
+from vanilla_files import write_folder_atomically
 
 # Checkpoint files that only resuming reads: the kept copy is a model folder, not a checkpoint to resume.
 RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")

@@ -46,7 +46,7 @@ from modeling_vanilla import (  # noqa: E402
     sinusoidal_positions,
 )
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
-from vanilla_data import write_text_atomically  # noqa: E402
+from vanilla_files import write_text_atomically  # noqa: E402
 
 PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
 # The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.

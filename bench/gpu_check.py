@@ -161,7 +161,7 @@ def missing_packages() -> list[str]:
 
 def check_setup(dry: bool, data: Path) -> None:
     """The data and, for the real check, a CUDA device, before any step starts."""
-    from vanilla_data import UsageError
+    from vanilla_cli import UsageError
 
     absent = [name for name in DATA_FILES if not (data / name).is_file()]
     if absent:
@@ -372,7 +372,7 @@ def step_commands(out: Path, data: Path, plan: Plan, ctranslate2: bool) -> dict[
         return evaluation(["--model", str(model)], "early")
 
     def eval_final():
-        from vanilla_data import complete_checkpoints
+        from vanilla_files import complete_checkpoints
 
         checkpoints = complete_checkpoints(run) if run.is_dir() else []
         if checkpoints:  # `make multi30k`'s average, or of as many as a stopped run left
@@ -466,9 +466,9 @@ def print_summary(summary: dict) -> None:
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    from eval import write_atomically
+    from vanilla_files import write_text_atomically
 
-    write_atomically(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_text_atomically(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
 def run_check(out: Path, data: Path, dry: bool, start: float) -> dict:
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    from vanilla_data import exit_on_usage_error
+    from vanilla_cli import exit_on_usage_error
 
     try:
         exit_on_usage_error(gpu_check)(args.out, args.data, args.dry, start)

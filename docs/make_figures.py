@@ -18,13 +18,13 @@ import torch  # noqa: E402
 from transformers import get_inverse_sqrt_schedule  # noqa: E402
 
 from modeling_vanilla import sinusoidal_positions  # noqa: E402
-from vanilla_data import complete_checkpoints, trainer_state, write_file_atomically  # noqa: E402
+from vanilla_files import complete_checkpoints, trainer_state, write_file_atomically  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 
 
 def save(fig, name: str) -> Path:
-    """Writes the figure atomically (vanilla_data.write_file_atomically)."""
+    """Writes the figure atomically (vanilla_files.write_file_atomically)."""
     path = FIGURES / name
     write_file_atomically(path, lambda temporary: fig.savefig(temporary, dpi=120, bbox_inches="tight"))
     plt.close(fig)
@@ -92,7 +92,8 @@ def main():
     if args.run:
         print(learning_curve_figure(args.run))
     if args.model:
-        from eval import EvalArguments, plot_cross_attention
+        from eval import EvalArguments
+        from vanilla_plots import plot_cross_attention
 
         plot = EvalArguments(model=args.model, plot_attention=args.sentence, attention_file=args.figure)
         plot_cross_attention(plot, max_source_length=128)

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from vanilla_data import write_text_atomically
+from vanilla_files import write_text_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 POST = ROOT / "docs" / "transformer-networks.md"

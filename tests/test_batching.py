@@ -11,9 +11,10 @@ from test_train import QUICK, ROOT, TINY, environment, run_train, write_jsonl
 from transformers import DataCollatorForSeq2Seq
 from transformers.utils import is_torch_bf16_gpu_available
 
-from train import parse_arguments
 from vanilla_batching import TokenBudgetBatchSampler
-from vanilla_data import UsageError, train_bpe_tokenizer
+from vanilla_cli import UsageError
+from vanilla_tokenizer import train_bpe_tokenizer
+from vanilla_train_arguments import parse_arguments
 
 LANGS = ["--source_lang", "en", "--target_lang", "de"]
 

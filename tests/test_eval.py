@@ -12,6 +12,7 @@ import evaluate
 import pytest
 import sacrebleu
 import torch
+from datasets import Dataset
 from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -150,7 +151,7 @@ def test_offline_metrics_equal_sacrebleu(references):
 
 @pytest.mark.slow
 def test_averaging_identical_checkpoints_gives_the_checkpoint(trained_run, tmp_path):
-    from eval import average_checkpoints
+    from vanilla_averaging import average_checkpoints
 
     run = tmp_path / "run"
     for step in (10, 20, 30):
@@ -541,17 +542,18 @@ def test_model_whose_tokenizer_is_only_tokenizer_config_is_a_usage_error(trained
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
-    from eval import write_atomically
-    from vanilla_data import UsageError
+    from vanilla_cli import UsageError
+    from vanilla_files import write_text_atomically
 
     (tmp_path / "report.json").mkdir()  # os.replace cannot put a file in a folder's place
     with pytest.raises(UsageError, match="report.json"):
-        write_atomically(tmp_path / "report.json", "{}\n")
+        write_text_atomically(tmp_path / "report.json", "{}\n")
     assert [path.name for path in tmp_path.iterdir()] == ["report.json"]
 
 
 def test_an_atomic_write_replaces_the_whole_file_or_leaves_the_old_one_and_no_temporary_file(tmp_path):
-    from vanilla_data import write_file_atomically, write_text_atomically
+    from vanilla_cli import UsageError
+    from vanilla_files import write_file_atomically, write_text_atomically
 
     path = tmp_path / "figure.png"
     write_text_atomically(path, "old")
@@ -561,7 +563,7 @@ def test_an_atomic_write_replaces_the_whole_file_or_leaves_the_old_one_and_no_te
         temporary.write_text("half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UsageError, match="figure.png \\(disk full\\)"):
         write_file_atomically(path, fail_halfway)
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and path.read_text() == "old"
     write_text_atomically(path, "new")
@@ -570,7 +572,7 @@ def test_an_atomic_write_replaces_the_whole_file_or_leaves_the_old_one_and_no_te
 
 @pytest.mark.slow
 def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(trained_run, tmp_path, capsys):
-    from vanilla_data import complete_checkpoints
+    from vanilla_files import complete_checkpoints
 
     for step in (2, 4, 6):
         shutil.copytree(trained_run / "checkpoint-2", tmp_path / f"checkpoint-{step}")
@@ -589,6 +591,18 @@ def evaluate_with(trained_run: Path, test_file: Path, output: Path, *args: str) 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return (output / "hypotheses.txt").read_text().splitlines(), json.loads((output / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_parquet_test_file_is_scored_as_its_json_lines_twin(trained_run, test_file, tmp_path):
+    parquet = tmp_path / "test.parquet"
+    Dataset.from_dict({"translation": [{"en": en, "de": de} for en, de in PAIRS]}).to_parquet(parquet)
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "parquet").mkdir()
+    hypotheses, report = evaluate_with(trained_run, test_file, tmp_path / "jsonl")
+    from_parquet, parquet_report = evaluate_with(trained_run, parquet, tmp_path / "parquet")
+    assert from_parquet == hypotheses and len(hypotheses) == len(PAIRS)
+    assert (parquet_report["bleu"], parquet_report["chrf"]) == (report["bleu"], report["chrf"])
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""train.py and vanilla_data.py: the CLI end to end, the tokenizer, the schedule, two processes, resume, bad input."""
+"""train.py and the modules it imports: the CLI end to end, the BPE, the schedule, two processes, resume, bad input."""
 
 import codecs
 import json
@@ -30,14 +30,19 @@ import configuration_vanilla
 import train
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
-from vanilla_data import (
-    SPECIAL_TOKENS,
-    DataArguments,
-    UsageError,
-    embedded_number_task,
-    load_raw_datasets,
-    train_bpe_tokenizer,
+from vanilla_cli import UsageError
+from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets
+from vanilla_files import complete_checkpoints
+from vanilla_tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
+from vanilla_train_arguments import (
+    ModelArguments,
+    argument_parser,
+    build_config,
+    model_arguments,
+    paper_peak_learning_rate,
+    parse_arguments,
 )
+from vanilla_trainer import LOSS_TOTAL, VanillaTrainer, nll_metrics, summed_nll_per_sentence
 
 # A model that trains a few steps in a second or two.
 TINY = ["--preset", "tiny", "--d_model", "16", "--num_heads", "2", "--d_ff", "32", "--encoder_layers", "1"]
@@ -130,26 +135,24 @@ def test_bpe_tokenizer_splits_punctuation_from_words():
 def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("preset: small\nnum_train_epochs: 8\nlearning_rate: 0.001\nsource_lang: de\n")
-    model_args, data_args, args = train.parse_arguments([str(recipe), "--num_train_epochs", "2"])
+    model_args, data_args, args = parse_arguments([str(recipe), "--num_train_epochs", "2"])
     assert (model_args.preset, data_args.source_lang, args.learning_rate) == ("small", "de", 0.001)
     assert args.num_train_epochs == 2
     as_json = tmp_path / "recipe.json"
     as_json.write_text(json.dumps({"preset": "tiny", "num_train_epochs": 3}))
-    model_args, _, args = train.parse_arguments([str(as_json)])
+    model_args, _, args = parse_arguments([str(as_json)])
     assert (model_args.preset, args.num_train_epochs) == ("tiny", 3)
     recipe.write_text("preset: small\nnum_epochs: 8\n")
     with pytest.raises(UsageError, match="unknown keys num_epochs"):
-        train.parse_arguments([str(recipe)])
+        parse_arguments([str(recipe)])
 
 
 def test_default_schedule_is_the_paper_learning_rate():
-    model_args, _, args = train.parse_arguments(["--output_dir", "unused"])
+    model_args, _, args = parse_arguments(["--output_dir", "unused"])
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.98, 1e-9)
     d_model, warmup = PRESETS[model_args.preset]["d_model"], args.warmup_steps
     assert (d_model, warmup) == (512, 4000)
-    optimizer = torch.optim.Adam(
-        [torch.nn.Parameter(torch.zeros(1))], lr=train.paper_peak_learning_rate(d_model, warmup)
-    )
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=paper_peak_learning_rate(d_model, warmup))
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(warmup))
     rates = {}
     for step in range(1, 12001):
@@ -186,8 +189,8 @@ def data_parallel_args(tmp_path: Path, batch_size: int, name: str) -> list[str]:
 
 def run_record(output_dir: Path) -> tuple[int, float, float]:
     """(steps, summed loss of the checkpoint, train_loss) of a finished one-epoch run."""
-    checkpoint = train.complete_checkpoints(output_dir)[-1]
-    loss_sum = json.loads((checkpoint / train.LOSS_TOTAL).read_text())["loss_sum"]
+    checkpoint = complete_checkpoints(output_dir)[-1]
+    loss_sum = json.loads((checkpoint / LOSS_TOTAL).read_text())["loss_sum"]
     steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
     return steps, loss_sum, json.loads((output_dir / "all_results.json").read_text())["train_loss"]
 
@@ -198,6 +201,7 @@ def test_torchrun_on_cpus_trains_data_parallel_like_one_process_at_twice_the_bat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no GPU: 2 processes train data-parallel (DDP) on the CPUs with the gloo backend" in result.stdout
     assert result.stdout.count("model saved to") == 1
+    assert "find_unused_parameters" not in result.stderr  # every parameter is used: DDP need not look for others
     single = run_train(*data_parallel_args(tmp_path, 8, "single"))
     assert single.returncode == 0, single.stderr[-3000:]
 
@@ -478,6 +482,22 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
     assert raw["train"]["translation"] == expected
 
 
+def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it(tmp_path):
+    pairs = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in range(1, 6)]
+    Dataset.from_dict({"translation": pairs}).to_parquet(tmp_path / "pairs.parquet")
+    twin = write_jsonl(tmp_path / "pairs.jsonl", range(1, 6))
+    loaded = {
+        path.suffix: load_raw_datasets(DataArguments(train_file=str(path), source_lang="en", target_lang="de"))
+        for path in (tmp_path / "pairs.parquet", twin)
+    }
+    assert loaded[".parquet"]["train"]["translation"] == loaded[".jsonl"]["train"]["translation"] == pairs
+    with pytest.raises(UsageError, match="language 'fr' is not in the data"):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "pairs.parquet"), source_lang="en", target_lang="fr"))
+    Dataset.from_dict({"text": ["one"]}).to_parquet(tmp_path / "plain.parquet")
+    with pytest.raises(UsageError, match="no 'translation' column"):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "plain.parquet"), source_lang="en", target_lang="de"))
+
+
 @pytest.mark.parametrize(
     "flags, expected",
     [
@@ -559,19 +579,28 @@ def test_every_config_field_is_a_flag_and_a_new_field_of_a_subclass_becomes_one(
     paper = ["d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "dropout", "label_smoothing"]
     variants = ["position_embedding_type", "norm_first", "attention_dropout", "activation_function"]
     rest = ["scale_embedding", "max_position_embeddings", "tie_word_embeddings"]
-    assert set(paper + variants + rest) <= set(HfArgumentParser(train.ModelArguments).parse_args([]).__dict__)
-    parser = HfArgumentParser(train.model_arguments(WideFeedForwardConfig))
+    assert set(paper + variants + rest) <= set(HfArgumentParser(ModelArguments).parse_args([]).__dict__)
+    parser = HfArgumentParser(model_arguments(WideFeedForwardConfig))
     assert "D_ff as a multiple of d_model." in " ".join(parser.format_help().split())
     (model_args,) = parser.parse_args_into_dataclasses(["--preset", "tiny", "--d_ff_multiplier", "8", "--dropout", "0"])
-    config = train.build_config(model_args, small_bpe())
+    config = build_config(model_args, small_bpe())
     assert type(config) is WideFeedForwardConfig and config.d_ff_multiplier == 8
     assert (config.d_model, config.dropout, config.vocab_size) == (64, 0.0, 60)
 
 
+def test_a_flags_help_is_its_docstring_entry_with_the_lines_indented_below_it():
+    helps = {action.dest: action.help for action in argument_parser()._actions}
+    assert helps["max_tokens"] == (
+        "Batches of at most this many padded source + target tokens, of pairs of similar lengths (sec. 5.1: about "
+        "25000 + 25000), in place of --per_device_train_batch_size sentences."
+    )
+    assert helps["test_file"] == "Same format as --train_file."
+
+
 def test_config_overrides_set_fields_over_the_preset_and_named_flags_win_over_them():
     overrides = "d_ff=48,activation_function=gelu,norm_first=true,attention_dropout=0.2"
-    model_args, _, _ = train.parse_arguments(["--preset", "tiny", "--config_overrides", overrides, "--d_ff", "40"])
-    config = train.build_config(model_args, small_bpe())
+    model_args, _, _ = parse_arguments(["--preset", "tiny", "--config_overrides", overrides, "--d_ff", "40"])
+    config = build_config(model_args, small_bpe())
     assert (config.d_ff, config.activation_function, config.norm_first, config.attention_dropout) == (
         40,
         "gelu",
@@ -592,14 +621,14 @@ def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_sm
     )
     model = VanillaForConditionalGeneration(config).eval()
     args = Seq2SeqTrainingArguments(tmp_path, per_device_eval_batch_size=4, report_to=[], use_cpu=True)
-    trainer = train.VanillaTrainer(
+    trainer = VanillaTrainer(
         model=model,
         args=args,
         eval_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-        compute_metrics=train.nll_metrics,
-        preprocess_logits_for_metrics=train.summed_nll_per_sentence,
+        compute_metrics=nll_metrics,
+        preprocess_logits_for_metrics=summed_nll_per_sentence,
     )
     metrics = trainer.evaluate()
 

@@ -1,6 +1,6 @@
 """train.py keeps the user's work: resume, overwrite, the final save, kills, Ctrl-C, full disks, unwritable folders.
 
-Faults are injected with VANILLA_FAULT=<point> (train.fault_point): the process kills itself there, or with
+Faults are injected with VANILLA_FAULT=<point> (vanilla_output_dir.fault_point): the process kills itself there, or with
 <point>:enospc fails as a full disk would. Points: checkpoint-<step> (mid-checkpoint: the weights written, not
 the optimizer or trainer_state.json), final-save (the new model built beside output_dir), final-swap (the old
 folder moved aside) and final-swapped (the new folder in place, the old one's checkpoints not yet moved back).
@@ -20,7 +20,7 @@ from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
 from test_train import QUICK, TINY, write_jsonl
 
-from vanilla_data import complete_checkpoints
+from vanilla_files import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 LANGS = ["--source_lang", "en", "--target_lang", "de"]

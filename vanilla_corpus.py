@@ -1,81 +1,50 @@
-"""Data shared by train.py and eval.py: parallel corpora, the embedded number task, the joint BPE, usage errors.
+"""The parallel corpora train.py and eval.py read: local files, Hub datasets, streams, the embedded number task.
 
 A corpus is a `datasets.DatasetDict` with splits "train", "validation" and "test" (where available), each row
 `{"translation": {source_lang: str, target_lang: str}}`, as in the WMT datasets the paper used (sec. 5.1).
 """
 
-import codecs
-import functools
 import io
 import json
-import os
 import random
-import shutil
-import sys
-import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 
-from configuration_vanilla import EOS_TOKEN_ID, SPECIAL_TOKENS, UNK_TOKEN_ID
+from vanilla_cli import UsageError, argument_dataclass, read_text
 
 SPLITS = ("train", "validation", "test")
 # The embedded task: English number words -> German number words, e.g. "twenty-three" -> "dreiundzwanzig".
 EMBEDDED_LANGS = ("en", "de")
 EMBEDDED_NUMBERS = range(1, 1000)
 EMBEDDED_HELD_OUT = 0.1  # fraction of the numbers in each of validation and test
-TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
-DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
-AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
-# The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
-DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
-DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
 
 
-class UsageError(Exception):
-    """Bad input from the user (a missing file, a language not in the data, ...): reported in one line, exit code 2."""
-
-
-def exit_on_usage_error(main: Callable) -> Callable:
-    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2.
-
-    Of a multi-process launch (torchrun), only the main process prints: every process refuses the same input."""
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UsageError as error:
-            if int(os.environ.get("RANK", 0)) == 0:
-                message = " ".join(str(error).split())
-                print(f"error: {message}", file=sys.stderr, flush=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-@dataclass
+@argument_dataclass
 class DataArguments:
-    """Where the parallel corpus comes from and which direction to translate; no data argument: the embedded task."""
+    """Where the parallel corpus comes from and which direction to translate; no data argument: the embedded task.
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (or a local dataset dir)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration, e.g. 'de-en'."})
-    train_file: str | None = field(
-        default=None,
-        metadata={"help": "JSON lines with a 'translation' column, or CSV/TSV with a column per language."},
-    )
-    validation_file: str | None = field(default=None, metadata={"help": "Same format as --train_file."})
-    test_file: str | None = field(default=None, metadata={"help": "Same format as --train_file."})
-    source_lang: str | None = field(default=None, metadata={"help": "Source language code (embedded task: en)."})
-    target_lang: str | None = field(default=None, metadata={"help": "Target language code (embedded task: de)."})
-    max_source_length: int = field(
-        default=256, metadata={"help": "Source sentences are truncated to this many tokens."}
-    )
-    max_target_length: int = field(
-        default=256, metadata={"help": "Target sentences are truncated to this many tokens."}
-    )
+    Args:
+        dataset_name: A dataset on the Hub (or a local dataset dir).
+        dataset_config_name: Its configuration, e.g. 'de-en'.
+        train_file: JSON lines or Parquet with a 'translation' column, or CSV/TSV with a column per language.
+        validation_file: Same format as --train_file.
+        test_file: Same format as --train_file.
+        source_lang: Source language code (embedded task: en).
+        target_lang: Target language code (embedded task: de).
+        max_source_length: Source sentences are truncated to this many tokens.
+        max_target_length: Target sentences are truncated to this many tokens.
+    """
+
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    source_lang: str | None = None
+    target_lang: str | None = None
+    max_source_length: int = 256
+    max_target_length: int = 256
 
     def __post_init__(self):
         for name in ("max_source_length", "max_target_length"):
@@ -141,8 +110,8 @@ def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
     return raw
 
 
-# The data files --streaming reads, by suffix: the `datasets` builder that streams them.
-STREAMED_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+# The data files train.py and eval.py read, by suffix: the `datasets` builder that reads them (streamed or not).
+DATA_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 
 
 def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
@@ -171,15 +140,15 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
             if path is None:
                 continue
             suffix = Path(path).suffix.lower()
-            if suffix not in STREAMED_FORMATS:
-                raise UsageError(f"{path}: unknown format {suffix!r}; expected {', '.join(STREAMED_FORMATS)}")
+            if suffix not in DATA_FORMATS:
+                raise UsageError(f"{path}: unknown format {suffix!r}; expected {', '.join(DATA_FORMATS)}")
             if not Path(path).is_file():
                 raise UsageError(f"{path}: no such file")
             options = {"delimiter": "\t"} if suffix == ".tsv" else {}
             stream = datasets.load_dataset(
-                STREAMED_FORMATS[suffix], data_files=path, split="train", streaming=True, **options
+                DATA_FORMATS[suffix], data_files=path, split="train", streaming=True, **options
             )
-            if STREAMED_FORMATS[suffix] == "csv":
+            if DATA_FORMATS[suffix] == "csv":
                 stream = stream.map(lambda row: {"translation": {language: row[language] for language in languages}})
                 stream = stream.select_columns(["translation"])
             raw[split], origin[split] = stream, path
@@ -199,12 +168,6 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
     return raw
 
 
-def streamed_texts(stream: datasets.IterableDataset, source_lang: str, target_lang: str, pairs: int) -> list[str]:
-    """Source and target sentences of the first `pairs` pairs of a streamed split: a bounded sample for the BPE."""
-    sample = [row["translation"] for row in stream.take(pairs)]
-    return [pair[source_lang] for pair in sample] + [pair[target_lang] for pair in sample]
-
-
 def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
     try:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
@@ -218,40 +181,21 @@ def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
     return raw
 
 
-def read_text(path: str) -> str:
-    """The UTF-8 text of a file, without a leading byte-order mark; UsageError saying why a file cannot be read."""
-    file = Path(path)
-    if file.is_dir():
-        raise UsageError(f"{path} is a folder; expected a file")
-    if not file.is_file():
-        raise UsageError(f"{path}: no such file")
-    try:
-        data = file.read_bytes()
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read the file ({error.strerror})") from None
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise UsageError(f"{path} is UTF-16 text; expected UTF-8 (save it as UTF-8)")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise UsageError(
-            f"{path}: line {line} is not UTF-8 (byte {data[error.start]:#04x}); expected UTF-8 text"
-        ) from None
-
-
 def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
-    """One split from JSON lines (a 'translation' column) or CSV/TSV (one column per language)."""
+    """One split from JSON lines or Parquet (a 'translation' column) or CSV/TSV (one column per language)."""
     suffix = Path(path).suffix.lower()
-    if suffix not in (".json", ".jsonl", ".csv", ".tsv"):
-        raise UsageError(f"{path}: unknown format {suffix!r}; expected .jsonl/.json, .csv or .tsv")
-    text = read_text(path)
-    lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise UsageError(f"{path}: line {number} is empty")
-    if not lines:
-        raise UsageError(f"{path}: the file is empty")
+    if suffix not in DATA_FORMATS:
+        raise UsageError(f"{path}: unknown format {suffix!r}; expected .jsonl/.json, .parquet, .csv or .tsv")
+    if suffix == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        text = read_text(path)
+        lines = text.splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                raise UsageError(f"{path}: line {number} is empty")
+        if not lines:
+            raise UsageError(f"{path}: the file is empty")
     if suffix in (".json", ".jsonl"):
         rows = []
         for number, line in enumerate(lines, start=1):
@@ -262,6 +206,7 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
             if not isinstance(row, dict) or not isinstance(row.get("translation"), dict):
                 raise UsageError(f"{path}: line {number} has no 'translation' column holding {{language: sentence}}")
             rows.append(row["translation"])
+    if DATA_FORMATS[suffix] != "csv":
         languages = sorted(set().union(*rows))
         columns = {language: [row.get(language) for row in rows] for language in languages}
     else:
@@ -272,12 +217,30 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
             raise UsageError(f"{path}: language {language!r} is not in the data (found: {', '.join(languages)})")
     if not args.source_lang or not args.target_lang:
         return datasets.Dataset.from_dict({"translation": []})  # load_raw_datasets reports the missing languages
-    if suffix in (".json", ".jsonl"):
+    if DATA_FORMATS[suffix] != "csv":
         _check_json_sentences(path, rows, (args.source_lang, args.target_lang))
     source, target = columns[args.source_lang], columns[args.target_lang]
     _check_counts(path, args.source_lang, source, args.target_lang, target)
     pairs = [{args.source_lang: s, args.target_lang: t} for s, t in zip(source, target, strict=True)]
     return datasets.Dataset.from_dict({"translation": pairs})
+
+
+def _read_parquet(path: str) -> list[dict]:
+    """The 'translation' column of a Parquet file ({language: sentence} a row), read by the builder --streaming uses."""
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        dataset = datasets.load_dataset("parquet", data_files=path, split="train")
+    except Exception as error:  # pyarrow's errors for a file that is not Parquet
+        raise UsageError(f"{path}: cannot read it as Parquet ({error})") from None
+    if "translation" not in dataset.column_names:
+        raise UsageError(f"{path}: no 'translation' column (columns: {', '.join(dataset.column_names)})")
+    rows = list(dataset["translation"])
+    if not rows:
+        raise UsageError(f"{path}: no sentence pairs")
+    if not all(isinstance(row, dict) for row in rows):
+        raise UsageError(f"{path}: the 'translation' column does not hold {{language: sentence}}")
+    return rows
 
 
 def _read_table(path: str, text: str, delimiter: str) -> dict[str, list[str | None]]:
@@ -344,141 +307,3 @@ def _check_pairs(dataset: datasets.Dataset, origin: str, source_lang: str, targe
 def sentences(dataset: datasets.Dataset, language: str) -> list[str]:
     """The `language` side of every pair of a split."""
     return [pair[language] for pair in dataset["translation"]]
-
-
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A joint source+target BPE (sec. 5.1) as a PreTrainedTokenizerFast; SPECIAL_TOKENS take the first ids.
-
-    Words are split at whitespace and marked with a leading "▁" (Metaspace), so decoding restores the text, and
-    punctuation is split off, so "street." and "street" share one subword instead of taking two vocabulary entries
-    (on Multi30k, 1,243 of 8,000 entries were words glued to punctuation). Every encoded sentence ends with </s>;
-    the decoder starts from <s> (VanillaConfig.decoder_start_token_id). A vocab_size below the special tokens plus
-    the text's distinct characters, which a BPE must all hold, is a UsageError that names that minimum.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    eos, unk = SPECIAL_TOKENS[EOS_TOKEN_ID], SPECIAL_TOKENS[UNK_TOKEN_ID]
-    tokenizer = Tokenizer(models.BPE(unk_token=unk))
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=max(vocab_size, 0), special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    if tokenizer.get_vocab_size() > vocab_size:  # the trainer keeps every character, whatever the size asked for
-        minimum = tokenizer.get_vocab_size()
-        raise UsageError(
-            f"--vocab_size {vocab_size} is too small for this text; expected at least {minimum}: the "
-            f"{len(SPECIAL_TOKENS)} special tokens and its {minimum - len(SPECIAL_TOKENS)} distinct characters"
-        )
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, EOS_TOKEN_ID)]
-    )
-    return wrap_tokenizer(tokenizer)
-
-
-def wrap_tokenizer(tokenizer):
-    """A `tokenizers.Tokenizer` with the special tokens above as a PreTrainedTokenizerFast that VanillaConfig fits."""
-    from transformers import PreTrainedTokenizerFast
-
-    pad, bos, eos, unk = SPECIAL_TOKENS
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token=pad,
-        bos_token=bos,
-        eos_token=eos,
-        unk_token=unk,
-        model_input_names=["input_ids", "attention_mask"],
-    )
-
-
-def default_vocab_size(texts: Iterable[str]) -> int:
-    """A vocabulary sized to the data: a quarter of the distinct words, between 128 and the paper's 37,000."""
-    distinct = len({word for text in texts for word in text.split()})
-    return int(min(37000, max(128, distinct // 4)))
-
-
-def corpus_texts(raw: datasets.DatasetDict, source_lang: str, target_lang: str) -> list[str]:
-    """Source and target sentences of the training split: the text a joint BPE is learned from."""
-    train = raw["train"]
-    return sentences(train, source_lang) + sentences(train, target_lang)
-
-
-def checkpoint_folders(run: Path) -> list[Path]:
-    """The checkpoint-<step> folders Trainer writes into a run folder, complete or not, oldest first."""
-    folders = [path for path in run.glob("checkpoint-*") if path.is_dir() and path.name.split("-")[-1].isdigit()]
-    return sorted(folders, key=lambda path: int(path.name.split("-")[-1]))
-
-
-def trainer_state(folder: Path) -> dict | None:
-    """A folder's trainer_state.json; None when it is missing or cut short (the save was killed or the disk full)."""
-    try:
-        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
-
-
-def complete_checkpoints(run: Path) -> list[Path]:
-    """The checkpoints of a run that were saved to the end, oldest first; the others are named in a warning."""
-    complete = []
-    for folder in checkpoint_folders(run):
-        if trainer_state(folder) is None:
-            print(
-                f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
-            )
-        else:
-            complete.append(folder)
-    return complete
-
-
-def probe_write(path: Path) -> Path:
-    """The nearest existing folder at or above `path`, after a real write into it: permission bits do not stop root, a
-    read-only file system does. OSError (its filename that folder) when it is a file or cannot be written."""
-    folder = next(folder for folder in (path, *path.parents) if folder.exists())
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=folder))
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(folder)) from None
-    return folder
-
-
-def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """write(temporary) into a file beside `path` with its suffix, then rename it over `path`: readers see the old file
-    or the whole new one, and a failure leaves no temporary file."""
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """`text` as the UTF-8 content of `path`, written atomically (write_file_atomically)."""
-    write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-
-
-def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None:
-    """write(folder) into a temporary folder beside `output`, then swap it in: readers see the old or the new folder,
-    and a failure puts the old one back and leaves no temporary folder."""
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    previous = output.with_name(f".{output.name}.{os.getpid()}.old")
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        temporary.mkdir(parents=True)
-        write(temporary)
-        if output.exists():
-            os.replace(output, previous)
-        os.replace(temporary, output)
-    except BaseException:
-        if previous.exists() and not output.exists():
-            os.replace(previous, output)
-        raise
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Checkpoint averaging (sec. 6.1): the mean of a run's last N checkpoints, saved as a model of its own."""
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vanilla_cli import UsageError
+from vanilla_data_record import DATA_RECORD
+from vanilla_files import (
+    AVERAGED_MARKER,
+    check_writable,
+    checkpoint_folders,
+    complete_checkpoints,
+    write_folder_atomically,
+)
+from vanilla_translation import load_model, load_model_and_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def check_averaged_model_dir(output: Path) -> None:
+    """Only a new folder, or one holding nothing but an earlier averaged model (its AVERAGED_MARKER), is written."""
+    if not output.exists():
+        check_writable(output / AVERAGED_MARKER, "--averaged_model_dir")
+        return
+    if not output.is_dir():
+        raise UsageError(f"--averaged_model_dir {output} is a file; expected a new folder or an earlier averaged model")
+    if not (output / AVERAGED_MARKER).is_file():
+        raise UsageError(
+            f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
+            f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
+        )
+    folders = sorted(path.name for path in output.iterdir() if path.is_dir())
+    if folders:
+        raise UsageError(
+            f"--averaged_model_dir {output} holds folders besides an averaged model ({', '.join(folders)}); "
+            "refusing to replace it: name a new folder"
+        )
+    check_writable(output.parent / AVERAGED_MARKER, "--averaged_model_dir")
+
+
+def average_checkpoints(run: Path, last: int, output: Path) -> Path:
+    """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
+
+    Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
+    with AVERAGED_MARKER (the run and the checkpoints averaged) and a copy of the run's DATA_RECORD.
+    """
+    import torch
+
+    if last < 1:
+        raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
+    if not run.is_dir():
+        raise UsageError(f"{run}: no such run folder")
+    check_averaged_model_dir(output)
+    checkpoints = complete_checkpoints(run)
+    if len(checkpoints) < last:
+        incomplete = sorted(path.name for path in checkpoint_folders(run) if path not in checkpoints)
+        skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""
+        raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} complete checkpoint-* folders{skipped}")
+    chosen = checkpoints[-last:]
+    model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))
+    # Sum in float64 so that averaging many checkpoints loses nothing to rounding.
+    totals = {
+        name: tensor.to(torch.float64, copy=True)
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point()
+    }
+    for checkpoint in chosen[:-1]:
+        other = {
+            name: tensor for name, tensor in load_model(checkpoint).state_dict().items() if tensor.is_floating_point()
+        }
+        unshared = sorted(set(other) ^ set(totals))
+        if unshared:
+            holder = checkpoint if unshared[0] in other else chosen[-1]
+            raise UsageError(f"cannot average {checkpoint} with {chosen[-1]}: only {holder} has {unshared[0]}")
+        for name, total in totals.items():
+            if other[name].shape != total.shape:
+                raise UsageError(
+                    f"cannot average {checkpoint} with {chosen[-1]}: {name} has shape {tuple(other[name].shape)} "
+                    f"against {tuple(total.shape)}; the checkpoints must be of one model"
+                )
+            total += other[name].to(total.device, torch.float64)
+    state = model.state_dict()
+    model.load_state_dict({name: (total / last).to(state[name].dtype) for name, total in totals.items()}, strict=False)
+    sources = {"run": str(run.resolve()), "checkpoints": [path.name for path in chosen]}
+    files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
+    if (run / DATA_RECORD).is_file():
+        files[DATA_RECORD] = (run / DATA_RECORD).read_text(encoding="utf-8")
+    save_model_atomically(model, tokenizer, output, files)
+    return output
+
+
+def save_model_atomically(
+    model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", output: Path, files: dict[str, str]
+) -> None:
+    """save_pretrained (and `files`, name -> text) into a temporary folder beside `output`, then swap it in."""
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        for name, text in files.items():
+            (folder / name).write_text(text, encoding="utf-8")
+
+    try:
+        write_folder_atomically(output, write)
+    except OSError as error:
+        raise UsageError(f"cannot write the averaged model to {output} ({error.strerror or error})") from None

@@ -1,0 +1,111 @@
+"""What train.py and eval.py share as command-line tools: usage errors, reading the user's files, recipe files."""
+
+import argparse
+import codecs
+import dataclasses
+import functools
+import inspect
+import json
+import os
+import re
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+class UsageError(Exception):
+    """Bad input from the user (a missing file, a language not in the data, ...): reported in one line, exit code 2."""
+
+
+def exit_on_usage_error(main: Callable) -> Callable:
+    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2.
+
+    Of a multi-process launch (torchrun), only the main process prints: every process refuses the same input."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as error:
+            if int(os.environ.get("RANK", 0)) == 0:
+                message = " ".join(str(error).split())
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of a file, without a leading byte-order mark; UsageError saying why a file cannot be read."""
+    file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"{path} is a folder; expected a file")
+    if not file.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the file ({error.strerror})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UsageError(f"{path} is UTF-16 text; expected UTF-8 (save it as UTF-8)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UsageError(
+            f"{path}: line {line} is not UTF-8 (byte {data[error.start]:#04x}); expected UTF-8 text"
+        ) from None
+
+
+def read_recipe(path: str, known: set[str]) -> dict:
+    """The flags held by a JSON or YAML file, refusing keys that are no flag of train.py."""
+    text = read_text(path)
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UsageError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {error}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of flag names to values")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (python train.py --help lists the flags)")
+    return values
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The flags that a recipe file or the command line sets; the others keep their defaults (this replaces the
+    parser's defaults: parse with it before)."""
+    given = set()
+    if argv and argv[0].endswith(RECIPE_SUFFIXES):
+        given = set(read_recipe(argv[0], {action.dest for action in parser._actions}))
+        argv = argv[1:]
+    unset = object()
+    parser.set_defaults(**{action.dest: unset for action in parser._actions})
+    namespace, _ = parser.parse_known_args(argv)
+    return given | {name for name, value in vars(namespace).items() if value is not unset}
+
+
+def documented_arguments(cls: type) -> dict[str, str]:
+    """Each `name: text` entry of the Args section of the class's docstring (and its parents'); a text runs on over
+    the lines indented below its first."""
+    documented = {}
+    for ancestor in reversed(cls.__mro__):
+        entries = re.findall(r"^ {4}(\w+): (.+(?:\n {8}.+)*)$", inspect.getdoc(ancestor) or "", re.MULTILINE)
+        documented.update((name, " ".join(text.split())) for name, text in entries)
+    return documented
+
+
+def argument_dataclass(cls: type) -> type:
+    """@dataclass for a CLI's arguments (HfArgumentParser's), each field's --help its entry in the docstring's Args."""
+    documented = documented_arguments(cls)
+    for name in cls.__annotations__:
+        value = cls.__dict__.get(name, dataclasses.MISSING)
+        argument = value if isinstance(value, dataclasses.Field) else dataclasses.field(default=value)
+        argument.metadata = types.MappingProxyType({**argument.metadata, "help": documented[name]})
+        setattr(cls, name, argument)
+    return dataclasses.dataclass(cls)

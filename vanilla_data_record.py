@@ -1,0 +1,74 @@
+"""data_args.json: what a model was trained on, written by train.py beside the model and read by eval.py."""
+
+import json
+import os
+from pathlib import Path
+
+from vanilla_cli import UsageError
+from vanilla_corpus import DataArguments
+from vanilla_files import TRAINER_STATE
+
+DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
+# The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
+DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
+DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
+
+
+def data_record(data_args: DataArguments) -> dict:
+    """What the model was trained on (data_args.json beside it): eval.py's defaults."""
+    record = {name: getattr(data_args, name) for name in DATA_RECORD_KEYS}
+    for name in ("train_file", "validation_file", "test_file"):
+        if record[name] is not None:
+            record[name] = os.path.abspath(record[name])
+    record["embedded_task"] = data_args.uses_embedded_task
+    return record
+
+
+def read_data_record(folder: Path) -> dict | None:
+    """The DATA_RECORD train.py writes into a model folder (None if there is none), checked."""
+    path = folder / DATA_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path}: not valid JSON ({error})") from None
+    missing = [key for key in (*DATA_RECORD_KEYS, "embedded_task") if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise UsageError(f"{path}: expected a JSON object with the keys {', '.join(missing)}")
+    return record
+
+
+def model_data_record(model: Path) -> dict | None:
+    """The DATA_RECORD of a model folder; for a checkpoint of a run (checkpoint-N with its trainer state), the run's."""
+    record = read_data_record(model)
+    if record is None and (model / TRAINER_STATE).is_file():
+        record = read_data_record(model.parent)
+    return record
+
+
+def resolve_data(data: DataArguments, given: set[str], record: dict | None, model: str, split: str | None) -> None:
+    """Defaults from the model's DATA_RECORD for every data argument not given; with no data source given, the
+    recorded data of `split` (None: no data needed), or UsageError naming what to pass."""
+    if record is not None:
+        for name in ("source_lang", "target_lang", "max_source_length", "max_target_length"):
+            if name not in given:
+                setattr(data, name, record[name])
+    if split is None or given & set(DATA_SOURCE_ARGS):
+        return
+    data_flags = f"--{split}_file FILE with --source_lang and --target_lang, or --dataset_name"
+    if record is None:
+        raise UsageError(
+            f"{model} has no {DATA_RECORD} (a model from an older train.py or the Hub), so the data to score is "
+            f"unknown: pass {data_flags}"
+        )
+    if record["embedded_task"]:
+        return  # DataArguments without a data source: the embedded task
+    if record["dataset_name"]:
+        data.dataset_name, data.dataset_config_name = record["dataset_name"], record["dataset_config_name"]
+    elif record[f"{split}_file"]:
+        setattr(data, f"{split}_file", record[f"{split}_file"])
+    else:
+        raise UsageError(
+            f"{model} was trained without {split} data ({DATA_RECORD} has no {split}_file): pass {data_flags}"
+        )

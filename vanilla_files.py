@@ -1,0 +1,114 @@
+"""Files written atomically, and the checkpoints Trainer writes into a run folder."""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from vanilla_cli import UsageError
+
+TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
+AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
+
+
+def probe_write(path: Path) -> Path:
+    """The nearest existing folder at or above `path`, after a real write into it: permission bits do not stop root, a
+    read-only file system does. OSError (its filename that folder) when it is a file or cannot be written."""
+    folder = next(folder for folder in (path, *path.parents) if folder.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=folder))
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(folder)) from None
+    return folder
+
+
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """write(temporary) into a file beside `path` with its suffix, then rename it over `path`: readers see the old file
+    or the whole new one, and a failure (a UsageError naming the file) leaves no temporary file."""
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` as the UTF-8 content of `path`, written atomically (write_file_atomically)."""
+    write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None:
+    """write(folder) into a temporary folder beside `output`, then swap it in: readers see the old or the new folder,
+    and a failure puts the old one back and leaves no temporary folder."""
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    previous = output.with_name(f".{output.name}.{os.getpid()}.old")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        temporary.mkdir(parents=True)
+        write(temporary)
+        if output.exists():
+            os.replace(output, previous)
+        os.replace(temporary, output)
+    except BaseException:
+        if previous.exists() and not output.exists():
+            os.replace(previous, output)
+        raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def output_path(given: str | None, model: str, default_name: str) -> Path:
+    """The file the user named, else `default_name` in the model folder (or the current folder for a Hub id)."""
+    if given:
+        return Path(given)
+    folder = Path(model)
+    return (folder if folder.is_dir() else Path.cwd()) / default_name
+
+
+def check_writable(path: Path, what: str) -> None:
+    """UsageError unless a file `path` can be written: not a folder, and its folder (or the nearest existing folder
+    above it) takes a real write (probe_write)."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; expected a file name")
+    try:
+        probe_write(path.parent)
+    except NotADirectoryError as error:
+        raise UsageError(f"{what} {path}: {error.filename} is a file, not a folder") from None
+    except OSError as error:
+        raise UsageError(f"{what} {path}: cannot write into {error.filename} ({error.strerror or error})") from None
+
+
+def checkpoint_folders(run: Path) -> list[Path]:
+    """The checkpoint-<step> folders Trainer writes into a run folder, complete or not, oldest first."""
+    folders = [path for path in run.glob("checkpoint-*") if path.is_dir() and path.name.split("-")[-1].isdigit()]
+    return sorted(folders, key=lambda path: int(path.name.split("-")[-1]))
+
+
+def trainer_state(folder: Path) -> dict | None:
+    """A folder's trainer_state.json; None when it is missing or cut short (the save was killed or the disk full)."""
+    try:
+        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def complete_checkpoints(run: Path) -> list[Path]:
+    """The checkpoints of a run that were saved to the end, oldest first; the others are named in a warning."""
+    complete = []
+    for folder in checkpoint_folders(run):
+        if trainer_state(folder) is None:
+            print(
+                f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
+            )
+        else:
+            complete.append(folder)
+    return complete

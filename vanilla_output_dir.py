@@ -1,0 +1,205 @@
+"""train.py's output_dir: refusing another model, resuming, and the final save swapped in by renames."""
+
+import errno
+import filecmp
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from vanilla_cli import UsageError
+from vanilla_files import (
+    AVERAGED_MARKER,
+    TRAINER_STATE,
+    checkpoint_folders,
+    complete_checkpoints,
+    probe_write,
+    trainer_state,
+)
+from vanilla_train_arguments import TrainingArguments
+
+if TYPE_CHECKING:
+    from vanilla_trainer import VanillaTrainer
+
+# Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
+# of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
+OLD_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "eval_results_*.json", "predictions_*.txt")
+
+
+def fault_point(name: str) -> None:
+    """Tests' fault injection: VANILLA_FAULT=<name> kills the process here, <name>:enospc fails as a full disk."""
+    fault = os.environ.get("VANILLA_FAULT")
+    if fault == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == f"{name}:enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def beside(output_dir: Path, role: str) -> Path:
+    """The hidden sibling folder where the final save builds the new model ("saving") or parks the old ("replaced")."""
+    output_dir = output_dir.resolve()
+    return output_dir.with_name(f".{output_dir.name}.{role}")
+
+
+def saved_from(output_dir: Path, checkpoint: Path) -> bool:
+    """Whether output_dir holds the model of `checkpoint`: a finished run's final save is its last checkpoint's."""
+    weights = sorted(path.name for path in output_dir.glob("*.safetensors"))
+    return (
+        (output_dir / "config.json").is_file()
+        and bool(weights)
+        and all(filecmp.cmp(output_dir / name, checkpoint / name, shallow=False) for name in weights)
+    )
+
+
+def finish_interrupted_save(output_dir: Path) -> None:
+    """Completes a final save that was killed while swapping folders, or drops one killed before the swap."""
+    staging, replaced = beside(output_dir, "saving"), beside(output_dir, "replaced")
+    if replaced.exists():
+        if not output_dir.exists():  # killed between the two renames: the new model was complete
+            staging.rename(output_dir)
+        keep_entries_of_replaced(replaced, output_dir)
+        print(f"finished an interrupted save: {output_dir} holds the new model")
+    if staging.exists():  # killed while writing the new model: the old one (if any) is intact
+        shutil.rmtree(staging)
+
+
+def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
+    """Moves what is not the old model (checkpoints, logs, other files) from `replaced` into output_dir; drops it."""
+    for entry in sorted(replaced.iterdir()):
+        old_model_file = entry.is_file() and any(entry.match(pattern) for pattern in OLD_MODEL_FILES)
+        if not old_model_file and not (output_dir / entry.name).exists():
+            entry.rename(output_dir / entry.name)
+    shutil.rmtree(replaced)
+
+
+def check_output_dir(args: TrainingArguments) -> str | None:
+    """Refuses an output_dir holding another model or an unfinished run; returns the checkpoint to resume, if any.
+
+    Of several processes, the main one decides (and finishes or removes what it must); the others take its answer."""
+    answer = [None]
+    if args.process_index == 0:
+        try:
+            answer = [("checkpoint", prepare_output_dir(args))]
+        except UsageError as error:
+            answer = [("error", str(error))]
+    if args.world_size > 1:
+        torch.distributed.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise UsageError(value)
+    return value
+
+
+def prepare_output_dir(args: TrainingArguments) -> str | None:
+    """check_output_dir in the main process.
+
+    Resuming never deletes anything. --overwrite_output_dir only replaces a finished model: it removes that model's
+    checkpoints and averaged models now, and the model itself when the new one is saved."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"output_dir {output_dir} is a file, expected a folder")
+    finish_interrupted_save(output_dir)
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint is not None:
+        if checkpoint.lower() in ("true", "last"):
+            found = complete_checkpoints(output_dir) if output_dir.is_dir() else []
+            if not found:
+                raise UsageError(f"--resume_from_checkpoint: no complete checkpoint-* folder in {output_dir}")
+            return str(found[-1])
+        if trainer_state(Path(checkpoint)) is None:
+            raise UsageError(
+                f"--resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, "
+                "which Trainer writes last)"
+            )
+        return checkpoint
+    if not output_dir.is_dir():
+        return None
+    checkpoints = checkpoint_folders(output_dir)
+    held = (output_dir / "config.json").exists() or checkpoints
+    if held and not args.overwrite_output_dir:
+        raise UsageError(
+            f"output_dir {output_dir} already holds a model or checkpoints; pass --overwrite_output_dir to replace "
+            "it or --resume_from_checkpoint to continue it"
+        )
+    newest = checkpoints[-1] if checkpoints else None
+    if newest is not None and (trainer_state(newest) is None or not saved_from(output_dir, newest)):
+        raise UsageError(
+            f"output_dir {output_dir} holds the checkpoints of an unfinished run (the newest: {checkpoints[-1].name}), "
+            "and --overwrite_output_dir only replaces a finished model: continue the run with "
+            "--resume_from_checkpoint last, or move the checkpoints away"
+        )
+    if held:
+        averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
+        stale = ", ".join(path.name for path in checkpoints + averaged)
+        print(
+            f"--overwrite_output_dir: replacing the finished model in {output_dir} when the new one is saved (the "
+            "old one stays until then)" + (f"; removing its {stale}" if stale else "")
+        )
+        for path in checkpoints + averaged:
+            shutil.rmtree(path)
+    return None
+
+
+def check_output_dir_writable(output_dir: Path) -> None:
+    """Fails before training, not after, when output_dir or the folder beside it (for the final save) is unwritable."""
+    output_dir = output_dir.resolve()
+    for folder in dict.fromkeys((output_dir, output_dir.parent)):
+        try:
+            probe_write(folder)
+        except OSError as error:
+            raise UsageError(f"output_dir {output_dir} cannot be written: {error.filename}: {error.strerror}") from None
+
+
+def save_final_model(trainer: "VanillaTrainer", files: dict[str, str], state_source: Path | None = None) -> None:
+    """Builds the model (and `files`: name -> text) in a sibling folder, then swaps it for output_dir's by renames.
+
+    A reader sees the old model or the new one, never a mix. Every entry of output_dir that is not the old model
+    (checkpoints, logs, averaged models, other files) moves into the new folder; `finish_interrupted_save` completes
+    a swap that was killed. trainer_state.json (the run's log) is the Trainer's, or a copy of `state_source`'s."""
+    output_dir = Path(trainer.args.output_dir)
+    staging, replaced = beside(output_dir, "saving"), beside(output_dir, "replaced")
+    try:
+        if trainer.is_world_process_zero() and staging.exists():
+            shutil.rmtree(staging)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(staging))  # every process takes part; the main one writes
+        if trainer.is_world_process_zero():
+            for name, text in files.items():
+                (staging / name).write_text(text, encoding="utf-8")
+            if state_source is None:
+                trainer.state.save_to_json(str(staging / TRAINER_STATE))
+            else:
+                shutil.copyfile(state_source / TRAINER_STATE, staging / TRAINER_STATE)
+            fault_point("final-save")
+    except BaseException:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)  # the old model, untouched, stays
+        raise
+    if trainer.is_world_process_zero():
+        if output_dir.exists():
+            output_dir.rename(replaced)
+            fault_point("final-swap")
+        staging.rename(output_dir)
+        fault_point("final-swapped")
+        if replaced.exists():
+            keep_entries_of_replaced(replaced, output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def last_checkpoint_phrase(output_dir: Path) -> str:
+    checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
+    if not checkpoints:
+        return "there is no checkpoint to resume from"
+    return f"the last checkpoint is {checkpoints[-1]} (continue with --resume_from_checkpoint last)"
+
+
+def remove_partial_checkpoint(trainer: "VanillaTrainer") -> str:
+    """Removes the checkpoint a failure cut short, so that `--resume_from_checkpoint last` never picks it."""
+    partial = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+    if trainer.is_world_process_zero() and partial.is_dir() and trainer_state(partial) is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        return f"removed the partial {partial.name}; "
+    return ""

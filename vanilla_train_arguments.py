@@ -1,0 +1,316 @@
+"""train.py's arguments: a flag per VanillaConfig field, the paper's recipe as TrainingArguments, launch checks.
+
+The learning rate, sec. 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5). transformers'
+"inverse_sqrt" schedule multiplies the peak --learning_rate by min(step / warmup_steps, sqrt(warmup_steps / step)),
+so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate at every optimizer step.
+"""
+
+import inspect
+import os
+from dataclasses import field, make_dataclass
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    HfArgumentParser,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    Seq2SeqTrainingArguments,
+)
+from transformers.training_args import ParallelMode
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS, VanillaConfig
+from vanilla_cli import RECIPE_SUFFIXES, UsageError, argument_dataclass, documented_arguments, read_recipe
+from vanilla_corpus import DataArguments
+from vanilla_tokenizer import train_bpe_tokenizer
+
+# VanillaConfig arguments that are no flag: the tokenizer fixes the vocabulary and the special ids (--vocab_size sizes
+# the BPE train.py learns), and the cache is a decoding matter.
+NOT_FLAGS = ("vocab_size", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+
+
+def config_fields(config_class: type[VanillaConfig]) -> dict[str, inspect.Parameter]:
+    """The named arguments of the config class's __init__ (and its parents' up to PretrainedConfig) a flag sets."""
+    fields = {}
+    for cls in config_class.__mro__:
+        if cls is PretrainedConfig or not issubclass(cls, PretrainedConfig):
+            break
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and name != "self" and name not in NOT_FLAGS:
+                fields.setdefault(name, parameter)
+    return fields
+
+
+def model_arguments(config_class: type[VanillaConfig] = VanillaConfig) -> type:
+    """The dataclass of model flags: a preset, the tokenizer, --config_overrides, and one flag per config field.
+
+    Each field of `config_class.__init__` becomes a flag of its name that overrides the preset, so a new field
+    reaches the command line without a change here."""
+    documented = documented_arguments(config_class)
+    flags = [
+        ("preset", str, field(default="base", metadata={"help": f"Model shape: {', '.join(PRESETS)}."})),
+        (
+            "tokenizer_name",
+            str | None,
+            field(
+                default=None,
+                metadata={"help": "A tokenizer to load; default: train a joint BPE on the training split."},
+            ),
+        ),
+        (
+            "vocab_size",
+            int | None,
+            field(
+                default=None, metadata={"help": "Size of the trained BPE; default: a quarter of the distinct words."}
+            ),
+        ),
+        (
+            "config_overrides",
+            str | None,
+            field(
+                default=None,
+                metadata={"help": "Config fields as key=value,... over the preset (the named flags win over these)."},
+            ),
+        ),
+    ]
+    for name, parameter in config_fields(config_class).items():
+        kind = parameter.annotation if parameter.annotation is not inspect.Parameter.empty else type(parameter.default)
+        described = documented.get(name, name)
+        text = (
+            f"{described[:1].upper()}{described[1:]} Overrides the preset (the config's default: {parameter.default})."
+        )
+        flags.append((name, kind | None, field(default=None, metadata={"help": text.replace("%", "%%")})))
+    return make_dataclass(
+        "ModelArguments",
+        flags,
+        namespace={"config_class": config_class, "__doc__": "The model's shape (a preset, then overrides)."},
+    )
+
+
+ModelArguments = model_arguments()
+
+
+@argument_dataclass
+class TrainingArguments(Seq2SeqTrainingArguments):
+    """Trainer's arguments with the paper's recipe (sec. 5.3) as defaults, and --overwrite_output_dir.
+
+    Args:
+        learning_rate: Peak learning rate; default (d_model * warmup_steps)^-0.5, the paper's.
+        lr_scheduler_type: Sec. 5.3: warmup, then 1/sqrt(step).
+        warmup_steps: Sec. 5.3: warmup_steps = 4000.
+        adam_beta2: Sec. 5.3: beta_2 = 0.98.
+        adam_epsilon: Sec. 5.3: epsilon = 1e-9.
+        train_sampling_strategy: Batches of similar lengths cut padding (sec. 5.1).
+        overwrite_output_dir: Train into an output_dir that already holds a model or checkpoints.
+        ddp_find_unused_parameters: DDP's find_unused_parameters: False, as every parameter of the model takes part in
+            each step (True walks the autograd graph every step looking for unused ones, and warns that there are none).
+        max_train_seconds: Stop training after this many seconds (evaluations and saves included).
+        save_at_seconds: Also keep the model after this many seconds, in output_dir/model-at-<N>s.
+        max_tokens: Batches of at most this many padded source + target tokens, of pairs of similar lengths (sec. 5.1:
+            about 25000 + 25000), in place of --per_device_train_batch_size sentences.
+        streaming: Read --dataset_name or the data files as training consumes them, tokenizing on the fly, for corpora
+            too large to load (or to wait for); needs a --max_steps budget.
+    """
+
+    learning_rate: float | None = None
+    lr_scheduler_type: str = "inverse_sqrt"
+    warmup_steps: float = 4000
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-9
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"choices": ["random", "group_by_length"]})
+    overwrite_output_dir: bool = False
+    ddp_find_unused_parameters: bool | None = False
+    max_train_seconds: float | None = None
+    save_at_seconds: float | None = None
+    max_tokens: int | None = None
+    streaming: bool = False
+
+    def __post_init__(self):
+        if (self.bf16 or self.bf16_full_eval) and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
+            self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
+        super().__post_init__()
+
+
+def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
+    """Sec. 5.3 lrate at step = warmup_steps, where the "inverse_sqrt" schedule peaks: (d_model * warmup)^-0.5."""
+    return (d_model * max(warmup_steps, 1)) ** -0.5
+
+
+def argument_parser() -> HfArgumentParser:
+    """train.py's flags: the model's, the data's and Trainer's."""
+    return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line flags, optionally after a JSON/YAML file holding flags (the command line wins)."""
+    parser = argument_parser()
+    if argv and argv[0].endswith(RECIPE_SUFFIXES):
+        parser.set_defaults(**read_recipe(argv[0], {action.dest for action in parser._actions}))
+        argv = argv[1:]
+    on_cpus = data_parallel_on_cpus(parser, argv)
+    try:
+        model_args, data_args, args = parser.parse_args_into_dataclasses(argv)
+    except ValueError as error:  # a Trainer flag combination it refuses
+        raise UsageError(str(error)) from None
+    if launched_processes() > 1 and args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise UsageError(
+            f"launched as {launched_processes()} processes, but Trainer would not train them data-parallel "
+            f"(--use_cpu {args.use_cpu}, --ddp_backend {args.ddp_backend}); drop those flags"
+        )
+    if on_cpus and args.process_index == 0:
+        print(f"no GPU: {args.world_size} processes train data-parallel (DDP) on the CPUs with the gloo backend")
+    return model_args, data_args, args
+
+
+def launched_processes() -> int:
+    """The number of processes torchrun (or `accelerate launch`, or mpirun) started for this training."""
+    names = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return max(int(os.environ.get(name, 1)) for name in names)
+
+
+def data_parallel_on_cpus(parser: HfArgumentParser, argv: list[str]) -> bool:
+    """On a machine without GPUs, makes a multi-process launch train data-parallel: --use_cpu with gloo by default.
+
+    Without --use_cpu, accelerate leaves a CPU launch undistributed: torchrun's processes train independently into
+    one folder, and with --ddp_backend gloo alone they also scale the loss by the process count (a gloo group, but no
+    DDP, so the token count that normalizes it is this process's only). Launches that cannot be data-parallel here are
+    refused, naming the command that is."""
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and launched_processes() == 1:
+        # accelerate's single-process launcher sets MASTER_ADDR only when asked for several processes.
+        raise UsageError(
+            "accelerate launch started one process: without --multi_gpu it starts several on CPUs only through "
+            "mpirun; run `accelerate launch --multi_gpu --num_processes N train.py ...` or `torchrun "
+            "--nproc_per_node N train.py ...` (both train data-parallel, on the CPUs too)"
+        )
+    if launched_processes() == 1 or torch.cuda.is_available():
+        return False
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise UsageError(
+            "FSDP needs GPUs: accelerate shards a model only across GPU processes (on CPUs it would train plain DDP); "
+            "on CPUs launch without the FSDP config: `torchrun --nproc_per_node N train.py ...`"
+        )
+    backend = parser.parse_known_args(argv)[0].ddp_backend
+    if backend not in (None, "gloo"):
+        raise UsageError(f"--ddp_backend {backend} needs GPUs, and this machine has none; drop it (gloo is used)")
+    parser.set_defaults(use_cpu=True, ddp_backend="gloo")
+    return True
+
+
+def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None:
+    """Refuses values that Trainer would crash on later or silently turn into a run that trains nothing."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive integer")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UsageError(f"--max_tokens is {args.max_tokens}; expected a positive integer")
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        raise UsageError(f"--learning_rate is {args.learning_rate}; expected a positive number")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise UsageError(
+            f"nothing to train: --num_train_epochs is {args.num_train_epochs} and --max_steps is {args.max_steps}; "
+            "expected a positive --num_train_epochs or --max_steps"
+        )
+    if args.streaming and args.max_steps <= 0:
+        raise UsageError(
+            "--streaming reads the data without knowing its size, so epochs cannot be counted: give the training "
+            "budget with --max_steps"
+        )
+    if args.streaming and args.max_tokens is not None:
+        raise UsageError(
+            "--max_tokens sorts the whole training split by length, which --streaming never holds: give one of them "
+            "(with --streaming, --per_device_train_batch_size sets the batch)"
+        )
+    if args.save_strategy == "steps" and args.save_steps <= 0:
+        raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
+    if model_args.vocab_size is not None and model_args.tokenizer_name:
+        raise UsageError("--vocab_size sizes the BPE that train.py learns; it cannot resize --tokenizer_name")
+    for name in ("max_train_seconds", "save_at_seconds"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive number of seconds")
+    if None not in (args.max_train_seconds, args.save_at_seconds) and args.save_at_seconds >= args.max_train_seconds:
+        raise UsageError(
+            f"--save_at_seconds ({args.save_at_seconds}) must be less than --max_train_seconds "
+            f"({args.max_train_seconds}), or no model is kept"
+        )
+    config_overrides(model_args)  # a malformed --config_overrides fails before the data is loaded
+
+
+def config_overrides(model_args: ModelArguments) -> dict:
+    """--config_overrides "key=value,...", each value read as the type of the field's default (transformers'
+    PretrainedConfig.update_from_string); UsageError for a malformed pair or a key that is no flag's field."""
+    if not model_args.config_overrides:
+        return {}
+    text = model_args.config_overrides
+    names = [pair.split("=", 1)[0] for pair in text.split(",")]
+    fields = config_fields(model_args.config_class)
+    unknown = [name for name in names if name not in fields]
+    if unknown:
+        raise UsageError(
+            f"--config_overrides {text}: {unknown[0]} is not a field it sets; expected some of {', '.join(fields)}"
+        )
+    probe = model_args.config_class()
+    try:
+        probe.update_from_string(text)
+    except ValueError as error:
+        raise UsageError(f"--config_overrides {text}: {error}; expected key=value pairs joined by commas") from None
+    return {name: getattr(probe, name) for name in names}
+
+
+def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> VanillaConfig:
+    """The preset's shape, --config_overrides over it, then every given flag; ids from the tokenizer."""
+    values = config_overrides(model_args)
+    fields = config_fields(model_args.config_class)
+    values.update({name: getattr(model_args, name) for name in fields if getattr(model_args, name) is not None})
+    special = dict(pad_token_id=PAD_TOKEN_ID, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID)
+    for name, expected in special.items():
+        actual = getattr(tokenizer, name)
+        if actual != expected:
+            raise UsageError(f"the tokenizer's {name} is {actual}, expected {expected} (VanillaConfig's)")
+    try:
+        return model_args.config_class.from_preset(model_args.preset, vocab_size=len(tokenizer), **values)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def check_resume_flags(
+    model_args: ModelArguments, given: set[str], checkpoint: str, config: VanillaConfig, tokenizer, texts_of
+) -> None:
+    """Refuses, by name, flags for a resumed run that differ from the shape and tokenizer its checkpoint fixes."""
+    differ = []
+    if "preset" in given:
+        preset = PRESETS[model_args.preset]
+        mismatched = [
+            f"{name} {value}" for name, value in preset.items() if name not in given and getattr(config, name) != value
+        ]
+        if mismatched:
+            differ.append(f"--preset {model_args.preset} ({', '.join(mismatched)})")
+    for name in config_fields(model_args.config_class):
+        value = getattr(model_args, name)
+        if name in given and value is not None and value != getattr(config, name):
+            differ.append(f"--{name} {value} (the checkpoint's: {getattr(config, name)})")
+    if "config_overrides" in given and model_args.config_overrides:
+        for name, value in config_overrides(model_args).items():
+            if value != getattr(config, name):
+                differ.append(f"--config_overrides {name}={value} (the checkpoint's: {getattr(config, name)})")
+    vocab_size = model_args.vocab_size
+    if (
+        "vocab_size" in given
+        and vocab_size is not None
+        and vocab_size != config.vocab_size
+        and not model_args.tokenizer_name
+    ):
+        # A BPE stops short of the size asked for when the data allows no more merges: retrain to compare.
+        if vocab_size < config.vocab_size or len(train_bpe_tokenizer(texts_of(), vocab_size)) != config.vocab_size:
+            differ.append(f"--vocab_size {vocab_size} (the checkpoint's: {config.vocab_size})")
+    if "tokenizer_name" in given and model_args.tokenizer_name:
+        try:
+            named = AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"cannot load tokenizer {model_args.tokenizer_name!r}: {error}") from None
+        if named.get_vocab() != tokenizer.get_vocab():
+            differ.append(f"--tokenizer_name {model_args.tokenizer_name} (not the checkpoint's tokenizer)")
+    if differ:
+        raise UsageError(
+            f"{checkpoint} fixes the model and these flags differ from it: {'; '.join(differ)}; drop them to resume"
+        )

@@ -1,0 +1,193 @@
+"""Seq2SeqTrainer for this model: token-budget batches, the run's loss total, tokens/s, and the metrics it reports."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import EvalPrediction, Seq2SeqTrainer
+from transformers.trainer_utils import HubStrategy, SaveStrategy
+from transformers.utils.hub import PushInProgress, hf_api
+
+from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length
+from vanilla_files import TRAINER_STATE
+from vanilla_hub import NOT_PUSHED
+from vanilla_output_dir import fault_point
+
+LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
+
+
+class VanillaTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer whose length-grouped sampler sees the length column (see `tokenize`), and whose checkpoints
+    keep the training loss summed over the whole run, so that a resumed run reports the whole run's mean."""
+
+    def __init__(self, *args, loss_before: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_before = loss_before  # summed over the steps of the checkpoint this run resumed from
+        self.loss_since = None  # summed over this run's steps, on the device (one sync per checkpoint)
+        self.tokens = TokenCounter()
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
+        max_tokens = getattr(self.args, "max_tokens", None)
+        if max_tokens is None:
+            return super()._get_train_sampler(self.train_dataset)
+        return TokenBudgetBatchSampler(
+            [len(ids) for ids in self.train_dataset["input_ids"]],
+            [len(ids) for ids in self.train_dataset["labels"]],
+            max_tokens,
+            seed=self.args.seed if self.args.data_seed is None else self.args.data_seed,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+            pad_to_multiple_of=getattr(self.data_collator, "pad_to_multiple_of", None),
+        )
+
+    def training_step(self, model, inputs, *args, **kwargs) -> torch.Tensor:
+        # This process's loss, divided so that the gradient accumulation steps of one optimizer step sum to its loss.
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        self.loss_since = loss.detach() if self.loss_since is None else self.loss_since + loss.detach()
+        self.tokens.count(inputs)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime
+            logs.update(self.tokens.rates(self.accelerator, start_time, runtime=logs["train_runtime"]))
+            if self.args.torch_compile:  # one graph per shape compiled (and per graph break): recompiles add more
+                logs["train_compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        elif "loss" in logs and start_time is not None:  # a training log: the rates since the last one
+            logs.update(self.tokens.rates(self.accelerator, start_time))
+        super().log(logs, start_time)
+
+    def loss_total(self) -> float:
+        """The loss summed over the run's steps; under DDP every process holds its share of each step's loss (Trainer
+        normalizes by the tokens of all processes), so the mean over processes is the global loss. A collective."""
+        since = self.loss_since if self.loss_since is not None else torch.zeros((), device=self.args.device)
+        return self.loss_before + self.accelerator.reduce(since, reduction="mean").item()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        loss_sum = self.loss_total() if _internal_call else None  # every process takes part
+        if _internal_call and self.args.should_save:  # a checkpoint rewritten (resumed from an older one) is
+            (Path(output_dir) / TRAINER_STATE).unlink(missing_ok=True)  # incomplete until its new state is in
+        # Never Trainer's push of the folder being saved (the final save's staging folder): push_to_hub below sends
+        # output_dir once the final save has swapped the new model in.
+        super().save_model(output_dir, _internal_call=True)
+        if _internal_call and self.args.should_save:  # a checkpoint, whose trainer_state.json Trainer writes next
+            total = {"loss_sum": loss_sum, "global_step": self.state.global_step}
+            (Path(output_dir) / LOSS_TOTAL).write_text(json.dumps(total) + "\n", encoding="utf-8")
+            fault_point(Path(output_dir).name)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push of each save, uploaded from the checkpoint itself (its model, tokenizer and the code that
+        config.json's auto_map names). Trainer's copies the weights into output_dir and uploads that: a revision
+        without the model's code, and output_dir's previous model overwritten before the final save replaces it."""
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return  # as Trainer: skip this save while the last one is still uploading
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            message = f"Training in progress, step {self.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(self.state.epoch)}"
+        jobs = [self.upload(checkpoint_folder, message, NOT_PUSHED, run_as_future=True)]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):  # the resume state too
+            last = self.args.hub_strategy == HubStrategy.CHECKPOINT
+            folder = "last-checkpoint" if last else Path(checkpoint_folder).name
+            jobs.append(
+                self.upload(checkpoint_folder, f"{message}, checkpoint", [], path_in_repo=folder, run_as_future=True)
+            )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
+
+    def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, **kwargs):
+        """Uploads output_dir as train.py's final save left it (the model, its card): Trainer's would save the model
+        into output_dir again, outside the atomic save, and write its generic card over the project's."""
+        if not self.is_world_process_zero():
+            return None
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if self.hub_model_id is None:
+            self.init_hf_repo()
+        self._finish_current_push()
+        return self.upload(self.args.output_dir, commit_message, NOT_PUSHED, run_as_future=not blocking)
+
+    def upload(self, folder: str, message: str, ignore_patterns: list[str], **kwargs):
+        return hf_api().upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=folder,
+            commit_message=message,
+            token=self.args.hub_token,
+            ignore_patterns=ignore_patterns,
+            revision=self.args.hub_revision,
+            **kwargs,
+        )
+
+
+def loss_before(checkpoint: str | None) -> float | None:
+    """The training loss summed over the steps up to a checkpoint; None for a checkpoint saved without that sum."""
+    if checkpoint is None:
+        return 0.0
+    try:
+        return float(json.loads((Path(checkpoint) / LOSS_TOTAL).read_text(encoding="utf-8"))["loss_sum"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def train_loss_metrics(trainer: VanillaTrainer, resumed_step: int, whole_run_known: bool) -> dict:
+    """The mean training loss of the whole run; where a checkpoint lacks the sum, of the resumed steps, named so."""
+    steps = trainer.state.global_step
+    if whole_run_known:
+        return {"train_loss": trainer.loss_total() / max(steps, 1)}
+    if steps == resumed_step:  # a complete run's checkpoint saved without the sum: no figure to report
+        return {}
+    resumed_mean = (trainer.loss_total() - trainer.loss_before) / max(steps - resumed_step, 1)
+    return {f"train_loss_steps_{resumed_step + 1}_to_{steps}": resumed_mean}
+
+
+def summed_nll_per_sentence(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+    """Each evaluated sentence as (sum of its target tokens' plain cross-entropy, their count): (batch, 2).
+
+    Trainer's `preprocess_logits_for_metrics`: evaluation gathers two numbers per sentence instead of the logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits  # (batch, tgt_len, vocab), then encoder outputs
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return torch.stack((nll.sum(dim=-1), labels.ne(-100).sum(dim=-1).float()), dim=-1)
+
+
+def nll_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    """`eval_nll_loss`, the mean negative log-likelihood per target token without label smoothing (the figure other
+    models report beside eval_loss, which is smoothed, sec. 5.4), and `eval_perplexity`, its exponential."""
+    total, tokens = prediction.predictions.sum(axis=0)
+    nll = float(total / tokens)
+    return {"nll_loss": nll, "perplexity": math.exp(nll)}
+
+
+def padding_fraction(trainer: Seq2SeqTrainer) -> float:
+    """The share of pad tokens (source and target) in one epoch of this process's training batches."""
+    dataset = trainer.train_dataset
+    source_lengths = [len(ids) for ids in dataset["input_ids"]]
+    target_lengths = [len(ids) for ids in dataset["labels"]]
+    with torch.random.fork_rng():  # drawing an epoch's order here must not change training's random stream
+        batches = list(trainer.get_train_dataloader().batch_sampler)
+    multiple = getattr(trainer.data_collator, "pad_to_multiple_of", None)
+    real = padded = 0
+    for batch in batches:
+        for lengths in (source_lengths, target_lengths):
+            batch_lengths = [lengths[i] for i in batch]
+            real += sum(batch_lengths)
+            padded += len(batch_lengths) * padded_length(max(batch_lengths), multiple)
+    return 1.0 - real / padded
+
+
+def exact_match(trainer: Seq2SeqTrainer, dataset) -> float:
+    """Share of sentences whose beam-search translation equals the reference (its tokenized target) exactly."""
+    trainer.args.predict_with_generate = True
+    trainer.compute_metrics = trainer.preprocess_logits_for_metrics = None  # those read logits, not translations
+    output = trainer.predict(dataset, metric_key_prefix="test")  # rows in the sampler's order, labels alongside
+    pad = trainer.processing_class.pad_token_id
+    hypotheses, references = (
+        trainer.processing_class.batch_decode(np.where(ids < 0, pad, ids), skip_special_tokens=True)
+        for ids in (output.predictions, output.label_ids)
+    )
+    return sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True)) / len(references)

@@ -1,0 +1,172 @@
+"""A trained model and its tokenizer loaded for decoding (torch or CTranslate2), and beam search over a corpus."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import vanilla_ctranslate2
+from vanilla_cli import UsageError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from eval import EvalArguments
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_path(name: str) -> None:
+    """Cheap checks of a local model folder (config and tokenizer present); Hub ids are checked when loaded."""
+    folder = Path(name)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise UsageError(f"{name}: not a model folder (no config.json)")
+        if not any((folder / file).is_file() for file in TOKENIZER_FILES):
+            raise UsageError(f"{name}: the model has no tokenizer (no {' or '.join(TOKENIZER_FILES)})")
+    elif folder.exists():
+        raise UsageError(f"{name}: not a model folder")
+    elif folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:  # a Hub id is "name" or "org/name"
+        raise UsageError(f"{name}: no such model folder")
+
+
+def load_model_and_tokenizer(name: str, attn_implementation: str | None = None, dtype: str | None = None):
+    """The model (on the best device, in eval mode) and its tokenizer; UsageError naming what is missing."""
+    import torch
+    from transformers import AutoTokenizer
+
+    check_model_path(name)
+    folder = Path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+    except (OSError, ValueError) as error:
+        if folder.is_dir() and not (folder / "tokenizer.json").is_file():
+            raise UsageError(
+                f"{name}: cannot load its tokenizer: no tokenizer.json, and tokenizer_config.json alone does not "
+                f"hold a vocabulary ({first_line(error)})"
+            ) from None
+        where = "no such model folder, and no such Hub model available" if not folder.exists() else "cannot load it"
+        raise UsageError(f"{name}: {where} ({first_line(error)})") from None
+    model = load_model(name, attn_implementation, dtype)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def load_model(name: str | Path, attn_implementation: str | None = None, dtype: str | None = None) -> "PreTrainedModel":
+    """AutoModelForSeq2SeqLM.from_pretrained, a missing or damaged weights file reported as a UsageError."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.utils import logging
+
+    # Local weights load in a blink; the "Loading weights" bar would only stand between the user and an error line.
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(
+            name, trust_remote_code=True, attn_implementation=attn_implementation, dtype=dtype or "auto"
+        )
+    except (OSError, ValueError, SafetensorError) as error:
+        where = "no such model folder, and no such Hub model available" if not Path(name).exists() else "cannot load it"
+        raise UsageError(f"{name}: {where} ({first_line(error)})") from None
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def load_translation_model(args: "EvalArguments"):
+    """The model that decodes: the torch model (in --dtype), or its CTranslate2 conversion, and the tokenizer."""
+    if args.engine == "ctranslate2":
+        check_model_path(args.model)
+        model, tokenizer = vanilla_ctranslate2.load(args.model, args.quantization)
+    else:
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+        if args.compile:
+            compile_for_decoding(model)
+    take_decoding_defaults(args, model.generation_config)
+    return model, tokenizer
+
+
+def take_decoding_defaults(args: "EvalArguments", generation_config) -> None:
+    """The model's saved decoding settings for every decoding flag the user left out (train.py saves sec. 6.1's)."""
+    for name in ("num_beams", "length_penalty"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(generation_config, name))
+
+
+def compile_for_decoding(model: "PreTrainedModel") -> None:
+    """--compile: torch.compile the forward that every decoding step calls (with COMPILED_DECODING's static cache).
+
+    Compiled here rather than by generate()'s auto-compilation, which transformers applies to greedy search and
+    sampling but not to beam search."""
+    import torch
+
+    model.forward = torch.compile(model.forward)
+
+
+# generate() arguments for --compile: fixed-size key/value buffers, so each step has the same shapes.
+COMPILED_DECODING = {"cache_implementation": "static", "disable_compile": True}
+
+
+def generation_arguments(args: "EvalArguments", input_length: int) -> dict:
+    """Sec. 6.1's beam search, output limited to input length + offset (replacing the model's saved max_length)."""
+    max_new_tokens = input_length + args.max_length_offset
+    if max_new_tokens < 1:
+        raise UsageError(
+            f"--max_length_offset {args.max_length_offset} leaves no room for an output after an input of "
+            f"{input_length} tokens; expected at least {1 - input_length}"
+        )
+    return {
+        "num_beams": args.num_beams,
+        "length_penalty": args.length_penalty,
+        "max_new_tokens": max_new_tokens,
+        "max_length": None,
+    }
+
+
+def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int) -> list[list[int]]:
+    return tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
+
+
+def translate(
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    texts: list[str],
+    args: "EvalArguments",
+    max_source_length: int,
+    progress: bool = True,
+) -> list[str]:
+    """Beam search over batches of sources of similar length (longest first); hypotheses come back in input order.
+
+    The output limit is the batch's longest input + max_length_offset; sorting keeps that close to each sentence's.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    input_ids = encode(tokenizer, texts, max_source_length)
+    order = sorted(range(len(texts)), key=lambda index: len(input_ids[index]), reverse=True)
+    hypotheses: list[str] = [""] * len(texts)
+    batches = [order[start : start + args.batch_size] for start in range(0, len(order), args.batch_size)]
+    generation = [generation_arguments(args, len(input_ids[indices[0]])) for indices in batches]  # checked first
+    for indices, settings in tqdm(
+        list(zip(batches, generation, strict=True)), desc="translating", unit="batch", disable=not progress
+    ):
+        if args.engine == "ctranslate2":
+            sources = [input_ids[index] for index in indices]
+            output = model.generate_ids(
+                sources, settings["num_beams"], settings["length_penalty"], settings["max_new_tokens"]
+            )
+        else:
+            batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
+            batch = batch.to(model.device)
+            with torch.no_grad():
+                output = model.generate(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    **settings,
+                    **(COMPILED_DECODING if args.compile else {}),
+                )
+        for index, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
+            hypotheses[index] = " ".join(text.splitlines())
+    return hypotheses
