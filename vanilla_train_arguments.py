@@ -66,6 +66,17 @@ def model_arguments(config_class: type[VanillaConfig] = VanillaConfig) -> type:
             ),
         ),
         (
+            "attn_implementation",
+            str | None,
+            field(
+                default=None,
+                metadata={
+                    "help": "Attention kernel for training (eager, sdpa, ...); default: sdpa, or eager for --bf16 "
+                    "on a CPU, where SDPA's bf16 backward is the slower one. Not saved: a loaded model uses sdpa."
+                },
+            ),
+        ),
+        (
             "config_overrides",
             str | None,
             field(
@@ -255,6 +266,13 @@ def config_overrides(model_args: ModelArguments) -> dict:
     except ValueError as error:
         raise UsageError(f"--config_overrides {text}: {error}; expected key=value pairs joined by commas") from None
     return {name: getattr(probe, name) for name in names}
+
+
+def training_attention(model_args: ModelArguments, args: TrainingArguments) -> str:
+    """The attention kernel to train with: the flag's, else eager for bf16 on a CPU (BENCHMARKS.md), else sdpa."""
+    if model_args.attn_implementation is not None:
+        return model_args.attn_implementation
+    return "eager" if args.bf16 and args.device.type == "cpu" else "sdpa"
 
 
 def build_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase) -> VanillaConfig:
