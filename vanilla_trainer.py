@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import EvalPrediction, Seq2SeqTrainer
+from transformers import EvalPrediction, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress, hf_api
 
@@ -18,6 +18,19 @@ from vanilla_output_dir import fault_point
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
 
 
+class SamplerEpoch(TrainerCallback):
+    """Tells the token-budget sampler which epoch begins. Under DDP accelerate wraps it in a BatchSamplerShard, and
+    the loader that skips a resumed epoch's trained batches (skip_first_batches) does not pass Trainer's set_epoch
+    through that wrapper: the resumed epoch would replay epoch 0's order."""
+
+    def __init__(self, trainer: "VanillaTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer.token_sampler is not None:
+            self.trainer.token_sampler.set_epoch(math.floor(state.epoch))  # a resumed run: the epoch it is in
+
+
 class VanillaTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer whose length-grouped sampler sees the length column (see `tokenize`), and whose checkpoints
     keep the training loss summed over the whole run, so that a resumed run reports the whole run's mean."""
@@ -27,13 +40,15 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.loss_before = loss_before  # summed over the steps of the checkpoint this run resumed from
         self.loss_since = None  # summed over this run's steps, on the device (one sync per checkpoint)
         self.tokens = TokenCounter()
+        self.token_sampler = None  # the TokenBudgetBatchSampler of --max_tokens
+        self.add_callback(SamplerEpoch(self))
 
     def _get_train_sampler(self, train_dataset=None):
         # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
         max_tokens = getattr(self.args, "max_tokens", None)
         if max_tokens is None:
             return super()._get_train_sampler(self.train_dataset)
-        return TokenBudgetBatchSampler(
+        self.token_sampler = TokenBudgetBatchSampler(
             [len(ids) for ids in self.train_dataset["input_ids"]],
             [len(ids) for ids in self.train_dataset["labels"]],
             max_tokens,
@@ -42,6 +57,7 @@ class VanillaTrainer(Seq2SeqTrainer):
             rank=self.args.process_index,
             pad_to_multiple_of=getattr(self.data_collator, "pad_to_multiple_of", None),
         )
+        return self.token_sampler
 
     def training_step(self, model, inputs, *args, **kwargs) -> torch.Tensor:
         # This process's loss, divided so that the gradient accumulation steps of one optimizer step sum to its loss.

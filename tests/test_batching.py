@@ -2,19 +2,20 @@
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 
 import pytest
 from num2words import num2words
-from test_train import QUICK, ROOT, TINY, environment, run_train, write_jsonl
+from test_train import QUICK, ROOT, TINY, environment, run_train, torchrun, write_jsonl
 from transformers import DataCollatorForSeq2Seq
 from transformers.utils import is_torch_bf16_gpu_available
 
 from vanilla_batching import TokenBudgetBatchSampler
 from vanilla_cli import UsageError
 from vanilla_tokenizer import train_bpe_tokenizer
-from vanilla_train_arguments import parse_arguments
+from vanilla_train_arguments import parse_arguments, training_attention
 
 LANGS = ["--source_lang", "en", "--target_lang", "de"]
 
@@ -106,6 +107,26 @@ def test_cli_max_tokens_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp
         assert (killed_dir / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
+@pytest.mark.multiprocess
+def test_torchrun_resumed_in_a_later_epoch_draws_that_epochs_batches(tmp_path):
+    # Under DDP the sampler sits in accelerate's BatchSamplerShard, which does not pass set_epoch on to it when the
+    # resumed epoch's trained batches are skipped: epoch 1 would replay epoch 0's order.
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 121))
+    common = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--max_tokens", "120", "--max_steps", "11"]
+    common += ["--save_strategy", "steps", "--save_steps", "3", "--save_total_limit", "4"]
+    whole = run_train(*common, "--output_dir", str(tmp_path / "whole"), launcher=torchrun())
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    steps_per_epoch = round(11 / json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["epoch"])
+    assert steps_per_epoch < 6 < 2 * steps_per_epoch  # checkpoint-6 is in the middle of the second epoch
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "whole" / "checkpoint-6", resumed_dir / "checkpoint-6")
+    resume = ["--output_dir", str(resumed_dir), "--resume_from_checkpoint", str(resumed_dir / "checkpoint-6")]
+    resumed = run_train(*common, *resume, launcher=torchrun())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("checkpoint-9/model.safetensors", "model.safetensors"):
+        assert (resumed_dir / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
 def test_cli_reports_real_and_padded_tokens_per_second_in_the_log_and_results(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))
     output_dir = tmp_path / "model"
@@ -129,3 +150,21 @@ def test_bf16_trains_on_the_cpu_where_no_gpu_has_it():
     assert args.use_cpu == (not is_torch_bf16_gpu_available())
     _, _, plain = parse_arguments(["--output_dir", "unused"])
     assert not plain.use_cpu
+
+
+def test_bf16_on_a_cpu_trains_with_eager_attention_unless_a_kernel_is_named():
+    # SDPA's bf16 backward on a CPU is the slower kernel (BENCHMARKS.md); float32 and GPUs keep SDPA.
+    model_args, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true"])
+    assert training_attention(model_args, args) == ("eager" if args.device.type == "cpu" else "sdpa")
+    model_args, _, args = parse_arguments(["--output_dir", "unused"])
+    assert training_attention(model_args, args) == "sdpa"
+    model_args, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true", "--attn_implementation", "sdpa"])
+    assert training_attention(model_args, args) == "sdpa"
+
+
+def test_cli_unknown_attention_kernel_is_one_error_line(tmp_path):
+    output = ["--output_dir", str(tmp_path / "model")]
+    result = run_train(*TINY, *QUICK, "--max_steps", "1", "--attn_implementation", "nope", *output)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --attn_implementation nope: ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "model" / "model.safetensors").exists()
