@@ -52,7 +52,7 @@ MULTI30K_EVAL = --test_file $(MULTI30K)/test_2016_flickr.jsonl $(MULTI30K_LANGS)
 # One recipe per machine for both directions: PAIR sets the languages and the output folder.
 multi30k: setup
 	$(PY) train.py recipes/multi30k_de_en.yaml $(MULTI30K_LANGS) --output_dir runs/multi30k_$(PAIR)
-	$(PY) eval.py --model runs/multi30k_$(PAIR) --average_last 5 $(MULTI30K_EVAL)
+	$(PY) eval.py --model runs/multi30k_$(PAIR) --average_last 3 --length_penalty 1.0 $(MULTI30K_EVAL)
 
 multi30k-cpu: setup
 	$(PY) train.py recipes/multi30k_de_en_cpu.yaml $(MULTI30K_LANGS) --output_dir runs/multi30k_$(PAIR)_cpu
