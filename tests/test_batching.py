@@ -87,6 +87,7 @@ def test_a_pair_longer_than_the_budget_is_a_usage_error():
         TokenBudgetBatchSampler([3, 7], [2, 5], 10)
 
 
+@pytest.mark.slow
 def test_cli_max_tokens_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 61))
     common = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--max_tokens", "120", "--max_steps", "11"]
@@ -127,6 +128,7 @@ def test_torchrun_resumed_in_a_later_epoch_draws_that_epochs_batches(tmp_path):
         assert (resumed_dir / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_cli_reports_real_and_padded_tokens_per_second_in_the_log_and_results(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))
     output_dir = tmp_path / "model"
@@ -162,6 +164,7 @@ def test_bf16_on_a_cpu_trains_with_eager_attention_unless_a_kernel_is_named():
     assert training_attention(model_args, args) == "sdpa"
 
 
+@pytest.mark.slow
 def test_cli_unknown_attention_kernel_is_one_error_line(tmp_path):
     output = ["--output_dir", str(tmp_path / "model")]
     result = run_train(*TINY, *QUICK, "--max_steps", "1", "--attn_implementation", "nope", *output)

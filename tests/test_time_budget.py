@@ -53,6 +53,7 @@ def test_save_at_seconds_keeps_that_model_beyond_checkpoint_rotation(budget_run)
     assert_loads_and_translates(kept)
 
 
+@pytest.mark.slow
 def test_a_new_run_drops_the_model_a_replaced_run_kept_at_the_same_seconds(tmp_path):
     output_dir = tmp_path / "model"
     stale = model_at_folder(output_dir, 600)

@@ -535,6 +535,7 @@ def write_parquet_folder(folder: Path, splits: dict[str, range]) -> Path:
 
 
 @pytest.mark.parametrize("source", ["parquet folder", "json lines file"])
+@pytest.mark.slow
 def test_streaming_trains_for_max_steps_reading_the_data_as_it_goes(tmp_path, source):
     if source == "parquet folder":
         data = ["--dataset_name", str(write_parquet_folder(tmp_path / "corpus", {"train": range(1, 21)}))]
