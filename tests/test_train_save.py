@@ -265,8 +265,16 @@ def test_sigint_during_training_names_the_last_checkpoint_and_exits_130(tmp_path
     args = [*TINY, *QUICK, "--train_file", str(data), *LANGS, "--output_dir", str(output_dir)]
     args += ["--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "2"]
     command = [sys.executable, str(ROOT / "train.py"), *args]
+    # As from a terminal: a suite launched in the background (`cmd &`) passes SIGINT on ignored, and Python keeps it so.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     process = subprocess.Popen(
-        command, env=environment(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command,
+        env=environment(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     while not (output_dir / "checkpoint-2" / "trainer_state.json").exists() and time.monotonic() < deadline:
