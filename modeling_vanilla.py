@@ -533,6 +533,7 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
@@ -543,6 +544,12 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
         num_items_in_batch (`int` or `torch.Tensor`, *optional*):
             The count of non-ignored labels over all accumulated micro-batches (passed by Trainer): the loss is then
             summed over tokens and divided by it.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
+            The decoder positions to project onto the vocabulary, as in transformers' causal LMs: an int keeps the last
+            that many (0: all), a 1-D tensor these positions, a `(batch_size, target_length)` integer tensor these
+            positions of each row, and a boolean one its `True` positions, flattened to `(num_true, vocab_size)`. The
+            loss is taken over the kept positions. A training step needs only the positions that have a label
+            (`labels != -100`): VanillaTrainer passes that mask, which spares the output layer the padding.
         """
         if labels is not None:
             use_cache = False
@@ -561,15 +568,28 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (batch, tgt_len, vocab)
+        hidden_states = kept_positions(outputs.last_hidden_state, logits_to_keep)  # all: (batch, tgt_len, d_model)
+        logits = self.lm_head(hidden_states)
 
         loss = None
         if labels is not None:
+            labels = kept_positions(labels[..., None], logits_to_keep)[..., 0]
             loss = label_smoothed_cross_entropy(logits, labels, self.config.label_smoothing, num_items_in_batch)
 
         # The encoder-decoder's other outputs (cache, hidden states, attentions) pass on under the same names.
         passed_on = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
         return Seq2SeqLMOutput(loss=loss, logits=logits, **passed_on)
+
+
+def kept_positions(states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions of (batch, tgt_len, ...) decoder states that `logits_to_keep` names (see the model's forward)."""
+    if isinstance(logits_to_keep, int):
+        return states[:, -logits_to_keep:] if logits_to_keep else states
+    if logits_to_keep.dtype == torch.bool:
+        return states[logits_to_keep]
+    if logits_to_keep.ndim == 2:
+        return torch.take_along_dim(states, logits_to_keep[..., None], dim=1)
+    return states[:, logits_to_keep]
 
 
 def label_smoothed_cross_entropy(
@@ -581,8 +601,8 @@ def label_smoothed_cross_entropy(
     """Sec. 5.4: cross-entropy against (1 - eps) * one_hot + eps / vocab, over the positions whose label is not -100."""
     reduction = "mean" if num_items_in_batch is None else "sum"
     loss = nn.functional.cross_entropy(
-        logits.float().flatten(0, 1),
-        labels.to(logits.device).flatten(),
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.to(logits.device).reshape(-1),
         ignore_index=-100,
         label_smoothing=epsilon,
         reduction=reduction,

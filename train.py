@@ -43,6 +43,7 @@ from vanilla_train_arguments import (
     check_resume_flags,
     paper_peak_learning_rate,
     parse_arguments,
+    set_attention,
     training_attention,
 )
 from vanilla_trainer import (
@@ -97,11 +98,7 @@ def train_and_save(
         config = build_config(model_args, tokenizer)
     set_seed(args.seed)
     model = VanillaForConditionalGeneration(config)
-    attention = training_attention(model_args, args)
-    try:
-        model.set_attn_implementation(attention)
-    except (ValueError, ImportError) as error:
-        raise UsageError(f"--attn_implementation {attention}: {str(error).splitlines()[0]}") from None
+    set_attention(model, training_attention(model_args, args))
     model.generation_config = GenerationConfig(
         **DECODING,
         max_length=data_args.max_target_length + 1,  # + the decoder start token

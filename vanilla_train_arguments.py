@@ -21,6 +21,7 @@ from transformers.training_args import ParallelMode
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS, VanillaConfig
+from modeling_vanilla import VanillaForConditionalGeneration
 from vanilla_cli import RECIPE_SUFFIXES, UsageError, argument_dataclass, documented_arguments, read_recipe
 from vanilla_corpus import DataArguments
 from vanilla_tokenizer import train_bpe_tokenizer
@@ -245,6 +246,9 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             f"({args.max_train_seconds}), or no model is kept"
         )
     config_overrides(model_args)  # a malformed --config_overrides fails before the data is loaded
+    if model_args.attn_implementation is not None:  # so does a kernel this machine cannot run, tried on a tiny model
+        probe = VanillaConfig(vocab_size=8, d_model=4, num_heads=1, d_ff=4, encoder_layers=1, decoder_layers=1)
+        set_attention(VanillaForConditionalGeneration(probe), model_args.attn_implementation)
 
 
 def config_overrides(model_args: ModelArguments) -> dict:
@@ -266,6 +270,14 @@ def config_overrides(model_args: ModelArguments) -> dict:
     except ValueError as error:
         raise UsageError(f"--config_overrides {text}: {error}; expected key=value pairs joined by commas") from None
     return {name: getattr(probe, name) for name in names}
+
+
+def set_attention(model: VanillaForConditionalGeneration, attention: str) -> None:
+    """`model.set_attn_implementation(attention)`, a kernel that transformers refuses being one usage error."""
+    try:
+        model.set_attn_implementation(attention)
+    except (ValueError, ImportError) as error:
+        raise UsageError(f"--attn_implementation {attention}: {str(error).splitlines()[0]}") from None
 
 
 def training_attention(model_args: ModelArguments, args: TrainingArguments) -> str:

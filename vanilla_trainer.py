@@ -66,6 +66,13 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.tokens.count(inputs)
         return loss
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # A training step uses the loss alone: the output layer projects only the positions that have a label. Under
+        # torch.compile a mask's data-dependent shape would split the graph, so compiled steps project every position.
+        if not return_outputs and "labels" in inputs and not self.args.torch_compile:
+            inputs = {**inputs, "logits_to_keep": inputs["labels"] != -100}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime
             logs.update(self.tokens.rates(self.accelerator, start_time, runtime=logs["train_runtime"]))

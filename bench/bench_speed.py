@@ -1,9 +1,12 @@
 """Speed of VanillaForConditionalGeneration against transformers' MarianMTModel (and torch.nn.Transformer on GPU).
 
-On CPU the rows are float32, plus training rows of both models in bf16 autocast (native bf16 matmuls where the CPU
-has AVX-512 BF16 / AMX). Decoding rows add both models converted to CTranslate2 (ours with vanilla_ctranslate2's spec,
-Marian with ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA our compiled static-cache
-decoding.
+On CPU the rows are float32, plus training rows of both models in bf16 autocast with eager attention, as train.py
+--bf16 trains there (native bf16 matmuls where the CPU has AVX-512 BF16 / AMX). Every training row takes a step as
+Trainer does: our model projects only the labelled positions onto the vocabulary (VanillaTrainer passes that mask as
+`logits_to_keep`; MarianMTModel has no such argument), and the optimizer is fused AdamW, Trainer's default.
+
+Decoding rows add both models converted to CTranslate2 (ours with vanilla_ctranslate2's spec, Marian with
+ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA our compiled static-cache decoding.
 
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
@@ -165,17 +168,24 @@ def random_batch(batch: int, length: int, vocab_size: int, generator: torch.Gene
     return ids, mask
 
 
-def training_step(model: nn.Module, kind: str, batch: dict, autocast: Callable) -> Callable[[], None]:
-    """One full step: forward, label-smoothed loss (our model's own, for the peers that only return logits), backward,
-    AdamW."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=batch["input_ids"].is_cuda)
+def training_step(
+    model: nn.Module, kind: str, batch: dict, autocast: Callable, compiled: bool = False
+) -> Callable[[], None]:
+    """One full step as Trainer takes it: forward, label-smoothed loss (our model's own, for the peers that only return
+    logits), backward, fused AdamW (Trainer's default optimizer). Ours projects only the labelled positions onto the
+    vocabulary, as VanillaTrainer asks of it (every position when compiled, as there too)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     decoder_input_ids = shift_tokens_right(batch["labels"], PAD, BOS)
+    logits_to_keep = 0 if compiled else batch["labels"] != -100
 
     def step():
         with autocast():
             if kind == "ours":
                 loss = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                    logits_to_keep=logits_to_keep,
                 ).loss
             elif kind == "marian":
                 logits = model(
@@ -434,14 +444,16 @@ def main():
     if not args.skip_training:
         train_tokens = shape.train_batch * 2 * shape.train_len
         train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
-        if cpu_bf16:  # what train.py --bf16 does on a CPU: bf16 autocast, float32 weights
-            for name in ("ours", "marian"):
-                step = training_step(models[name], name, train_batch, autocast_context(device, True))
+        if cpu_bf16:  # what train.py --bf16 does on a CPU: bf16 autocast, float32 weights, eager attention
+            for name in ("ours", "marian"):  # both models on the same kernels: SDPA's bf16 backward is slow on CPUs
+                eager = copy.deepcopy(models[name])
+                eager.set_attn_implementation("eager")
+                step = training_step(eager, name, train_batch, autocast_context(device, True))
                 train_fns[f"{name}, bf16 autocast"] = step
         if compiled:  # what Trainer's --torch_compile does: torch.compile(model), default mode
             for name in (name for name in models if name in args.compiled_models):
                 model = torch.compile(models[name], backend=args.compile_backend)
-                train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast)
+                train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast, compiled=True)
         seconds = compare(train_fns, device, args.warmup, args.repeats)
         add_row("train tokens/s", {name: train_tokens / s for name, s in seconds.items()})
         if device.type == "cuda":

@@ -169,12 +169,3 @@ def test_bf16_on_a_cpu_trains_with_eager_attention_unless_a_kernel_is_named():
     assert training_attention(model_args, args) == "sdpa"
     model_args, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true", "--attn_implementation", "sdpa"])
     assert training_attention(model_args, args) == "sdpa"
-
-
-@pytest.mark.slow
-def test_cli_unknown_attention_kernel_is_one_error_line(tmp_path):
-    output = ["--output_dir", str(tmp_path / "model")]
-    result = run_train(*TINY, *QUICK, "--max_steps", "1", "--attn_implementation", "nope", *output)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: --attn_implementation nope: ") and result.stderr.count("\n") == 1
-    assert not (tmp_path / "model" / "model.safetensors").exists()

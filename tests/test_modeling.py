@@ -270,6 +270,47 @@ def test_loss_with_num_items_in_batch_is_a_sum_over_that_count():
     torch.testing.assert_close(summed, mean * 18 / 36)
 
 
+def test_keeping_the_labelled_positions_gives_their_logits_the_same_loss_and_the_same_gradients():
+    model = model_for(label_smoothing=0.1, dropout=0.1).train()
+    ids, mask = source_batch()
+    labels = torch.randint(3, 40, (3, 6))
+    labels[1, 4:] = labels[2, 2:] = -100
+    labelled = labels != -100
+    outputs, grads = [], []
+    for logits_to_keep in (0, labelled):
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout masks
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, logits_to_keep=logits_to_keep)
+        out.loss.backward()
+        outputs.append(out)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    full, kept = outputs
+    assert kept.logits.shape == (int(labelled.sum()), 40)
+    torch.testing.assert_close(kept.logits, full.logits[labelled])
+    torch.testing.assert_close(kept.loss, full.loss)
+    for full_grad, kept_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(kept_grad, full_grad)
+
+
+@pytest.mark.parametrize(
+    "logits_to_keep, positions",
+    [(2, [4, 5]), (torch.tensor([0, 3]), [0, 3]), (torch.tensor([[5, 1], [2, 3], [0, 4]]), None)],
+    ids=["last-2", "positions", "per-row"],
+)
+def test_logits_to_keep_selects_positions_as_transformers_causal_lms_do(logits_to_keep, positions):
+    model = model_for()
+    ids, mask = source_batch()
+    labels = torch.randint(3, 40, (3, 6))
+    full = model(input_ids=ids, attention_mask=mask, labels=labels)
+    kept = model(input_ids=ids, attention_mask=mask, labels=labels, logits_to_keep=logits_to_keep)
+    rows = torch.arange(3)[:, None]
+    index = torch.tensor(positions).expand(3, -1) if positions is not None else logits_to_keep
+    torch.testing.assert_close(kept.logits, full.logits[rows, index])
+    kept_labels = labels[rows, index]
+    expected = nn.functional.cross_entropy(full.logits[rows, index].transpose(1, 2), kept_labels, label_smoothing=0.1)
+    torch.testing.assert_close(kept.loss, expected)
+
+
 def test_decoder_inputs_are_labels_shifted_right_with_the_start_token():
     labels = torch.tensor([[5, 6, 7, 2], [8, 2, -100, -100]])
     expected = torch.tensor([[1, 5, 6, 7], [1, 8, 2, 0]])

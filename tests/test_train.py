@@ -513,6 +513,7 @@ def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it
         (["--config_overrides", "d_ff=48,colour=red"], "--config_overrides d_ff=48,colour=red: colour is not a field"),
         (["--config_overrides", "d_ff=wide"], "--config_overrides d_ff=wide: invalid literal for int()"),
         (["--config_overrides", "d_ff"], "expected key=value pairs joined by commas"),
+        (["--attn_implementation", "nope"], "--attn_implementation nope: "),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
@@ -645,3 +646,28 @@ def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_sm
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
     # eval_loss stays the training objective, smoothed with epsilon_ls = 0.1 (sec. 5.4).
     assert metrics["eval_loss"] != pytest.approx(metrics["eval_nll_loss"], rel=1e-3)
+
+
+def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss(tmp_path):
+    texts = [num2words(n, lang=lang) for n in range(1, 200) for lang in ("en", "de")]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=60)
+    pairs = [(num2words(n), num2words(n, lang="de")) for n in (3, 21, 1999)]  # targets of different lengths
+    rows = [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(t)["input_ids"]} for s, t in pairs]
+    config = VanillaConfig(
+        vocab_size=len(tokenizer), d_model=16, num_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, dropout=0.0
+    )
+    model = VanillaForConditionalGeneration(config).train()
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    args = Seq2SeqTrainingArguments(tmp_path, report_to=[], use_cpu=True)
+    trainer = VanillaTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
+    batch = collator(rows)
+    labelled = int((batch["labels"] != -100).sum())
+    assert labelled < batch["labels"].numel()  # the batch has padding
+
+    projected = []
+    model.lm_head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[:-1].numel()))
+    step_loss = trainer.compute_loss(model, dict(batch))
+    _, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)  # evaluation: every position's logits
+    assert projected == [labelled, batch["labels"].numel()]
+    assert outputs.logits.shape[:2] == batch["labels"].shape
+    torch.testing.assert_close(step_loss, model(**batch).loss)
