@@ -16,6 +16,7 @@ The project's modules come from its installation (make setup installs it editabl
     python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
     python bench/bench_speed.py --no-bf16          # CPU, float32 rows only
     python bench/bench_speed.py --compile          # CPU, plus torch.compile training rows (ours and Marian)
+    python bench/bench_speed.py --every-position   # plus ours projecting every position (no labelled-only mask)
     python bench/bench_speed.py --device cuda      # GPU, base shape (vocab 32000, 512/8/2048, 6+6), bf16 autocast
     python bench/bench_speed.py --json rows.json   # the table's rows also as JSON (rewritten after each row)
 """
@@ -169,14 +170,14 @@ def random_batch(batch: int, length: int, vocab_size: int, generator: torch.Gene
 
 
 def training_step(
-    model: nn.Module, kind: str, batch: dict, autocast: Callable, compiled: bool = False
+    model: nn.Module, kind: str, batch: dict, autocast: Callable, every_position: bool = False
 ) -> Callable[[], None]:
     """One full step as Trainer takes it: forward, label-smoothed loss (our model's own, for the peers that only return
     logits), backward, fused AdamW (Trainer's default optimizer). Ours projects only the labelled positions onto the
-    vocabulary, as VanillaTrainer asks of it (every position when compiled, as there too)."""
+    vocabulary, as VanillaTrainer asks of it (`every_position`: all of them, as a compiled VanillaTrainer step does)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     decoder_input_ids = shift_tokens_right(batch["labels"], PAD, BOS)
-    logits_to_keep = 0 if compiled else batch["labels"] != -100
+    logits_to_keep = 0 if every_position else batch["labels"] != -100
 
     def step():
         with autocast():
@@ -380,6 +381,11 @@ def main():
         "--compile-backend", default="inductor", help="torch.compile backend; eager traces the same graphs, quickly"
     )
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument(
+        "--every-position",
+        action="store_true",
+        help="add a training row of ours projecting every position onto the vocabulary (the mask's share)",
+    )
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--no-ctranslate2", action="store_true", help="skip the CTranslate2 decoding rows")
     parser.add_argument("--json", help="also write the rows to this JSON file, rewritten after each row")
@@ -450,10 +456,14 @@ def main():
                 eager.set_attn_implementation("eager")
                 step = training_step(eager, name, train_batch, autocast_context(device, True))
                 train_fns[f"{name}, bf16 autocast"] = step
+        if args.every_position:  # ours without VanillaTrainer's mask, as a plain forward(labels=...) runs
+            train_fns["ours, every position"] = training_step(
+                models["ours"], "ours", train_batch, autocast, every_position=True
+            )
         if compiled:  # what Trainer's --torch_compile does: torch.compile(model), default mode
             for name in (name for name in models if name in args.compiled_models):
                 model = torch.compile(models[name], backend=args.compile_backend)
-                train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast, compiled=True)
+                train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast, every_position=True)
         seconds = compare(train_fns, device, args.warmup, args.repeats)
         add_row("train tokens/s", {name: train_tokens / s for name, s in seconds.items()})
         if device.type == "cuda":
@@ -507,6 +517,8 @@ def main():
 
 RATIOS = [  # (a, b): a's value over b's, in each row that has both
     ("ours", "marian"),
+    ("ours", "ours, every position"),
+    ("ours, every position", "marian"),
     ("ours, bf16 autocast", "marian, bf16 autocast"),
     ("ours, bf16", "marian"),
     ("ours, compiled static", "marian"),

@@ -10,7 +10,8 @@ is reported and the others still run:
                   with the model at 90 s kept (--save_at_seconds)
     eval-early    eval.py on test_2016_flickr: the model at 90 s
     eval-final    eval.py on test_2016_flickr: the average of the last 3 checkpoints (as `make multi30k`)
-    bench-train   bench/bench_speed.py's training rows at the base shape (ours eager and compiled, Marian, ...)
+    bench-train   bench/bench_speed.py's training rows at the base shape (ours eager, compiled and projecting every
+                  position, Marian, ...)
     train-base    train.py's real tokens/s at the base shape: bench_speed.py's 16,384-token batches, 20 s of training
     bench-decode  bench_speed.py's decoding rows: generate() eager and compiled with a static cache, Marian
                   generate(), CTranslate2 where the installed wheel runs on CUDA
@@ -81,7 +82,9 @@ GPU = Plan(
     early_seconds=90,
     base_train_seconds=20,
     lines=None,
-    bench=("--device", "cuda", "--shape", "base", "--repeats", "5", "--warmup", "1", "--compiled-models", "ours"),
+    # --every-position: the labelled-only output layer's share, and whether its mask's host sync costs on a GPU.
+    bench=("--device", "cuda", "--shape", "base", "--repeats", "5", "--warmup", "1", "--compiled-models", "ours")
+    + ("--every-position",),
     train=(),
     # Batches of bench_speed.py's base-shape tokens (128 x 64 a side): the recipe's 2,048 would leave the GPU idle.
     base_shape=("--preset", "base", "--vocab_size", "32000", "--max_tokens", "16384"),
@@ -102,7 +105,7 @@ DRY = Plan(
     base_train_seconds=3,
     lines=(300, 100, 100),
     bench=("--device", "cpu", "--shape", "tiny", "--threads", "1", "--repeats", "1", "--warmup", "1", "--compile")
-    + ("--compile-backend", "eager", "--compiled-models", "ours"),  # eager: dynamo traces, no code generation
+    + ("--compile-backend", "eager", "--compiled-models", "ours", "--every-position"),  # eager: dynamo, no codegen
     # Epochs enough for the time budget to stop the run, as it stops the real one.
     train=("--preset", "tiny", "--vocab_size", "1000", "--max_tokens", "512", "--warmup_steps", "400")
     + ("--num_train_epochs", "100", "--logging_steps", "20"),
