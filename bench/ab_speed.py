@@ -1,0 +1,128 @@
+"""Side-by-side timings of two or three variants in one process, in alternating order, with bench_speed.py's inputs.
+
+    python bench/ab_speed.py train [--bf16] [--rounds 20]     # ours, every position / ours, labelled only / Marian
+    python bench/ab_speed.py ctranslate2 [--rounds 20]        # our CTranslate2 conversion / Marian's, f32 and int8
+
+`train` times a full step (bench_speed.training_step) of our model projecting every target position onto the
+vocabulary, of our model projecting the labelled positions only (what VanillaTrainer asks of it), and of
+MarianMTModel; in bf16 autocast all three use eager attention, as train.py does on a CPU. `ctranslate2` converts
+both models as bench_speed.py does and times `translate_batch` on its 16 sources at a fixed output length, greedy and
+beam 4. Each round runs every variant once, the order reversed every other round; the table gives medians, and for
+pairs the median of the per-round ratios with its 25th-75th percentiles, which load from other processes hits least.
+"""
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+from bench_speed import (  # the script's folder is on the path
+    SHAPES,
+    autocast_context,
+    bench_tokens,
+    build_marian,
+    build_ours,
+    ctranslate2_call,
+    ctranslate2_models,
+    random_batch,
+    training_step,
+)
+
+
+def alternate(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call, `rounds` per variant, after two warm-up calls each."""
+    for fn in fns.values():
+        fn()
+        fn()
+    seconds = {name: [] for name in fns}
+    for index in range(rounds):
+        order = list(fns.items()) if index % 2 == 0 else list(fns.items())[::-1]
+        for name, fn in order:
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def ratio_spread(slow: list[float], fast: list[float]) -> str:
+    """`slow`'s time over `fast`'s, round by round: the median and the 25th-75th percentiles."""
+    ratios = sorted(a / b for a, b in zip(slow, fast, strict=True))
+    quartiles = statistics.quantiles(ratios, n=4)
+    return f"{statistics.median(ratios):.3f}x ({quartiles[0]:.3f}-{quartiles[2]:.3f}x)"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["train", "ctranslate2"])
+    parser.add_argument("--bf16", action="store_true", help="train: bf16 autocast and eager attention")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    shape = SHAPES[args.shape]
+    generator = torch.Generator().manual_seed(0)  # bench_speed.py's draws, in its order
+    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    gen_ids, gen_mask = random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
+    torch.manual_seed(0)
+    models = {"ours": build_ours(shape), "marian": build_marian(shape)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.shape} shape, {args.rounds} rounds")
+
+    if args.what == "train":
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels.masked_fill(label_mask == 0, -100),
+        }
+        autocast = autocast_context(torch.device("cpu"), args.bf16)
+        if args.bf16:
+            for model in models.values():
+                model.set_attn_implementation("eager")
+        unmasked = copy.deepcopy(models["ours"]).train()
+        fns = {
+            "ours, every position": training_step(unmasked, "ours", batch, autocast, every_position=True),
+            "ours, labelled only": training_step(models["ours"].train(), "ours", batch, autocast),
+            "marian": training_step(models["marian"].train(), "marian", batch, autocast),
+        }
+        seconds = alternate(fns, args.rounds)
+        tokens = shape.train_batch * 2 * shape.train_len
+        print(f"\n{'bf16 autocast, eager' if args.bf16 else 'float32, sdpa'}; tokens/s (medians):")
+        for name, values in seconds.items():
+            print(f"  {name}: {tokens / statistics.median(values):,.0f}")
+        every, labelled, marian = (seconds[name] for name in fns)
+        print(f"  labelled only / every position: {ratio_spread(every, labelled)}")
+        print(f"  labelled only / marian: {ratio_spread(marian, labelled)}")
+        print(f"  every position / marian: {ratio_spread(marian, every)}")
+        return
+
+    source = {"input_ids": gen_ids, "attention_mask": gen_mask}
+    tokens = bench_tokens(shape.vocab_size)
+    with tempfile.TemporaryDirectory() as folder:
+        for model in models.values():
+            model.eval()
+        translators = ctranslate2_models(models, shape, folder, torch.device("cpu"), ("float32", "int8"))
+        for quantization in ("float32", "int8"):
+            for num_beams in (4, 1):
+                fns = {
+                    name: ctranslate2_call(
+                        translators[f"{name}, CT2 {quantization}"], tokens, source, num_beams, shape.new_tokens
+                    )
+                    for name in ("ours", "marian")
+                }
+                seconds = alternate(fns, args.rounds)
+                ours, marian = (1000 * statistics.median(seconds[name]) for name in ("ours", "marian"))
+                spread = ratio_spread(seconds["marian"], seconds["ours"])
+                print(
+                    f"beam {num_beams}, {quantization}: ours {ours:.1f} ms, marian {marian:.1f} ms; "
+                    f"marian's time / ours: {spread}"
+                )
+
+
+if __name__ == "__main__":
+    main()
