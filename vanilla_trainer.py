@@ -67,9 +67,11 @@ class VanillaTrainer(Seq2SeqTrainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # A training step uses the loss alone: the output layer projects only the positions that have a label. Under
-        # torch.compile a mask's data-dependent shape would split the graph, so compiled steps project every position.
-        if not return_outputs and "labels" in inputs and not self.args.torch_compile:
+        # A training step uses the model's loss alone: the output layer projects only the positions that have a
+        # label. Not under torch.compile, where the mask's data-dependent shape would split the graph, nor where
+        # Trainer computes the loss from the logits itself (label_smoothing_factor, compute_loss_func).
+        own_loss = self.label_smoother is None and self.compute_loss_func is None
+        if not return_outputs and "labels" in inputs and own_loss and not self.args.torch_compile:
             inputs = {**inputs, "logits_to_keep": inputs["labels"] != -100}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

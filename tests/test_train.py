@@ -671,3 +671,10 @@ def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss
     assert projected == [labelled, batch["labels"].numel()]
     assert outputs.logits.shape[:2] == batch["labels"].shape
     torch.testing.assert_close(step_loss, model(**batch).loss)
+
+    # Where Trainer takes the loss from the logits itself, a training step hands it every position's.
+    args = Seq2SeqTrainingArguments(tmp_path, report_to=[], use_cpu=True, label_smoothing_factor=0.1)
+    trainer = VanillaTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
+    projected.clear()
+    trainer.compute_loss(model, dict(batch))
+    assert projected == [batch["labels"].numel()]
