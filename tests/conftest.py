@@ -8,6 +8,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from harness import train_tiny_run  # noqa: E402
 
+# Under pytest-xdist (make test: two workers on two cores) each worker computes on one thread, as the subprocesses
+# the tests start do (harness.environment): two workers of two OpenMP threads each oversubscribe the cores, and a
+# thread waiting for a descheduled sibling slows a tiny model's steps several times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
