@@ -15,12 +15,11 @@ import argparse
 import copy
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import torch
 from bench_speed import (  # the script's folder is on the path
     SHAPES,
+    alternated_times,
     autocast_context,
     bench_tokens,
     build_marian,
@@ -31,20 +30,8 @@ from bench_speed import (  # the script's folder is on the path
     training_step,
 )
 
-
-def alternate(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each call, `rounds` per variant, after two warm-up calls each."""
-    for fn in fns.values():
-        fn()
-        fn()
-    seconds = {name: [] for name in fns}
-    for index in range(rounds):
-        order = list(fns.items()) if index % 2 == 0 else list(fns.items())[::-1]
-        for name, fn in order:
-            start = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+CPU = torch.device("cpu")
+WARMUP = 2  # calls of each variant before the timed rounds
 
 
 def ratio_spread(slow: list[float], fast: list[float]) -> str:
@@ -80,7 +67,7 @@ def main():
             "attention_mask": attention_mask,
             "labels": labels.masked_fill(label_mask == 0, -100),
         }
-        autocast = autocast_context(torch.device("cpu"), args.bf16)
+        autocast = autocast_context(CPU, args.bf16)
         if args.bf16:
             for model in models.values():
                 model.set_attn_implementation("eager")
@@ -90,7 +77,7 @@ def main():
             "ours, labelled only": training_step(models["ours"].train(), "ours", batch, autocast),
             "marian": training_step(models["marian"].train(), "marian", batch, autocast),
         }
-        seconds = alternate(fns, args.rounds)
+        seconds = alternated_times(fns, CPU, WARMUP, args.rounds)
         tokens = shape.train_batch * 2 * shape.train_len
         print(f"\n{'bf16 autocast, eager' if args.bf16 else 'float32, sdpa'}; tokens/s (medians):")
         for name, values in seconds.items():
@@ -106,7 +93,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         for model in models.values():
             model.eval()
-        translators = ctranslate2_models(models, shape, folder, torch.device("cpu"), ("float32", "int8"))
+        translators = ctranslate2_models(models, shape, folder, CPU, ("float32", "int8"))
         for quantization in ("float32", "int8"):
             for num_beams in (4, 1):
                 fns = {
@@ -115,7 +102,7 @@ def main():
                     )
                     for name in ("ours", "marian")
                 }
-                seconds = alternate(fns, args.rounds)
+                seconds = alternated_times(fns, CPU, WARMUP, args.rounds)
                 ours, marian = (1000 * statistics.median(seconds[name]) for name in ("ours", "marian"))
                 spread = ratio_spread(seconds["marian"], seconds["ours"])
                 print(

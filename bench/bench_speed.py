@@ -316,8 +316,10 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def compare(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median seconds per call of each function, run in turns (ABBA...) after warm-up."""
+def alternated_times(
+    fns: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of each call of each function, run in turns (ABBA...) after warm-up: `repeats` a function."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -326,6 +328,12 @@ def compare(fns: dict[str, Callable[[], None]], device: torch.device, warmup: in
     for i in range(repeats):
         for name in names if i % 2 == 0 else reversed(names):
             times[name].append(timed(fns[name], device))
+    return times
+
+
+def compare(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median seconds per call of each function, run in turns (ABBA...) after warm-up."""
+    times = alternated_times(fns, device, warmup, repeats)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
