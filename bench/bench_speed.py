@@ -456,7 +456,8 @@ def main():
             write_text_atomically(Path(args.json), json.dumps(record, indent=2) + "\n")
 
     if not args.skip_training:
-        train_tokens = shape.train_batch * 2 * shape.train_len
+        positions = shape.train_batch * 2 * shape.train_len  # source + target, padding included
+        real_tokens = int(attention_mask.sum() + label_mask.sum())  # what train.py's real tokens/s counts
         train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
         if cpu_bf16:  # what train.py --bf16 does on a CPU: bf16 autocast, float32 weights, eager attention
             for name in ("ours", "marian"):  # both models on the same kernels: SDPA's bf16 backward is slow on CPUs
@@ -473,7 +474,8 @@ def main():
                 model = torch.compile(models[name], backend=args.compile_backend)
                 train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast, every_position=True)
         seconds = compare(train_fns, device, args.warmup, args.repeats)
-        add_row("train tokens/s", {name: train_tokens / s for name, s in seconds.items()})
+        add_row("train tokens/s", {name: positions / s for name, s in seconds.items()})
+        add_row("train real tokens/s", {name: real_tokens / s for name, s in seconds.items()})
         if device.type == "cuda":
             add_row("train peak GiB", {name: peak_memory(fn, device) for name, fn in train_fns.items()})
             peak = bf16_matmul_peak(device)

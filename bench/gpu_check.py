@@ -155,7 +155,9 @@ TARGETS = (
     Target(
         14, "full GPU recipe >= 40 BLEU (test_2016) in <= 4 min of training", "bleu_final", 40.0, "train_seconds", 240
     ),
-    Target(14, "train.py's real tokens/s at the base shape >= 50% of bench's compiled rate", "base_over_bench", 0.5),
+    Target(
+        14, "train.py's real tokens/s at the base shape >= 50% of bench's compiled real rate", "base_over_bench", 0.5
+    ),
     Target(14, "bench's compiled base-shape training >= 1.2M tokens/s", "bench_compiled_tokens_per_second", 1.2e6),
     Target(16, "beam 4 (base shape, bf16): our fastest path >= 3x MarianMTModel", "beam4_fastest_over_marian", 3.0),
 )
@@ -291,12 +293,15 @@ def measure(out: Path, plan: Plan) -> dict:
     train = training_record(out / "multi30k")
     base = training_record(out / "train-base")
     early, final = read_json(out / "eval_early.json"), read_json(out / "eval_final.json")
-    trained = bench_rows(out / "bench_train.json").get("train tokens/s", {})
+    bench = bench_rows(out / "bench_train.json")
+    trained = bench.get("train tokens/s", {})  # source + target positions, padding included
+    trained_real = bench.get("train real tokens/s", {})  # the tokens that are not padding, as train.py counts them
     decode_rows = bench_rows(out / "bench_decode.json")
     ratios = decoding_ratios(decode_rows)
     beam4 = ratios.get("beam-4 sent/s", {})
     ours = [value for name, value in beam4.items() if name.startswith("ours")]
     compiled_rate = finite(trained.get("ours, compiled"))
+    compiled_real_rate = finite(trained_real.get("ours, compiled"))
     base_rate = base.get("real_tokens_per_second")
     early_state = read_json(early_model(out, plan) / "trainer_state.json") or {}
     return {
@@ -316,8 +321,10 @@ def measure(out: Path, plan: Plan) -> dict:
         "base_real_tokens_per_second": base_rate,
         "base_padded_tokens_per_second": base.get("padded_tokens_per_second"),
         "bench_train_tokens_per_second": trained,
+        "bench_train_real_tokens_per_second": trained_real,
         "bench_compiled_tokens_per_second": compiled_rate,
-        "base_over_bench": base_rate / compiled_rate if base_rate and compiled_rate else None,
+        "bench_compiled_real_tokens_per_second": compiled_real_rate,
+        "base_over_bench": base_rate / compiled_real_rate if base_rate and compiled_real_rate else None,
         "decoding_sentences_per_second": decode_rows,
         "decoding_over_marian": ratios,
         "beam4_fastest_over_marian": max(ours) if ours else None,
@@ -334,7 +341,8 @@ def step_details(measurements: dict, plan: Plan) -> dict[str, str]:
         f"({m['train_padded_tokens_per_second']} padded)",
         "eval-early": f"BLEU {m['bleu_early']}, the model at {plan.early_seconds:g} s (step {m['early_step']})",
         "eval-final": f"BLEU {m['bleu_final']}, {m['final_model']}",
-        "bench-train": f"ours compiled: {m['bench_compiled_tokens_per_second']} tokens/s",
+        "bench-train": f"ours compiled: {m['bench_compiled_tokens_per_second']} tokens/s "
+        f"({m['bench_compiled_real_tokens_per_second']} real)",
         "train-base": f"{m['base_real_tokens_per_second']} real tokens/s ({m['base_padded_tokens_per_second']} padded, "
         f"vocabulary {m['base_vocab_size']})",
         "bench-decode": f"beam 4: our fastest path {m['beam4_fastest_over_marian']} Marian generate()",
@@ -446,8 +454,9 @@ def print_summary(summary: dict) -> None:
             f"{m['base_real_tokens_per_second']} / {m['base_padded_tokens_per_second']}",
         ),
     ]
+    real = measurements["bench_train_real_tokens_per_second"]
     rows += [
-        (f"bench train tokens/s, {name}", format_value(value))
+        (f"bench train tokens/s (real), {name}", f"{format_value(value)} ({format_value(real.get(name))})")
         for name, value in measurements["bench_train_tokens_per_second"].items()
     ]
     for metric, values in measurements["decoding_sentences_per_second"].items():

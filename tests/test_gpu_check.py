@@ -94,6 +94,14 @@ def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
     trained, ratios = bench["rows"]["train tokens/s"], bench["ratios"]["train tokens/s"]
     for ours, marian in (("ours", "marian"), ("ours, bf16 autocast", "marian, bf16 autocast")):
         assert ratios[f"{ours} / {marian}"] == pytest.approx(trained[ours] / trained[marian])
+    # The real-token row times the same steps: its rates are the position rates times the batch's real fraction,
+    # the one train.py's real tokens/s is compared with.
+    real = bench["rows"]["train real tokens/s"]
+    fractions = {name: real[name] / trained[name] for name in trained}
+    assert len(set(map(round, fractions.values(), [9] * len(fractions)))) == 1 and 0.5 < fractions["ours"] < 1
+    compiled_real = real["ours, compiled"]
+    assert measurements["bench_compiled_real_tokens_per_second"] == compiled_real
+    assert measurements["base_over_bench"] == pytest.approx(measurements["base_real_tokens_per_second"] / compiled_real)
     for step in ("train", "train-base"):
         command = (tmp_path / "out" / "logs" / f"{step}.log").read_text().splitlines()[0].split()
         assert "--use_cpu" not in command and "recipes/multi30k_de_en.yaml" in " ".join(command)
