@@ -49,11 +49,14 @@ def translator(path: str | Path, device: str, compute_type: str, threads: int) -
     """A Translator; on CPU one single-threaded replica per thread, each decoding its share of a batch in parallel.
 
     For batches of short sentences CTranslate2's parallel replicas (inter_threads) outrun one replica using every
-    thread (intra_threads): its per-step matrix products are too small to split well (BENCHMARKS.md).
+    thread (intra_threads): its per-step matrix products are too small to split well (BENCHMARKS.md). Left at 0,
+    intra_threads gives each replica several OpenMP threads of its own, which oversubscribes the cores.
     """
     ctranslate2 = import_ctranslate2()
     if device == "cpu":
-        return ctranslate2.Translator(str(path), device=device, compute_type=compute_type, inter_threads=threads)
+        return ctranslate2.Translator(
+            str(path), device=device, compute_type=compute_type, inter_threads=threads, intra_threads=1
+        )
     return ctranslate2.Translator(str(path), device=device, compute_type=compute_type)
 
 

@@ -1,5 +1,8 @@
 """The CTranslate2 conversion against generate() on random tiny models: every architecture variant, both save forms."""
 
+import os
+import sys
+
 import ctranslate2
 import pytest
 import torch
@@ -123,3 +126,17 @@ def test_a_batch_split_over_parallel_replicas_comes_back_in_input_order(tmp_path
     batch = sources(count=7)
     expected = [generated(model, source, num_beams=4, max_new_tokens=12, early_stopping=True)[0] for source in batch]
     assert parallel.generate_ids(batch, num_beams=4, length_penalty=1.0, max_new_tokens=12) == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the process' threads in /proc")
+def test_each_cpu_replica_decodes_on_one_thread(tmp_path):
+    """`threads` replicas start `threads` workers and no OpenMP threads of their own: with CTranslate2's default
+    intra_threads each replica would compute on several, and together they would oversubscribe the cores."""
+    model = random_model()
+    engine = converted(model, model.state_dict(), tmp_path)
+    before = len(os.listdir("/proc/self/task"))
+    parallel = CTranslate2Model(
+        translator(tmp_path, "cpu", "float32", threads=2), engine.tokens, GenerationConfig(), ""
+    )
+    parallel.generate_ids(sources(count=8), num_beams=4, length_penalty=1.0, max_new_tokens=12)
+    assert len(os.listdir("/proc/self/task")) - before == 2
