@@ -3,7 +3,6 @@
 import os
 import sys
 
-import ctranslate2
 import pytest
 import torch
 from tiny_models import tiny_config
@@ -37,8 +36,7 @@ def converted(model: VanillaForConditionalGeneration, weights: dict, folder) -> 
     spec.optimize(quantization="float32")
     folder.mkdir(parents=True, exist_ok=True)
     spec.save(str(folder))
-    translator = ctranslate2.Translator(str(folder), device="cpu", compute_type="float32", intra_threads=1)
-    return CTranslate2Model(translator, tokens, GenerationConfig(), "float32")
+    return CTranslate2Model(translator(folder, "cpu", "float32", threads=1), tokens, GenerationConfig(), "float32")
 
 
 def sources(count: int = 8) -> list[list[int]]:
