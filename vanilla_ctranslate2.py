@@ -50,14 +50,21 @@ def translator(path: str | Path, device: str, compute_type: str, threads: int) -
 
     For batches of short sentences CTranslate2's parallel replicas (inter_threads) outrun one replica using every
     thread (intra_threads): its per-step matrix products are too small to split well (BENCHMARKS.md). Left at 0,
-    intra_threads gives each replica several OpenMP threads of its own, which oversubscribes the cores.
+    intra_threads gives each replica several OpenMP threads of its own, which oversubscribes the cores. Building the
+    replicas sets the calling thread's OpenMP thread count to intra_threads, and torch shares that count: it is put
+    back, or the caller's torch work would go on on one thread.
     """
+    import torch
+
     ctranslate2 = import_ctranslate2()
-    if device == "cpu":
-        return ctranslate2.Translator(
-            str(path), device=device, compute_type=compute_type, inter_threads=threads, intra_threads=1
-        )
-    return ctranslate2.Translator(str(path), device=device, compute_type=compute_type)
+    if device != "cpu":
+        return ctranslate2.Translator(str(path), device=device, compute_type=compute_type)
+    torch_threads = torch.get_num_threads()
+    replicas = ctranslate2.Translator(
+        str(path), device=device, compute_type=compute_type, inter_threads=threads, intra_threads=1
+    )
+    torch.set_num_threads(torch_threads)
+    return replicas
 
 
 def share_per_replica(translator: "ctranslate2.Translator", batch_size: int) -> int:

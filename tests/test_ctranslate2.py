@@ -127,6 +127,20 @@ def test_a_batch_split_over_parallel_replicas_comes_back_in_input_order(tmp_path
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the process' threads in /proc")
+def test_a_cpu_translator_leaves_torch_thread_count_as_it_was(tmp_path):
+    """CTranslate2 sets the calling thread's OpenMP thread count to intra_threads, which torch reads too: a process
+    that builds a Translator must not go on computing its torch work on one thread."""
+    model = random_model()
+    converted(model, model.state_dict(), tmp_path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        translator(tmp_path, "cpu", "float32", threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_each_cpu_replica_decodes_on_one_thread(tmp_path):
     """`threads` replicas start `threads` workers and no OpenMP threads of their own: with CTranslate2's default
     intra_threads each replica would compute on several, and together they would oversubscribe the cores."""
