@@ -133,7 +133,11 @@ def train_and_save(
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
         callbacks=time_budget_callbacks(args),
     )
-    padding = None if args.streaming else padding_fraction(trainer)  # a stream's batches are not known ahead
+    with torch.random.fork_rng():  # building a dataloader, drawing an epoch's order must not change training's stream
+        train_dataloader = trainer.get_train_dataloader()
+        run_steps = trainer.set_initial_training_values(args, train_dataloader)[-1]
+        # A stream's batches are not known ahead.
+        padding = None if args.streaming else padding_fraction(trainer, train_dataloader)
     if padding is not None and trainer.is_world_process_zero():
         batching = (
             f"train_sampling_strategy={args.train_sampling_strategy}, batch size {args.per_device_train_batch_size}"
@@ -142,8 +146,6 @@ def train_and_save(
             batching = f"--max_tokens {args.max_tokens}"
         print(f"padding: {padding:.1%} of the tokens in an epoch's batches ({batching})")
     resumed_step = trainer_state(Path(checkpoint))["global_step"] if checkpoint is not None else 0
-    with torch.random.fork_rng():  # building a dataloader to count its batches must not change the random stream
-        run_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
         run_metrics = {}
         message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from transformers import EvalPrediction, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress, hf_api
@@ -188,13 +189,13 @@ def nll_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return {"nll_loss": nll, "perplexity": math.exp(nll)}
 
 
-def padding_fraction(trainer: Seq2SeqTrainer) -> float:
-    """The share of pad tokens (source and target) in one epoch of this process's training batches."""
+def padding_fraction(trainer: Seq2SeqTrainer, dataloader: DataLoader) -> float:
+    """The share of pad tokens (source and target) in one epoch of this process's training batches (`dataloader`,
+    Trainer's; drawing the epoch's order draws from torch's random stream)."""
     dataset = trainer.train_dataset
     source_lengths = [len(ids) for ids in dataset["input_ids"]]
     target_lengths = [len(ids) for ids in dataset["labels"]]
-    with torch.random.fork_rng():  # drawing an epoch's order here must not change training's random stream
-        batches = list(trainer.get_train_dataloader().batch_sampler)
+    batches = list(dataloader.batch_sampler)
     multiple = getattr(trainer.data_collator, "pad_to_multiple_of", None)
     real = padded = 0
     for batch in batches:
