@@ -126,7 +126,6 @@ def test_a_batch_split_over_parallel_replicas_comes_back_in_input_order(tmp_path
     assert parallel.generate_ids(batch, num_beams=4, length_penalty=1.0, max_new_tokens=12) == expected
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the process' threads in /proc")
 def test_a_cpu_translator_leaves_torch_thread_count_as_it_was(tmp_path):
     """CTranslate2 sets the calling thread's OpenMP thread count to intra_threads, which torch reads too: a process
     that builds a Translator must not go on computing its torch work on one thread."""
@@ -141,6 +140,7 @@ def test_a_cpu_translator_leaves_torch_thread_count_as_it_was(tmp_path):
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the process' threads in /proc")
 def test_each_cpu_replica_decodes_on_one_thread(tmp_path):
     """`threads` replicas start `threads` workers and no OpenMP threads of their own: with CTranslate2's default
     intra_threads each replica would compute on several, and together they would oversubscribe the cores."""
