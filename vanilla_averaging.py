@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_cli import UsageError
+from vanilla_ctranslate2 import is_cached_conversion
 from vanilla_data_record import DATA_RECORD
 from vanilla_files import (
     AVERAGED_MARKER,
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 
 def check_averaged_model_dir(output: Path) -> None:
-    """Only a new folder, or one holding nothing but an earlier averaged model (its AVERAGED_MARKER), is written."""
+    """Only a new folder, or one holding nothing but an earlier averaged model (its AVERAGED_MARKER) and the
+    CTranslate2 conversions eval.py cached in it, is written."""
     if not output.exists():
         check_writable(output / AVERAGED_MARKER, "--averaged_model_dir")
         return
@@ -31,7 +33,7 @@ def check_averaged_model_dir(output: Path) -> None:
             f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
             f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
         )
-    folders = sorted(path.name for path in output.iterdir() if path.is_dir())
+    folders = sorted(path.name for path in output.iterdir() if path.is_dir() and not is_cached_conversion(path))
     if folders:
         raise UsageError(
             f"--averaged_model_dir {output} holds folders besides an averaged model ({', '.join(folders)}); "

@@ -43,6 +43,8 @@ ACTIVATIONS = {
 }
 LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every norm of the model uses
 SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+CONVERSION_PREFIX = "ctranslate2-"  # a model's cached conversions: <model>/ctranslate2-<quantization>/
+SOURCE_RECORD = "source.json"  # in each: the fingerprint of the SOURCE_FILES it was converted from
 
 
 def translator(path: str | Path, device: str, compute_type: str, threads: int) -> "ctranslate2.Translator":
@@ -65,6 +67,12 @@ def translator(path: str | Path, device: str, compute_type: str, threads: int) -
     )
     torch.set_num_threads(torch_threads)
     return replicas
+
+
+def is_cached_conversion(folder: Path) -> bool:
+    """A conversion that eval.py cached inside a model folder (converted_model), not a folder of the user's."""
+    names = [f"{CONVERSION_PREFIX}{quantization}" for quantization in QUANTIZATIONS]
+    return folder.name in names and (folder / SOURCE_RECORD).is_file()
 
 
 def share_per_replica(translator: "ctranslate2.Translator", batch_size: int) -> int:
@@ -240,7 +248,7 @@ def convert(folder: Path, quantization: str, output: Path) -> Path:
 
     def write(target: Path) -> None:
         spec.save(str(target))
-        (target / "source.json").write_text(json.dumps(source_fingerprint(folder), indent=2) + "\n")
+        (target / SOURCE_RECORD).write_text(json.dumps(source_fingerprint(folder), indent=2) + "\n")
 
     write_folder_atomically(output, write)
     return output
@@ -248,8 +256,8 @@ def convert(folder: Path, quantization: str, output: Path) -> Path:
 
 def converted_model(folder: Path, quantization: str) -> Path:
     """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale."""
-    output = folder / f"ctranslate2-{quantization}"
-    recorded = output / "source.json"
+    output = folder / f"{CONVERSION_PREFIX}{quantization}"
+    recorded = output / SOURCE_RECORD
     if not recorded.is_file() or json.loads(recorded.read_text()) != source_fingerprint(folder):
         convert(folder, quantization, output)
     return output

@@ -17,6 +17,8 @@ from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from vanilla_ctranslate2 import source_fingerprint
+
 # Sources of different lengths, so that sorting by length reorders them; references are their German words.
 PAIRS = [
     ("seven", "sieben"),
@@ -327,6 +329,31 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
     report = json.loads((averaged / "eval_results_test.json").read_text())
     assert (report["data"], report["num_sentences"]) == (str(test_file), len(PAIRS))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["averaged", "run"]  # no temporary folder left
+
+
+@pytest.mark.slow
+def test_averaging_again_through_ctranslate2_replaces_the_averaged_model_and_its_conversion(
+    trained_run, test_file, tmp_path
+):
+    """The conversion --engine ctranslate2 caches in an averaged folder is eval.py's own: the same command again,
+    here over other checkpoints, replaces the averaged model and converts the new one. A user's folder there is kept."""
+    averaged = tmp_path / "averaged"
+    for name in ("first", "second", "hf"):
+        (tmp_path / name).mkdir()
+    flags = ("--averaged_model_dir", str(averaged), "--engine", "ctranslate2")
+    evaluate_with(trained_run, test_file, tmp_path / "first", "--average_last", "1", *flags)
+    recorded = averaged / "ctranslate2-float32" / "source.json"
+    first = json.loads(recorded.read_text())
+    hypotheses, _ = evaluate_with(trained_run, test_file, tmp_path / "second", "--average_last", "2", *flags)
+    assert json.loads(recorded.read_text()) == source_fingerprint(averaged) != first
+    expected, _ = evaluate_with(averaged, test_file, tmp_path / "hf")  # the transformers engine on the new average
+    assert hypotheses == expected
+
+    (averaged / "ctranslate2-int8").mkdir()  # named like a conversion, but no source.json: not eval.py's
+    before = tree(averaged)
+    result = run_cli("eval.py", "--model", str(trained_run), "--average_last", "1", *flags)
+    assert_usage_error(result, str(averaged), "ctranslate2-int8")
+    assert tree(averaged) == before
 
 
 @pytest.mark.slow
