@@ -69,12 +69,6 @@ def translator(path: str | Path, device: str, compute_type: str, threads: int) -
     return replicas
 
 
-def is_cached_conversion(folder: Path) -> bool:
-    """A conversion that eval.py cached inside a model folder (converted_model), not a folder of the user's."""
-    names = [f"{CONVERSION_PREFIX}{quantization}" for quantization in QUANTIZATIONS]
-    return folder.name in names and (folder / SOURCE_RECORD).is_file()
-
-
 def share_per_replica(translator: "ctranslate2.Translator", batch_size: int) -> int:
     """translate_batch's max_batch_size that hands each replica an equal share of a batch."""
     return -(-batch_size // translator.num_translators)
@@ -261,6 +255,12 @@ def converted_model(folder: Path, quantization: str) -> Path:
     if not recorded.is_file() or json.loads(recorded.read_text()) != source_fingerprint(folder):
         convert(folder, quantization, output)
     return output
+
+
+def is_cached_conversion(folder: Path) -> bool:
+    """A conversion that eval.py cached inside a model folder (converted_model), not a folder of the user's."""
+    names = [f"{CONVERSION_PREFIX}{quantization}" for quantization in QUANTIZATIONS]
+    return folder.name in names and (folder / SOURCE_RECORD).is_file()
 
 
 @dataclass
