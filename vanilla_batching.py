@@ -4,6 +4,8 @@ import math
 import time
 from collections.abc import Sequence
 
+import datasets
+import pyarrow.compute
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
@@ -13,6 +15,14 @@ from vanilla_cli import UsageError
 def padded_length(length: int, multiple: int | None) -> int:
     """The length a collator pads `length` to, rounding up to `multiple` where it is given."""
     return length if not multiple else math.ceil(length / multiple) * multiple
+
+
+def sequence_lengths(dataset, column: str) -> list[int]:
+    """The length of each row's `column` (token ids): from the Arrow table of a `datasets.Dataset` (in its row order,
+    after any select or shuffle), where reading row by row takes a second per 30k rows."""
+    if isinstance(dataset, datasets.Dataset):
+        return pyarrow.compute.list_value_length(dataset.with_format("arrow")[column]).to_pylist()
+    return [len(ids) for ids in dataset[column]]
 
 
 def length_order(lengths: tuple[int, int]) -> tuple[int, int, int]:

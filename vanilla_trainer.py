@@ -11,7 +11,7 @@ from transformers import EvalPrediction, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress, hf_api
 
-from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length
+from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length, sequence_lengths
 from vanilla_files import TRAINER_STATE
 from vanilla_hub import NOT_PUSHED
 from vanilla_output_dir import fault_point
@@ -50,8 +50,8 @@ class VanillaTrainer(Seq2SeqTrainer):
         if max_tokens is None:
             return super()._get_train_sampler(self.train_dataset)
         self.token_sampler = TokenBudgetBatchSampler(
-            [len(ids) for ids in self.train_dataset["input_ids"]],
-            [len(ids) for ids in self.train_dataset["labels"]],
+            sequence_lengths(self.train_dataset, "input_ids"),
+            sequence_lengths(self.train_dataset, "labels"),
             max_tokens,
             seed=self.args.seed if self.args.data_seed is None else self.args.data_seed,
             num_replicas=self.args.world_size,
@@ -192,9 +192,7 @@ def nll_metrics(prediction: EvalPrediction) -> dict[str, float]:
 def padding_fraction(trainer: Seq2SeqTrainer, dataloader: DataLoader) -> float:
     """The share of pad tokens (source and target) in one epoch of this process's training batches (`dataloader`,
     Trainer's; drawing the epoch's order draws from torch's random stream)."""
-    dataset = trainer.train_dataset
-    source_lengths = [len(ids) for ids in dataset["input_ids"]]
-    target_lengths = [len(ids) for ids in dataset["labels"]]
+    source_lengths, target_lengths = (sequence_lengths(trainer.train_dataset, side) for side in ("input_ids", "labels"))
     batches = list(dataloader.batch_sampler)
     multiple = getattr(trainer.data_collator, "pad_to_multiple_of", None)
     real = padded = 0

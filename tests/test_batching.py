@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import datasets
 import pytest
 import transformers
 from num2words import num2words
@@ -14,7 +15,7 @@ from test_train import QUICK, ROOT, TINY, environment, run_train, torchrun, writ
 from transformers import DataCollatorForSeq2Seq
 from transformers.utils import is_torch_bf16_gpu_available
 
-from vanilla_batching import TokenBudgetBatchSampler
+from vanilla_batching import TokenBudgetBatchSampler, sequence_lengths
 from vanilla_cli import UsageError
 from vanilla_tokenizer import train_bpe_tokenizer
 from vanilla_train_arguments import parse_arguments, training_attention
@@ -82,6 +83,14 @@ def test_ranks_take_distinct_batches_and_equally_many(corpus, replicas):
     taken = [index for batches in per_rank for batch in batches for index in batch]
     assert len(taken) == len(set(taken))  # no pair on two ranks
     assert {tuple(batch) for batches in per_rank for batch in batches} <= {tuple(batch) for batch in whole}
+
+
+def test_sequence_lengths_follow_the_datasets_row_order_after_shuffle_and_select(corpus):
+    rows, _ = corpus
+    dataset = datasets.Dataset.from_list(rows).shuffle(seed=0).select(range(0, len(rows), 3))  # an indices mapping
+    for column in ("input_ids", "labels"):
+        assert sequence_lengths(dataset, column) == [len(ids) for ids in dataset[column]]
+    assert sequence_lengths({"labels": [[4, 2], [2]]}, "labels") == [2, 1]  # a dataset without an Arrow table
 
 
 def test_a_pair_longer_than_the_budget_is_a_usage_error():
