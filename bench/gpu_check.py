@@ -8,7 +8,7 @@ is reported and the others still run:
 
     train         train.py recipes/multi30k_de_en.yaml, stopped after 4 minutes of training (--max_train_seconds),
                   with the model at 90 s kept (--save_at_seconds)
-    eval-early    eval.py on test_2016_flickr: the model at 90 s
+    eval-early    eval.py on test_2016_flickr: the model at 90 s (a recipe that ends sooner: eval-final's, at its time)
     eval-final    eval.py on test_2016_flickr: the average of the last 3 checkpoints (as `make multi30k`)
     bench-train   bench/bench_speed.py's training rows at the base shape (ours eager, compiled and projecting every
                   position, Marian, ...)
@@ -304,6 +304,9 @@ def measure(out: Path, plan: Plan) -> dict:
     compiled_real_rate = finite(trained_real.get("ours, compiled"))
     base_rate = base.get("real_tokens_per_second")
     early_state = read_json(early_model(out, plan) / "trainer_state.json") or {}
+    early_seconds, early_step, early_eval = plan.early_seconds, early_state.get("global_step"), early
+    if finished_before_early(train, out, plan):  # the recipe's own model is the one trained within the 90 s
+        early_seconds, early_step, early_eval = train["train_seconds"], train["steps"], final
     return {
         "train_seconds": train.get("train_seconds"),
         "train_stopped_by_budget": train.get("stopped_by_budget"),
@@ -311,9 +314,9 @@ def measure(out: Path, plan: Plan) -> dict:
         "train_epochs": train.get("epochs"),
         "train_real_tokens_per_second": train.get("real_tokens_per_second"),
         "train_padded_tokens_per_second": train.get("padded_tokens_per_second"),
-        "early_seconds": plan.early_seconds,
-        "early_step": early_state.get("global_step"),
-        "bleu_early": finite(early["bleu"]) if early else None,
+        "early_seconds": early_seconds,
+        "early_step": early_step,
+        "bleu_early": finite(early_eval["bleu"]) if early_eval else None,
         "bleu_final": finite(final["bleu"]) if final else None,
         "final_model": Path(final["model"]).name if final else None,
         "eval_final_sentences_per_second": finite(final["sentences_per_second"]) if final else None,
@@ -355,6 +358,12 @@ def early_model(out: Path, plan: Plan) -> Path:
     return model_at_folder(out / "multi30k", plan.early_seconds)
 
 
+def finished_before_early(train: dict, out: Path, plan: Plan) -> bool:
+    """Whether the recipe ran to its end within --save_at_seconds, so that no model was kept at that time."""
+    within = train.get("train_seconds") is not None and train["train_seconds"] <= plan.early_seconds
+    return within and not train["stopped_by_budget"] and not (early_model(out, plan) / "config.json").is_file()
+
+
 def step_commands(out: Path, data: Path, plan: Plan, ctranslate2: bool) -> dict[str, Callable[[], list[str] | str]]:
     """Each step's command line, built when the step starts (a string: why the step is skipped)."""
     python = sys.executable
@@ -381,6 +390,8 @@ def step_commands(out: Path, data: Path, plan: Plan, ctranslate2: bool) -> dict[
 
     def eval_early():
         model = early_model(out, plan)
+        if finished_before_early(training_record(run), out, plan):
+            return f"the recipe finished within {plan.early_seconds:g} s: eval-final scores its model for that target"
         if not (model / "config.json").is_file():
             return f"the train step kept no model at {plan.early_seconds:g} s ({model})"
         return evaluation(["--model", str(model)], "early")
@@ -447,7 +458,7 @@ def print_summary(summary: dict) -> None:
             "recipe real / padded tokens/s",
             f"{m['train_real_tokens_per_second']} / {m['train_padded_tokens_per_second']}",
         ),
-        (f"BLEU test_2016, the model at {summary['plan']['early_seconds']:g} s", m["bleu_early"]),
+        (f"BLEU test_2016, the model at {measurements['early_seconds']:.4g} s", m["bleu_early"]),
         (f"BLEU test_2016, final ({m['final_model']})", m["bleu_final"]),
         (
             "train.py real / padded tokens/s, base shape",

@@ -200,3 +200,25 @@ def test_a_step_past_its_slot_is_killed_with_its_children_and_later_steps_keep_t
     assert (train["status"], train["timeout_seconds"]) == ("timed out", 3)
     assert not running(int(pid_file.read_text()))  # the step's own child went with it
     assert [summary["steps"][name]["status"] for name in gpu_check.STEPS[1:]] == ["ok"] * 5
+
+
+def test_a_recipe_that_ends_within_the_early_seconds_is_judged_by_its_final_model(tmp_path):
+    # No model kept at 90 s, because training ended at 64 s: the recipe's own output is the 90 s model.
+    out, plan = tmp_path / "out", gpu_check.GPU
+    run = out / "multi30k"
+    run.mkdir(parents=True)
+    (run / "all_results.json").write_text(json.dumps({"train_runtime": 64.0, "train_tokens_per_second": 1e5}))
+    (run / "trainer_state.json").write_text(json.dumps({"global_step": 1380, "max_steps": 1380, "epoch": 12.0}))
+    final = {"bleu": 40.5, "model": str(run / "averaged-last-3"), "sentences_per_second": 900.0}
+    (out / "eval_final.json").write_text(json.dumps(final))
+
+    measurements = gpu_check.measure(out, plan)
+    assert (measurements["bleu_early"], measurements["early_seconds"], measurements["early_step"]) == (40.5, 64.0, 1380)
+    assert gpu_check.TARGETS[0].evaluate(measurements)["met"] is True
+    assert "finished within 90 s" in gpu_check.step_commands(out, tmp_path, plan, ctranslate2=False)["eval-early"]()
+
+    # Stopped by the budget before 90 s (or a kept model): the kept model is the one to score, as before.
+    state = {"global_step": 900, "max_steps": 1380, "epoch": 7.8}
+    (run / "trainer_state.json").write_text(json.dumps(state))
+    measurements = gpu_check.measure(out, plan)
+    assert (measurements["bleu_early"], measurements["early_seconds"]) == (None, 90)
