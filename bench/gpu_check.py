@@ -86,7 +86,7 @@ GPU = Plan(
     bench=("--device", "cuda", "--shape", "base", "--repeats", "5", "--warmup", "1", "--compiled-models", "ours")
     + ("--every-position",),
     train=(),
-    # Batches of bench_speed.py's base-shape tokens (128 x 64 a side): the recipe's 2,048 would leave the GPU idle.
+    # Batches of bench_speed.py's base-shape tokens (128 x 64 a side): the recipe's 8,192 would leave the GPU idle.
     base_shape=("--preset", "base", "--vocab_size", "32000", "--max_tokens", "16384"),
     environment=(),
     slots=(
