@@ -217,7 +217,7 @@ def test_a_recipe_that_ends_within_the_early_seconds_is_judged_by_its_final_mode
     assert gpu_check.TARGETS[0].evaluate(measurements)["met"] is True
     assert "finished within 90 s" in gpu_check.step_commands(out, tmp_path, plan, ctranslate2=False)["eval-early"]()
 
-    # Stopped by the budget before 90 s (or a kept model): the kept model is the one to score, as before.
+    # A run that stopped short of its steps did not produce the recipe's model: no stand-in for the 90 s one.
     state = {"global_step": 900, "max_steps": 1380, "epoch": 7.8}
     (run / "trainer_state.json").write_text(json.dumps(state))
     measurements = gpu_check.measure(out, plan)
