@@ -19,7 +19,7 @@ def padded_length(length: int, multiple: int | None) -> int:
 
 def sequence_lengths(dataset, column: str) -> list[int]:
     """The length of each row's `column` (token ids): from the Arrow table of a `datasets.Dataset` (in its row order,
-    after any select or shuffle), where reading row by row takes a second per 30k rows."""
+    after any select or shuffle), where reading row by row takes ~0.23 s per column of 29k rows (Multi30k)."""
     if isinstance(dataset, datasets.Dataset):
         return pyarrow.compute.list_value_length(dataset.with_format("arrow")[column]).to_pylist()
     return [len(ids) for ids in dataset[column]]
