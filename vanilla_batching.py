@@ -1,10 +1,10 @@
 """Token-budget batches for train.py: pairs of similar lengths packed up to a number of padded tokens (sec. 5.1)."""
 
-import math
 import time
 from collections.abc import Sequence
 
 import datasets
+import numpy as np
 import pyarrow.compute
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
@@ -12,27 +12,29 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler
 from vanilla_cli import UsageError
 
 
-def padded_length(length: int, multiple: int | None) -> int:
-    """The length a collator pads `length` to, rounding up to `multiple` where it is given."""
-    return length if not multiple else math.ceil(length / multiple) * multiple
+def padded_length(length, multiple: int | None):
+    """The length a collator pads `length` (an int or an array of them) to, rounding up to `multiple` where given."""
+    return length if not multiple else (length + multiple - 1) // multiple * multiple
 
 
-def sequence_lengths(dataset, column: str) -> list[int]:
+def sequence_lengths(dataset, column: str) -> np.ndarray:
     """The length of each row's `column` (token ids): from the Arrow table of a `datasets.Dataset` (in its row order,
     after any select or shuffle), where reading row by row takes ~0.23 s per column of 29k rows (Multi30k)."""
     if isinstance(dataset, datasets.Dataset):
-        return pyarrow.compute.list_value_length(dataset.with_format("arrow")[column]).to_pylist()
-    return [len(ids) for ids in dataset[column]]
+        return pyarrow.compute.list_value_length(dataset.with_format("arrow")[column]).to_numpy()
+    return np.array([len(ids) for ids in dataset[column]], dtype=np.int64)
 
 
-def length_order(lengths: tuple[int, int]) -> tuple[int, int, int]:
-    """Sort key of a (source, target) length pair: the longer side, then the source side in alternating directions.
+def length_order(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """One sort key per (source, target) length pair: the longer side, then the source side in alternating
+    directions, then the target side (the three as digits of one integer, in a base above every length).
 
     The snake through the lengths keeps neighbours close on both sides where one length ends and the next begins; on
     Multi30k (batches of 8192 tokens) it pads 3.8% of the tokens, against 7.5% for a plain sort by (source, target)."""
-    source, target = lengths
-    longer = max(source, target)
-    return longer, source if longer % 2 else -source, target
+    longer = np.maximum(source, target)
+    base = int(longer.max()) + 1
+    source_digit = np.where(longer % 2 == 1, source, base - 1 - source)
+    return (longer * base + source_digit) * base + target
 
 
 class TokenBudgetBatchSampler(BatchRebalanceSampler):
@@ -45,6 +47,9 @@ class TokenBudgetBatchSampler(BatchRebalanceSampler):
     takes every num_replicas-th batch; the last len % num_replicas batches of an epoch's draw are left out so that
     every rank takes as many steps. The batch boundaries depend on the sorted lengths only: every epoch has the
     same number of batches, which Trainer counts to resume mid-epoch.
+
+    The lengths are held as arrays and sorted by their rank among the distinct length pairs, so that the 4.5M pairs
+    of WMT 2014 English-German take seconds, not minutes, to set up and to order each epoch.
 
     A BatchRebalanceSampler by type only: Trainer passes that rank-aware kind to the DataLoader as its batch_sampler
     and keeps accelerate from sharding it a second time.
@@ -62,33 +67,46 @@ class TokenBudgetBatchSampler(BatchRebalanceSampler):
     ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not one of the {num_replicas} replicas")
-        self.keys = list(zip(source_lengths, target_lengths, strict=True))
+        source, target = np.asarray(source_lengths, dtype=np.int64), np.asarray(target_lengths, dtype=np.int64)
+        if source.shape != target.shape:
+            raise ValueError(f"{len(source)} source lengths but {len(target)} target lengths")
         self.max_tokens, self.seed, self.epoch = max_tokens, seed, 0
         self.num_replicas, self.rank, self.pad_to_multiple_of = num_replicas, rank, pad_to_multiple_of
-        longest = max(self.padded_tokens([key]) for key in self.keys)
+        # The distinct length pairs in length order (where each first occurs), each pair's rank among them, and how
+        # many pairs have each.
+        _, first, rank_of_pair, counts = np.unique(
+            length_order(source, target), return_index=True, return_inverse=True, return_counts=True
+        )
+        self.rank_of_pair = torch.from_numpy(rank_of_pair)
+        sources, targets = source[first], target[first]
+        longest = int(self.width(sources, targets).max())
         if longest > max_tokens:
             raise UsageError(
                 f"--max_tokens {max_tokens} cannot hold the longest pair ({longest} padded source + target tokens); "
                 f"expected at least {longest}, or shorter --max_source_length / --max_target_length"
             )
-        self.bounds = self.pack(sorted(self.keys, key=length_order))
+        self.bounds = self.pack(sources.tolist(), targets.tolist(), counts.tolist())
 
-    def padded_tokens(self, keys: Sequence[tuple[int, int]]) -> int:
-        """Source + target tokens of one batch of (source length, target length) pairs as the collator pads it."""
-        source, target = (padded_length(max(side), self.pad_to_multiple_of) for side in zip(*keys, strict=True))
-        return len(keys) * (source + target)
+    def width(self, source, target):
+        """Padded source + target tokens of one pair of a batch whose longest sides are `source` and `target`."""
+        return padded_length(source, self.pad_to_multiple_of) + padded_length(target, self.pad_to_multiple_of)
 
-    def pack(self, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """(start, end) of each batch in the sorted order: as many pairs as the budget holds, in that order."""
-        bounds, start, source, target = [], 0, 0, 0
-        for index, (source_length, target_length) in enumerate(keys):
-            source, target = max(source, source_length), max(target, target_length)
-            batch = index + 1 - start
-            multiple = self.pad_to_multiple_of
-            if batch * (padded_length(source, multiple) + padded_length(target, multiple)) > self.max_tokens:
-                bounds.append((start, index))
-                start, source, target = index, source_length, target_length
-        bounds.append((start, len(keys)))
+    def pack(self, sources: list[int], targets: list[int], counts: list[int]) -> list[tuple[int, int]]:
+        """(start, end) of each batch in the sorted order: as many pairs as the budget holds, in that order, given the
+        distinct length pairs in that order and how many pairs have each (pairs of equal lengths join a batch alike)."""
+        bounds, start, end, source, target = [], 0, 0, 0, 0  # the open batch: [start, end), its longest sides
+        for source_length, target_length, count in zip(sources, targets, counts, strict=True):
+            while count:
+                wider = self.width(max(source, source_length), max(target, target_length))
+                room = self.max_tokens // wider - (end - start)
+                if room <= 0:  # full: the next batch begins with these pairs
+                    bounds.append((start, end))
+                    start, source, target = end, 0, 0
+                    continue
+                taken = min(room, count)
+                end, count = end + taken, count - taken
+                source, target = max(source, source_length), max(target, target_length)
+        bounds.append((start, end))
         return bounds
 
     def set_epoch(self, epoch: int) -> None:
@@ -99,12 +117,12 @@ class TokenBudgetBatchSampler(BatchRebalanceSampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        shuffled = torch.randperm(len(self.keys), generator=generator).tolist()
-        order = sorted(shuffled, key=lambda index: length_order(self.keys[index]))  # stable: ties stay shuffled
-        batches = [order[start:end] for start, end in self.bounds]
-        drawn = torch.randperm(len(batches), generator=generator).tolist()[: len(self) * self.num_replicas]
+        shuffled = torch.randperm(len(self.rank_of_pair), generator=generator)
+        order = shuffled[torch.sort(self.rank_of_pair[shuffled], stable=True).indices]  # ties stay shuffled
+        drawn = torch.randperm(len(self.bounds), generator=generator).tolist()[: len(self) * self.num_replicas]
         for index in drawn[self.rank :: self.num_replicas]:
-            yield batches[index]
+            start, end = self.bounds[index]
+            yield order[start:end].tolist()
 
 
 class TokenCounter:

@@ -192,15 +192,16 @@ def nll_metrics(prediction: EvalPrediction) -> dict[str, float]:
 def padding_fraction(trainer: Seq2SeqTrainer, dataloader: DataLoader) -> float:
     """The share of pad tokens (source and target) in one epoch of this process's training batches (`dataloader`,
     Trainer's; drawing the epoch's order draws from torch's random stream)."""
-    source_lengths, target_lengths = (sequence_lengths(trainer.train_dataset, side) for side in ("input_ids", "labels"))
     batches = list(dataloader.batch_sampler)
+    rows = np.concatenate(batches)  # the epoch's rows, batch after batch
+    sizes = np.array([len(batch) for batch in batches])
+    starts = np.cumsum(sizes) - sizes  # where each batch begins in rows
     multiple = getattr(trainer.data_collator, "pad_to_multiple_of", None)
     real = padded = 0
-    for batch in batches:
-        for lengths in (source_lengths, target_lengths):
-            batch_lengths = [lengths[i] for i in batch]
-            real += sum(batch_lengths)
-            padded += len(batch_lengths) * padded_length(max(batch_lengths), multiple)
+    for side in ("input_ids", "labels"):
+        lengths = sequence_lengths(trainer.train_dataset, side)[rows]
+        real += int(lengths.sum())
+        padded += int((sizes * padded_length(np.maximum.reduceat(lengths, starts), multiple)).sum())
     return 1.0 - real / padded
 
 

@@ -1,6 +1,7 @@
 """vanilla_batching and train.py --max_tokens: token budgets, padding, epochs, ranks, resume, tokens/s, bf16 on CPU."""
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import datasets
 import pytest
+import torch
 import transformers
 from num2words import num2words
 from packaging.version import Version
@@ -60,6 +62,39 @@ def test_batches_hold_at_most_max_tokens_as_collated_and_padding_is_under_5_perc
         assert 1 - real / padded <= 0.05
 
 
+def batches_pair_by_pair(sources, targets, max_tokens, seed, epoch, multiple) -> list[list[int]]:
+    """The sampler's epoch written out pair by pair: shuffle, sort stably by the longer side, then the source side in
+    alternating directions, then the target side; fill each batch while it holds; shuffle the batches."""
+
+    def key(index):
+        longer = max(sources[index], targets[index])
+        return longer, sources[index] if longer % 2 else -sources[index], targets[index]
+
+    def padded(length):
+        return length if multiple is None else math.ceil(length / multiple) * multiple
+
+    generator = torch.Generator().manual_seed(seed + epoch)
+    batches, batch, longest = [], [], (0, 0)
+    for index in sorted(torch.randperm(len(sources), generator=generator).tolist(), key=key):
+        wider = (max(longest[0], sources[index]), max(longest[1], targets[index]))
+        if (len(batch) + 1) * (padded(wider[0]) + padded(wider[1])) > max_tokens:
+            batches.append(batch)
+            batch, wider = [], (sources[index], targets[index])
+        batch, longest = batch + [index], wider
+    batches.append(batch)
+    return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_batches_are_the_pair_by_pair_definitions(corpus, multiple):
+    rows, _ = corpus
+    sources, targets = ([len(row[side]) for row in rows] for side in ("input_ids", "labels"))
+    sampler = sampler_of(rows, 1000, seed=4, pad_to_multiple_of=multiple)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        assert list(sampler) == batches_pair_by_pair(sources, targets, 1000, 4, epoch, multiple)
+
+
 def test_each_epoch_draws_new_batches_from_the_seed_and_the_same_number(corpus):
     rows, _ = corpus
     sampler = sampler_of(rows, 4000, seed=3)
@@ -89,8 +124,8 @@ def test_sequence_lengths_follow_the_datasets_row_order_after_shuffle_and_select
     rows, _ = corpus
     dataset = datasets.Dataset.from_list(rows).shuffle(seed=0).select(range(0, len(rows), 3))  # an indices mapping
     for column in ("input_ids", "labels"):
-        assert sequence_lengths(dataset, column) == [len(ids) for ids in dataset[column]]
-    assert sequence_lengths({"labels": [[4, 2], [2]]}, "labels") == [2, 1]  # a dataset without an Arrow table
+        assert sequence_lengths(dataset, column).tolist() == [len(ids) for ids in dataset[column]]
+    assert sequence_lengths({"labels": [[4, 2], [2]]}, "labels").tolist() == [2, 1]  # a dataset without an Arrow table
 
 
 def test_a_pair_longer_than_the_budget_is_a_usage_error():
