@@ -116,7 +116,7 @@ def train_and_save(
         # reading and sending out slices, cannot stack batches padded to different lengths.
         args.accelerator_config.dispatch_batches = False
 
-    tokenized = tokenize(raw, tokenizer, data_args, args.length_column_name)
+    tokenized = tokenize(raw, tokenizer, data_args, args.length_column_name, args.preprocessing_num_workers)
     before = loss_before(checkpoint)
     trainer = VanillaTrainer(
         model=model,

@@ -123,6 +123,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             about 25000 + 25000), in place of --per_device_train_batch_size sentences.
         streaming: Read --dataset_name or the data files as training consumes them, tokenizing on the fly, for corpora
             too large to load (or to wait for); needs a --max_steps budget.
+        preprocessing_num_workers: Processes that tokenize the corpus before training (datasets' map, num_proc);
+            default: this process alone.
     """
 
     learning_rate: float | None = None
@@ -137,6 +139,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     save_at_seconds: float | None = None
     max_tokens: int | None = None
     streaming: bool = False
+    preprocessing_num_workers: int | None = None
 
     def __post_init__(self):
         if (self.bf16 or self.bf16_full_eval) and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
@@ -214,8 +217,9 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive integer")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UsageError(f"--max_tokens is {args.max_tokens}; expected a positive integer")
+    for name in ("max_tokens", "preprocessing_num_workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive integer")
     if args.learning_rate is not None and args.learning_rate <= 0:
         raise UsageError(f"--learning_rate is {args.learning_rate}; expected a positive number")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
@@ -232,6 +236,11 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
         raise UsageError(
             "--max_tokens sorts the whole training split by length, which --streaming never holds: give one of them "
             "(with --streaming, --per_device_train_batch_size sets the batch)"
+        )
+    if args.streaming and args.preprocessing_num_workers is not None:
+        raise UsageError(
+            "--preprocessing_num_workers tokenizes the corpus before training, and --streaming tokenizes it as "
+            "training reads it: drop one of them"
         )
     if args.save_strategy == "steps" and args.save_steps <= 0:
         raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")

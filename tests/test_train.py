@@ -33,7 +33,7 @@ from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets
 from vanilla_files import complete_checkpoints
-from vanilla_tokenizer import SPECIAL_TOKENS, train_bpe_tokenizer
+from vanilla_tokenizer import SPECIAL_TOKENS, corpus_texts, tokenize, train_bpe_tokenizer
 from vanilla_train_arguments import (
     ModelArguments,
     argument_parser,
@@ -499,6 +499,40 @@ def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it
 
 
 @pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ({3: {"en": None}}, "pair 4 has no en sentence"),
+        ({3: {"de": None}, 5: {"en": None}}, "pair 4 has no de sentence"),
+        ({2: {"de": " \u3000"}, 4: {"en": None}}, "pair 3 has an empty de sentence"),
+        ({6: {"en": "\t"}}, "pair 7 has an empty en sentence"),
+    ],
+)
+def test_the_first_unusable_pair_of_a_parquet_file_is_named(tmp_path, bad, expected):
+    pairs = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in range(1, 9)]
+    for index, change in bad.items():
+        pairs[index].update(change)
+    Dataset.from_dict({"translation": pairs}).to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(UsageError, match=f"pairs.parquet: (mismatched pair counts: )?{expected}$"):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "pairs.parquet"), source_lang="en", target_lang="de"))
+
+
+def test_a_parquet_file_of_numbers_is_refused_at_its_first_pair(tmp_path):
+    Dataset.from_dict({"translation": [{"en": n, "de": n} for n in range(1, 4)]}).to_parquet(tmp_path / "n.parquet")
+    with pytest.raises(UsageError, match="n.parquet: pair 1: the en sentence is 1; expected a string"):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "n.parquet"), source_lang="en", target_lang="de"))
+
+
+def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
+    data = DataArguments(source_lang="en", target_lang="de")
+    raw = load_raw_datasets(data)
+    tokenizer = train_bpe_tokenizer(corpus_texts(raw, "en", "de"), 200)
+    one, two = (tokenize(raw, tokenizer, data, "length", num_proc) for num_proc in (None, 2))
+    for split in raw:
+        assert two[split].to_dict() == one[split].to_dict()
+    assert sorted(one["train"].column_names) == ["attention_mask", "input_ids", "labels", "length"]
+
+
+@pytest.mark.parametrize(
     "flags, expected",
     [
         (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size is 0; expected a positive integer"),
@@ -508,6 +542,11 @@ def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it
         (["--tokenizer_name", "t5-small", "--vocab_size", "100"], "it cannot resize --tokenizer_name"),
         (["--max_source_length", "1"], "--max_source_length is 1; expected at least 2"),
         (["--max_tokens", "0"], "--max_tokens is 0; expected a positive integer"),
+        (["--preprocessing_num_workers", "0"], "--preprocessing_num_workers is 0; expected a positive integer"),
+        (
+            ["--streaming", "--max_steps", "2", "--preprocessing_num_workers", "2"],
+            "--preprocessing_num_workers tokenizes the corpus before training, and --streaming",
+        ),
         (["--streaming", "--max_steps", "2", "--max_tokens", "64"], "--max_tokens sorts the whole training split"),
         (["--streaming"], "--streaming reads the data without knowing its size, so epochs cannot be counted: give the"),
         (["--config_overrides", "d_ff=48,colour=red"], "--config_overrides d_ff=48,colour=red: colour is not a field"),
