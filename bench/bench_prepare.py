@@ -7,16 +7,14 @@ pairs), read through the same functions train.py calls, each phase timed on its 
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vanilla_corpus import DataArguments, load_raw_datasets
+from vanilla_tokenizer import corpus_texts, tokenize, train_bpe_tokenizer
 
-from vanilla_corpus import DataArguments, load_raw_datasets  # noqa: E402
-from vanilla_tokenizer import corpus_texts, tokenize, train_bpe_tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

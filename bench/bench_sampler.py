@@ -9,19 +9,15 @@ train.py reports.
 """
 
 import argparse
-import sys
 import time
 import types
-from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vanilla_batching import TokenBudgetBatchSampler, sequence_lengths  # noqa: E402
-from vanilla_trainer import padding_fraction  # noqa: E402
+from vanilla_batching import TokenBudgetBatchSampler, sequence_lengths
+from vanilla_trainer import padding_fraction
 
 
 def token_lists(lengths: np.ndarray) -> pyarrow.ListArray:
