@@ -208,7 +208,6 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
             if not isinstance(row, dict) or not isinstance(row.get("translation"), dict):
                 raise UsageError(f"{path}: line {number} has no 'translation' column holding {{language: sentence}}")
             rows.append(row["translation"])
-    if DATA_FORMATS[suffix] != "csv":
         languages = sorted(set().union(*rows))
         columns = {language: [row.get(language) for row in rows] for language in languages}
     else:
@@ -219,7 +218,7 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
             raise UsageError(f"{path}: language {language!r} is not in the data (found: {', '.join(languages)})")
     if not args.source_lang or not args.target_lang:
         return datasets.Dataset.from_dict({"translation": []})  # load_raw_datasets reports the missing languages
-    if DATA_FORMATS[suffix] != "csv":
+    if suffix in (".json", ".jsonl"):
         _check_json_sentences(path, rows, (args.source_lang, args.target_lang))
     source, target = columns[args.source_lang], columns[args.target_lang]
     _check_counts(path, args.source_lang, source, args.target_lang, target)
