@@ -11,6 +11,12 @@ ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA 
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
 
+Each engine runs once before a row is timed: one that raises (a CTranslate2 wheel built for another CUDA version, a
+compiler error) is left out of that row and named in the notes, and the other engines' rows still run. The compiled
+decoding is timed only where, in float32, at least 90% of its sequences are the dynamic cache's tokens (the share is
+in the notes: generated code rounds differently from eager kernels, which can flip a near-tie of a random model).
+The beam-4 row, the decoding target's, comes first.
+
 The project's modules come from its installation (make setup installs it editable).
 
     python bench/bench_speed.py                    # CPU, small shape (vocab 8000, 256/4/1024, 3+3 layers)
@@ -227,15 +233,45 @@ def generation_call(
     return call
 
 
-def check_compiled_tokens(model: nn.Module, compiled: nn.Module, source: dict, new_tokens: int) -> None:
-    """eval.py --compile's promise, in float32: the compiled static-cache decoding emits the dynamic cache's tokens."""
-    for num_beams in (1, 4):
+# Below this share of sequences equal to the dynamic cache's, the compiled decoding is wrong, not rounded differently:
+# generated code rounds float32 differently from eager kernels, which flips a near-tie of a random model's logits in
+# a sequence now and then, while a wrong cache or mask changes nearly every sequence from its second token on.
+MIN_TOKEN_AGREEMENT = 0.9
+
+
+def sequence_agreement(expected: torch.Tensor, output: torch.Tensor) -> float:
+    """The share of rows (generated sequences) that are the same tokens in both, padding after the end aside."""
+    length = max(expected.shape[1], output.shape[1])
+    expected, output = (nn.functional.pad(ids, (0, length - ids.shape[1]), value=PAD) for ids in (expected, output))
+    return int((expected == output).all(dim=1).sum()) / expected.shape[0]
+
+
+def compiled_token_agreement(model: nn.Module, compiled: nn.Module, source: dict, new_tokens: int) -> dict[str, float]:
+    """eval.py --compile's promise, in float32: the share of sequences the compiled static-cache decoding emits as the
+    dynamic cache does, greedy and beam 4."""
+    agreement = {}
+    for label, num_beams in (("greedy", 1), ("beam 4", 4)):
         arguments = {"num_beams": num_beams, "max_new_tokens": new_tokens, "do_sample": False}
         with torch.no_grad():
             expected = model.generate(**source, **arguments)
             output = compiled.generate(**source, **arguments, cache_implementation="static")
-        assert torch.equal(expected, output), f"compiled static-cache tokens differ (beam {num_beams})"
-    print("compiled static-cache decoding: the dynamic cache's tokens (greedy and beam 4, float32)", flush=True)
+        agreement[label] = sequence_agreement(expected, output)
+    return agreement
+
+
+def compiled_decoding_check(model: nn.Module, compiled: nn.Module, source: dict, new_tokens: int) -> tuple:
+    """compiled_token_agreement and a note that says it; None where the compiled decoding raised (a compiler error
+    costs only its own rows)."""
+    try:
+        agreement = compiled_token_agreement(model, compiled, source, new_tokens)
+    except Exception as error:  # noqa: BLE001
+        return None, f"no ours, compiled static rows: {first_line(error)}"
+    note = "compiled static-cache decoding, float32: " + ", ".join(
+        f"{share:.1%} of the sequences the dynamic cache's ({label})" for label, share in agreement.items()
+    )
+    if min(agreement.values()) < MIN_TOKEN_AGREEMENT:
+        note += f"; below {MIN_TOKEN_AGREEMENT:.0%}: wrong, not rounded differently, so not timed"
+    return agreement, note
 
 
 def bench_tokens(vocab_size: int) -> list[str]:
@@ -243,8 +279,10 @@ def bench_tokens(vocab_size: int) -> list[str]:
     return ["<pad>", "<s>", "</s>", *(f"<t{index}>" for index in range(3, vocab_size))]
 
 
-def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.device, quantizations) -> dict:
-    """Ours through our spec, Marian through ctranslate2's TransformersConverter on the saved MarianMTModel."""
+def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.device, quantizations) -> tuple:
+    """Ours through our spec, Marian through ctranslate2's TransformersConverter on the saved MarianMTModel: the
+    translators that translate on this device, and a note for each that does not (a wheel built for another CUDA
+    version loads its libraries only when it first computes), so that one engine's failure costs only its own rows."""
     from ctranslate2.converters import TransformersConverter
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -259,8 +297,8 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
     PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(word_level), pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<t3>"
     ).save_pretrained(marian_dir)
-    translators = {}
-    for quantization in quantizations:
+
+    def ours(quantization: str) -> str:
         ours_dir = os.path.join(folder, f"ours-{quantization}")
         os.makedirs(ours_dir)
         # A copy: quantizing the spec rewrites its arrays in place, which would be our model's own parameters.
@@ -269,14 +307,42 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
         spec.validate()
         spec.optimize(quantization=quantization)
         spec.save(ours_dir)
-        marian_converted = TransformersConverter(marian_dir).convert(
-            os.path.join(folder, f"marian-{quantization}"), quantization=quantization
-        )
-        for name, path in (("ours", ours_dir), ("marian", marian_converted)):
-            translators[f"{name}, CT2 {quantization}"] = translator(
-                path, device.type, quantization, torch.get_num_threads()
-            )
-    return translators
+        return ours_dir
+
+    def marian(quantization: str) -> str:
+        output = os.path.join(folder, f"marian-{quantization}")
+        return TransformersConverter(marian_dir).convert(output, quantization=quantization)
+
+    translators, notes = {}, []
+    for quantization in quantizations:
+        for name, convert in (("ours", ours), ("marian", marian)):
+            label = f"{name}, CT2 {quantization}"
+            try:
+                path = convert(quantization)
+                translators[label] = translator(path, device.type, quantization, torch.get_num_threads())
+            except Exception as error:  # noqa: BLE001 (the engine's own: a missing library, an unsupported type)
+                notes.append(f"no {label} rows: {first_line(error)}")
+    return translators, notes
+
+
+def working(fns: dict[str, Callable[[], None]], notes: list[str]) -> dict[str, Callable[[], None]]:
+    """The functions that run: each called once, and one that raises left out with its error in `notes`, so that one
+    engine's failure (a CTranslate2 wheel built for another CUDA version loads its libraries only when it first
+    computes; a compiler error) costs only its own row, not the others'."""
+    kept = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+        except Exception as error:  # noqa: BLE001
+            notes.append(f"no {name} row: {first_line(error)}")
+            print(notes[-1], flush=True)
+            continue
+        kept[name] = fn
+    return kept
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def ctranslate2_call(translator, tokens: list[str], source: dict, num_beams: int, new_tokens: int) -> Callable:
@@ -473,6 +539,7 @@ def main():
             for name in (name for name in models if name in args.compiled_models):
                 model = torch.compile(models[name], backend=args.compile_backend)
                 train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast, every_position=True)
+        train_fns = working(train_fns, record["notes"])
         seconds = compare(train_fns, device, args.warmup, args.repeats)
         add_row("train tokens/s", {name: positions / s for name, s in seconds.items()})
         add_row("train real tokens/s", {name: real_tokens / s for name, s in seconds.items()})
@@ -495,8 +562,12 @@ def main():
             static = copy.deepcopy(models["ours"])
             static.forward = torch.compile(static.forward, backend=args.compile_backend)
             decoders["ours, compiled static"] = (static, autocast, {"cache_implementation": "static"})
-            check_compiled_tokens(models["ours"], static, source, shape.new_tokens)
-            record["notes"].append("compiled static-cache decoding emits the dynamic cache's tokens (float32)")
+            agreement, note = compiled_decoding_check(models["ours"], static, source, shape.new_tokens)
+            if agreement is None or min(agreement.values()) < MIN_TOKEN_AGREEMENT:
+                del decoders["ours, compiled static"]
+            record["compiled_token_agreement"] = agreement
+            record["notes"].append(note)
+            print(note, flush=True)
         translators = {}
         folder = tempfile.TemporaryDirectory()
         if not args.no_ctranslate2:
@@ -504,19 +575,21 @@ def main():
 
             if device.type == "cpu" or ctranslate2.get_cuda_device_count() > 0:
                 quantizations = ("float32", "int8") if device.type == "cpu" else ("bfloat16", "int8_bfloat16")
-                translators = ctranslate2_models(models, shape, folder.name, device, quantizations)
+                translators, notes = ctranslate2_models(models, shape, folder.name, device, quantizations)
+                record["notes"] += notes
             else:
                 record["notes"].append(
                     f"no CTranslate2 rows: ctranslate2 {ctranslate2.__version__} sees no CUDA device"
                 )
         tokens = bench_tokens(shape.vocab_size)
-        for label, beams in (("greedy sent/s", 1), ("beam-4 sent/s", 4)):
+        for label, beams in (("beam-4 sent/s", 4), ("greedy sent/s", 1)):  # the target's row first
             gen_fns = {
                 name: generation_call(model, source, beams, shape.new_tokens, context, **extra)
                 for name, (model, context, extra) in decoders.items()
             }
             for name, translator in translators.items():
                 gen_fns[name] = ctranslate2_call(translator, tokens, source, beams, shape.new_tokens)
+            gen_fns = working(gen_fns, record["notes"])
             seconds = compare(gen_fns, device, args.warmup, args.repeats)
             add_row(label, {name: shape.gen_batch / s for name, s in seconds.items()})
         folder.cleanup()

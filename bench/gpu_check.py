@@ -163,6 +163,14 @@ TARGETS = (
 )
 
 
+def cuda12_cublas_folders(paths: list[str]) -> list[str]:
+    """The folders of pip's nvidia-cublas-cu12 (libcublas.so.12) among the import paths. The ctranslate2 wheel links
+    the CUDA 12 runtime statically but loads cuBLAS 12 by name when it first computes; torch built for CUDA 13 brings
+    cuBLAS 13 only. The bench steps find the wheel's library on LD_LIBRARY_PATH."""
+    found = (library.parent for path in paths for library in Path(path or ".").glob("nvidia/*/lib/libcublas.so.12"))
+    return list(dict.fromkeys(str(folder) for folder in found))
+
+
 def missing_packages() -> list[str]:
     return [package for module, package in REQUIRED.items() if importlib.util.find_spec(module) is None]
 
@@ -510,6 +518,9 @@ def run_check(out: Path, data: Path, dry: bool, start: float) -> dict:
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     environment.update(plan.environment)
+    cublas = cuda12_cublas_folders(sys.path)
+    if cublas:
+        environment["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*cublas, environment.get("LD_LIBRARY_PATH")]))
     commands = step_commands(out, data, plan, ctranslate2)
     steps = {}
     for index, (name, most, _) in enumerate(plan.slots):
@@ -531,7 +542,8 @@ def run_check(out: Path, data: Path, dry: bool, start: float) -> dict:
         if ctranslate2
         else [f"no CTranslate2 rows: ctranslate2 is not installed (pip install {OPTIONAL['ctranslate2']})"]
     )
-    notes += (read_json(out / "bench_decode.json") or {}).get("notes", [])
+    for bench in ("bench_train.json", "bench_decode.json"):  # an engine left out, and why; the compiled tokens
+        notes += (read_json(out / bench) or {}).get("notes", [])
     return {
         "dry": dry,
         "seconds": time.monotonic() - start,

@@ -1,10 +1,17 @@
-"""bench/ab_speed.py end to end at the tiny shape (bench_speed.py runs inside the GPU check's dry run)."""
+"""bench/ab_speed.py end to end at the tiny shape (bench_speed.py runs inside the GPU check's dry run), and the parts
+of bench_speed.py that keep one engine's failure from costing the other engines' rows."""
 
+import copy
 import re
 import subprocess
 import sys
 
+import torch
 from harness import ROOT, environment
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_speed  # noqa: E402
 
 
 def test_the_training_ab_times_ours_with_and_without_the_mask_and_marian_and_prints_their_ratios():
@@ -28,3 +35,87 @@ def test_the_training_ab_times_ours_with_and_without_the_mask_and_marian_and_pri
     ]
     for _, median, low, high in ratios:
         assert float(low) <= float(median) <= float(high)
+
+
+def tiny_source(shape: bench_speed.Shape) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    input_ids, attention_mask = bench_speed.random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def test_sequence_agreement_is_the_share_of_rows_equal_to_their_end():
+    pad, eos = bench_speed.PAD, bench_speed.EOS
+    expected = torch.tensor([[1, 5, 6, eos], [1, 7, eos, pad], [1, 8, 9, 10]])
+    assert bench_speed.sequence_agreement(expected, expected.clone()) == 1.0
+    one_flipped = expected.clone()
+    one_flipped[2, 3] = 11
+    assert bench_speed.sequence_agreement(expected, one_flipped) == 2 / 3
+    # Another length (a batch whose sequences all ended sooner): compared as if padded.
+    assert bench_speed.sequence_agreement(expected[:2, :3], expected[:2]) == 0.5
+    assert bench_speed.sequence_agreement(expected[1:2, :3], expected[1:2]) == 1.0
+
+
+def test_the_compiled_decoding_check_times_only_a_decoder_that_emits_the_dynamic_caches_tokens():
+    shape = bench_speed.SHAPES["tiny"]
+    torch.manual_seed(0)
+    model = bench_speed.build_ours(shape).eval()
+    source = tiny_source(shape)
+    agreement, note = bench_speed.compiled_decoding_check(model, copy.deepcopy(model), source, shape.new_tokens)
+    assert agreement == {"greedy": 1.0, "beam 4": 1.0}
+    assert note.startswith("compiled static-cache decoding, float32: 100.0% of the sequences") and "not" not in note
+
+    wrong = copy.deepcopy(model)  # a decoder that gets its keys and values wrong: every output differs
+    with torch.no_grad():
+        for layer in wrong.model.decoder.layers:
+            layer.self_attn.qkv_proj.weight.mul_(-3.0)
+    agreement, note = bench_speed.compiled_decoding_check(model, wrong, source, shape.new_tokens)
+    assert min(agreement.values()) < bench_speed.MIN_TOKEN_AGREEMENT
+    assert note.endswith("below 90%: wrong, not rounded differently, so not timed")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor: backend compiler failed\nTraceback ...")
+
+    failing = copy.deepcopy(model)
+    failing.forward = broken
+    agreement, note = bench_speed.compiled_decoding_check(model, failing, source, shape.new_tokens)
+    assert agreement is None
+    assert note == "no ours, compiled static rows: inductor: backend compiler failed"
+
+
+def test_an_engine_that_raises_loses_only_its_own_row_and_is_named_with_its_error():
+    calls = []
+
+    def runs():
+        calls.append("runs")
+
+    def cannot_load():
+        raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+    notes = []
+    kept = bench_speed.working({"ours": runs, "ours, CT2 bfloat16": cannot_load, "marian": runs}, notes)
+    assert list(kept) == ["ours", "marian"] and calls == ["runs", "runs"]
+    assert notes == ["no ours, CT2 bfloat16 row: Library libcublas.so.12 is not found or cannot be loaded"]
+
+
+def test_a_ctranslate2_model_that_does_not_load_is_named_and_the_others_kept(tmp_path, monkeypatch):
+    shape = bench_speed.SHAPES["tiny"]
+    torch.manual_seed(0)
+    models = {"ours": bench_speed.build_ours(shape).eval(), "marian": bench_speed.build_marian(shape).eval()}
+    build = bench_speed.translator
+
+    def translator(path, device, compute_type, threads):
+        if "marian" in str(path) and compute_type == "int8":
+            raise ValueError("Requested int8 compute type, but the target device or backend do not support it")
+        return build(path, device, compute_type, threads)
+
+    monkeypatch.setattr(bench_speed, "translator", translator)
+    cpu = torch.device("cpu")
+    translators, notes = bench_speed.ctranslate2_models(models, shape, str(tmp_path), cpu, ("float32", "int8"))
+    assert list(translators) == ["ours, CT2 float32", "marian, CT2 float32", "ours, CT2 int8"]
+    assert notes == [
+        "no marian, CT2 int8 rows: Requested int8 compute type, but the target device or backend do not support it"
+    ]
+    source = tiny_source(shape)
+    tokens = bench_speed.bench_tokens(shape.vocab_size)
+    for kept in translators.values():  # the kept ones decode
+        bench_speed.ctranslate2_call(kept, tokens, source, 4, shape.new_tokens)()

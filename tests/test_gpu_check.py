@@ -109,6 +109,12 @@ def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
     for metric in ("greedy sent/s", "beam-4 sent/s"):  # eager, compiled static cache, CTranslate2: each over Marian
         ratios = measurements["decoding_over_marian"][metric]
         assert {"ours", "ours, compiled static", "ours, CT2 float32", "ours, CT2 int8"} <= set(ratios)
+    # Every engine ran (no note of one left out), and the compiled decoding emitted the dynamic cache's tokens.
+    assert summary["notes"] == [
+        "compiled static-cache decoding, float32: 100.0% of the sequences the dynamic cache's (greedy), "
+        "100.0% of the sequences the dynamic cache's (beam 4)"
+    ]
+    assert f"note: {summary['notes'][0]}" in result.stdout
     # The table on stdout: every step and every target.
     for name in gpu_check.STEPS:
         assert f"| {name} | ok |" in result.stdout
@@ -222,3 +228,18 @@ def test_a_recipe_that_ends_within_the_early_seconds_is_judged_by_its_final_mode
     (run / "trainer_state.json").write_text(json.dumps(state))
     measurements = gpu_check.measure(out, plan)
     assert (measurements["bleu_early"], measurements["early_seconds"]) == (None, 90)
+
+
+def test_the_cuda_12_cublas_of_pips_nvidia_wheel_is_found_on_the_import_paths(tmp_path):
+    """The ctranslate2 wheel loads libcublas.so.12 by name; beside a torch built for CUDA 13 it is pip's
+    nvidia-cublas-cu12, which the bench steps then find on LD_LIBRARY_PATH."""
+    site, other = tmp_path / "site-packages", tmp_path / "elsewhere"
+    cublas = site / "nvidia" / "cublas" / "lib"
+    cublas.mkdir(parents=True)
+    (cublas / "libcublas.so.12").touch()
+    (site / "nvidia" / "cu13" / "lib").mkdir(parents=True)
+    (site / "nvidia" / "cu13" / "lib" / "libcublas.so.13").touch()
+    other.mkdir()
+    paths = [str(other), str(site), str(site), str(tmp_path / "absent.zip")]
+    assert gpu_check.cuda12_cublas_folders(paths) == [str(cublas)]
+    assert gpu_check.cuda12_cublas_folders([str(other)]) == []
