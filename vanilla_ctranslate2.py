@@ -331,4 +331,20 @@ def load(
         generation_config=GenerationConfig.from_pretrained(folder),
         quantization=quantization,
     )
+    if device == "cuda":
+        check_gpu_libraries(model, ctranslate2.__version__)
     return model, tokenizer
+
+
+def check_gpu_libraries(model: CTranslate2Model, version: str) -> None:
+    """One token decoded on the GPU, or a UsageError saying what to install: the ctranslate2 wheel links the CUDA 12
+    runtime in but loads cuBLAS 12 by name only when it first computes, and a torch built for CUDA 13 brings
+    cuBLAS 13 alone: eval.py says so before its first batch, not in a traceback."""
+    try:
+        model.generate_ids([[model.generation_config.eos_token_id]], 1, 1.0, 1)
+    except RuntimeError as error:
+        raise UsageError(
+            f"CTranslate2 {version} sees a GPU but cannot compute on it ({str(error).strip()}); its wheel needs "
+            "CUDA 12's cuBLAS: pip install nvidia-cublas-cu12 and put its lib folder (site-packages/nvidia/cublas/"
+            "lib) on LD_LIBRARY_PATH, or decode on the CPU with CUDA_VISIBLE_DEVICES="
+        ) from None

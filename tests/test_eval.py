@@ -716,6 +716,35 @@ def test_ctranslate2_missing_is_a_usage_error_naming_the_install(trained_run, tm
 
 
 @pytest.mark.slow
+def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_error(trained_run, monkeypatch):
+    """The ctranslate2 wheel loads cuBLAS 12 only when it first computes; beside a torch for CUDA 13 that fails at
+    the first batch. eval.py says so, and what to install, before it starts."""
+    import ctranslate2
+
+    import vanilla_ctranslate2
+    from vanilla_cli import UsageError
+
+    class NoCublas:
+        num_translators = 1
+
+        def translate_batch(self, *args, **kwargs):
+            raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+    devices = []
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(ctranslate2, "get_supported_compute_types", lambda device: {"float32", "int8"})
+    monkeypatch.setattr(
+        vanilla_ctranslate2, "translator", lambda path, device, *args: devices.append(device) or NoCublas()
+    )
+    with pytest.raises(UsageError) as raised:
+        vanilla_ctranslate2.load(str(trained_run), "float32")
+    assert devices == ["cuda"]
+    message = str(raised.value)
+    assert message.startswith(f"CTranslate2 {ctranslate2.__version__} sees a GPU but cannot compute on it (Library ")
+    assert "pip install nvidia-cublas-cu12" in message and "CUDA_VISIBLE_DEVICES=" in message
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, fragment",
     [
