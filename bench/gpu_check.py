@@ -163,12 +163,18 @@ TARGETS = (
 )
 
 
-def cuda12_cublas_folders(paths: list[str]) -> list[str]:
-    """The folders of pip's nvidia-cublas-cu12 (libcublas.so.12) among the import paths. The ctranslate2 wheel links
-    the CUDA 12 runtime statically but loads cuBLAS 12 by name when it first computes; torch built for CUDA 13 brings
-    cuBLAS 13 only. The bench steps find the wheel's library on LD_LIBRARY_PATH."""
-    found = (library.parent for path in paths for library in Path(path or ".").glob("nvidia/*/lib/libcublas.so.12"))
+def cuda12_cublas_folders(nvidia: list[str]) -> list[str]:
+    """The folders of pip's nvidia-cublas-cu12 (libcublas.so.12) in the `nvidia` namespace package's folders. The
+    ctranslate2 wheel links the CUDA 12 runtime in but loads cuBLAS 12 by name when it first computes; torch built
+    for CUDA 13 brings cuBLAS 13 only. The bench steps find the wheel's library on LD_LIBRARY_PATH."""
+    found = (library.parent for folder in nvidia for library in Path(folder).glob("*/lib/libcublas.so.12"))
     return list(dict.fromkeys(str(folder) for folder in found))
+
+
+def nvidia_folders() -> list[str]:
+    """Where pip's nvidia-* packages are installed (one `nvidia` namespace package over the site folders)."""
+    spec = importlib.util.find_spec("nvidia")
+    return list(spec.submodule_search_locations or []) if spec else []
 
 
 def missing_packages() -> list[str]:
@@ -518,7 +524,7 @@ def run_check(out: Path, data: Path, dry: bool, start: float) -> dict:
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     environment.update(plan.environment)
-    cublas = cuda12_cublas_folders(sys.path)
+    cublas = cuda12_cublas_folders(nvidia_folders())
     if cublas:
         environment["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*cublas, environment.get("LD_LIBRARY_PATH")]))
     commands = step_commands(out, data, plan, ctranslate2)

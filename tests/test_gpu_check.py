@@ -230,16 +230,16 @@ def test_a_recipe_that_ends_within_the_early_seconds_is_judged_by_its_final_mode
     assert (measurements["bleu_early"], measurements["early_seconds"]) == (None, 90)
 
 
-def test_the_cuda_12_cublas_of_pips_nvidia_wheel_is_found_on_the_import_paths(tmp_path):
+def test_the_cuda_12_cublas_of_pips_nvidia_wheel_is_found_in_the_nvidia_package_folders(tmp_path):
     """The ctranslate2 wheel loads libcublas.so.12 by name; beside a torch built for CUDA 13 it is pip's
     nvidia-cublas-cu12, which the bench steps then find on LD_LIBRARY_PATH."""
-    site, other = tmp_path / "site-packages", tmp_path / "elsewhere"
-    cublas = site / "nvidia" / "cublas" / "lib"
+    site, other = tmp_path / "site-packages" / "nvidia", tmp_path / "user" / "nvidia"
+    cublas = site / "cublas" / "lib"
     cublas.mkdir(parents=True)
     (cublas / "libcublas.so.12").touch()
-    (site / "nvidia" / "cu13" / "lib").mkdir(parents=True)
-    (site / "nvidia" / "cu13" / "lib" / "libcublas.so.13").touch()
-    other.mkdir()
-    paths = [str(other), str(site), str(site), str(tmp_path / "absent.zip")]
-    assert gpu_check.cuda12_cublas_folders(paths) == [str(cublas)]
+    (site / "cu13" / "lib").mkdir(parents=True)
+    (site / "cu13" / "lib" / "libcublas.so.13").touch()
+    other.mkdir(parents=True)
+    assert gpu_check.cuda12_cublas_folders([str(other), str(site), str(site)]) == [str(cublas)]
     assert gpu_check.cuda12_cublas_folders([str(other)]) == []
+    assert gpu_check.cuda12_cublas_folders([]) == []
