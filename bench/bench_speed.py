@@ -325,16 +325,16 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
     return translators, notes
 
 
-def working(fns: dict[str, Callable[[], None]], notes: list[str]) -> dict[str, Callable[[], None]]:
-    """The functions that run: each called once, and one that raises left out with its error in `notes`, so that one
-    engine's failure (a CTranslate2 wheel built for another CUDA version loads its libraries only when it first
-    computes; a compiler error) costs only its own row, not the others'."""
+def working(fns: dict[str, Callable[[], None]], row: str, notes: list[str]) -> dict[str, Callable[[], None]]:
+    """The functions that run: each called once, and one that raises left out of `row` with its error in `notes`, so
+    that one engine's failure (a CTranslate2 wheel built for another CUDA version loads its libraries only when it
+    first computes; a compiler error) costs only its own place in the row, not the others'."""
     kept = {}
     for name, fn in fns.items():
         try:
             fn()
         except Exception as error:  # noqa: BLE001
-            notes.append(f"no {name} row: {first_line(error)}")
+            notes.append(f"{row}: no {name} ({first_line(error)})")
             print(notes[-1], flush=True)
             continue
         kept[name] = fn
@@ -539,7 +539,7 @@ def main():
             for name in (name for name in models if name in args.compiled_models):
                 model = torch.compile(models[name], backend=args.compile_backend)
                 train_fns[f"{name}, compiled"] = training_step(model, name, train_batch, autocast, every_position=True)
-        train_fns = working(train_fns, record["notes"])
+        train_fns = working(train_fns, "train tokens/s", record["notes"])
         seconds = compare(train_fns, device, args.warmup, args.repeats)
         add_row("train tokens/s", {name: positions / s for name, s in seconds.items()})
         add_row("train real tokens/s", {name: real_tokens / s for name, s in seconds.items()})
@@ -589,7 +589,7 @@ def main():
             }
             for name, translator in translators.items():
                 gen_fns[name] = ctranslate2_call(translator, tokens, source, beams, shape.new_tokens)
-            gen_fns = working(gen_fns, record["notes"])
+            gen_fns = working(gen_fns, label, record["notes"])
             seconds = compare(gen_fns, device, args.warmup, args.repeats)
             add_row(label, {name: shape.gen_batch / s for name, s in seconds.items()})
         folder.cleanup()

@@ -92,9 +92,10 @@ def test_an_engine_that_raises_loses_only_its_own_row_and_is_named_with_its_erro
         raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
 
     notes = []
-    kept = bench_speed.working({"ours": runs, "ours, CT2 bfloat16": cannot_load, "marian": runs}, notes)
+    fns = {"ours": runs, "ours, CT2 bfloat16": cannot_load, "marian": runs}
+    kept = bench_speed.working(fns, "beam-4 sent/s", notes)
     assert list(kept) == ["ours", "marian"] and calls == ["runs", "runs"]
-    assert notes == ["no ours, CT2 bfloat16 row: Library libcublas.so.12 is not found or cannot be loaded"]
+    assert notes == ["beam-4 sent/s: no ours, CT2 bfloat16 (Library libcublas.so.12 is not found or cannot be loaded)"]
 
 
 def test_a_ctranslate2_model_that_does_not_load_is_named_and_the_others_kept(tmp_path, monkeypatch):
