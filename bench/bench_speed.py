@@ -57,6 +57,7 @@ from modeling_vanilla import (  # noqa: E402
 )
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 from vanilla_files import write_text_atomically  # noqa: E402
+from vanilla_translation import first_line  # noqa: E402
 
 PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
 # The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.
@@ -265,7 +266,7 @@ def compiled_decoding_check(model: nn.Module, compiled: nn.Module, source: dict,
     try:
         agreement = compiled_token_agreement(model, compiled, source, new_tokens)
     except Exception as error:  # noqa: BLE001
-        return None, f"no ours, compiled static rows: {first_line(error)}"
+        return None, f"no ours, compiled static rows ({first_line(error)})"
     note = "compiled static-cache decoding, float32: " + ", ".join(
         f"{share:.1%} of the sequences the dynamic cache's ({label})" for label, share in agreement.items()
     )
@@ -321,7 +322,7 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
                 path = convert(quantization)
                 translators[label] = translator(path, device.type, quantization, torch.get_num_threads())
             except Exception as error:  # noqa: BLE001 (the engine's own: a missing library, an unsupported type)
-                notes.append(f"no {label} rows: {first_line(error)}")
+                notes.append(f"no {label} rows ({first_line(error)})")
     return translators, notes
 
 
@@ -339,10 +340,6 @@ def working(fns: dict[str, Callable[[], None]], row: str, notes: list[str]) -> d
             continue
         kept[name] = fn
     return kept
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def ctranslate2_call(translator, tokens: list[str], source: dict, num_beams: int, new_tokens: int) -> Callable:

@@ -79,7 +79,7 @@ def test_the_compiled_decoding_check_times_only_a_decoder_that_emits_the_dynamic
     failing.forward = broken
     agreement, note = bench_speed.compiled_decoding_check(model, failing, source, shape.new_tokens)
     assert agreement is None
-    assert note == "no ours, compiled static rows: inductor: backend compiler failed"
+    assert note == "no ours, compiled static rows (inductor: backend compiler failed)"
 
 
 def test_an_engine_that_raises_loses_only_its_own_row_and_is_named_with_its_error():
@@ -114,7 +114,7 @@ def test_a_ctranslate2_model_that_does_not_load_is_named_and_the_others_kept(tmp
     translators, notes = bench_speed.ctranslate2_models(models, shape, str(tmp_path), cpu, ("float32", "int8"))
     assert list(translators) == ["ours, CT2 float32", "marian, CT2 float32", "ours, CT2 int8"]
     assert notes == [
-        "no marian, CT2 int8 rows: Requested int8 compute type, but the target device or backend do not support it"
+        "no marian, CT2 int8 rows (Requested int8 compute type, but the target device or backend do not support it)"
     ]
     source = tiny_source(shape)
     tokens = bench_speed.bench_tokens(shape.vocab_size)
