@@ -21,12 +21,12 @@ from bench_speed import (  # the script's folder is on the path
     SHAPES,
     alternated_times,
     autocast_context,
+    bench_inputs,
     bench_tokens,
     build_marian,
     build_ours,
     ctranslate2_call,
     ctranslate2_models,
-    random_batch,
     training_step,
 )
 
@@ -53,20 +53,12 @@ def main():
         torch.set_num_threads(args.threads)
 
     shape = SHAPES[args.shape]
-    generator = torch.Generator().manual_seed(0)  # bench_speed.py's draws, in its order
-    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    gen_ids, gen_mask = random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
+    batch, source = bench_inputs(shape)  # bench_speed.py's inputs
     torch.manual_seed(0)
     models = {"ours": build_ours(shape), "marian": build_marian(shape)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.shape} shape, {args.rounds} rounds")
 
     if args.what == "train":
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels.masked_fill(label_mask == 0, -100),
-        }
         autocast = autocast_context(CPU, args.bf16)
         if args.bf16:
             for model in models.values():
@@ -88,12 +80,11 @@ def main():
         print(f"  every position / marian: {ratio_spread(marian, every)}")
         return
 
-    source = {"input_ids": gen_ids, "attention_mask": gen_mask}
     tokens = bench_tokens(shape.vocab_size)
     with tempfile.TemporaryDirectory() as folder:
         for model in models.values():
             model.eval()
-        translators = ctranslate2_models(models, shape, folder, CPU, ("float32", "int8"))
+        translators, _ = ctranslate2_models(models, shape, folder, CPU, ("float32", "int8"))
         for quantization in ("float32", "int8"):
             for num_beams in (4, 1):
                 fns = {

@@ -27,18 +27,11 @@ def child(model: str, precision: str, allocator: str, steps: int) -> None:
         libc.mallopt(M_MMAP_MAX, 0)
         libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     import torch
-    from bench_speed import SHAPES, autocast_context, build_marian, build_ours, random_batch, training_step
+    from bench_speed import SHAPES, autocast_context, bench_inputs, build_marian, build_ours, training_step
 
     torch.set_num_threads(2)
     shape = SHAPES["small"]
-    generator = torch.Generator().manual_seed(0)
-    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels.masked_fill(label_mask == 0, -100),
-    }
+    batch, _ = bench_inputs(shape)
     torch.manual_seed(0)
     network = (build_ours if model == "ours" else build_marian)(shape).train()
     if precision == "bf16":

@@ -176,6 +176,22 @@ def random_batch(batch: int, length: int, vocab_size: int, generator: torch.Gene
     return ids, mask
 
 
+def bench_inputs(shape: Shape, device: torch.device | str = "cpu") -> tuple[dict, dict]:
+    """The training batch (labels -100 at the padding) and the decoding sources, drawn from seed 0 in this order:
+    every bench script times the same inputs."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
+    gen_ids, gen_mask = random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels.masked_fill(label_mask == 0, -100),
+    }
+    source = {"input_ids": gen_ids, "attention_mask": gen_mask}
+    return ({name: tensor.to(device) for name, tensor in inputs.items()} for inputs in (batch, source))
+
+
 def training_step(
     model: nn.Module, kind: str, batch: dict, autocast: Callable, every_position: bool = False
 ) -> Callable[[], None]:
@@ -471,16 +487,7 @@ def main():
     compiled = (device.type == "cuda" or args.compile) and not args.no_compile
     autocast = autocast_context(device, bf16)
 
-    generator = torch.Generator().manual_seed(0)
-    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    train_batch = {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "labels": labels.masked_fill(label_mask == 0, -100).to(device),
-    }
-    gen_ids, gen_mask = random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
-    source = {"input_ids": gen_ids.to(device), "attention_mask": gen_mask.to(device)}
+    train_batch, source = bench_inputs(shape, device)
 
     torch.manual_seed(0)
     models = {"ours": build_ours(shape).to(device), "marian": build_marian(shape).to(device)}
@@ -520,7 +527,7 @@ def main():
 
     if not args.skip_training:
         positions = shape.train_batch * 2 * shape.train_len  # source + target, padding included
-        real_tokens = int(attention_mask.sum() + label_mask.sum())  # what train.py's real tokens/s counts
+        real_tokens = int(train_batch["attention_mask"].sum() + train_batch["labels"].ne(-100).sum())  # train.py's
         train_fns = {name: training_step(model.train(), name, train_batch, autocast) for name, model in models.items()}
         if cpu_bf16:  # what train.py --bf16 does on a CPU: bf16 autocast, float32 weights, eager attention
             for name in ("ours", "marian"):  # both models on the same kernels: SDPA's bf16 backward is slow on CPUs

@@ -11,10 +11,10 @@ import torch
 from bench_speed import (  # the script's folder is on the path
     SHAPES,
     autocast_context,
+    bench_inputs,
     build_marian,
     build_ours,
     generation_call,
-    random_batch,
     training_step,
 )
 from torch.profiler import ProfilerActivity, profile
@@ -42,15 +42,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     shape = SHAPES["small"]
-    generator = torch.Generator().manual_seed(0)
-    input_ids, attention_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    labels, label_mask = random_batch(shape.train_batch, shape.train_len, shape.vocab_size, generator)
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels.masked_fill(label_mask == 0, -100),
-    }
-    gen_ids, gen_mask = random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
+    batch, source = bench_inputs(shape)
 
     torch.manual_seed(0)
     model = (build_ours if args.model == "ours" else build_marian)(shape)
@@ -59,7 +51,6 @@ def main():
     if args.skip_generation:
         return
     model.eval()
-    source = {"input_ids": gen_ids, "attention_mask": gen_mask}
     show(
         "beam-4 generation",
         generation_call(model, source, 4, shape.new_tokens, autocast),

@@ -37,6 +37,22 @@ def test_the_training_ab_times_ours_with_and_without_the_mask_and_marian_and_pri
         assert float(low) <= float(median) <= float(high)
 
 
+def test_the_ctranslate2_ab_times_both_conversions_at_both_precisions_and_beam_widths():
+    script = ROOT / "bench" / "ab_speed.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "ctranslate2", "--shape", "tiny", "--rounds", "2"],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(
+        r"^beam (\d), (float32|int8): ours [\d.]+ ms, marian [\d.]+ ms; marian's time / ours: ", result.stdout, re.M
+    )
+    assert sorted(rows) == sorted((beams, quantization) for beams in "14" for quantization in ("float32", "int8"))
+
+
 def tiny_source(shape: bench_speed.Shape) -> dict:
     generator = torch.Generator().manual_seed(0)
     input_ids, attention_mask = bench_speed.random_batch(shape.gen_batch, shape.gen_len, shape.vocab_size, generator)
