@@ -14,20 +14,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 import bench_speed  # noqa: E402
 
 
-def test_the_training_ab_times_ours_with_and_without_the_mask_and_marian_and_prints_their_ratios():
-    script = ROOT / "bench" / "ab_speed.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "train", "--shape", "tiny", "--rounds", "4"],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=300,
-    )
+def run_ab(what: str, rounds: int) -> str:
+    """bench/ab_speed.py at the tiny shape: its output, once it has exited cleanly."""
+    command = [sys.executable, str(ROOT / "bench" / "ab_speed.py"), what, "--shape", "tiny", "--rounds", str(rounds)]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=300)
     assert result.returncode == 0, result.stderr
-    rates = dict(re.findall(r"^  (ours, every position|ours, labelled only|marian): ([\d,]+)$", result.stdout, re.M))
+    return result.stdout
+
+
+def test_the_training_ab_times_ours_with_and_without_the_mask_and_marian_and_prints_their_ratios():
+    stdout = run_ab("train", 4)
+    rates = dict(re.findall(r"^  (ours, every position|ours, labelled only|marian): ([\d,]+)$", stdout, re.M))
     assert set(rates) == {"ours, every position", "ours, labelled only", "marian"}
     assert all(int(rate.replace(",", "")) > 0 for rate in rates.values())
-    ratios = re.findall(r"^  (.+ / .+): (\d+\.\d+)x \((\d+\.\d+)-(\d+\.\d+)x\)$", result.stdout, re.M)
+    ratios = re.findall(r"^  (.+ / .+): (\d+\.\d+)x \((\d+\.\d+)-(\d+\.\d+)x\)$", stdout, re.M)
     assert [name for name, *_ in ratios] == [
         "labelled only / every position",
         "labelled only / marian",
@@ -38,17 +38,9 @@ def test_the_training_ab_times_ours_with_and_without_the_mask_and_marian_and_pri
 
 
 def test_the_ctranslate2_ab_times_both_conversions_at_both_precisions_and_beam_widths():
-    script = ROOT / "bench" / "ab_speed.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "ctranslate2", "--shape", "tiny", "--rounds", "2"],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    stdout = run_ab("ctranslate2", 2)
     rows = re.findall(
-        r"^beam (\d), (float32|int8): ours [\d.]+ ms, marian [\d.]+ ms; marian's time / ours: ", result.stdout, re.M
+        r"^beam (\d), (float32|int8): ours [\d.]+ ms, marian [\d.]+ ms; marian's time / ours: ", stdout, re.M
     )
     assert sorted(rows) == sorted((beams, quantization) for beams in "14" for quantization in ("float32", "int8"))
 
