@@ -2,6 +2,8 @@
 of bench_speed.py that keep one engine's failure from costing the other engines' rows."""
 
 import copy
+import json
+import os
 import re
 import subprocess
 import sys
@@ -128,3 +130,46 @@ def test_a_ctranslate2_model_that_does_not_load_is_named_and_the_others_kept(tmp
     tokens = bench_speed.bench_tokens(shape.vocab_size)
     for kept in translators.values():  # the kept ones decode
         bench_speed.ctranslate2_call(kept, tokens, source, 4, shape.new_tokens)()
+
+
+SITECUSTOMIZE = """
+import vanilla_ctranslate2
+
+build = vanilla_ctranslate2.translator
+
+
+class NoCublas:
+    def __init__(self, translator):
+        self.num_translators = translator.num_translators
+
+    def translate_batch(self, *args, **kwargs):
+        raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+
+def translator(path, device, compute_type, threads):
+    made = build(path, device, compute_type, threads)
+    return NoCublas(made) if "marian-int8" in str(path) else made
+
+
+vanilla_ctranslate2.translator = translator
+"""
+
+
+def test_bench_speed_leaves_out_an_engine_that_fails_at_its_first_batch_and_times_the_others(tmp_path):
+    """bench_speed.py end to end, decoding, with Marian's int8 CTranslate2 model failing as a wheel without its CUDA
+    libraries does: both rows are timed without it, and the notes say which engine is missing from which row."""
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    rows = tmp_path / "rows.json"
+    command = [sys.executable, str(ROOT / "bench" / "bench_speed.py"), "--shape", "tiny", "--threads", "1"]
+    command += ["--repeats", "1", "--warmup", "1", "--skip-training", "--no-bf16", "--json", str(rows)]
+    env = environment(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{ROOT}")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(rows.read_text())
+    assert list(record["rows"]) == ["beam-4 sent/s", "greedy sent/s"]
+    for values in record["rows"].values():
+        assert set(values) == {"ours", "marian", "ours, CT2 float32", "marian, CT2 float32", "ours, CT2 int8"}
+        assert all(value > 0 for value in values.values())
+    error = "(Library libcublas.so.12 is not found or cannot be loaded)"
+    assert record["notes"] == [f"{row}: no marian, CT2 int8 {error}" for row in ("beam-4 sent/s", "greedy sent/s")]
