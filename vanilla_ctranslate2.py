@@ -341,7 +341,7 @@ def check_gpu_libraries(model: CTranslate2Model, version: str) -> None:
     runtime in but loads cuBLAS 12 by name only when it first computes, and a torch built for CUDA 13 brings
     cuBLAS 13 alone: eval.py says so before its first batch, not in a traceback."""
     try:
-        model.generate_ids([[model.generation_config.eos_token_id]], 1, 1.0, 1)
+        model.generate_ids([[0]], 1, 1.0, 1)  # any one token: the first of the vocabulary
     except RuntimeError as error:
         raise UsageError(
             f"CTranslate2 {version} sees a GPU but cannot compute on it ({str(error).strip()}); its wheel needs "
