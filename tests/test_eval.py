@@ -730,7 +730,7 @@ def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_err
         def translate_batch(self, *args, **kwargs):
             raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
 
-    devices = []
+    devices, build = [], vanilla_ctranslate2.translator
     monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
     monkeypatch.setattr(ctranslate2, "get_supported_compute_types", lambda device: {"float32", "int8"})
     monkeypatch.setattr(
@@ -742,6 +742,11 @@ def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_err
     message = str(raised.value)
     assert message.startswith(f"CTranslate2 {ctranslate2.__version__} sees a GPU but cannot compute on it (Library ")
     assert "pip install nvidia-cublas-cu12" in message and "CUDA_VISIBLE_DEVICES=" in message
+
+    # Where the engine computes, the probe is a valid decoding call and the model loads (a CPU translator stands in).
+    monkeypatch.setattr(vanilla_ctranslate2, "translator", lambda path, device, *args: build(path, "cpu", *args))
+    model, _ = vanilla_ctranslate2.load(str(trained_run), "float32")
+    assert model.device == "cpu"
 
 
 @pytest.mark.slow
