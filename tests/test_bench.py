@@ -70,16 +70,16 @@ def test_the_compiled_decoding_check_times_only_a_decoder_that_emits_the_dynamic
     torch.manual_seed(0)
     model = bench_speed.build_ours(shape).eval()
     source = tiny_source(shape)
-    agreement, note = bench_speed.compiled_decoding_check(model, copy.deepcopy(model), source, shape.new_tokens)
-    assert agreement == {"greedy": 1.0, "beam 4": 1.0}
+    agreement, note, timed = bench_speed.compiled_decoding_check(model, copy.deepcopy(model), source, shape.new_tokens)
+    assert agreement == {"greedy": 1.0, "beam 4": 1.0} and timed
     assert note.startswith("compiled static-cache decoding, float32: 100.0% of the sequences") and "not" not in note
 
     wrong = copy.deepcopy(model)  # a decoder that gets its keys and values wrong: every output differs
     with torch.no_grad():
         for layer in wrong.model.decoder.layers:
             layer.self_attn.qkv_proj.weight.mul_(-3.0)
-    agreement, note = bench_speed.compiled_decoding_check(model, wrong, source, shape.new_tokens)
-    assert min(agreement.values()) < bench_speed.MIN_TOKEN_AGREEMENT
+    agreement, note, timed = bench_speed.compiled_decoding_check(model, wrong, source, shape.new_tokens)
+    assert min(agreement.values()) < bench_speed.MIN_TOKEN_AGREEMENT and not timed
     assert note.endswith("below 90%: wrong, not rounded differently, so not timed")
 
     def broken(*args, **kwargs):
@@ -87,8 +87,8 @@ def test_the_compiled_decoding_check_times_only_a_decoder_that_emits_the_dynamic
 
     failing = copy.deepcopy(model)
     failing.forward = broken
-    agreement, note = bench_speed.compiled_decoding_check(model, failing, source, shape.new_tokens)
-    assert agreement is None
+    agreement, note, timed = bench_speed.compiled_decoding_check(model, failing, source, shape.new_tokens)
+    assert agreement is None and not timed
     assert note == "no ours, compiled static rows (inductor: backend compiler failed)"
 
 
