@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticLayer
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -510,11 +510,19 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
 
         The cross-attention keys/values are left alone: generate() repeats every source sentence once per beam and
         beams only move within their sentence, so reordering them would copy identical rows (a gather per layer
-        and step, paid by the default `EncoderDecoderCache.reorder_cache`)."""
-        if isinstance(cache, EncoderDecoderCache):
-            cache.self_attention_cache.reorder_cache(beam_idx)
-        else:
-            cache.reorder_cache(beam_idx)
+        and step, paid by the default `EncoderDecoderCache.reorder_cache`).
+
+        A static cache's buffers are reordered in place: they keep the addresses that a compiled decoding step (and
+        the CUDA graphs it replays) was built on, and no check of their filled length reads the device each step."""
+        decoder_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        for layer in decoder_cache.layers:
+            if isinstance(layer, StaticLayer):
+                if layer.is_initialized:
+                    beam_idx = beam_idx.to(layer.keys.device)
+                    layer.keys.copy_(layer.keys.index_select(0, beam_idx))
+                    layer.values.copy_(layer.values.index_select(0, beam_idx))
+            else:
+                layer.reorder_cache(beam_idx)
         return cache
 
     @can_return_tuple

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_models import tiny_config
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.cache_utils import EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
@@ -351,6 +352,42 @@ def test_static_cache_gives_the_tokens_of_the_dynamic_cache(num_beams):
     static = model.generate(**settings, cache_implementation="static")
     assert static.shape[1] == 13
     assert torch.equal(static, dynamic)
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's value back to the host (`item()`, `bool()`): each waits for a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def test_beam_search_reorders_a_static_cache_in_place_without_reading_the_device():
+    """The self-attention buffers move to the chosen beams' rows and keep their addresses (a compiled step's CUDA
+    graphs read them there); the cross-attention cache, the same for every beam of a sentence, is left as it is."""
+    model = model_for()
+    ids, mask = source_batch()
+    cache = EncoderDecoderCache(
+        StaticCache(config=model.config, max_cache_len=8), StaticCache(config=model.config, max_cache_len=9)
+    )
+    model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :2], cache=cache)
+    layers = cache.self_attention_cache.layers + cache.cross_attention_cache.layers
+    before = [(layer.keys.clone(), layer.values.clone(), layer.keys.data_ptr()) for layer in layers]
+    beam_idx = torch.tensor([2, 0, 0])
+    reads = DeviceReads()
+    with reads:
+        assert model._reorder_cache(cache, beam_idx) is cache
+    assert reads.count == 0
+    for index, (layer, (keys, values, address)) in enumerate(zip(layers, before, strict=True)):
+        moved = index < len(cache.self_attention_cache.layers)
+        assert layer.keys.data_ptr() == address
+        torch.testing.assert_close(layer.keys, keys[beam_idx] if moved else keys, rtol=0, atol=0)
+        torch.testing.assert_close(layer.values, values[beam_idx] if moved else values, rtol=0, atol=0)
 
 
 @pytest.mark.slow
