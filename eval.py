@@ -56,6 +56,8 @@ class EvalArguments:
         quantization: CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ...
         dtype: transformers engine: run the model in this dtype (default: as saved).
         compile: transformers engine: decode with a static cache and torch.compile.
+        compile_mode: --compile's torch.compile mode (default: reduce-overhead, transformers' own for generate(): on a
+            GPU each decoding step replays as CUDA graphs; `default` compiles without them).
     """
 
     model: str
@@ -75,6 +77,7 @@ class EvalArguments:
     quantization: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
 
     def __post_init__(self):
         for name in ("num_beams", "batch_size"):
@@ -82,6 +85,10 @@ class EvalArguments:
                 raise UsageError(f"--{name} ({getattr(self, name)}) must be at least 1")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
+        if self.compile_mode is not None and not self.compile:
+            raise UsageError(f"--compile_mode {self.compile_mode} applies to --compile; pass both")
+        if self.compile and self.compile_mode is None:
+            self.compile_mode = "reduce-overhead"
 
 
 def check_engine_arguments(args: EvalArguments) -> None:
@@ -167,6 +174,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
             "batch_size": args.batch_size,
             "max_source_length": data.max_source_length,
             "compile": args.compile,
+            "compile_mode": args.compile_mode,
         },
         "engine": args.engine,
         "quantization": model.quantization if args.engine == "ctranslate2" else None,

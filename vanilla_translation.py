@@ -83,7 +83,7 @@ def load_translation_model(args: "EvalArguments"):
     else:
         model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
         if args.compile:
-            compile_for_decoding(model)
+            compile_for_decoding(model, args.compile_mode)
     take_decoding_defaults(args, model.generation_config)
     return model, tokenizer
 
@@ -95,14 +95,16 @@ def take_decoding_defaults(args: "EvalArguments", generation_config) -> None:
             setattr(args, name, getattr(generation_config, name))
 
 
-def compile_for_decoding(model: "PreTrainedModel") -> None:
+def compile_for_decoding(model: "PreTrainedModel", mode: str = "reduce-overhead") -> None:
     """--compile: torch.compile the forward that every decoding step calls (with COMPILED_DECODING's static cache).
 
     Compiled here rather than by generate()'s auto-compilation, which transformers applies to greedy search and
-    sampling but not to beam search."""
+    sampling but not to beam search; `mode` as there, where reduce-overhead is the default: on a GPU each step is
+    replayed as CUDA graphs, one launch instead of one per kernel (beam search keeps the static cache's buffers in
+    place for that, `_reorder_cache`)."""
     import torch
 
-    model.forward = torch.compile(model.forward)
+    model.forward = torch.compile(model.forward, mode=mode)
 
 
 # generate() arguments for --compile: fixed-size key/value buffers, so each step has the same shapes.

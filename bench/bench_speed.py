@@ -6,7 +6,8 @@ Trainer does: our model projects only the labelled positions onto the vocabulary
 `logits_to_keep`; MarianMTModel has no such argument), and the optimizer is fused AdamW, Trainer's default.
 
 Decoding rows add both models converted to CTranslate2 (ours with vanilla_ctranslate2's spec, Marian with
-ctranslate2's own TransformersConverter), our model in bf16 on CPU, and on CUDA our compiled static-cache decoding.
+ctranslate2's own TransformersConverter), our model in bf16 on CPU, and our compiled static-cache decoding (on CUDA by
+default; eval.py --compile's mode, reduce-overhead: CUDA graphs, or default where those fail).
 
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
@@ -292,6 +293,27 @@ def compiled_decoding_check(model: nn.Module, compiled: nn.Module, source: dict,
     return agreement, note, timed
 
 
+def compiled_static_decoder(
+    model: nn.Module, source: dict, new_tokens: int, autocast: Callable, backend: str, modes: list[str | None]
+) -> tuple:
+    """eval.py --compile's decoding of `model` (static cache, the forward compiled) in the first of `modes` that
+    passes compiled_decoding_check and decodes under the timed rows' autocast: on a GPU reduce-overhead (CUDA graphs,
+    eval.py's default), then default (no CUDA graphs) should that fail. (the compiled model or None, the mode, its
+    agreement, notes)."""
+    agreement, notes = None, []
+    for mode in modes:
+        static = copy.deepcopy(model)
+        static.forward = torch.compile(static.forward, backend=backend, **({"mode": mode} if mode else {}))
+        agreement, note, timed = compiled_decoding_check(model, static, source, new_tokens)
+        notes.append(f"mode {mode}: {note}" if mode else note)
+        print(notes[-1], flush=True)
+        if timed:
+            call = generation_call(static, source, 4, new_tokens, autocast, cache_implementation="static")
+            if working({"ours, compiled static": call}, f"beam-4 sent/s, mode {mode}", notes):
+                return static, mode, agreement, notes
+    return None, None, agreement, notes
+
+
 def bench_tokens(vocab_size: int) -> list[str]:
     """Token strings for CTranslate2, which speaks tokens, not ids: the special ones, then placeholders."""
     return ["<pad>", "<s>", "</s>", *(f"<t{index}>" for index in range(3, vocab_size))]
@@ -564,15 +586,20 @@ def main():
         if cpu_bf16:  # eval.py --dtype bfloat16: the weights in bf16 (AVX-512 BF16 / AMX where present)
             decoders["ours, bf16"] = (copy.deepcopy(models["ours"]).to(torch.bfloat16), contextlib.nullcontext, {})
         if compiled:  # eval.py --compile: static cache, the decoding forward compiled
-            static = copy.deepcopy(models["ours"])
-            static.forward = torch.compile(static.forward, backend=args.compile_backend)
-            decoders["ours, compiled static"] = (static, autocast, {"cache_implementation": "static"})
-            agreement, note, timed = compiled_decoding_check(models["ours"], static, source, shape.new_tokens)
-            if not timed:
-                del decoders["ours, compiled static"]
+            modes = ["reduce-overhead", "default"] if device.type == "cuda" else ["reduce-overhead"]
+            static, mode, agreement, notes = compiled_static_decoder(
+                models["ours"],
+                source,
+                shape.new_tokens,
+                autocast,
+                args.compile_backend,
+                modes if args.compile_backend == "inductor" else [None],  # modes are inductor's
+            )
+            if static is not None:
+                decoders["ours, compiled static"] = (static, autocast, {"cache_implementation": "static"})
             record["compiled_token_agreement"] = agreement
-            record["notes"].append(note)
-            print(note, flush=True)
+            record["compiled_mode"] = mode
+            record["notes"] += notes
         translators = {}
         folder = tempfile.TemporaryDirectory()
         if not args.no_ctranslate2:

@@ -92,6 +92,52 @@ def test_the_compiled_decoding_check_times_only_a_decoder_that_emits_the_dynamic
     assert note == "no ours, compiled static rows (inductor: backend compiler failed)"
 
 
+def test_compiled_decoding_falls_back_to_the_next_mode_where_one_fails(monkeypatch):
+    """On a GPU eval.py --compile's mode (reduce-overhead: CUDA graphs) is timed, or where its decoding fails,
+    default's; where every mode fails there is no compiled row, and the notes say why."""
+    shape = bench_speed.SHAPES["tiny"]
+    torch.manual_seed(0)
+    model = bench_speed.build_ours(shape).eval()
+    source = tiny_source(shape)
+    compiled_modes = []
+
+    def compile_failing_in(failing: set):
+        def compile(forward, backend, mode=None):
+            compiled_modes.append(mode)
+            if mode not in failing:
+                return forward
+
+            def graphs_fail(*args, **kwargs):
+                raise RuntimeError(f"{mode}: CUDA graphs cannot record this step\nTraceback ...")
+
+            return graphs_fail
+
+        return compile
+
+    modes = ["reduce-overhead", "default"]
+    autocast = bench_speed.autocast_context(torch.device("cpu"), False)
+    monkeypatch.setattr(torch, "compile", compile_failing_in({"reduce-overhead"}))
+    static, mode, agreement, notes = bench_speed.compiled_static_decoder(
+        model, source, shape.new_tokens, autocast, "inductor", modes
+    )
+    assert compiled_modes == modes and mode == "default" and static is not None
+    assert agreement == {"greedy": 1.0, "beam 4": 1.0}
+    assert notes[0] == (
+        "mode reduce-overhead: no ours, compiled static rows (reduce-overhead: CUDA graphs cannot record this step)"
+    )
+    assert notes[1].startswith("mode default: compiled static-cache decoding, float32: 100.0% of the sequences")
+
+    compiled_modes.clear()
+    monkeypatch.setattr(torch, "compile", compile_failing_in(set(modes)))
+    static, mode, agreement, notes = bench_speed.compiled_static_decoder(
+        model, source, shape.new_tokens, autocast, "inductor", modes
+    )
+    assert compiled_modes == modes and (static, mode, agreement) == (None, None, None)
+    assert notes == [
+        f"mode {mode}: no ours, compiled static rows ({mode}: CUDA graphs cannot record this step)" for mode in modes
+    ]
+
+
 def test_an_engine_that_raises_loses_only_its_own_row_and_is_named_with_its_error():
     calls = []
 

@@ -608,13 +608,16 @@ def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(trained_ru
     assert "checkpoint-6" in capsys.readouterr().err
 
 
-def evaluate_with(trained_run: Path, test_file: Path, output: Path, *args: str) -> tuple[list[str], dict]:
+def evaluate_with(
+    trained_run: Path, test_file: Path, output: Path, *args: str, env: dict | None = None
+) -> tuple[list[str], dict]:
     """eval.py on the test file with extra flags: the hypotheses and the report."""
     result = run_cli(
         "eval.py",
         *("--model", str(trained_run), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
         *("--max_length_offset", str(OFFSET), "--predictions_file", str(output / "hypotheses.txt")),
         *("--results_file", str(output / "report.json"), *args),
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return (output / "hypotheses.txt").read_text().splitlines(), json.loads((output / "report.json").read_text())
@@ -706,6 +709,28 @@ def test_bfloat16_decoding_is_recorded_and_translates(trained_run, test_file, tm
 
 
 @pytest.mark.slow
+def test_compiled_decoding_gives_the_hypotheses_of_generate_and_records_its_mode(trained_run, test_file, tmp_path):
+    """--compile: a static cache and the decoding forward under torch.compile in --compile_mode (reduce-overhead,
+    transformers' own, by default). Dynamo traces it here without generating code (backend eager): code generation
+    alone takes a minute on two cores, and its output is inductor's, not this project's."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import torch\n"
+        "compile = torch.compile\n"
+        "def traced(*args, mode=None, **kwargs):\n"
+        "    with open(__file__ + '.modes', 'a') as modes:\n"
+        "        modes.write(f'{mode}\\n')\n"
+        "    return compile(*args, backend='eager', **kwargs)\n"
+        "torch.compile = traced\n"
+    )
+    env = environment(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    expected, _ = evaluate_with(trained_run, test_file, tmp_path)
+    hypotheses, report = evaluate_with(trained_run, test_file, tmp_path, "--compile", env=env)
+    assert hypotheses == expected
+    assert (report["decoding"]["compile"], report["decoding"]["compile_mode"]) == (True, "reduce-overhead")
+    assert (tmp_path / "sitecustomize.py.modes").read_text() == "reduce-overhead\n"
+
+
+@pytest.mark.slow
 def test_ctranslate2_missing_is_a_usage_error_naming_the_install(trained_run, tmp_path):
     # A ctranslate2 that fails to import, first on the path, stands in for a machine without the package.
     (tmp_path / "ctranslate2").mkdir()
@@ -755,10 +780,17 @@ def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_err
     [
         (("--quantization", "int8"), "--quantization applies to --engine ctranslate2"),
         (("--engine", "ctranslate2", "--dtype", "bfloat16"), "--dtype and --compile apply to --engine transformers"),
+        (("--compile_mode", "default"), "--compile_mode default applies to --compile"),
         (("--engine", "ctranslate2", "--quantization", "int3"), "--quantization 'int3' must be one of"),
         (("--engine", "ctranslate2", "--quantization", "float16"), "CTranslate2 on cpu supports"),
     ],
-    ids=["quantization-without-ctranslate2", "dtype-with-ctranslate2", "unknown-quantization", "unsupported-on-cpu"],
+    ids=[
+        "quantization-without-ctranslate2",
+        "dtype-with-ctranslate2",
+        "compile-mode-without-compile",
+        "unknown-quantization",
+        "unsupported-on-cpu",
+    ],
 )
 def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, fragment):
     result = run_cli(
