@@ -58,7 +58,7 @@ from modeling_vanilla import (  # noqa: E402
 )
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 from vanilla_files import write_text_atomically  # noqa: E402
-from vanilla_translation import first_line  # noqa: E402
+from vanilla_translation import COMPILED_DECODING, first_line  # noqa: E402
 
 PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
 # The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.
@@ -230,7 +230,7 @@ def training_step(
 
 
 def generation_call(
-    model: nn.Module, source: dict, num_beams: int, new_tokens: int, autocast: Callable, **generate_arguments
+    model: nn.Module, source: dict, num_beams: int, new_tokens: int, autocast: Callable, **generation_settings
 ):
     config = GenerationConfig(
         num_beams=num_beams,
@@ -241,11 +241,12 @@ def generation_call(
         early_stopping=False,
         use_cache=True,
         **SPECIAL_IDS,
+        **generation_settings,
     )
 
     def call():
         with torch.no_grad(), autocast():
-            out = model.generate(**source, generation_config=config, **generate_arguments)
+            out = model.generate(**source, generation_config=config)
         assert out.shape[1] == new_tokens + 1, f"expected {new_tokens} new tokens, got {out.shape[1] - 1}"
 
     return call
@@ -272,7 +273,7 @@ def compiled_token_agreement(model: nn.Module, compiled: nn.Module, source: dict
         arguments = {"num_beams": num_beams, "max_new_tokens": new_tokens, "do_sample": False}
         with torch.no_grad():
             expected = model.generate(**source, **arguments)
-            output = compiled.generate(**source, **arguments, cache_implementation="static")
+            output = compiled.generate(**source, **arguments, **COMPILED_DECODING)
         agreement[label] = sequence_agreement(expected, output)
     return agreement
 
@@ -308,7 +309,7 @@ def compiled_static_decoder(
         notes.append(f"mode {mode}: {note}" if mode else note)
         print(notes[-1], flush=True)
         if timed:
-            call = generation_call(static, source, 4, new_tokens, autocast, cache_implementation="static")
+            call = generation_call(static, source, 4, new_tokens, autocast, **COMPILED_DECODING)
             if working({"ours, compiled static": call}, f"beam-4 sent/s, mode {mode}", notes):
                 return static, mode, agreement, notes
     return None, None, agreement, notes
@@ -596,7 +597,7 @@ def main():
                 modes if args.compile_backend == "inductor" else [None],  # modes are inductor's
             )
             if static is not None:
-                decoders["ours, compiled static"] = (static, autocast, {"cache_implementation": "static"})
+                decoders["ours, compiled static"] = (static, autocast, COMPILED_DECODING)
             record["compiled_token_agreement"] = agreement
             record["compiled_mode"] = mode
             record["notes"] += notes
