@@ -33,7 +33,7 @@ from vanilla_output_dir import (
     saved_from,
 )
 from vanilla_time_budget import time_budget_callbacks
-from vanilla_tokenizer import build_tokenizer, tokenize, tokenizer_texts
+from vanilla_tokenizer import build_tokenizer, tokenize_once_per_machine, tokenizer_texts
 from vanilla_train_arguments import (
     ModelArguments,
     TrainingArguments,
@@ -116,7 +116,7 @@ def train_and_save(
         # reading and sending out slices, cannot stack batches padded to different lengths.
         args.accelerator_config.dispatch_batches = False
 
-    tokenized = tokenize(raw, tokenizer, data_args, args.length_column_name, args.preprocessing_num_workers)
+    tokenized = tokenize_once_per_machine(raw, tokenizer, data_args, args)
     before = loss_before(checkpoint)
     trainer = VanillaTrainer(
         model=model,

@@ -49,8 +49,10 @@ TINY = ["--preset", "tiny", "--d_model", "16", "--num_heads", "2", "--d_ff", "32
 QUICK = ["--per_device_train_batch_size", "4", "--warmup_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true"]
 
 
-def run_train(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
-    return run_cli("train.py", *args, launcher=launcher)
+def run_train(
+    *args: str, launcher: tuple[str, ...] = (sys.executable,), env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return run_cli("train.py", *args, launcher=launcher, env=env)
 
 
 def write_jsonl(path: Path, numbers: range, source: str = "en", target: str = "de") -> Path:
@@ -197,9 +199,16 @@ def run_record(output_dir: Path) -> tuple[int, float, float]:
 
 @pytest.mark.multiprocess
 def test_torchrun_on_cpus_trains_data_parallel_like_one_process_at_twice_the_batch(tmp_path):
-    result = run_train(*data_parallel_args(tmp_path, 4, "ddp"), launcher=torchrun())
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    result = run_train(
+        *data_parallel_args(tmp_path, 4, "ddp"), launcher=torchrun(), env=environment(TMPDIR=str(temporary))
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no GPU: 2 processes train data-parallel (DDP) on the CPUs with the gloo backend" in result.stdout
+    # One process tokenized the corpus and the other read its files, which are gone with the run.
+    assert result.stderr.count("Tokenizing:   0%") == 1, result.stderr[-3000:]
+    assert list(temporary.glob("vanilla-tokenized-*")) == []
     assert result.stdout.count("model saved to") == 1
     assert "find_unused_parameters" not in result.stderr  # every parameter is used: DDP need not look for others
     single = run_train(*data_parallel_args(tmp_path, 8, "single"))
