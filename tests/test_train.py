@@ -726,3 +726,39 @@ def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss
     projected.clear()
     trainer.compute_loss(model, dict(batch))
     assert projected == [batch["labels"].numel()]
+
+
+def test_training_counts_the_floating_point_operations_as_trainer_does_counting_the_parameters_once(tmp_path):
+    texts = [num2words(n, lang=lang) for n in range(1, 200) for lang in ("en", "de")]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=60)
+    pairs = [(num2words(n), num2words(n, lang="de")) for n in range(1, 13)]
+    rows = [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(t)["input_ids"]} for s, t in pairs]
+    config = VanillaConfig(
+        vocab_size=len(tokenizer), d_model=16, num_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1
+    )
+    model = VanillaForConditionalGeneration(config)
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    args = Seq2SeqTrainingArguments(
+        tmp_path,
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        train_sampling_strategy="sequential",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = VanillaTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=collator,
+    )
+    counts = []
+    count = model.num_parameters
+    model.num_parameters = lambda **kwargs: counts.append(kwargs) or count(**kwargs)
+    trainer.train()
+    assert trainer.state.global_step == 3 and counts == [{"exclude_embeddings": True}]
+    # Trainer's estimate: 6 x the source tokens of each batch x the parameters outside the embeddings.
+    source_tokens = sum(collator(rows[start : start + 4])["input_ids"].numel() for start in range(0, 12, 4))
+    assert trainer.state.total_flos == 6 * source_tokens * count(exclude_embeddings=True)
