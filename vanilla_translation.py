@@ -95,16 +95,27 @@ def take_decoding_defaults(args: "EvalArguments", generation_config) -> None:
             setattr(args, name, getattr(generation_config, name))
 
 
-def compile_for_decoding(model: "PreTrainedModel", mode: str = "reduce-overhead") -> None:
+def compile_for_decoding(model: "PreTrainedModel", mode: str = "reduce-overhead", backend: str = "inductor") -> None:
     """--compile: torch.compile the forward that every decoding step calls (with COMPILED_DECODING's static cache).
 
     Compiled here rather than by generate()'s auto-compilation, which transformers applies to greedy search and
     sampling but not to beam search; `mode` as there, where reduce-overhead is the default: on a GPU each step is
-    replayed as CUDA graphs, one launch instead of one per kernel (beam search keeps the static cache's buffers in
-    place for that, `_reorder_cache`)."""
+    replayed as CUDA graphs, one launch instead of one per kernel. As there, the first call of each generate() runs
+    eagerly: it computes the source's cross-attention keys and values and allocates the static cache's buffers, which
+    then lie outside the compiled graphs, at addresses the CUDA graphs of the later steps keep reading (beam search
+    reorders them in place, `_reorder_cache`)."""
     import torch
 
-    model.forward = torch.compile(model.forward, mode=mode)
+    eager = model.forward
+    compiled = torch.compile(model.forward, mode=mode, backend=backend)
+
+    def forward(*args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # the name before transformers 5.2x
+        decoder_cache = getattr(cache, "self_attention_cache", cache)
+        filled = decoder_cache is not None and decoder_cache.layers[0].is_initialized
+        return compiled(*args, **kwargs) if filled else eager(*args, **kwargs)
+
+    model.forward = forward
 
 
 # generate() arguments for --compile: fixed-size key/value buffers, so each step has the same shapes.

@@ -58,7 +58,7 @@ from modeling_vanilla import (  # noqa: E402
 )
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 from vanilla_files import write_text_atomically  # noqa: E402
-from vanilla_translation import COMPILED_DECODING, first_line  # noqa: E402
+from vanilla_translation import COMPILED_DECODING, compile_for_decoding, first_line  # noqa: E402
 
 PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
 # The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.
@@ -304,7 +304,7 @@ def compiled_static_decoder(
     agreement, notes = None, []
     for mode in modes:
         static = copy.deepcopy(model)
-        static.forward = torch.compile(static.forward, backend=backend, **({"mode": mode} if mode else {}))
+        compile_for_decoding(static, mode, backend)
         agreement, note, timed = compiled_decoding_check(model, static, source, new_tokens)
         notes.append(f"mode {mode}: {note}" if mode else note)
         print(notes[-1], flush=True)

@@ -1,5 +1,6 @@
 """eval.py end to end on a tiny model trained for a few steps by train.py; metrics against sacrebleu itself."""
 
+import copy
 import functools
 import json
 import os
@@ -15,9 +16,12 @@ import torch
 from datasets import Dataset
 from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
+from tiny_models import tiny_config
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from modeling_vanilla import VanillaForConditionalGeneration
 from vanilla_ctranslate2 import source_fingerprint
+from vanilla_translation import COMPILED_DECODING, compile_for_decoding
 
 # Sources of different lengths, so that sorting by length reorders them; references are their German words.
 PAIRS = [
@@ -728,6 +732,34 @@ def test_compiled_decoding_gives_the_hypotheses_of_generate_and_records_its_mode
     assert hypotheses == expected
     assert (report["decoding"]["compile"], report["decoding"]["compile_mode"]) == (True, "reduce-overhead")
     assert (tmp_path / "sitecustomize.py.modes").read_text() == "reduce-overhead\n"
+
+
+@pytest.mark.parametrize("num_beams", [1, 4], ids=["greedy", "beam"])
+def test_compiled_decoding_runs_the_first_call_of_each_generation_eagerly_and_the_steps_compiled(
+    monkeypatch, num_beams
+):
+    """As transformers' own compiled decoding: the call that allocates the static cache (and computes the source's
+    cross-attention keys and values) is eager, every later step is the compiled one; the tokens are the eager ones."""
+    model = VanillaForConditionalGeneration(tiny_config()).eval()
+    calls = []
+
+    def compile(forward, mode, backend):
+        def compiled(*args, **kwargs):
+            calls.append(mode)
+            return forward(*args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile)
+    compiled = copy.deepcopy(model)
+    compile_for_decoding(compiled, "reduce-overhead")
+    ids = torch.randint(3, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    settings = dict(input_ids=ids, num_beams=num_beams, max_new_tokens=6, min_new_tokens=6)
+    with torch.no_grad():
+        expected = model.generate(**settings)
+        for generation in (1, 2):  # a new cache each generate(): each begins eagerly again
+            assert torch.equal(compiled.generate(**settings, **COMPILED_DECODING), expected)
+            assert calls == ["reduce-overhead"] * 5 * generation
 
 
 @pytest.mark.slow
