@@ -723,7 +723,7 @@ def test_compiled_decoding_gives_the_hypotheses_of_generate_and_records_its_mode
         "def traced(*args, mode=None, **kwargs):\n"
         "    with open(__file__ + '.modes', 'a') as modes:\n"
         "        modes.write(f'{mode}\\n')\n"
-        "    return compile(*args, backend='eager', **kwargs)\n"
+        "    return compile(*args, **{**kwargs, 'backend': 'eager'})\n"
         "torch.compile = traced\n"
     )
     env = environment(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
