@@ -660,16 +660,27 @@ def test_config_overrides_set_fields_over_the_preset_and_named_flags_win_over_th
     assert (config.d_model, config.num_heads) == (PRESETS["tiny"]["d_model"], PRESETS["tiny"]["num_heads"])
 
 
-def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):
+def number_rows(numbers) -> tuple:
+    """A BPE of 60 over the English and German words of 1-199, and the English -> German pairs of `numbers`
+    tokenized with it (input_ids and labels)."""
     texts = [num2words(n, lang=lang) for n in range(1, 200) for lang in ("en", "de")]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=60)
-    # Targets of different lengths, so batches carry padding and the mean must be over tokens, not sentences.
-    pairs = [(num2words(n), num2words(n, lang="de")) for n in (3, 21, 117, 40, 1999, 8)]
-    rows = [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(t)["input_ids"]} for s, t in pairs]
+    pairs = [(num2words(n), num2words(n, lang="de")) for n in numbers]
+    return tokenizer, [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(t)["input_ids"]} for s, t in pairs]
+
+
+def one_layer_model(tokenizer, **overrides) -> VanillaForConditionalGeneration:
+    """A model of width 16 and one encoder and one decoder layer over the tokenizer's vocabulary."""
     config = VanillaConfig(
-        vocab_size=len(tokenizer), d_model=16, num_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1
+        vocab_size=len(tokenizer), d_model=16, num_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, **overrides
     )
-    model = VanillaForConditionalGeneration(config).eval()
+    return VanillaForConditionalGeneration(config)
+
+
+def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):
+    # Targets of different lengths, so batches carry padding and the mean must be over tokens, not sentences.
+    tokenizer, rows = number_rows((3, 21, 117, 40, 1999, 8))
+    model = one_layer_model(tokenizer).eval()
     args = Seq2SeqTrainingArguments(tmp_path, per_device_eval_batch_size=4, report_to=[], use_cpu=True)
     trainer = VanillaTrainer(
         model=model,
@@ -697,14 +708,8 @@ def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_sm
 
 
 def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss(tmp_path):
-    texts = [num2words(n, lang=lang) for n in range(1, 200) for lang in ("en", "de")]
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=60)
-    pairs = [(num2words(n), num2words(n, lang="de")) for n in (3, 21, 1999)]  # targets of different lengths
-    rows = [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(t)["input_ids"]} for s, t in pairs]
-    config = VanillaConfig(
-        vocab_size=len(tokenizer), d_model=16, num_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, dropout=0.0
-    )
-    model = VanillaForConditionalGeneration(config).train()
+    tokenizer, rows = number_rows((3, 21, 1999))  # targets of different lengths
+    model = one_layer_model(tokenizer, dropout=0.0).train()
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     args = Seq2SeqTrainingArguments(tmp_path, report_to=[], use_cpu=True)
     trainer = VanillaTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
@@ -729,14 +734,8 @@ def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss
 
 
 def test_training_counts_the_floating_point_operations_as_trainer_does_counting_the_parameters_once(tmp_path):
-    texts = [num2words(n, lang=lang) for n in range(1, 200) for lang in ("en", "de")]
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=60)
-    pairs = [(num2words(n), num2words(n, lang="de")) for n in range(1, 13)]
-    rows = [{"input_ids": tokenizer(s)["input_ids"], "labels": tokenizer(t)["input_ids"]} for s, t in pairs]
-    config = VanillaConfig(
-        vocab_size=len(tokenizer), d_model=16, num_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1
-    )
-    model = VanillaForConditionalGeneration(config)
+    tokenizer, rows = number_rows(range(1, 13))
+    model = one_layer_model(tokenizer)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     args = Seq2SeqTrainingArguments(
         tmp_path,
