@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export PYTHONPATH := $(CURDIR)
+# The project's folder first; a PYTHONPATH already set (packages installed with pip --target) is kept after it.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: demo test test-fast test-oldest lint setup multi30k multi30k-cpu gpu-check docs-figures docs-trained
 

@@ -6,8 +6,9 @@ Trainer does: our model projects only the labelled positions onto the vocabulary
 `logits_to_keep`; MarianMTModel has no such argument), and the optimizer is fused AdamW, Trainer's default.
 
 Decoding rows add both models converted to CTranslate2 (ours with vanilla_ctranslate2's spec, Marian with
-ctranslate2's own TransformersConverter), our model in bf16 on CPU, and our compiled static-cache decoding (on CUDA by
-default; eval.py --compile's mode, reduce-overhead: CUDA graphs, or default where those fail).
+ctranslate2's own TransformersConverter), our model in bf16 (eval.py --dtype bfloat16; on CUDA Marian too), and our
+compiled static-cache decoding (on CUDA by default, there in bf16; eval.py --compile's mode, reduce-overhead: CUDA
+graphs, or default where those fail).
 
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
@@ -295,12 +296,18 @@ def compiled_decoding_check(model: nn.Module, compiled: nn.Module, source: dict,
 
 
 def compiled_static_decoder(
-    model: nn.Module, source: dict, new_tokens: int, autocast: Callable, backend: str, modes: list[str | None]
+    model: nn.Module,
+    source: dict,
+    new_tokens: int,
+    autocast: Callable,
+    backend: str,
+    modes: list[str | None],
+    dtype: torch.dtype | None = None,
 ) -> tuple:
     """eval.py --compile's decoding of `model` (static cache, the forward compiled) in the first of `modes` that
-    passes compiled_decoding_check and decodes under the timed rows' autocast: on a GPU reduce-overhead (CUDA graphs,
-    eval.py's default), then default (no CUDA graphs) should that fail. (the compiled model or None, the mode, its
-    agreement, notes)."""
+    passes compiled_decoding_check and decodes as the timed rows will: under `autocast`, or with its weights in `dtype`
+    (eval.py --compile --dtype) where one is given. On a GPU reduce-overhead (CUDA graphs, eval.py's default), then
+    default (no CUDA graphs) should that fail. (the compiled model or None, the mode, its agreement, notes)."""
     agreement, notes = None, []
     for mode in modes:
         static = copy.deepcopy(model)
@@ -309,6 +316,9 @@ def compiled_static_decoder(
         notes.append(f"mode {mode}: {note}" if mode else note)
         print(notes[-1], flush=True)
         if timed:
+            if dtype is not None:
+                static.to(dtype)
+                autocast = contextlib.nullcontext
             call = generation_call(static, source, 4, new_tokens, autocast, **COMPILED_DECODING)
             if working({"ours, compiled static": call}, f"beam-4 sent/s, mode {mode}", notes):
                 return static, mode, agreement, notes
@@ -584,8 +594,11 @@ def main():
         for model in models.values():
             model.eval()
         decoders = {name: (models[name], autocast, {}) for name in ("ours", "marian")}
-        if cpu_bf16:  # eval.py --dtype bfloat16: the weights in bf16 (AVX-512 BF16 / AMX where present)
-            decoders["ours, bf16"] = (copy.deepcopy(models["ours"]).to(torch.bfloat16), contextlib.nullcontext, {})
+        # eval.py --dtype bfloat16: the weights in bf16 (AVX-512 BF16 / AMX where present). On a GPU both models,
+        # whose eager steps then launch no casts of the weights, and our compiled decoding too.
+        decode_dtype = torch.bfloat16 if bf16 else None
+        for name in ("ours", "marian") if bf16 else ("ours",) if cpu_bf16 else ():
+            decoders[f"{name}, bf16"] = (copy.deepcopy(models[name]).to(torch.bfloat16), contextlib.nullcontext, {})
         if compiled:  # eval.py --compile: static cache, the decoding forward compiled
             modes = ["reduce-overhead", "default"] if device.type == "cuda" else ["reduce-overhead"]
             static, mode, agreement, notes = compiled_static_decoder(
@@ -595,9 +608,11 @@ def main():
                 autocast,
                 args.compile_backend,
                 modes if args.compile_backend == "inductor" else [None],  # modes are inductor's
+                decode_dtype,
             )
             if static is not None:
-                decoders["ours, compiled static"] = (static, autocast, COMPILED_DECODING)
+                context = contextlib.nullcontext if decode_dtype else autocast
+                decoders["ours, compiled static"] = (static, context, COMPILED_DECODING)
             record["compiled_token_agreement"] = agreement
             record["compiled_mode"] = mode
             record["notes"] += notes
@@ -638,6 +653,8 @@ RATIOS = [  # (a, b): a's value over b's, in each row that has both
     ("ours, bf16 autocast", "marian, bf16 autocast"),
     ("ours, bf16", "marian"),
     ("ours, compiled static", "marian"),
+    ("ours, bf16", "marian, bf16"),
+    ("ours, compiled static", "marian, bf16"),
     ("ours, CT2 float32", "marian"),
     ("ours, CT2 int8", "marian"),
     ("ours, CT2 float32", "marian, CT2 float32"),

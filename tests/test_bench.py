@@ -1,6 +1,7 @@
 """bench/ab_speed.py end to end at the tiny shape (bench_speed.py runs inside the GPU check's dry run), and the parts
 of bench_speed.py that keep one engine's failure from costing the other engines' rows."""
 
+import contextlib
 import copy
 import json
 import os
@@ -136,6 +137,28 @@ def test_compiled_decoding_falls_back_to_the_next_mode_where_one_fails(monkeypat
     assert notes == [
         f"mode {mode}: no ours, compiled static rows ({mode}: CUDA graphs cannot record this step)" for mode in modes
     ]
+
+
+def test_compiled_decoding_is_checked_in_float32_and_timed_with_the_weights_in_the_given_dtype():
+    """On a GPU the compiled row decodes as eval.py --compile --dtype bfloat16 does: its check against the dynamic cache
+    in float32 first, then the weights in bf16 and no autocast around the timed calls."""
+    shape = bench_speed.SHAPES["tiny"]
+    torch.manual_seed(0)
+    model = bench_speed.build_ours(shape).eval()
+    source = tiny_source(shape)
+    autocast_calls = []
+
+    def autocast():
+        autocast_calls.append(1)
+        return contextlib.nullcontext()
+
+    static, mode, agreement, _ = bench_speed.compiled_static_decoder(
+        model, source, shape.new_tokens, autocast, "eager", [None], torch.bfloat16
+    )
+    assert static is not None and mode is None and agreement == {"greedy": 1.0, "beam 4": 1.0}
+    assert static.dtype == torch.bfloat16 and model.dtype == torch.float32 and autocast_calls == []
+    static, _, _, _ = bench_speed.compiled_static_decoder(model, source, shape.new_tokens, autocast, "eager", [None])
+    assert static.dtype == torch.float32 and autocast_calls == [1]
 
 
 def test_an_engine_that_raises_loses_only_its_own_row_and_is_named_with_its_error():

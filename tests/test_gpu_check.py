@@ -122,6 +122,21 @@ def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
         assert target.text in result.stdout
 
 
+def test_decoding_is_compared_with_the_fastest_marian_generate_row():
+    """On a GPU MarianMTModel decodes under autocast and with bf16 weights: each of ours is over the faster of the two,
+    and the CTranslate2-converted Marian is a decoder like any other."""
+    rows = {
+        "beam-4 sent/s": {"ours": 30.0, "marian": 10.0, "marian, bf16": 15.0, "marian, CT2 bfloat16": 45.0},
+        "greedy sent/s": {"ours": 20.0, "marian": 10.0},
+    }
+    ratios = gpu_check.decoding_ratios(rows)
+    assert ratios == {
+        "beam-4 sent/s": {"ours": 2.0, "marian, CT2 bfloat16": 3.0},
+        "greedy sent/s": {"ours": 2.0},
+    }
+    assert gpu_check.decoding_ratios({"beam-4 sent/s": {"ours": 30.0}}) == {}
+
+
 def test_gpu_check_names_the_missing_packages_and_the_pip_command(tmp_path):
     # -S: no site-packages, so none of the required packages is importable.
     command = [sys.executable, "-S", str(ROOT / "bench" / "gpu_check.py"), str(tmp_path / "out")]
