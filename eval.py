@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 
 import vanilla_ctranslate2
 from vanilla_averaging import average_checkpoints
-from vanilla_cli import UsageError, argument_dataclass, exit_on_usage_error, given_flags
+from vanilla_cli import UsageError, argument_dataclass, avoid_cudnn_attention, exit_on_usage_error, given_flags
 from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data
 from vanilla_files import check_writable, output_path, write_text_atomically
@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         output = Path(args.averaged_model_dir or run / f"averaged-last-{args.average_last}")
         args.model = str(average_checkpoints(run, args.average_last, output))
         print(f"averaged the last {args.average_last} checkpoints of {run} into {args.model}", file=sys.stderr)
+    avoid_cudnn_attention()  # batches of many shapes
     if extra.mode == "translate":
         translate_stdin(args, data.max_source_length)
     elif not scores_data:

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, GenerationConfig
 
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
-from vanilla_cli import UsageError, exit_on_usage_error, given_flags
+from vanilla_cli import UsageError, avoid_cudnn_attention, exit_on_usage_error, given_flags
 from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record
 from vanilla_files import trainer_state
@@ -96,6 +96,7 @@ def train_and_save(
     else:
         tokenizer = build_tokenizer(model_args, raw, data_args, args)
         config = build_config(model_args, tokenizer)
+    avoid_cudnn_attention()  # batches of many shapes
     set_seed(args.seed)
     model = VanillaForConditionalGeneration(config)
     set_attention(model, training_attention(model_args, args))

@@ -103,6 +103,32 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     assert_loads_and_translates(output_dir)
 
 
+@pytest.mark.slow
+def test_train_and_eval_leave_cudnn_attention_out_unless_pytorchs_variable_asks_for_it(tmp_path):
+    """cuDNN builds a plan for each new shape of the attention's inputs (PyTorch's first choice on Hopper GPUs), and
+    both CLIs batch sentences of many lengths: they turn it off for their process, unless TORCH_CUDNN_SDPA_PREFERRED=1.
+    A CPU has no cuDNN, so the process's setting is what is checked, read when it exits."""
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "sitecustomize.py").write_text(
+        "import atexit, os, torch\n"
+        "atexit.register(lambda: open(os.environ['CUDNN_SDP_STATE'], 'w').write(\n"
+        "    str(torch.backends.cuda.cudnn_sdp_enabled())))\n"
+    )
+    state = tmp_path / "state"
+
+    def run(script: str, *args: str, **extra: str) -> str:
+        env = environment(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{ROOT}", CUDNN_SDP_STATE=str(state), **extra)
+        result = run_cli(script, *args, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return state.read_text()
+
+    model = tmp_path / "model"
+    assert run("train.py", *TINY, *QUICK, "--max_steps", "1", "--output_dir", str(model)) == "False"
+    evaluation = ("--model", str(model), "--max_length_offset", "2", "--results_file", str(tmp_path / "report.json"))
+    assert run("eval.py", *evaluation) == "False"
+    assert run("eval.py", *evaluation, TORCH_CUDNN_SDPA_PREFERRED="1") == "True"
+
+
 def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
     texts = [num2words(n, lang=lang) for n in range(1, 300) for lang in ("en", "de")]
     texts += ["Ein Mann in einem blauen Hemd steht auf einer Leiter.", "Zwei Männer stehen am Herd!"]
