@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 # The project's folder first; a PYTHONPATH already set (packages installed with pip --target) is kept after it.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: demo test test-fast test-oldest lint setup multi30k multi30k-cpu gpu-check docs-figures docs-trained
+.PHONY: demo test test-fast test-oldest lint setup multi30k multi30k-cpu gpu-check gpu-profile docs-figures docs-trained
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,11 @@ PYTHON ?= python3
 OUT ?= gpu-check-results
 gpu-check:
 	$(PYTHON) bench/gpu_check.py $(OUT) --data $(MULTI30K)
+
+# After the GPU check, where the time goes on the GPU (bench/profile_speed.py): a base-shape training step and beam-4
+# decoding, eager and compiled, each with its wall time, GPU-busy time and kernels, and the operator tables (~2 minutes).
+gpu-profile:
+	$(PYTHON) bench/profile_speed.py --device cuda --rows 30
 
 # The post's figures: positions and schedule always, the demo heatmap from demo-output (make demo), the Multi30k
 # learning curve and heatmap when runs/multi30k_de_en_cpu exists (make multi30k-cpu).

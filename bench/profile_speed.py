@@ -1,11 +1,21 @@
-"""Where our model spends its time on the CPU: torch.profiler tables for a training step and for beam-4 generation.
+"""Where our model spends its time: torch.profiler tables for a training step and for beam-4 generation.
 
     python bench/profile_speed.py [--model marian] [--bf16] [--rows 25] [--threads 2] [--skip-generation]
+    python bench/profile_speed.py --device cuda          # base shape, bf16 autocast, plus the compiled decoding
 
-Uses bench_speed.py's small shape and inputs; prints operators sorted by self CPU time.
+Uses bench_speed.py's inputs (the small shape on CPU, the base shape on CUDA; --shape picks another). Each profiled
+call gets one summary line: its wall time, and on CUDA the time its kernels kept the GPU busy (the sum of their
+device times), the share of the wall time that is, and the kernels it ran (those a CUDA graph replays included). A step whose GPU is busy a small share
+of its wall time is bound by the host (Python, dispatch, launches, waits for the GPU), not by the arithmetic. Then
+the operators, sorted by self CPU time, or on CUDA by self device time.
+
+On CUDA the decoding runs as bench_speed.py's: eager under autocast, then eval.py --compile's (static cache, the
+decoding step compiled, in bf16 weights).
 """
 
 import argparse
+import contextlib
+import time
 
 import torch
 from bench_speed import (  # the script's folder is on the path
@@ -14,49 +24,90 @@ from bench_speed import (  # the script's folder is on the path
     bench_inputs,
     build_marian,
     build_ours,
+    compiled_static_decoder,
     generation_call,
     training_step,
 )
 from torch.profiler import ProfilerActivity, profile
 
+from vanilla_translation import COMPILED_DECODING
 
-def show(title: str, fn, rows: int, steps: int):
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernel_summary(events, calls: int) -> tuple[float, int]:
+    """The device seconds and kernels per call, from the profile's events that ran on the GPU."""
+    kernels = [event for event in events if event.device_type == torch.autograd.DeviceType.CUDA]
+    seconds = sum(event.self_device_time_total for event in kernels) / 1e6
+    return seconds / calls, sum(event.count for event in kernels) // calls
+
+
+def show(title: str, fn, rows: int, calls: int, device: torch.device) -> dict:
+    """Profiles `calls` calls of fn after one unprofiled call; prints the summary line and the operator table."""
     fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(calls):
             fn()
-    print(f"\n=== {title} ({steps} calls) ===")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
+        synchronize(device)
+        wall = (time.perf_counter() - start) / calls
+    events = prof.key_averages()
+    summary = {"title": title, "wall_ms": 1e3 * wall}
+    line = f"{wall * 1e3:.1f} ms a call (wall)"
+    if device.type == "cuda":
+        busy, kernels = kernel_summary(events, calls)
+        summary.update(gpu_busy_ms=1e3 * busy, gpu_busy_share=busy / wall, kernels=kernels)
+        line += f", GPU busy {busy * 1e3:.1f} ms ({busy / wall:.0%} of it), {kernels} kernels"
+    print(f"\n=== {title} ({calls} calls): {line} ===")
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+    return summary
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["ours", "marian"], default="ours")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="default: small on CPU, base on CUDA")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--bf16", action="store_true", help="in bf16 autocast, as bench_speed.py's bf16 training rows")
+    parser.add_argument("--steps", type=int, default=3, help="profiled calls of each")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on CUDA)")
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="on CUDA, no compiled decoding")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    shape = SHAPES["small"]
-    batch, source = bench_inputs(shape)
+    device = torch.device(args.device)
+    shape = SHAPES[args.shape or ("base" if device.type == "cuda" else "small")]
+    batch, source = bench_inputs(shape, device)
+    autocast = autocast_context(device, args.bf16 or device.type == "cuda")
+    print(f"{args.model} on {device}, torch {torch.__version__}, shape {shape}", flush=True)
 
     torch.manual_seed(0)
-    model = (build_ours if args.model == "ours" else build_marian)(shape)
-    autocast = autocast_context(torch.device("cpu"), args.bf16)
-    show("training step", training_step(model.train(), args.model, batch, autocast), args.rows, args.steps)
+    model = (build_ours if args.model == "ours" else build_marian)(shape).to(device)
+    show("training step", training_step(model.train(), args.model, batch, autocast), args.rows, args.steps, device)
     if args.skip_generation:
         return
     model.eval()
-    show(
-        "beam-4 generation",
-        generation_call(model, source, 4, shape.new_tokens, autocast),
-        args.rows,
-        args.steps,
-    )
+    decoding = generation_call(model, source, 4, shape.new_tokens, autocast)
+    show("beam-4 generation", decoding, args.rows, args.steps, device)
+    if device.type == "cuda" and args.model == "ours" and not args.no_compile:
+        modes = ["reduce-overhead", "default"]
+        static, mode, _, notes = compiled_static_decoder(
+            model, source, shape.new_tokens, autocast, "inductor", modes, torch.bfloat16
+        )
+        if static is None:
+            print("\n".join(notes))
+            return
+        compiled = generation_call(static, source, 4, shape.new_tokens, contextlib.nullcontext, **COMPILED_DECODING)
+        show(f"beam-4 generation, compiled static, bf16 ({mode})", compiled, args.rows, args.steps, device)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import torch
 from harness import ROOT, environment
@@ -242,3 +243,27 @@ def test_bench_speed_leaves_out_an_engine_that_fails_at_its_first_batch_and_time
         assert all(value > 0 for value in values.values())
     error = "(Library libcublas.so.12 is not found or cannot be loaded)"
     assert record["notes"] == [f"{row}: no marian, CT2 int8 {error}" for row in ("beam-4 sent/s", "greedy sent/s")]
+
+
+def test_the_profile_prints_a_summary_line_and_an_operator_table_for_each_call():
+    command = [sys.executable, str(ROOT / "bench" / "profile_speed.py"), "--shape", "tiny", "--steps", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = re.findall(r"=== (.+) \(1 calls\): ([\d.]+) ms a call \(wall\) ===", result.stdout)
+    assert [title for title, _ in summaries] == ["training step", "beam-4 generation"]
+    assert all(float(ms) > 0 for _, ms in summaries)
+    assert result.stdout.count("Self CPU time total") == 2 and "aten::addmm" in result.stdout
+
+
+def test_the_gpu_busy_time_sums_the_device_events_per_call():
+    """Kernels and copies count, the host's operators do not; per call."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import profile_speed
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [
+        types.SimpleNamespace(device_type=cuda, self_device_time_total=3000.0, count=6),  # microseconds
+        types.SimpleNamespace(device_type=cuda, self_device_time_total=1000.0, count=2),
+        types.SimpleNamespace(device_type=cpu, self_device_time_total=9000.0, count=50),
+    ]
+    assert profile_speed.kernel_summary(events, calls=2) == (0.002, 4)
