@@ -9,8 +9,8 @@ device times), the share of the wall time that is, and the kernels it ran (those
 of its wall time is bound by the host (Python, dispatch, launches, waits for the GPU), not by the arithmetic. Then
 the operators, sorted by self CPU time, or on CUDA by self device time.
 
-On CUDA the decoding runs as bench_speed.py's: eager under autocast, then eval.py --compile's (static cache, the
-decoding step compiled, in bf16 weights).
+On CUDA the training step also runs compiled, and the decoding as bench_speed.py's: eager under autocast, then
+eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
 """
 
 import argparse
@@ -79,7 +79,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="profiled calls of each")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on CUDA)")
     parser.add_argument("--skip-generation", action="store_true")
-    parser.add_argument("--no-compile", action="store_true", help="on CUDA, no compiled decoding")
+    parser.add_argument("--no-compile", action="store_true", help="on CUDA, no compiled training step or decoding")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,6 +93,9 @@ def main():
     torch.manual_seed(0)
     model = (build_ours if args.model == "ours" else build_marian)(shape).to(device)
     show("training step", training_step(model.train(), args.model, batch, autocast), args.rows, args.steps, device)
+    if device.type == "cuda" and not args.no_compile:  # bench_speed.py's compiled row: Trainer's --torch_compile
+        compiled = training_step(torch.compile(model), args.model, batch, autocast, every_position=True)
+        show("training step, compiled", compiled, args.rows, args.steps, device)
     if args.skip_generation:
         return
     model.eval()
