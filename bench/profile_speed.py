@@ -1,13 +1,13 @@
 """Where our model spends its time: torch.profiler tables for a training step and for beam-4 generation.
 
     python bench/profile_speed.py [--model marian] [--bf16] [--rows 25] [--threads 2] [--skip-generation]
-    python bench/profile_speed.py --device cuda          # base shape, bf16 autocast, plus the compiled decoding
+    python bench/profile_speed.py --device cuda    # base shape, bf16 autocast, plus the compiled step and decoding
 
 Uses bench_speed.py's inputs (the small shape on CPU, the base shape on CUDA; --shape picks another). Each profiled
 call gets one summary line: its wall time, and on CUDA the time its kernels kept the GPU busy (the sum of their
-device times), the share of the wall time that is, and the kernels it ran (those a CUDA graph replays included). A step whose GPU is busy a small share
-of its wall time is bound by the host (Python, dispatch, launches, waits for the GPU), not by the arithmetic. Then
-the operators, sorted by self CPU time, or on CUDA by self device time.
+device times), the share of the wall time that is, and the kernels it ran (those a CUDA graph replays included).
+A step whose GPU is busy a small share of its wall time is bound by the host (Python, dispatch, launches, waits for
+the GPU), not by the arithmetic. Then the operators, sorted by self CPU time, or on CUDA by self device time.
 
 On CUDA the training step also runs compiled, and the decoding as bench_speed.py's: eager under autocast, then
 eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
