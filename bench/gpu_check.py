@@ -108,7 +108,7 @@ DRY = Plan(
     + ("--compile-backend", "eager", "--compiled-models", "ours", "--every-position"),  # eager: dynamo, no codegen
     # Epochs enough for the time budget to stop the run, as it stops the real one.
     train=("--preset", "tiny", "--vocab_size", "1000", "--max_tokens", "512", "--warmup_steps", "400")
-    + ("--num_train_epochs", "100", "--logging_steps", "20"),
+    + ("--num_train_epochs", "100", "--logging_steps", "5"),
     base_shape=("--preset", "tiny", "--vocab_size", "1000"),  # bench_speed.py's tiny shape
     # One thread a process: on two shared cores, two threads each slow a tiny model's steps tens of times.
     environment=(("CUDA_VISIBLE_DEVICES", ""), ("OMP_NUM_THREADS", "1")),
@@ -263,9 +263,29 @@ def finite(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def epoch_rates(state: dict) -> tuple[float | None, float | None]:
+    """Real tokens/s in the first epoch and after it, from the rates train.py logs for each window of logging_steps
+    steps (their harmonic mean: the windows hold about equal tokens, so that is tokens over time). A window that
+    spans the end of the first epoch counts in neither."""
+    if not state.get("num_train_epochs"):
+        return None, None
+    steps_per_epoch = state["max_steps"] / state["num_train_epochs"]
+    first, later, start = [], [], 0
+    for entry in state.get("log_history", []):
+        if "tokens_per_second" not in entry:
+            continue
+        if entry["step"] <= steps_per_epoch:
+            first.append(entry["tokens_per_second"])
+        elif start >= steps_per_epoch:
+            later.append(entry["tokens_per_second"])
+        start = entry["step"]
+    return tuple(len(rates) / sum(1 / rate for rate in rates) if rates else None for rates in (first, later))
+
+
 def training_record(run: Path) -> dict:
     """A train.py run's seconds and tokens/s (real: source + target tokens that are not padding; padded: all), as
-    train.py reports them in all_results.json, and its steps from trainer_state.json."""
+    train.py reports them in all_results.json, and its steps and the rates of its first epoch and of the later ones
+    from trainer_state.json."""
     from vanilla_hub import TRAIN_RESULTS
 
     results = read_json(run / TRAIN_RESULTS)
@@ -273,6 +293,7 @@ def training_record(run: Path) -> dict:
     if results is None or state is None:
         return {}
     config = read_json(run / "config.json") or {}
+    first_epoch, later_epochs = epoch_rates(state)
     return {
         "train_seconds": finite(results.get("train_runtime")),
         "stopped_by_budget": state["global_step"] < state["max_steps"],
@@ -281,6 +302,8 @@ def training_record(run: Path) -> dict:
         "vocab_size": config.get("vocab_size"),
         "real_tokens_per_second": finite(results.get("train_tokens_per_second")),
         "padded_tokens_per_second": finite(results.get("train_padded_tokens_per_second")),
+        "first_epoch_tokens_per_second": finite(first_epoch),
+        "later_epochs_tokens_per_second": finite(later_epochs),
     }
 
 
@@ -333,6 +356,8 @@ def measure(out: Path, plan: Plan) -> dict:
         "train_epochs": train.get("epochs"),
         "train_real_tokens_per_second": train.get("real_tokens_per_second"),
         "train_padded_tokens_per_second": train.get("padded_tokens_per_second"),
+        "train_first_epoch_tokens_per_second": train.get("first_epoch_tokens_per_second"),
+        "train_later_epochs_tokens_per_second": train.get("later_epochs_tokens_per_second"),
         "early_seconds": early_seconds,
         "early_step": early_step,
         "bleu_early": finite(early_eval["bleu"]) if early_eval else None,
@@ -476,6 +501,10 @@ def print_summary(summary: dict) -> None:
         (
             "recipe real / padded tokens/s",
             f"{m['train_real_tokens_per_second']} / {m['train_padded_tokens_per_second']}",
+        ),
+        (
+            "recipe real tokens/s, first epoch / later epochs",
+            f"{m['train_first_epoch_tokens_per_second']} / {m['train_later_epochs_tokens_per_second']}",
         ),
         (f"BLEU test_2016, the model at {measurements['early_seconds']:.4g} s", m["bleu_early"]),
         (f"BLEU test_2016, final ({m['final_model']})", m["bleu_final"]),

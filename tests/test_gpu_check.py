@@ -81,8 +81,16 @@ def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
     assert gpu_check.DRY.train_seconds <= measurements["train_seconds"] < gpu_check.DRY.train_seconds + 30
     assert 0 < measurements["early_step"] < measurements["train_steps"]
     assert measurements["final_model"] == f"averaged-last-{gpu_check.AVERAGE_LAST}"
-    for name in ("train_real_tokens_per_second", "base_real_tokens_per_second", "bench_compiled_tokens_per_second"):
+    for name in (
+        "train_real_tokens_per_second",
+        "train_first_epoch_tokens_per_second",
+        "base_real_tokens_per_second",
+        "bench_compiled_tokens_per_second",
+    ):
         assert measurements[name] > 0, name
+    # Windows after the first epoch: as many as the seconds of training reach on the machine, maybe none.
+    later = measurements["train_later_epochs_tokens_per_second"]
+    assert later is None or later > 0
     # train.py's own tokens/s, as each run reported them in all_results.json; the recipe's bf16 without --use_cpu.
     for run, prefix in (("multi30k", "train"), ("train-base", "base")):
         results = json.loads((tmp_path / "out" / run / "all_results.json").read_text())
@@ -120,6 +128,19 @@ def test_dry_gpu_check_runs_every_step_and_measures_every_target(tmp_path):
         assert f"| {name} | ok |" in result.stdout
     for target in gpu_check.TARGETS:
         assert target.text in result.stdout
+
+
+def test_the_first_epochs_rate_and_the_later_ones_come_from_the_logged_windows():
+    """Windows of 10 steps, 25 steps an epoch: steps 1-20 are the first epoch's, 21-30 span its end, 31-50 are later."""
+    rates = [100.0, 300.0, 1000.0, 400.0, 400.0]
+    history = [{"step": 10 * (index + 1), "tokens_per_second": rate} for index, rate in enumerate(rates)]
+    history.insert(2, {"step": 25, "eval_loss": 3.0})  # an evaluation's entry has no rate
+    state = {"max_steps": 50, "num_train_epochs": 2, "log_history": history}
+    first, later = gpu_check.epoch_rates(state)
+    assert first == pytest.approx(2 / (1 / 100 + 1 / 300))  # 20 windows' tokens over their time
+    assert later == 400.0
+    assert gpu_check.epoch_rates({**state, "log_history": history[:1]}) == (100.0, None)
+    assert gpu_check.epoch_rates({"max_steps": 50}) == (None, None)
 
 
 def test_decoding_is_compared_with_the_fastest_marian_generate_row():
