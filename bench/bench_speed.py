@@ -10,6 +10,9 @@ ctranslate2's own TransformersConverter), our model in bf16 (eval.py --dtype bfl
 compiled static-cache decoding (on CUDA by default, there in bf16; eval.py --compile's mode, reduce-overhead: CUDA
 graphs, or default where those fail).
 
+On a GPU every model runs the attention kernels train.py and eval.py choose: SDPA without cuDNN's (which builds a
+plan for each new shape) unless TORCH_CUDNN_SDPA_PREFERRED=1.
+
 Same shapes, same random inputs, one process; the models take turns (ours, Marian, Marian, ours, ...) after a
 warm-up, and each row is the median over the repeats, so load from other processes hits both alike.
 
@@ -57,6 +60,7 @@ from modeling_vanilla import (  # noqa: E402
     shift_tokens_right,
     sinusoidal_positions,
 )
+from vanilla_cli import avoid_cudnn_attention  # noqa: E402
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 from vanilla_files import write_text_atomically  # noqa: E402
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding, first_line  # noqa: E402
@@ -513,6 +517,7 @@ def main():
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    avoid_cudnn_attention()  # the attention kernels train.py and eval.py run, for every model
     shape = SHAPES[args.shape or ("base" if device.type == "cuda" else "small")]
     if args.threads:
         torch.set_num_threads(args.threads)

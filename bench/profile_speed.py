@@ -30,6 +30,7 @@ from bench_speed import (  # the script's folder is on the path
 )
 from torch.profiler import ProfilerActivity, profile
 
+from vanilla_cli import avoid_cudnn_attention
 from vanilla_translation import COMPILED_DECODING
 
 
@@ -85,6 +86,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
+    avoid_cudnn_attention()  # bench_speed.py's kernels, train.py's and eval.py's
     shape = SHAPES[args.shape or ("base" if device.type == "cuda" else "small")]
     batch, source = bench_inputs(shape, device)
     autocast = autocast_context(device, args.bf16 or device.type == "cuda")
