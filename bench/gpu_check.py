@@ -13,8 +13,8 @@ is reported and the others still run:
     bench-train   bench/bench_speed.py's training rows at the base shape (ours eager, compiled and projecting every
                   position, Marian, ...)
     train-base    train.py's real tokens/s at the base shape: bench_speed.py's 16,384-token batches, 20 s of training
-    bench-decode  bench_speed.py's decoding rows: generate() eager and compiled with a static cache, Marian
-                  generate(), CTranslate2 where the installed wheel runs on CUDA
+    bench-decode  bench_speed.py's decoding rows: generate() eager (autocast, bf16 weights) and compiled with a
+                  static cache in bf16, Marian generate() both ways, CTranslate2 where the installed wheel runs on CUDA
 
 It prints one summary table and writes it to OUT/summary.json (each step's outputs and log under OUT; OUT's earlier
 results are replaced). Nothing is fetched from the network.
