@@ -41,12 +41,13 @@ def exit_on_usage_error(main: Callable) -> Callable:
 
 
 def avoid_cudnn_attention() -> None:
-    """Leaves PyTorch's cuDNN attention out of scaled_dot_product_attention's choice, unless the user asks for it with
-    PyTorch's own TORCH_CUDNN_SDPA_PREFERRED=1. PyTorch prefers cuDNN on Hopper GPUs (H100, H200), and cuDNN builds a
-    plan for each new shape of the attention's inputs, forward and backward, a tenth of a second or more each: the
-    token-budget batches bring a new shape at nearly every step of the first epoch (on an H100 the GPU recipe's first
-    epoch ran at a tenth of the speed of the others, BENCHMARKS.md), as does each batch of a translation. Flash and
-    memory-efficient attention have no plan to build, and at these lengths attention is a small share of a step."""
+    """Leaves PyTorch's cuDNN attention out of scaled_dot_product_attention's choice, unless the user asks for it
+    with PyTorch's own TORCH_CUDNN_SDPA_PREFERRED=1. PyTorch prefers cuDNN on Hopper GPUs (H100, H200), and cuDNN
+    builds a plan for each new shape of the attention's inputs, forward and backward, a tenth of a second or more
+    each: the token-budget batches bring a new shape at nearly every step of the first epoch (on an H100 the GPU
+    recipe's first epoch ran at a tenth of the speed of the others, most likely for that: BENCHMARKS.md), as does
+    each batch of a translation. Flash and memory-efficient attention have no plan to build, and at these lengths
+    attention is a small share of a step."""
     import torch
 
     if os.environ.get("TORCH_CUDNN_SDPA_PREFERRED") != "1":
