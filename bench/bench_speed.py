@@ -602,7 +602,8 @@ def main():
         # eval.py --dtype bfloat16: the weights in bf16 (AVX-512 BF16 / AMX where present). On a GPU both models,
         # whose eager steps then launch no casts of the weights, and our compiled decoding too.
         decode_dtype = torch.bfloat16 if bf16 else None
-        for name in ("ours", "marian") if bf16 else ("ours",) if cpu_bf16 else ():
+        bf16_decoders = ["ours", "marian"] if bf16 else ["ours"] if cpu_bf16 else []
+        for name in bf16_decoders:
             decoders[f"{name}, bf16"] = (copy.deepcopy(models[name]).to(torch.bfloat16), contextlib.nullcontext, {})
         if compiled:  # eval.py --compile: static cache, the decoding forward compiled
             modes = ["reduce-overhead", "default"] if device.type == "cuda" else ["reduce-overhead"]

@@ -46,7 +46,7 @@ def kernel_summary(events, calls: int) -> tuple[float, int]:
     return seconds / calls, sum(event.count for event in kernels) // calls
 
 
-def show(title: str, fn, rows: int, calls: int, device: torch.device) -> dict:
+def show(title: str, fn, rows: int, calls: int, device: torch.device) -> None:
     """Profiles `calls` calls of fn after one unprofiled call; prints the summary line and the operator table."""
     fn()
     synchronize(device)
@@ -58,16 +58,13 @@ def show(title: str, fn, rows: int, calls: int, device: torch.device) -> dict:
         synchronize(device)
         wall = (time.perf_counter() - start) / calls
     events = prof.key_averages()
-    summary = {"title": title, "wall_ms": 1e3 * wall}
     line = f"{wall * 1e3:.1f} ms a call (wall)"
     if device.type == "cuda":
         busy, kernels = kernel_summary(events, calls)
-        summary.update(gpu_busy_ms=1e3 * busy, gpu_busy_share=busy / wall, kernels=kernels)
         line += f", GPU busy {busy * 1e3:.1f} ms ({busy / wall:.0%} of it), {kernels} kernels"
     print(f"\n=== {title} ({calls} calls): {line} ===")
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
-    return summary
 
 
 def main():

@@ -16,6 +16,7 @@ from harness import ROOT, environment
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_speed  # noqa: E402
+import profile_speed  # noqa: E402
 
 
 def run_ab(what: str, rounds: int) -> str:
@@ -257,9 +258,6 @@ def test_the_profile_prints_a_summary_line_and_an_operator_table_for_each_call()
 
 def test_the_gpu_busy_time_sums_the_device_events_per_call():
     """Kernels and copies count, the host's operators do not; per call."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    import profile_speed
-
     cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
     events = [
         types.SimpleNamespace(device_type=cuda, self_device_time_total=3000.0, count=6),  # microseconds
