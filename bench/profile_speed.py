@@ -7,7 +7,10 @@ Uses bench_speed.py's inputs (the small shape on CPU, the base shape on CUDA; --
 call gets one summary line: its wall time, and on CUDA the time its kernels kept the GPU busy (the sum of their
 device times), the share of the wall time that is, and the kernels it ran (those a CUDA graph replays included).
 A step whose GPU is busy a small share of its wall time is bound by the host (Python, dispatch, launches, waits for
-the GPU), not by the arithmetic. Then the operators, sorted by self CPU time, or on CUDA by self device time.
+the GPU), not by the arithmetic. Then the operators, sorted by self CPU time, or on CUDA by self device time; and for
+each generation, the host time a decoding step spends in each of its parts: the model's forward, transformers'
+beam-search helpers, the logits processors, the cache reorder (on a GPU, the part that reads the GPU's answer, whether
+to go on, also waits there for the step's kernels).
 
 On CUDA the training step also runs compiled, and the decoding as bench_speed.py's: eager under autocast, then
 eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
@@ -15,6 +18,8 @@ eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
 
 import argparse
 import contextlib
+import functools
+import inspect
 import time
 
 import torch
@@ -28,7 +33,8 @@ from bench_speed import (  # the script's folder is on the path
     generation_call,
     training_step,
 )
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
+from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 
 from vanilla_cli import avoid_cudnn_attention
 from vanilla_translation import COMPILED_DECODING
@@ -46,12 +52,75 @@ def kernel_summary(events, calls: int) -> tuple[float, int]:
     return seconds / calls, sum(event.count for event in kernels) // calls
 
 
-def show(title: str, fn, rows: int, calls: int, device: torch.device) -> None:
-    """Profiles `calls` calls of fn after one unprofiled call; prints the summary line and the operator table."""
+# The parts of a decoding step: transformers' beam-search helpers (GenerationMixin) and the model's cache reorder.
+STEP_PARTS = (
+    "prepare_inputs_for_generation",
+    "_update_model_kwargs_for_generation",
+    "_get_top_k_continuations",
+    "_get_running_beams_for_next_iteration",
+    "_update_finished_beams",
+    "_check_early_stop_heuristic",
+    "_beam_search_has_unfinished_sequences",
+    "_reorder_cache",
+)
+
+
+@contextlib.contextmanager
+def step_parts(model):
+    """Marks the model's forward, STEP_PARTS, the logits processors and the stopping criteria as profiler ranges
+    named `part: <name>` while the block runs."""
+    undo = []
+
+    def mark(owner, name: str, label: str) -> None:
+        if not hasattr(owner, name):  # a helper this transformers version does not have
+            return
+        found = owner.__dict__.get(name)
+        function = getattr(owner, name)
+
+        @functools.wraps(function)
+        def marked(*args, **kwargs):
+            with record_function(f"part: {label}"):
+                return function(*args, **kwargs)
+
+        static = isinstance(owner, type) and isinstance(inspect.getattr_static(owner, name), staticmethod)
+        setattr(owner, name, staticmethod(marked) if static else marked)
+        undo.append((owner, name, found))
+
+    mark(model, "forward", "forward")
+    for name in STEP_PARTS:
+        mark(type(model), name, name)
+    mark(LogitsProcessorList, "__call__", "logits processors")
+    mark(StoppingCriteriaList, "__call__", "stopping criteria")
+    try:
+        yield
+    finally:
+        for owner, name, found in reversed(undo):
+            if found is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, found)
+
+
+def step_table(events, wall: float) -> str:
+    """Host time a decoding step spends in each part (one forward call a step), and outside them all."""
+    parts = {event.key.removeprefix("part: "): event for event in events if event.key.startswith("part: ")}
+    steps = parts["forward"].count
+    lines = [f"{'part of a decoding step':45} {'calls':>6} {'host us a step':>15}"]
+    for name, event in sorted(parts.items(), key=lambda item: -item[1].cpu_time_total):
+        lines.append(f"{name:45} {event.count / steps:6.1f} {event.cpu_time_total / steps:15.1f}")
+    outside = wall * 1e6 - sum(event.cpu_time_total for event in parts.values())
+    lines.append(f"{'(outside these: the loop, log-softmax, ...)':45} {'':6} {outside / steps:15.1f}")
+    return "\n".join(lines)
+
+
+def show(title: str, fn, rows: int, calls: int, device: torch.device, parts_of=None) -> None:
+    """Profiles `calls` calls of fn after one unprofiled call; prints the summary line and the operator table, and
+    for a generation (parts_of: its model) the host time of each part of a decoding step."""
     fn()
     synchronize(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    marks = step_parts(parts_of) if parts_of is not None else contextlib.nullcontext()
+    with marks, profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(calls):
             fn()
@@ -65,6 +134,8 @@ def show(title: str, fn, rows: int, calls: int, device: torch.device) -> None:
     print(f"\n=== {title} ({calls} calls): {line} ===")
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+    if parts_of is not None:
+        print(step_table(events, wall * calls))
 
 
 def main():
@@ -99,7 +170,7 @@ def main():
         return
     model.eval()
     decoding = generation_call(model, source, 4, shape.new_tokens, autocast)
-    show("beam-4 generation", decoding, args.rows, args.steps, device)
+    show("beam-4 generation", decoding, args.rows, args.steps, device, parts_of=model)
     if device.type == "cuda" and args.model == "ours" and not args.no_compile:
         modes = ["reduce-overhead", "default"]
         static, mode, _, notes = compiled_static_decoder(
@@ -109,7 +180,7 @@ def main():
             print("\n".join(notes))
             return
         compiled = generation_call(static, source, 4, shape.new_tokens, contextlib.nullcontext, **COMPILED_DECODING)
-        show(f"beam-4 generation, compiled static, bf16 ({mode})", compiled, args.rows, args.steps, device)
+        show(f"beam-4 generation, compiled static, bf16 ({mode})", compiled, args.rows, args.steps, device, static)
 
 
 if __name__ == "__main__":

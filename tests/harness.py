@@ -1,8 +1,15 @@
 """The tests' one harness: the offline environment, the CLI runner, and the tiny trained run that tests share."""
 
+import atexit
+import json
 import os
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +22,11 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+# Variables the CLIs read when they run, not when the libraries are imported: a run that differs from the CLI server's
+# environment only in these still goes through the server.
+RUN_TIME_VARIABLES = {"VANILLA_FAULT", "PYTEST_CURRENT_TEST"}
+
+
 def run_cli(
     script: str,
     *args: str,
@@ -22,18 +34,105 @@ def run_cli(
     launcher: tuple[str, ...] = (sys.executable,),
     env: dict[str, str] | None = None,
     cwd: Path = ROOT,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """The project's `script` (train.py, eval.py) with `args` in a subprocess; its stdout and stderr as text."""
+    """The project's `script` (train.py, eval.py) with `args` in a child process; its stdout and stderr as text.
+
+    A run with the plain interpreter and the standard environment is forked from the CLI server (cli_server.py),
+    which has the libraries imported; others, and any with `fresh`, start a new interpreter."""
+    env = environment() if env is None else env
+    if not fresh and launcher == (sys.executable,) and CliServer.serves(env):
+        return CliServer.instance().run(ROOT / script, args, stdin, env, cwd)
     result = subprocess.run(
         [*launcher, str(ROOT / script), *args],
         input=stdin.encode() if isinstance(stdin, str) else stdin,
         capture_output=True,
-        env=environment() if env is None else env,
+        env=env,
         cwd=cwd,
         timeout=300,
     )
     stdout, stderr = (output.decode(errors="replace") for output in (result.stdout, result.stderr))
     return subprocess.CompletedProcess(result.args, result.returncode, stdout, stderr)
+
+
+class CliServer:
+    """This test process' cli_server.py: started at the first run it serves, ended when the process ends."""
+
+    _instance = None
+
+    def __init__(self):
+        self.env = environment()
+        self.folder = Path(tempfile.mkdtemp(prefix="cli-server-"))
+        self.log = self.folder / "server.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "cli_server.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self.env,
+                cwd=ROOT,
+            )
+        self.pending = b""
+        atexit.register(self.close)
+
+    @classmethod
+    def instance(cls) -> "CliServer":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    @staticmethod
+    def serves(env: dict[str, str]) -> bool:
+        """Whether `env` is the server's environment, the variables read at run time aside."""
+
+        def imported_with(variables: dict[str, str]) -> dict[str, str]:
+            return {name: value for name, value in variables.items() if name not in RUN_TIME_VARIABLES}
+
+        return imported_with(env) == imported_with(environment())
+
+    def answer(self, deadline: float | None) -> dict | None:
+        """The server's next answer line, or None when the deadline passes first."""
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self.pending:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], wait)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"the CLI server ended: {self.log.read_text(errors='replace')[-3000:]}")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, script: Path, args, stdin, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory(dir=self.folder) as folder:
+            files = {name: Path(folder) / name for name in ("stdin", "stdout", "stderr")}
+            if stdin is None:
+                files["stdin"] = Path(os.devnull)
+            else:
+                files["stdin"].write_bytes(stdin.encode() if isinstance(stdin, str) else stdin)
+            request = {"script": str(script), "args": list(args), "env": env, "cwd": str(cwd)}
+            request |= {name: str(path) for name, path in files.items()}
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+            pid = self.answer(None)["pid"]
+            answer = self.answer(time.monotonic() + 300)
+            if answer is None:
+                os.kill(pid, signal.SIGKILL)
+                self.answer(None)
+                command = [sys.executable, str(script), *args]
+                raise subprocess.TimeoutExpired(
+                    command, 300, files["stdout"].read_bytes(), files["stderr"].read_bytes()
+                )
+            stdout, stderr = (files[name].read_bytes().decode(errors="replace") for name in ("stdout", "stderr"))
+        return subprocess.CompletedProcess([sys.executable, str(script), *args], answer["returncode"], stdout, stderr)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def train_tiny_run(output_dir: Path) -> Path:

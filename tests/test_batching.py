@@ -4,16 +4,15 @@ import json
 import math
 import random
 import shutil
-import subprocess
-import sys
 
 import datasets
 import pytest
 import torch
 import transformers
+from harness import run_cli
 from num2words import num2words
 from packaging.version import Version
-from test_train import QUICK, ROOT, TINY, environment, run_train, torchrun, write_jsonl
+from test_train import QUICK, TINY, environment, run_train, torchrun, write_jsonl
 from transformers import DataCollatorForSeq2Seq
 from transformers.utils import is_torch_bf16_gpu_available
 
@@ -145,8 +144,7 @@ def test_cli_max_tokens_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp
     assert 6 > steps_per_epoch and 6 % steps_per_epoch != 0  # checkpoint-6 is in the middle of a later epoch
     killed_dir = tmp_path / "killed"
     env = dict(environment(), VANILLA_FAULT="checkpoint-9")  # killed while saving checkpoint-9: resume from 6
-    command = [sys.executable, str(ROOT / "train.py"), *common, "--output_dir", str(killed_dir)]
-    killed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    killed = run_cli("train.py", *common, "--output_dir", str(killed_dir), env=env)
     assert killed.returncode < 0, killed.stderr[-3000:]
     resumed = run_train(*common, "--output_dir", str(killed_dir), "--resume_from_checkpoint", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -11,7 +11,8 @@ import sys
 import types
 
 import torch
-from harness import ROOT, environment
+from harness import ROOT, environment, run_cli
+from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -21,8 +22,7 @@ import profile_speed  # noqa: E402
 
 def run_ab(what: str, rounds: int) -> str:
     """bench/ab_speed.py at the tiny shape: its output, once it has exited cleanly."""
-    command = [sys.executable, str(ROOT / "bench" / "ab_speed.py"), what, "--shape", "tiny", "--rounds", str(rounds)]
-    result = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=300)
+    result = run_cli("bench/ab_speed.py", what, "--shape", "tiny", "--rounds", str(rounds))
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -247,13 +247,31 @@ def test_bench_speed_leaves_out_an_engine_that_fails_at_its_first_batch_and_time
 
 
 def test_the_profile_prints_a_summary_line_and_an_operator_table_for_each_call():
-    command = [sys.executable, str(ROOT / "bench" / "profile_speed.py"), "--shape", "tiny", "--steps", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=300)
+    result = run_cli("bench/profile_speed.py", "--shape", "tiny", "--steps", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = re.findall(r"=== (.+) \(1 calls\): ([\d.]+) ms a call \(wall\) ===", result.stdout)
     assert [title for title, _ in summaries] == ["training step", "beam-4 generation"]
     assert all(float(ms) > 0 for _, ms in summaries)
     assert result.stdout.count("Self CPU time total") == 2 and "aten::addmm" in result.stdout
+    parts = dict(re.findall(r"^(forward|_reorder_cache|logits processors) +1\.0 +([\d.]+)$", result.stdout, re.M))
+    assert set(parts) == {"forward", "_reorder_cache", "logits processors"}, result.stdout[-3000:]
+    assert all(float(us) > 0 for us in parts.values())
+
+
+def test_the_parts_of_a_decoding_step_are_marked_inside_the_block_and_restored_after_it():
+    shape = bench_speed.SHAPES["tiny"]
+    model = bench_speed.build_ours(shape).eval()
+    _, source = bench_speed.bench_inputs(shape, torch.device("cpu"))
+    owners = [type(model), LogitsProcessorList, StoppingCriteriaList]
+    before = [dict(vars(owner)) for owner in owners]
+    decoding = bench_speed.generation_call(model, source, 4, shape.new_tokens, contextlib.nullcontext)
+    with profile_speed.step_parts(model), torch.profiler.profile() as prof:
+        decoding()
+    counts = {event.key: event.count for event in prof.key_averages() if event.key.startswith("part: ")}
+    steps = shape.new_tokens
+    assert counts["part: forward"] == counts["part: _reorder_cache"] == steps
+    assert counts["part: logits processors"] == counts["part: _get_top_k_continuations"] == steps
+    assert [dict(vars(owner)) for owner in owners] == before and "forward" not in vars(model)
 
 
 def test_the_gpu_busy_time_sums_the_device_events_per_call():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import run_cli
 from huggingface_hub import ModelCard, ModelCardData
 from test_train import QUICK, ROOT, TINY, environment
 from transformers import AutoTokenizer
@@ -60,7 +61,7 @@ def pushed(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
     output_dir, record = tmp / "en-de", tmp / "hub"
     args = [*TINY, *QUICK, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir"]
     args += [str(output_dir), "--push_to_hub", "--hub_strategy", "all_checkpoints", "--hub_always_push"]
-    result = run(str(ROOT / "tests" / "hub_standin.py"), str(record), str(ROOT / "train.py"), *args)
+    result = run_cli("tests/hub_standin.py", str(record), str(ROOT / "train.py"), *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir, record, json.loads((record / "commits.json").read_text())
 
@@ -152,7 +153,7 @@ def test_model_card_metadata_round_trips_and_its_snippet_loads_the_pushed_repo(p
 def test_eval_py_puts_bleu_and_chrf_into_the_cards_model_index(pushed, tmp_path):
     model = tmp_path / "en-de"
     shutil.copytree(pushed[0], model, ignore=shutil.ignore_patterns("checkpoint-*"))
-    result = run(str(ROOT / "eval.py"), "--model", str(model), "--num_beams", "1", "--max_length_offset", "5")
+    result = run_cli("eval.py", "--model", str(model), "--num_beams", "1", "--max_length_offset", "5")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((model / "eval_results_test.json").read_text())
     card = ModelCard.load(model / "README.md", ignore_metadata_errors=False)
