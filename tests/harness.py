@@ -82,14 +82,15 @@ class CliServer:
             cls._instance = cls()
         return cls._instance
 
-    @staticmethod
-    def serves(env: dict[str, str]) -> bool:
-        """Whether `env` is the server's environment, the variables read at run time aside."""
+    @classmethod
+    def serves(cls, env: dict[str, str]) -> bool:
+        """Whether `env` is the environment the server imported the libraries in (or, before it starts, will import
+        them in), the variables read at run time aside."""
 
         def imported_with(variables: dict[str, str]) -> dict[str, str]:
             return {name: value for name, value in variables.items() if name not in RUN_TIME_VARIABLES}
 
-        return imported_with(env) == imported_with(environment())
+        return imported_with(env) == imported_with(cls._instance.env if cls._instance else environment())
 
     def answer(self, deadline: float | None) -> dict | None:
         """The server's next answer line, or None when the deadline passes first."""

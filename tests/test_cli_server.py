@@ -87,3 +87,11 @@ def test_a_run_in_another_environment_or_launcher_starts_a_new_interpreter(tmp_p
     assert run_cli(str(script)).stdout == "preloaded True\n"
     assert run_cli(str(script), env=environment(HF_HOME=str(tmp_path / "hf"))).stdout == "preloaded False\n"
     assert run_cli(str(script), launcher=(sys.executable, "-X", "utf8")).stdout == "preloaded False\n"
+
+
+def test_a_run_after_the_tests_own_environment_changed_starts_a_new_interpreter(tmp_path, monkeypatch):
+    script = tmp_path / "script.py"
+    script.write_text(PREAMBLE)
+    assert run_cli(str(script)).stdout == "preloaded True\n"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the server imported huggingface_hub without it
+    assert run_cli(str(script)).stdout == "preloaded False\n"
