@@ -54,6 +54,15 @@ def avoid_cudnn_attention() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN has bf16 matrix kernels for this CPU (they need AVX-512 or AMX). Without them PyTorch runs bf16
+    on fallback kernels: on an AVX2 CPU a bf16 autocast training step took ~30x the time of a float32 one, a bf16
+    matrix product ~5x (BENCHMARKS.md)."""
+    import torch
+
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def read_text(path: str) -> str:
     """The UTF-8 text of a file, without a leading byte-order mark; UsageError saying why a file cannot be read."""
     file = Path(path)

@@ -7,6 +7,7 @@ so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate
 
 import inspect
 import os
+import sys
 from dataclasses import field, make_dataclass
 
 import torch
@@ -22,7 +23,14 @@ from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_availab
 
 from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS, VanillaConfig
 from modeling_vanilla import VanillaForConditionalGeneration
-from vanilla_cli import RECIPE_SUFFIXES, UsageError, argument_dataclass, documented_arguments, read_recipe
+from vanilla_cli import (
+    RECIPE_SUFFIXES,
+    UsageError,
+    argument_dataclass,
+    cpu_has_bf16_kernels,
+    documented_arguments,
+    read_recipe,
+)
 from vanilla_corpus import DataArguments
 from vanilla_tokenizer import train_bpe_tokenizer
 
@@ -142,8 +150,16 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     preprocessing_num_workers: int | None = None
 
     def __post_init__(self):
-        if (self.bf16 or self.bf16_full_eval) and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
-            self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
+        if self.bf16 or self.bf16_full_eval:
+            if not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
+                self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
+            if self.use_cpu and not cpu_has_bf16_kernels():
+                print(
+                    "warning: --bf16: this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX), and bf16 "
+                    "autocast on the fallback ones trains many times slower than float32: training in float32",
+                    file=sys.stderr,
+                )
+                self.bf16 = self.bf16_full_eval = False
         super().__post_init__()
 
 

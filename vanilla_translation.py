@@ -1,10 +1,11 @@
 """A trained model and its tokenizer loaded for decoding (torch or CTranslate2), and beam search over a corpus."""
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import vanilla_ctranslate2
-from vanilla_cli import UsageError
+from vanilla_cli import UsageError, cpu_has_bf16_kernels
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,6 +48,12 @@ def load_model_and_tokenizer(name: str, attn_implementation: str | None = None, 
         raise UsageError(f"{name}: {where} ({first_line(error)})") from None
     model = load_model(name, attn_implementation, dtype)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and model.dtype == torch.bfloat16 and not cpu_has_bf16_kernels():
+        print(
+            "warning: bfloat16 weights on a CPU without bf16 matrix kernels (oneDNN's need AVX-512 or AMX): decoding "
+            "runs on the fallback ones, several times slower than float32 (--dtype float32)",
+            file=sys.stderr,
+        )
     return model.to(device).eval(), tokenizer
 
 

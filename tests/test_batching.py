@@ -16,6 +16,7 @@ from test_train import QUICK, TINY, environment, run_train, torchrun, write_json
 from transformers import DataCollatorForSeq2Seq
 from transformers.utils import is_torch_bf16_gpu_available
 
+import vanilla_train_arguments
 from vanilla_batching import TokenBudgetBatchSampler, sequence_lengths
 from vanilla_cli import UsageError
 from vanilla_tokenizer import train_bpe_tokenizer
@@ -203,8 +204,24 @@ def test_bf16_trains_on_the_cpu_where_no_gpu_has_it():
     assert not plain.use_cpu
 
 
-def test_bf16_on_a_cpu_trains_with_eager_attention_unless_a_kernel_is_named():
+def test_bf16_on_a_cpu_without_bf16_kernels_trains_in_float32_and_says_so(monkeypatch, capsys):
+    """bf16 autocast on a CPU whose oneDNN has no bf16 kernels (no AVX-512, no AMX) runs many times slower than
+    float32 (BENCHMARKS.md): train.py trains in float32 there, with a warning naming --bf16."""
+    flags = ["--output_dir", "unused", "--bf16", "true", "--use_cpu", "true"]
+    for has_kernels in (False, True):
+        monkeypatch.setattr(vanilla_train_arguments, "cpu_has_bf16_kernels", lambda value=has_kernels: value)
+        _, _, args = parse_arguments(flags)
+        warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        assert args.bf16 == has_kernels and args.use_cpu
+        if has_kernels:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and "--bf16" in warnings[0] and "training in float32" in warnings[0]
+
+
+def test_bf16_on_a_cpu_trains_with_eager_attention_unless_a_kernel_is_named(monkeypatch):
     # SDPA's bf16 backward on a CPU is the slower kernel (BENCHMARKS.md); float32 and GPUs keep SDPA.
+    monkeypatch.setattr(vanilla_train_arguments, "cpu_has_bf16_kernels", lambda: True)
     model_args, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true"])
     assert training_attention(model_args, args) == ("eager" if args.device.type == "cpu" else "sdpa")
     model_args, _, args = parse_arguments(["--output_dir", "unused"])

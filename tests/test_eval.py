@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from tiny_models import tiny_config
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+import vanilla_translation
 from modeling_vanilla import VanillaForConditionalGeneration
 from vanilla_ctranslate2 import source_fingerprint
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding
@@ -710,6 +711,16 @@ def test_bfloat16_decoding_is_recorded_and_translates(trained_run, test_file, tm
     hypotheses, report = evaluate_with(trained_run, test_file, tmp_path, "--dtype", "bfloat16")
     assert report["dtype"] == "bfloat16"
     assert len(hypotheses) == len(PAIRS) and all(hypotheses)
+
+
+@pytest.mark.slow
+def test_bfloat16_weights_on_a_cpu_without_bf16_kernels_are_loaded_with_a_warning(trained_run, monkeypatch, capsys):
+    for has_kernels, dtype, warned in ((False, "bfloat16", True), (True, "bfloat16", False), (False, None, False)):
+        monkeypatch.setattr(vanilla_translation, "cpu_has_bf16_kernels", lambda value=has_kernels: value)
+        model, _ = vanilla_translation.load_model_and_tokenizer(str(trained_run), dtype=dtype)
+        warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        assert model.dtype == (torch.bfloat16 if dtype else torch.float32)
+        assert len(warnings) == warned and all("--dtype float32" in line for line in warnings), warnings
 
 
 @pytest.mark.slow
