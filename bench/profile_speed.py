@@ -9,8 +9,8 @@ device times), the share of the wall time that is, and the kernels it ran (those
 A step whose GPU is busy a small share of its wall time is bound by the host (Python, dispatch, launches, waits for
 the GPU), not by the arithmetic. Then the operators, sorted by self CPU time, or on CUDA by self device time; and for
 each generation, the host time a decoding step spends in each of its parts: the model's forward, transformers'
-beam-search helpers, the logits processors, the cache reorder (on a GPU, the part that reads the GPU's answer, whether
-to go on, also waits there for the step's kernels).
+beam-search helpers, the logits processors, the cache reorder. On a GPU `_beam_search_has_unfinished_sequences` reads
+a flag back from the GPU, so its time includes the wait for the step's kernels.
 
 On CUDA the training step also runs compiled, and the decoding as bench_speed.py's: eager under autocast, then
 eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
@@ -180,7 +180,14 @@ def main():
             print("\n".join(notes))
             return
         compiled = generation_call(static, source, 4, shape.new_tokens, contextlib.nullcontext, **COMPILED_DECODING)
-        show(f"beam-4 generation, compiled static, bf16 ({mode})", compiled, args.rows, args.steps, device, static)
+        show(
+            f"beam-4 generation, compiled static, bf16 ({mode})",
+            compiled,
+            args.rows,
+            args.steps,
+            device,
+            parts_of=static,
+        )
 
 
 if __name__ == "__main__":
