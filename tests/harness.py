@@ -22,9 +22,15 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-# Variables the CLIs read when they run, not when the libraries are imported: a run that differs from the CLI server's
-# environment only in these still goes through the server.
-RUN_TIME_VARIABLES = {"VANILLA_FAULT", "PYTEST_CURRENT_TEST"}
+# Variables read when the CLIs run, not when the libraries are imported: a run that differs from the CLI server's
+# environment only in these still goes through the server. Inductor sets the last two in the test process when a test
+# there first compiles.
+RUN_TIME_VARIABLES = {
+    "VANILLA_FAULT",
+    "PYTEST_CURRENT_TEST",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
+}
 
 
 def run_cli(
