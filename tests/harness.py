@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300  # seconds a CLI run may take
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -47,18 +48,19 @@ def run_cli(
     A run with the plain interpreter and the standard environment is forked from the CLI server (cli_server.py),
     which has the libraries imported; others, and any with `fresh`, start a new interpreter."""
     env = environment() if env is None else env
+    data = stdin.encode() if isinstance(stdin, str) else stdin
     if not fresh and launcher == (sys.executable,) and CliServer.serves(env):
-        return CliServer.instance().run(ROOT / script, args, stdin, env, cwd)
-    result = subprocess.run(
-        [*launcher, str(ROOT / script), *args],
-        input=stdin.encode() if isinstance(stdin, str) else stdin,
-        capture_output=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
+        return CliServer.instance().run(ROOT / script, args, data, env, cwd)
+    command = [*launcher, str(ROOT / script), *args]
+    result = subprocess.run(command, input=data, capture_output=True, env=env, cwd=cwd, timeout=TIMEOUT)
+    return completed(command, result.returncode, result.stdout, result.stderr)
+
+
+def completed(command: list[str], returncode: int, stdout: bytes, stderr: bytes) -> subprocess.CompletedProcess:
+    """A run's result with its output as text."""
+    return subprocess.CompletedProcess(
+        command, returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
     )
-    stdout, stderr = (output.decode(errors="replace") for output in (result.stdout, result.stderr))
-    return subprocess.CompletedProcess(result.args, result.returncode, stdout, stderr)
 
 
 class CliServer:
@@ -112,28 +114,27 @@ class CliServer:
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, script: Path, args, stdin, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    def run(self, script: Path, args, stdin: bytes | None, env: dict[str, str], cwd: Path):
+        command = [sys.executable, str(script), *args]
         with tempfile.TemporaryDirectory(dir=self.folder) as folder:
             files = {name: Path(folder) / name for name in ("stdin", "stdout", "stderr")}
             if stdin is None:
                 files["stdin"] = Path(os.devnull)
             else:
-                files["stdin"].write_bytes(stdin.encode() if isinstance(stdin, str) else stdin)
+                files["stdin"].write_bytes(stdin)
             request = {"script": str(script), "args": list(args), "env": env, "cwd": str(cwd)}
             request |= {name: str(path) for name, path in files.items()}
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
             pid = self.answer(None)["pid"]
-            answer = self.answer(time.monotonic() + 300)
+            answer = self.answer(time.monotonic() + TIMEOUT)
             if answer is None:
                 os.kill(pid, signal.SIGKILL)
                 self.answer(None)
-                command = [sys.executable, str(script), *args]
-                raise subprocess.TimeoutExpired(
-                    command, 300, files["stdout"].read_bytes(), files["stderr"].read_bytes()
-                )
-            stdout, stderr = (files[name].read_bytes().decode(errors="replace") for name in ("stdout", "stderr"))
-        return subprocess.CompletedProcess([sys.executable, str(script), *args], answer["returncode"], stdout, stderr)
+            stdout, stderr = (files[name].read_bytes() for name in ("stdout", "stderr"))
+        if answer is None:
+            raise subprocess.TimeoutExpired(command, TIMEOUT, stdout, stderr)
+        return completed(command, answer["returncode"], stdout, stderr)
 
     def close(self) -> None:
         if self.process.poll() is None:
