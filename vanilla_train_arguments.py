@@ -151,7 +151,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         if self.bf16 or self.bf16_full_eval:
-            if not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
+            if not (self.use_cpu or is_torch_bf16_gpu_available() or is_torch_xla_available()):
+                if torch.accelerator.is_available():  # a GPU without bf16: say so rather than train on the CPU
+                    raise ValueError(
+                        f"--bf16: this {torch.accelerator.current_accelerator().type} device has no bf16 support; "
+                        "drop --bf16 (or use --fp16), or pass --use_cpu true to train on the CPU"
+                    )
                 self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
             if self.use_cpu and not cpu_has_bf16_kernels():
                 print(

@@ -204,6 +204,18 @@ def test_bf16_trains_on_the_cpu_where_no_gpu_has_it():
     assert not plain.use_cpu
 
 
+def test_bf16_on_a_gpu_without_bf16_is_refused_rather_than_trained_on_the_cpu(monkeypatch):
+    """A GPU that has no bf16 (transformers' check) is not a reason to train on the CPU: --bf16 names the problem."""
+    monkeypatch.setattr(vanilla_train_arguments, "is_torch_bf16_gpu_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda"))
+    with pytest.raises(UsageError, match=r"--bf16: this cuda device has no bf16 support.*--use_cpu true"):
+        parse_arguments(["--output_dir", "unused", "--bf16", "true"])
+    monkeypatch.setattr(vanilla_train_arguments, "cpu_has_bf16_kernels", lambda: True)
+    _, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true", "--use_cpu", "true"])
+    assert args.bf16 and args.use_cpu
+
+
 def test_bf16_on_a_cpu_without_bf16_kernels_trains_in_float32_and_says_so(monkeypatch, capsys):
     """bf16 autocast on a CPU whose oneDNN has no bf16 kernels (no AVX-512, no AMX) runs many times slower than
     float32 (BENCHMARKS.md): train.py trains in float32 there, with a warning naming --bf16."""
