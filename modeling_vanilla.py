@@ -504,6 +504,11 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+        """Leaves the decoder's causal mask to the decoder: with a static cache, generate() would build it before each
+        step, outside a compiled step's graph (transformers 5.2x); the decoder builds the same mask inside it."""
+        return attention_mask
+
     @staticmethod
     def _reorder_cache(cache: Cache, beam_idx: torch.Tensor) -> Cache:
         """Beam search: moves each hypothesis' self-attention keys/values to its new slot after a step.

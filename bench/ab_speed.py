@@ -2,16 +2,22 @@
 
     python bench/ab_speed.py train [--bf16] [--rounds 20]     # ours, every position / ours, labelled only / Marian
     python bench/ab_speed.py ctranslate2 [--rounds 20]        # our CTranslate2 conversion / Marian's, f32 and int8
+    python bench/ab_speed.py masks [--shape tiny] [--rounds 60]  # compiled beam 4: who builds the decoder's mask
 
 `train` times a full step (bench_speed.training_step) of our model projecting every target position onto the
 vocabulary, of our model projecting the labelled positions only (what VanillaTrainer asks of it), and of
 MarianMTModel; in bf16 autocast all three use eager attention, as train.py does on a CPU. `ctranslate2` converts
 both models as bench_speed.py does and times `translate_batch` on its 16 sources at a fixed output length, greedy and
-beam 4. Each round runs every variant once, the order reversed every other round; the table gives medians, and for
-pairs the median of the per-round ratios with its 25th-75th percentiles, which load from other processes hits least.
+beam 4. `masks` times eval.py --compile's beam-4 decoding (static cache, the step compiled) of our model, which
+builds the decoder's causal mask inside the step, against a copy given transformers' `create_masks_for_generate`,
+with which generate() builds it before each step, outside the compiled graph (transformers 5.2x; 5.17 builds none
+without a decoder mask of the caller's). Each round runs every variant once, the order reversed every other round;
+the table gives medians, and for pairs the median of the per-round ratios with its 25th-75th percentiles, which load
+from other processes hits least.
 """
 
 import argparse
+import contextlib
 import copy
 import statistics
 import tempfile
@@ -27,8 +33,12 @@ from bench_speed import (  # the script's folder is on the path
     build_ours,
     ctranslate2_call,
     ctranslate2_models,
+    generation_call,
     training_step,
 )
+from transformers.masking_utils import create_masks_for_generate
+
+from vanilla_translation import COMPILED_DECODING, compile_for_decoding
 
 CPU = torch.device("cpu")
 WARMUP = 2  # calls of each variant before the timed rounds
@@ -43,11 +53,12 @@ def ratio_spread(slow: list[float], fast: list[float]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["train", "ctranslate2"])
+    parser.add_argument("what", choices=["train", "ctranslate2", "masks"])
     parser.add_argument("--bf16", action="store_true", help="train: bf16 autocast and eager attention")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--backend", default="inductor", help="masks: torch.compile's backend")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,6 +89,21 @@ def main():
         print(f"  labelled only / every position: {ratio_spread(every, labelled)}")
         print(f"  labelled only / marian: {ratio_spread(marian, labelled)}")
         print(f"  every position / marian: {ratio_spread(marian, every)}")
+        return
+
+    if args.what == "masks":
+        by_generate = copy.deepcopy(models["ours"])
+        by_generate.create_masks_for_generate = create_masks_for_generate  # transformers' own, called by generate()
+        fns = {}
+        for name, model in (("decoder builds the mask", models["ours"]), ("generate() builds it", by_generate)):
+            compile_for_decoding(model.eval(), "reduce-overhead", args.backend)
+            fns[name] = generation_call(model, source, 4, shape.new_tokens, contextlib.nullcontext, **COMPILED_DECODING)
+        seconds = alternated_times(fns, CPU, WARMUP, args.rounds)
+        print("\ncompiled static beam 4; ms per generate() (medians):")
+        for name, values in seconds.items():
+            print(f"  {name}: {1000 * statistics.median(values):.1f}")
+        spread = ratio_spread(seconds["generate() builds it"], seconds["decoder builds the mask"])
+        print(f"  generate() builds it / decoder builds the mask: {spread}")
         return
 
     tokens = bench_tokens(shape.vocab_size)

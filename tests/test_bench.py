@@ -20,9 +20,9 @@ import bench_speed  # noqa: E402
 import profile_speed  # noqa: E402
 
 
-def run_ab(what: str, rounds: int) -> str:
+def run_ab(what: str, rounds: int, *flags: str) -> str:
     """bench/ab_speed.py at the tiny shape: its output, once it has exited cleanly."""
-    result = run_cli("bench/ab_speed.py", what, "--shape", "tiny", "--rounds", str(rounds))
+    result = run_cli("bench/ab_speed.py", what, "--shape", "tiny", "--rounds", str(rounds), *flags)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -48,6 +48,14 @@ def test_the_ctranslate2_ab_times_both_conversions_at_both_precisions_and_beam_w
         r"^beam (\d), (float32|int8): ours [\d.]+ ms, marian [\d.]+ ms; marian's time / ours: ", stdout, re.M
     )
     assert sorted(rows) == sorted((beams, quantization) for beams in "14" for quantization in ("float32", "int8"))
+
+
+def test_the_masks_ab_times_compiled_beam_search_with_the_decoders_mask_and_with_generates():
+    stdout = run_ab("masks", 2, "--backend", "eager")  # dynamo's graphs without inductor's code generation
+    times = dict(re.findall(r"^  (decoder builds the mask|generate\(\) builds it): ([\d.]+)$", stdout, re.M))
+    assert set(times) == {"decoder builds the mask", "generate() builds it"}
+    assert all(float(value) > 0 for value in times.values())
+    assert re.search(r"^  generate\(\) builds it / decoder builds the mask: \d+\.\d+x \(", stdout, re.M)
 
 
 def tiny_source(shape: bench_speed.Shape) -> dict:

@@ -354,6 +354,31 @@ def test_static_cache_gives_the_tokens_of_the_dynamic_cache(num_beams):
     assert torch.equal(static, dynamic)
 
 
+@pytest.mark.parametrize("num_beams", [1, 4], ids=["greedy", "beam"])
+def test_with_a_static_cache_the_decoder_builds_its_causal_mask_inside_the_step(num_beams, monkeypatch):
+    """generate() hands the decoder no 4-D mask of its own making (transformers 5.2x builds one before every step
+    with a static cache, outside a compiled step's graph): the decoder builds the same mask inside its forward."""
+    model = model_for()
+    ids, mask = source_batch()
+    settings = dict(input_ids=ids, attention_mask=mask, num_beams=num_beams, max_new_tokens=6, min_new_tokens=6)
+    masks = []
+    forward = type(model.model.decoder).forward
+
+    def recording(decoder, *args, **kwargs):
+        masks.append(kwargs.get("attention_mask"))
+        return forward(decoder, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.model.decoder), "forward", recording)
+    static = model.generate(**settings, cache_implementation="static")
+    assert len(masks) == 6 and all(mask is None for mask in masks)
+    monkeypatch.setattr(type(model.model.decoder), "forward", forward)
+    assert torch.equal(static, model.generate(**settings))
+    # A decoder mask of the caller's own (a prompt of decoder tokens) passes on as it came, 2-D.
+    prompt = torch.full((ids.shape[0], 2), model.config.decoder_start_token_id)
+    prompted = dict(settings, decoder_input_ids=prompt, decoder_attention_mask=torch.ones_like(prompt))
+    assert torch.equal(model.generate(**prompted, cache_implementation="static"), model.generate(**prompted))
+
+
 class DeviceReads(TorchDispatchMode):
     """Counts the ops that read a tensor's value back to the host (`item()`, `bool()`): each waits for a GPU."""
 
