@@ -1,7 +1,8 @@
 """Speed of VanillaForConditionalGeneration against transformers' MarianMTModel (and torch.nn.Transformer on GPU).
 
 On CPU the rows are float32, plus training rows of both models in bf16 autocast with eager attention, as train.py
---bf16 trains there (native bf16 matmuls where the CPU has AVX-512 BF16 / AMX). Every training row takes a step as
+--bf16 trains there, where the CPU has bf16 kernels (AVX-512 BF16 / AMX; without them train.py trains in float32,
+and the bench leaves out its bf16 rows and says so in the notes). Every training row takes a step as
 Trainer does: our model projects only the labelled positions onto the vocabulary (VanillaTrainer passes that mask as
 `logits_to_keep`; MarianMTModel has no such argument), and the optimizer is fused AdamW, Trainer's default.
 
@@ -60,7 +61,7 @@ from modeling_vanilla import (  # noqa: E402
     shift_tokens_right,
     sinusoidal_positions,
 )
-from vanilla_cli import avoid_cudnn_attention  # noqa: E402
+from vanilla_cli import avoid_cudnn_attention, cpu_has_bf16_kernels  # noqa: E402
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 from vanilla_files import write_text_atomically  # noqa: E402
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding, first_line  # noqa: E402
@@ -522,7 +523,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = device.type == "cuda" and not args.no_bf16
-    cpu_bf16 = device.type == "cpu" and not args.no_bf16  # bf16 rows beside the float32 ones
+    # bf16 rows beside the float32 ones, where the CPU has bf16 kernels (without them a bf16 step takes ~30x as long)
+    cpu_bf16 = device.type == "cpu" and not args.no_bf16 and cpu_has_bf16_kernels()
     compiled = (device.type == "cuda" or args.compile) and not args.no_compile
     autocast = autocast_context(device, bf16)
 
@@ -556,6 +558,13 @@ def main():
         "rows": {},
         "ratios": {},
     }
+
+    if device.type == "cpu" and not args.no_bf16 and not cpu_bf16:
+        record["notes"].append(
+            "no bf16 rows: this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX); "
+            "train.py --bf16 trains in float32 here"
+        )
+        print(f"note: {record['notes'][-1]}", flush=True)
 
     def add_row(metric: str, values: dict) -> None:
         rows.append((metric, values))

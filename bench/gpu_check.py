@@ -584,7 +584,7 @@ def run_check(out: Path, data: Path, dry: bool, start: float) -> dict:
         else [f"no CTranslate2 rows: ctranslate2 is not installed (pip install {OPTIONAL['ctranslate2']})"]
     )
     for bench in ("bench_train.json", "bench_decode.json"):  # an engine left out, and why; the compiled tokens
-        notes += (read_json(out / bench) or {}).get("notes", [])
+        notes += [note for note in (read_json(out / bench) or {}).get("notes", []) if note not in notes]
     return {
         "dry": dry,
         "seconds": time.monotonic() - start,

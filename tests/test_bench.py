@@ -10,6 +10,7 @@ import subprocess
 import sys
 import types
 
+import pytest
 import torch
 from harness import ROOT, environment, run_cli
 from transformers.generation import LogitsProcessorList, StoppingCriteriaList
@@ -252,6 +253,28 @@ def test_bench_speed_leaves_out_an_engine_that_fails_at_its_first_batch_and_time
         assert all(value > 0 for value in values.values())
     error = "(Library libcublas.so.12 is not found or cannot be loaded)"
     assert record["notes"] == [f"{row}: no marian, CT2 int8 {error}" for row in ("beam-4 sent/s", "greedy sent/s")]
+
+
+@pytest.mark.parametrize("has_kernels", [False, True])
+def test_bench_speed_times_bf16_training_on_a_cpu_only_where_it_has_bf16_kernels(tmp_path, has_kernels):
+    """As train.py --bf16 trains in float32 on a CPU without bf16 kernels, the bench leaves out its bf16 rows there
+    (each step would take ~30x a float32 one) and says so in its notes; with them, both models get a bf16 row."""
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "sitecustomize.py").write_text(
+        f"import vanilla_cli\nvanilla_cli.cpu_has_bf16_kernels = lambda: {has_kernels}\n"
+    )
+    rows = tmp_path / "rows.json"
+    command = [sys.executable, str(ROOT / "bench" / "bench_speed.py"), "--shape", "tiny", "--threads", "1"]
+    command += ["--repeats", "1", "--warmup", "1", "--skip-generation", "--json", str(rows)]
+    env = environment(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{ROOT}")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(rows.read_text())
+    bf16_rows = {"ours, bf16 autocast", "marian, bf16 autocast"}
+    assert set(record["rows"]["train tokens/s"]) == {"ours", "marian"} | (bf16_rows if has_kernels else set())
+    note = "no bf16 rows: this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX); train.py --bf16 trains"
+    assert [n.startswith(note) for n in record["notes"]] == ([] if has_kernels else [True])
+    assert (f"note: {note}" in result.stdout) is not has_kernels
 
 
 def test_the_profile_prints_a_summary_line_and_an_operator_table_for_each_call():
