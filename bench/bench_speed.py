@@ -523,8 +523,14 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = device.type == "cuda" and not args.no_bf16
-    # bf16 rows beside the float32 ones, where the CPU has bf16 kernels (without them a bf16 step takes ~30x as long)
-    cpu_bf16 = device.type == "cpu" and not args.no_bf16 and cpu_has_bf16_kernels()
+    cpu_bf16 = device.type == "cpu" and not args.no_bf16  # bf16 rows beside the float32 ones
+    notes = []
+    if cpu_bf16 and not cpu_has_bf16_kernels():  # without them a bf16 step takes ~30x a float32 one
+        cpu_bf16 = False
+        notes.append(
+            "no bf16 rows: this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX); "
+            "train.py --bf16 trains in float32 here"
+        )
     compiled = (device.type == "cuda" or args.compile) and not args.no_compile
     autocast = autocast_context(device, bf16)
 
@@ -543,6 +549,8 @@ def main():
     )
     for name, model in models.items():
         print(f"  {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    for note in notes:
+        print(f"note: {note}", flush=True)
 
     rows = []  # (metric, {model: value})
     record = {
@@ -554,17 +562,10 @@ def main():
         "shape": {"name": args.shape or ("base" if device.type == "cuda" else "small"), **vars(shape)},
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "notes": [],
+        "notes": notes,
         "rows": {},
         "ratios": {},
     }
-
-    if device.type == "cpu" and not args.no_bf16 and not cpu_bf16:
-        record["notes"].append(
-            "no bf16 rows: this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX); "
-            "train.py --bf16 trains in float32 here"
-        )
-        print(f"note: {record['notes'][-1]}", flush=True)
 
     def add_row(metric: str, values: dict) -> None:
         rows.append((metric, values))
