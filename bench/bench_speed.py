@@ -524,10 +524,10 @@ def main():
         torch.set_num_threads(args.threads)
     bf16 = device.type == "cuda" and not args.no_bf16
     cpu_bf16 = device.type == "cpu" and not args.no_bf16  # bf16 rows beside the float32 ones
-    notes = []
+    setup_notes = []  # what the run leaves out before it starts, and why
     if cpu_bf16 and not cpu_has_bf16_kernels():  # without them a bf16 step takes ~30x a float32 one
         cpu_bf16 = False
-        notes.append(
+        setup_notes.append(
             "no bf16 rows: this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX); "
             "train.py --bf16 trains in float32 here"
         )
@@ -549,7 +549,7 @@ def main():
     )
     for name, model in models.items():
         print(f"  {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
-    for note in notes:
+    for note in setup_notes:
         print(f"note: {note}", flush=True)
 
     rows = []  # (metric, {model: value})
@@ -562,7 +562,7 @@ def main():
         "shape": {"name": args.shape or ("base" if device.type == "cuda" else "small"), **vars(shape)},
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "notes": notes,
+        "notes": list(setup_notes),
         "rows": {},
         "ratios": {},
     }
