@@ -332,10 +332,22 @@ class VanillaStack(VanillaPreTrainedModel):
         return hidden_states if self.final_norm is None else self.final_norm(hidden_states)
 
 
+def layer_outputs(layer_class: type[GradientCheckpointingLayer], num_layers_key: str) -> OutputRecorder:
+    """A stack's layer outputs as its `hidden_states`, negative `output_hidden_states` indices counted in its layers."""
+    # config.num_hidden_layers names the decoder's layers, the count transformers' caches take; an encoder of another
+    # depth says its own. Releases before the recorder's `num_hidden_layers_key` (5.2x) select no negative index.
+    if "num_hidden_layers_key" in OutputRecorder.__dataclass_fields__:
+        return OutputRecorder(layer_class, num_hidden_layers_key=num_layers_key)
+    return OutputRecorder(layer_class)
+
+
 class VanillaEncoder(VanillaStack):
     """Sec. 3.1: a stack of N identical encoder layers; every position attends to all positions of the source."""
 
-    _can_record_outputs = {"hidden_states": VanillaEncoderLayer, "attentions": VanillaAttention}
+    _can_record_outputs = {
+        "hidden_states": layer_outputs(VanillaEncoderLayer, "encoder_layers"),
+        "attentions": VanillaAttention,
+    }
 
     def __init__(self, config: VanillaConfig):
         super().__init__(config, VanillaEncoderLayer, config.encoder_layers)
@@ -362,7 +374,7 @@ class VanillaDecoder(VanillaStack):
     """Sec. 3.1: a stack of N decoder layers; position i attends only to positions before i (masked self-attention)."""
 
     _can_record_outputs = {
-        "hidden_states": VanillaDecoderLayer,
+        "hidden_states": layer_outputs(VanillaDecoderLayer, "decoder_layers"),
         "attentions": OutputRecorder(VanillaAttention, index=1, layer_name="self_attn"),
         "cross_attentions": OutputRecorder(VanillaAttention, index=1, layer_name="cross_attn"),
     }

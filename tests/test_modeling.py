@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.cache_utils import EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.utils.output_capturing import OutputRecorder
 
 from configuration_vanilla import PRESETS, VanillaConfig
 from modeling_vanilla import (
@@ -104,6 +105,28 @@ def test_hidden_states_are_the_inputs_of_every_layer_then_the_stack_output(norm_
     for recorded, layer_input in zip(out.encoder_hidden_states, layer_inputs, strict=False):
         torch.testing.assert_close(recorded, layer_input)
     torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+
+
+@pytest.mark.skipif(
+    "num_hidden_layers_key" not in OutputRecorder.__dataclass_fields__,
+    reason="this transformers selects hidden states by list without negative indices",
+)
+@pytest.mark.parametrize("selected", [[-1], [1, -1], [0, -2]])
+def test_selected_hidden_states_count_negative_indices_in_each_stacks_own_layers(selected):
+    model = model_for(encoder_layers=3, decoder_layers=2)
+    ids, mask = source_batch()
+    inputs = dict(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :4])
+    every = model(**inputs, output_hidden_states=True)
+    chosen = model(**inputs, output_hidden_states=selected)
+    for name in ("encoder_hidden_states", "decoder_hidden_states"):
+        full, kept = getattr(every, name), getattr(chosen, name)
+        wanted = {i % len(full) for i in selected}
+        assert len(kept) == len(full), name
+        for i, (state, recorded) in enumerate(zip(full, kept, strict=True)):
+            if i in wanted:
+                torch.testing.assert_close(recorded, state, msg=f"{name}[{i}]")
+            else:
+                assert recorded is None, f"{name}[{i}] was not asked for"
 
 
 def test_return_dict_false_gives_the_same_outputs_as_a_tuple():
