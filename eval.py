@@ -12,6 +12,7 @@ torch, the model classes, evaluate and matplotlib are imported where used, so th
 """
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,8 @@ class EvalArguments:
         for name in ("num_beams", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name} ({getattr(self, name)}) must be at least 1")
+        if self.length_penalty is not None and not math.isfinite(self.length_penalty):
+            raise UsageError(f"--length_penalty ({self.length_penalty}) must be a finite number")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
         if self.compile_mode is not None and not self.compile:

@@ -6,6 +6,7 @@ so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate
 """
 
 import inspect
+import math
 import os
 import sys
 from dataclasses import field, make_dataclass
@@ -233,6 +234,24 @@ def data_parallel_on_cpus(parser: HfArgumentParser, argv: list[str]) -> bool:
     return True
 
 
+# Trainer's numbers that torch refuses only once training starts (a traceback), or that it takes as they come: a
+# nan or infinite rate, a negative norm that turns clipping off. Each with the values it takes and how to say them.
+TRAINER_NUMBERS = {
+    "learning_rate": (lambda value: 0 < value < math.inf, "a positive number"),
+    "adam_beta1": (lambda value: 0 <= value < 1, "a number in [0, 1)"),
+    "adam_beta2": (lambda value: 0 <= value < 1, "a number in [0, 1)"),
+    "adam_epsilon": (lambda value: 0 <= value < math.inf, "a number >= 0"),
+    "weight_decay": (lambda value: 0 <= value < math.inf, "a number >= 0"),
+    "max_grad_norm": (lambda value: 0 <= value < math.inf, "a number >= 0 (0 clips nothing)"),
+    "warmup_steps": (lambda value: 0 <= value < math.inf, "a number >= 0 (below 1: a fraction of the steps)"),
+    "num_train_epochs": (math.isfinite, "a finite number"),
+    "max_train_seconds": (lambda value: 0 < value < math.inf, "a positive number of seconds"),
+    "save_at_seconds": (lambda value: 0 < value < math.inf, "a positive number of seconds"),
+    "seed": (lambda value: 0 <= value < 2**32, "an integer in [0, 2^32)"),
+    "data_seed": (lambda value: 0 <= value < 2**32, "an integer in [0, 2^32)"),
+}
+
+
 def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None:
     """Refuses values that Trainer would crash on later or silently turn into a run that trains nothing."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -241,8 +260,9 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
     for name in ("max_tokens", "preprocessing_num_workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive integer")
-    if args.learning_rate is not None and args.learning_rate <= 0:
-        raise UsageError(f"--learning_rate is {args.learning_rate}; expected a positive number")
+    for name, (valid, expected) in TRAINER_NUMBERS.items():
+        if getattr(args, name) is not None and not valid(getattr(args, name)):
+            raise UsageError(f"--{name} is {getattr(args, name)}; expected {expected}")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         raise UsageError(
             f"nothing to train: --num_train_epochs is {args.num_train_epochs} and --max_steps is {args.max_steps}; "
@@ -267,9 +287,6 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
         raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
     if model_args.vocab_size is not None and model_args.tokenizer_name:
         raise UsageError("--vocab_size sizes the BPE that train.py learns; it cannot resize --tokenizer_name")
-    for name in ("max_train_seconds", "save_at_seconds"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UsageError(f"--{name} is {getattr(args, name)}; expected a positive number of seconds")
     if None not in (args.max_train_seconds, args.save_at_seconds) and args.save_at_seconds >= args.max_train_seconds:
         raise UsageError(
             f"--save_at_seconds ({args.save_at_seconds}) must be less than --max_train_seconds "

@@ -488,6 +488,7 @@ def test_damaged_weights_are_a_usage_error(trained_run, tmp_path, damage):
         ("--num_beams", "0", "at least 1"),
         ("--batch_size", "0", "at least 1"),
         ("--max_length_offset", "-1000", "no room"),
+        ("--length_penalty", "nan", "must be a finite number"),
     ],
 )
 def test_decoding_arguments_that_allow_no_output_are_usage_errors(
