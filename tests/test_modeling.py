@@ -721,6 +721,27 @@ def test_generate_decomposes_into_prefill_and_decode_graphs_that_export():
         torch.testing.assert_close(program.module()(**traced).logits, stage(**copy.deepcopy(inputs)).logits)
 
 
+@pytest.mark.slow
+def test_transformers_executorch_module_exports_an_encoder_and_a_static_cache_decoder_step():
+    """Seq2SeqLMExportableModule (transformers' ExecuTorch path): the exported encoder equals ours, and the exported
+    decoder, fed one token a step, gives the logits of a full forward, again for a second sequence."""
+    from transformers.integrations.executorch import Seq2SeqLMExportableModule
+
+    model = model_for()
+    exportable = Seq2SeqLMExportableModule(model, batch_size=1, max_hidden_seq_length=32, max_cache_length=16)
+    exportable.export()
+    encoder, decoder = exportable.exported_encoder.module(), exportable.exported_decoder.module()
+    for _ in range(2):
+        ids = torch.randint(3, 40, (1, 7))
+        encoded = encoder(ids)
+        torch.testing.assert_close(encoded, model.get_encoder()(input_ids=ids).last_hidden_state)
+        targets = torch.randint(3, 40, (1, 6))
+        steps = [decoder(targets[:, i : i + 1], encoded, torch.tensor([i])) for i in range(targets.shape[1])]
+        with torch.no_grad():
+            full = model(input_ids=ids, decoder_input_ids=targets).logits
+        torch.testing.assert_close(torch.cat(steps, dim=1), full)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     plain = model_for().train()
     checkpointed = model_for().train()
