@@ -1,5 +1,6 @@
 """Seq2SeqTrainer for this model: token-budget batches, the run's loss total, tokens/s, and the metrics it reports."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -86,6 +87,18 @@ class VanillaTrainer(Seq2SeqTrainer):
         if not return_outputs and "labels" in inputs and own_loss and not self.args.torch_compile:
             inputs = {**inputs, "logits_to_keep": inputs["labels"] != -100}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # With predict_with_generate, Seq2SeqTrainer writes every generation default (min_length 0, top_k 50, ...)
+        # into the model's generation config, where the next save would keep them all as the model's own settings
+        # (and generate() would warn that min_length and max_length were set beside min/max_new_tokens). The step
+        # generates with a copy; the model's own settings stay as they were.
+        own = self.model.generation_config
+        self.model.generation_config = copy.deepcopy(own)
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+        finally:
+            self.model.generation_config = own
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime

@@ -21,6 +21,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
+    GenerationConfig,
     HfArgumentParser,
     Seq2SeqTrainingArguments,
     get_scheduler,
@@ -742,6 +743,29 @@ def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_sm
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
     # eval_loss stays the training objective, smoothed with epsilon_ls = 0.1 (sec. 5.4).
     assert metrics["eval_loss"] != pytest.approx(metrics["eval_nll_loss"], rel=1e-3)
+
+
+def test_evaluation_with_generate_leaves_the_models_generation_config_as_it_was(tmp_path):
+    tokenizer, rows = number_rows((3, 21, 117, 40))
+    model = one_layer_model(tokenizer).eval()
+    model.generation_config = GenerationConfig(num_beams=2, length_penalty=0.6, max_length=12, decoder_start_token_id=1)
+    own = model.generation_config.to_diff_dict()
+    args = Seq2SeqTrainingArguments(
+        tmp_path, per_device_eval_batch_size=4, predict_with_generate=True, report_to=[], use_cpu=True
+    )
+    trainer = VanillaTrainer(
+        model=model,
+        args=args,
+        eval_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+    )
+    predictions = trainer.predict(Dataset.from_list(rows)).predictions
+    assert predictions.shape == (4, 12)  # padded to the model's max_length, which the step read
+    assert model.generation_config.to_diff_dict() == own
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "generation_config.json").read_text())
+    assert {name for name in saved if name != "transformers_version"} == set(own) - {"transformers_version"}
 
 
 def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss(tmp_path):
