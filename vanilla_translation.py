@@ -137,12 +137,10 @@ def generation_arguments(args: "EvalArguments", input_length: int) -> dict:
             f"--max_length_offset {args.max_length_offset} leaves no room for an output after an input of "
             f"{input_length} tokens; expected at least {1 - input_length}"
         )
-    return {
-        "num_beams": args.num_beams,
-        "length_penalty": args.length_penalty,
-        "max_new_tokens": max_new_tokens,
-        "max_length": None,
-    }
+    settings = {"num_beams": args.num_beams, "max_new_tokens": max_new_tokens, "max_length": None}
+    if args.num_beams > 1:  # greedy search ranks no hypotheses: generate() warns that it ignores a length penalty
+        settings["length_penalty"] = args.length_penalty
+    return settings
 
 
 def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int) -> list[list[int]]:
@@ -174,9 +172,7 @@ def translate(
     ):
         if args.engine == "ctranslate2":
             sources = [input_ids[index] for index in indices]
-            output = model.generate_ids(
-                sources, settings["num_beams"], settings["length_penalty"], settings["max_new_tokens"]
-            )
+            output = model.generate_ids(sources, settings["num_beams"], args.length_penalty, settings["max_new_tokens"])
         else:
             batch = tokenizer.pad({"input_ids": [input_ids[index] for index in indices]}, return_tensors="pt")
             batch = batch.to(model.device)

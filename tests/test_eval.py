@@ -225,6 +225,18 @@ def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(trained_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("num_beams", ["1", "4"], ids=["greedy", "beam"])
+def test_translate_mode_passes_generate_only_the_settings_of_its_search(trained_run, num_beams):
+    """Greedy search has no length penalty to apply: passed one, generate() warns that it ignores it."""
+    result = run_cli(
+        "eval.py", "translate", "--model", str(trained_run), "--num_beams", num_beams, stdin="seven\ntwelve\n"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) == 2
+    assert "generation flags" not in result.stderr and "[transformers]" not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
 def test_missing_model_path_is_a_usage_error(tmp_path):
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path / "no-such-model")), "no-such-model")
 
