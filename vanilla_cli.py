@@ -22,6 +22,11 @@ class UsageError(Exception):
     """Bad input from the user (a missing file, a language not in the data, ...): reported in one line, exit code 2."""
 
 
+def first_line(error: Exception) -> str:
+    """An exception's message cut to its first line (its name where it has none), for an `error:` line."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def exit_on_usage_error(main: Callable) -> Callable:
     """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2.
 

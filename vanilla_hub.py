@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
 
 from vanilla_data_record import DATA_RECORD
 from vanilla_files import TRAINER_STATE
@@ -22,6 +23,10 @@ LICENSE = "apache-2.0"  # the code's (pyproject.toml); a model inherits its trai
 SHAPE = ("d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "vocab_size")
 EMBEDDED_DATA = "the embedded task (English -> German number words)"
 DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
+# What a Hub request raises when it cannot be made or is refused: the bases of HfHubHTTPError, its HTTP library's
+# HTTPError (httpx's, or httpx2's from huggingface_hub 2), which that library's connection errors derive from too, and
+# OSError, which OfflineModeIsEnabled (HF_HUB_OFFLINE=1) derives from.
+HUB_ERRORS = HfHubHTTPError.__bases__
 # Left out of every push: Trainer's resume state in a checkpoint (optimizer, scheduler, RNG, log, train.py's loss
 # sum), the run's checkpoint and averaged folders, the data record (local absolute paths), hidden temporary files.
 NOT_PUSHED = [

@@ -13,8 +13,9 @@ from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress, hf_api
 
 from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length, sequence_lengths
+from vanilla_cli import UsageError, first_line
 from vanilla_files import TRAINER_STATE
-from vanilla_hub import NOT_PUSHED
+from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_output_dir import fault_point
 
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
@@ -127,6 +128,15 @@ class VanillaTrainer(Seq2SeqTrainer):
             (Path(output_dir) / LOSS_TOTAL).write_text(json.dumps(total) + "\n", encoding="utf-8")
             fault_point(Path(output_dir).name)
 
+    def init_hf_repo(self, *args, **kwargs) -> None:
+        """Trainer's creation of the --push_to_hub repository (before any training), a Hub that cannot be reached or
+        that refuses it being one usage error."""
+        try:
+            super().init_hf_repo(*args, **kwargs)
+        except HUB_ERRORS as error:
+            repo = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+            raise UsageError(f"--push_to_hub: cannot create the Hub repository {repo!r}: {first_line(error)}") from None
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Trainer's push of each save, uploaded from the checkpoint itself (its model, tokenizer and the code that
         config.json's auto_map names). Trainer's copies the weights into output_dir and uploads that: a revision
@@ -161,7 +171,13 @@ class VanillaTrainer(Seq2SeqTrainer):
         if self.hub_model_id is None:
             self.init_hf_repo()
         self._finish_current_push()
-        return self.upload(self.args.output_dir, commit_message, NOT_PUSHED, run_as_future=not blocking)
+        try:
+            return self.upload(self.args.output_dir, commit_message, NOT_PUSHED, run_as_future=not blocking)
+        except HUB_ERRORS as error:
+            raise UsageError(
+                f"the model is saved in {self.args.output_dir}, but pushing it to {self.hub_model_id} failed: "
+                f"{first_line(error)}"
+            ) from None
 
     def upload(self, folder: str, message: str, ignore_patterns: list[str], **kwargs):
         return hf_api().upload_folder(

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import vanilla_ctranslate2
-from vanilla_cli import UsageError, cpu_has_bf16_kernels
+from vanilla_cli import UsageError, cpu_has_bf16_kernels, first_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -76,10 +76,6 @@ def load_model(name: str | Path, attn_implementation: str | None = None, dtype: 
     finally:
         if bars:
             logging.enable_progress_bar()
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def load_translation_model(args: "EvalArguments"):

@@ -61,10 +61,10 @@ from modeling_vanilla import (  # noqa: E402
     shift_tokens_right,
     sinusoidal_positions,
 )
-from vanilla_cli import avoid_cudnn_attention, cpu_has_bf16_kernels  # noqa: E402
+from vanilla_cli import avoid_cudnn_attention, cpu_has_bf16_kernels, first_line  # noqa: E402
 from vanilla_ctranslate2 import model_spec, share_per_replica, translator  # noqa: E402
 from vanilla_files import write_text_atomically  # noqa: E402
-from vanilla_translation import COMPILED_DECODING, compile_for_decoding, first_line  # noqa: E402
+from vanilla_translation import COMPILED_DECODING, compile_for_decoding  # noqa: E402
 
 PAD, BOS, EOS = PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID
 # The special ids of every model and generation config here: configuration_vanilla's, which VanillaConfig defaults to.

@@ -4,10 +4,14 @@ create_repo, create_commit and README validation answered locally, no network.
 Each commit becomes RECORD/revision-<n>/, the repository as that commit leaves it (the previous revision's files,
 plus the commit's additions, less its deletions), and RECORD/commits.json lists the commits: message, branch and
 the paths each one added or deleted. upload_folder itself is huggingface_hub's: it picks the files that go.
+A commit whose message is HUB_STANDIN_REFUSE (a variable of the environment) is refused as the Hub refuses one, with
+an HfHubHTTPError (403).
 """
 
 import hashlib
+import importlib
 import json
+import os
 import runpy
 import shutil
 import sys
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import huggingface_hub.hf_api
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, RepoUrl, constants
+from huggingface_hub.errors import HfHubHTTPError
 
 NAMESPACE = "standin-user"
 _lock = threading.Lock()
@@ -32,6 +37,13 @@ def install(record: Path) -> None:
         return RepoUrl(f"{constants.ENDPOINT}/{repo_id}", endpoint=constants.ENDPOINT)
 
     def create_commit(self, repo_id: str, operations, *, commit_message: str, revision=None, **kwargs) -> CommitInfo:
+        if commit_message == os.environ.get("HUB_STANDIN_REFUSE"):
+            http = importlib.import_module(
+                HfHubHTTPError.__bases__[0].__module__
+            )  # httpx, or huggingface_hub 2's httpx2
+            url = f"{constants.ENDPOINT}/api/models/{repo_id}/commit/main"
+            response = http.Response(403, request=http.Request("POST", url))
+            raise HfHubHTTPError(f"403 Forbidden: no write access to {repo_id}", response=response)
         with _lock:
             commits = json.loads(commits_file.read_text())
             snapshot = record / f"revision-{len(commits)}"

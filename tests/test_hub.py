@@ -166,3 +166,35 @@ def test_eval_py_puts_bleu_and_chrf_into_the_cards_model_index(pushed, tmp_path)
     assert scores["bleu"].metric_config == report["sacrebleu_signature"]
     assert f"| chrF (embedded-number-words, test) | {round(report['chrf'], 2)} |" in card.text
     assert not [path.name for path in model.iterdir() if path.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hub", ["offline", "unreachable"])
+def test_a_hub_that_cannot_create_the_repository_stops_train_py_before_it_trains(tmp_path, hub):
+    unreachable = dict(HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens on the discard port
+    env = environment(**(unreachable if hub == "unreachable" else {}))
+    output_dir = tmp_path / "en-de"
+    args = [*TINY, *QUICK, "--max_steps", "2", "--output_dir", str(output_dir), "--push_to_hub", "--hub_token", "x"]
+    result = run_cli("train.py", *args, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: --push_to_hub: cannot create the Hub repository 'en-de': "), error
+    assert not output_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_refused_final_push_keeps_the_saved_model_and_says_where_it_is(tmp_path):
+    output_dir, record = tmp_path / "en-de", tmp_path / "hub"
+    args = [*TINY, *QUICK, "--max_steps", "2", "--output_dir", str(output_dir), "--push_to_hub"]
+    env = environment(HUB_STANDIN_REFUSE="End of training")
+    result = run_cli("tests/hub_standin.py", str(record), str(ROOT / "train.py"), *args, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the model is saved in {output_dir}, but pushing it to standin-user/en-de failed: 403 Forbidden: "
+        "no write access to standin-user/en-de"
+    )
+    assert json.loads((record / "commits.json").read_text()) == []
+    model = VanillaForConditionalGeneration.from_pretrained(output_dir)
+    assert model.config.d_model == 16
