@@ -12,6 +12,7 @@ import sys
 from dataclasses import field, make_dataclass
 
 import torch
+from accelerate.utils import DynamoBackend
 from transformers import (
     AutoTokenizer,
     HfArgumentParser,
@@ -19,6 +20,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     Seq2SeqTrainingArguments,
 )
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.training_args import ParallelMode
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
@@ -263,6 +265,16 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
     for name, (valid, expected) in TRAINER_NUMBERS.items():
         if getattr(args, name) is not None and not valid(getattr(args, name)):
             raise UsageError(f"--{name} is {getattr(args, name)}; expected {expected}")
+    for name in args.report_to or []:  # Trainer would fail once the data is tokenized
+        if name not in (*INTEGRATION_TO_CALLBACK, "all", "none"):
+            raise UsageError(
+                f"--report_to {name}: expected some of {', '.join(INTEGRATION_TO_CALLBACK)}, or all or none"
+            )
+        if name in INTEGRATION_TO_CALLBACK and name not in get_available_reporting_integrations():
+            raise UsageError(f"--report_to {name}: its library is not installed; install it, or drop {name}")
+    backends = [backend.value.lower() for backend in DynamoBackend]
+    if args.torch_compile_backend is not None and args.torch_compile_backend.lower() not in backends:
+        raise UsageError(f"--torch_compile_backend {args.torch_compile_backend}: expected one of {', '.join(backends)}")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         raise UsageError(
             f"nothing to train: --num_train_epochs is {args.num_train_epochs} and --max_steps is {args.max_steps}; "

@@ -26,6 +26,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
     get_scheduler,
 )
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
 import configuration_vanilla
 import train
@@ -45,6 +46,10 @@ from vanilla_train_arguments import (
 )
 from vanilla_trainer import LOSS_TOTAL, VanillaTrainer, nll_metrics, summed_nll_per_sentence
 
+# An experiment tracker Trainer reports to whose library this machine lacks.
+UNINSTALLED_REPORTER = next(
+    name for name in INTEGRATION_TO_CALLBACK if name not in get_available_reporting_integrations()
+)
 # A model that trains a few steps in a second or two.
 TINY = ["--preset", "tiny", "--d_model", "16", "--num_heads", "2", "--d_ff", "32", "--encoder_layers", "1"]
 QUICK = ["--per_device_train_batch_size", "4", "--warmup_steps", "2", "--save_strategy", "no", "--disable_tqdm", "true"]
@@ -585,6 +590,9 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
         (["--num_train_epochs", "inf"], "--num_train_epochs is inf; expected a finite number"),
         (["--max_train_seconds", "nan"], "--max_train_seconds is nan; expected a positive number of seconds"),
         (["--seed", "-1"], "--seed is -1; expected an integer in [0, 2^32)"),
+        (["--report_to", "bogus"], "--report_to bogus: expected some of "),
+        (["--report_to", UNINSTALLED_REPORTER], f"--report_to {UNINSTALLED_REPORTER}: its library is not installed"),
+        (["--torch_compile_backend", "nope"], "--torch_compile_backend nope: expected one of no, eager, "),
         (["--save_strategy", "steps", "--save_steps", "0"], "--save_steps is 0.0 with --save_strategy steps"),
         (["--tokenizer_name", "t5-small", "--vocab_size", "100"], "it cannot resize --tokenizer_name"),
         (["--max_source_length", "1"], "--max_source_length is 1; expected at least 2"),
