@@ -761,13 +761,8 @@ def test_evaluation_with_generate_leaves_the_models_generation_config_as_it_was(
     args = Seq2SeqTrainingArguments(
         tmp_path, per_device_eval_batch_size=4, predict_with_generate=True, report_to=[], use_cpu=True
     )
-    trainer = VanillaTrainer(
-        model=model,
-        args=args,
-        eval_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-    )
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    trainer = VanillaTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
     predictions = trainer.predict(Dataset.from_list(rows)).predictions
     assert predictions.shape == (4, 12)  # padded to the model's max_length, which the step read
     assert model.generation_config.to_diff_dict() == own
