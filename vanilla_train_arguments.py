@@ -32,6 +32,7 @@ from vanilla_cli import (
     argument_dataclass,
     cpu_has_bf16_kernels,
     documented_arguments,
+    first_line,
     read_recipe,
 )
 from vanilla_corpus import DataArguments
@@ -336,7 +337,7 @@ def set_attention(model: VanillaForConditionalGeneration, attention: str) -> Non
     try:
         model.set_attn_implementation(attention)
     except (ValueError, ImportError) as error:
-        raise UsageError(f"--attn_implementation {attention}: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"--attn_implementation {attention}: {first_line(error)}") from None
 
 
 def training_attention(model_args: ModelArguments, args: TrainingArguments) -> str:
