@@ -28,6 +28,7 @@ from vanilla_output_dir import (
     check_output_dir,
     check_output_dir_writable,
     last_checkpoint_phrase,
+    release_output_dir,
     remove_partial_checkpoint,
     save_final_model,
     saved_from,
@@ -69,13 +70,15 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"unknown preset {model_args.preset!r}; expected one of {', '.join(PRESETS)}")
     if args.label_smoothing_factor:
         raise UsageError("--label_smoothing_factor would smooth twice; use --label_smoothing (the model config's)")
-    checkpoint = check_output_dir(args)
     try:
+        checkpoint = check_output_dir(args)
         train_and_save(model_args, data_args, args, checkpoint, given_flags(argument_parser(), argv))
     except KeyboardInterrupt:
         if args.process_index == 0:
             print(f"interrupted: {last_checkpoint_phrase(Path(args.output_dir))}", file=sys.stderr, flush=True)
         sys.exit(130)
+    finally:
+        release_output_dir(Path(args.output_dir))
 
 
 def train_and_save(

@@ -1,12 +1,14 @@
-"""train.py's output_dir: refusing another model, resuming, and the final save swapped in by renames."""
+"""train.py's output_dir: one run at a time, refusing another model, resuming, the final save swapped in by renames."""
 
 import errno
+import fcntl
 import filecmp
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import torch
 
@@ -23,6 +25,9 @@ from vanilla_train_arguments import TrainingArguments
 
 if TYPE_CHECKING:
     from vanilla_trainer import VanillaTrainer
+
+# The lock files this process holds (train.py's output_dir), open for as long as it holds them.
+HELD: dict[Path, TextIO] = {}
 
 # Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
@@ -75,13 +80,56 @@ def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
     shutil.rmtree(replaced)
 
 
-def check_output_dir(args: TrainingArguments) -> str | None:
-    """Refuses an output_dir holding another model or an unfinished run; returns the checkpoint to resume, if any.
+def hold_output_dir(output_dir: Path) -> None:
+    """Takes output_dir for this process (an flock on `.<name>.lock` beside it): a second train.py into the same
+    folder, which would write its checkpoints among this run's or remove its final save half-way, stops instead.
 
-    Of several processes, the main one decides (and finishes or removes what it must); the others take its answer."""
+    The kernel drops the lock when the process ends, however it ends; release_output_dir removes the file."""
+    lock_path = beside(output_dir, "lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(lock_path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.close()
+                raise UsageError(
+                    f"output_dir {output_dir} is in use by another train.py run"
+                    + (f" (process {holder})" if holder else "")
+                    + "; wait for it to end, or choose another --output_dir"
+                ) from None
+            if lock_path.exists() and os.path.samestat(os.fstat(handle.fileno()), lock_path.stat()):
+                break
+            handle.close()  # its last holder removed it while we waited for it: lock the one now there
+    except OSError as error:
+        raise UsageError(f"output_dir {output_dir} cannot be written: {error.filename}: {error.strerror}") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    HELD[lock_path] = handle
+
+
+def release_output_dir(output_dir: Path) -> None:
+    """Gives output_dir up (if this process holds it): the lock file is removed while still locked, then closed."""
+    handle = HELD.pop(beside(output_dir, "lock"), None)
+    if handle is not None:
+        Path(handle.name).unlink(missing_ok=True)
+        handle.close()
+
+
+def check_output_dir(args: TrainingArguments) -> str | None:
+    """Holds output_dir, then refuses one holding another model or an unfinished run; returns the checkpoint to
+    resume, if any.
+
+    Of several processes, the main one holds the folder and decides (and finishes or removes what it must); the
+    others take its answer. main() gives the folder up with release_output_dir when the run ends."""
     answer = [None]
     if args.process_index == 0:
         try:
+            hold_output_dir(Path(args.output_dir))
             answer = [("checkpoint", prepare_output_dir(args))]
         except UsageError as error:
             answer = [("error", str(error))]

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ from harness import ROOT, environment, run_cli
 from safetensors.torch import load_file
 from test_train import QUICK, TINY, write_jsonl
 
+from vanilla_cli import UsageError
 from vanilla_files import complete_checkpoints
+from vanilla_output_dir import hold_output_dir, release_output_dir
 
 pytestmark = pytest.mark.slow
 LANGS = ["--source_lang", "en", "--target_lang", "de"]
@@ -220,7 +223,9 @@ def test_resuming_a_complete_run_killed_before_its_final_save_saves_the_last_che
     output_dir = tmp_path / "run"
     args = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
     assert quick_run(data, output_dir, *args, fault="final-save").returncode == -signal.SIGKILL
-    assert not (output_dir / "config.json").exists() and hidden_siblings(output_dir) == [".run.saving"]
+    # The killed run's lock file stays (the kernel released its lock): the next run takes it, and removes it.
+    assert not (output_dir / "config.json").exists()
+    assert hidden_siblings(output_dir) == [".run.lock", ".run.saving"]
     result = quick_run(data, output_dir, *args, "--resume_from_checkpoint", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing to train; saving its model" in result.stdout
@@ -258,6 +263,58 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, data):
     result = quick_run(data, output_dir, "--max_steps", "200")
     assert "cannot be written" in error_line(result)
     assert "padding:" not in result.stdout  # stopped before the Trainer was built
+
+
+def test_a_second_run_into_an_output_dir_in_use_stops_before_it_writes_anything(tmp_path, data):
+    """Two runs into one folder would write their checkpoints over each other's, and the second's start would remove
+    the first's final save half-way: the second stops, naming the first's process, until the first has ended."""
+    output_dir = tmp_path / "run"
+    lock = output_dir.parent / ".run.lock"
+    args = [*TINY, *QUICK, "--train_file", str(data), *LANGS, "--output_dir", str(output_dir), "--max_steps", "100000"]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        env=environment(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text().startswith(f"{first.pid} on ")) and time.monotonic() < deadline:
+            assert first.poll() is None
+            time.sleep(0.1)
+        for flags in ([], ["--overwrite_output_dir", "true"], ["--resume_from_checkpoint", "last"]):
+            second = quick_run(
+                data, output_dir, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", *flags
+            )
+            assert f"is in use by another train.py run (process {first.pid} on " in error_line(second)
+            assert "padding:" not in second.stdout  # stopped before its data was loaded
+        assert first.poll() is None  # still training, undisturbed
+        assert not (output_dir / "config.json").exists() and not list(output_dir.glob("checkpoint-*"))
+    finally:
+        first.kill()
+        first.wait()
+    # Killed, the first run holds nothing any more; its lock file stays until the next run, which takes the folder
+    # and removes the file when it ends.
+    assert hidden_siblings(output_dir) == [".run.lock"]
+    result = quick_run(data, output_dir, "--max_steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output_dir / "config.json").is_file() and hidden_siblings(output_dir) == []
+
+
+def test_a_held_output_dir_is_given_up_with_its_lock_file_and_can_be_held_again(tmp_path):
+    output_dir = tmp_path / "new" / "run"  # its parent made for the lock file
+    hold_output_dir(output_dir)
+    try:
+        assert (tmp_path / "new" / ".run.lock").read_text() == f"{os.getpid()} on {socket.gethostname()}\n"
+        with pytest.raises(UsageError, match=f"in use by another train.py run \\(process {os.getpid()} on "):
+            hold_output_dir(output_dir)  # flock is per open file: a second holder in one process is refused too
+    finally:
+        release_output_dir(output_dir)
+    assert hidden_siblings(output_dir) == [] and not output_dir.exists()
+    hold_output_dir(output_dir)
+    release_output_dir(output_dir)
+    release_output_dir(output_dir)  # giving up a folder not held does nothing
 
 
 def test_sigint_during_training_names_the_last_checkpoint_and_exits_130(tmp_path, data):
