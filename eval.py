@@ -25,7 +25,7 @@ import vanilla_ctranslate2
 from vanilla_averaging import average_checkpoints
 from vanilla_cli import UsageError, argument_dataclass, avoid_cudnn_attention, exit_on_usage_error, given_flags
 from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
-from vanilla_data_record import model_data_record, resolve_data
+from vanilla_data_record import model_data_record, resolve_data, run_data_record
 from vanilla_files import check_writable, output_path, write_text_atomically
 from vanilla_hub import CARD, folder_card
 from vanilla_plots import plot_cross_attention
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     check_engine_arguments(args)
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
-    record = model_data_record(Path(args.model))  # with --average_last, the run's: it goes into the averaged folder
+    # With --average_last, the data of the run's checkpoints: their record goes into the averaged folder.
+    record = model_data_record(Path(args.model)) if args.average_last is None else run_data_record(Path(args.model))
     resolve_data(data, given_flags(parser, argv), record, args.model, args.split if scores_data else None)
     if args.average_last is not None:
         run = Path(args.model)

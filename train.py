@@ -21,7 +21,7 @@ from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError, avoid_cudnn_attention, exit_on_usage_error, given_flags
 from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
-from vanilla_data_record import DATA_RECORD, data_record
+from vanilla_data_record import DATA_RECORD, data_record, resume_data
 from vanilla_files import trainer_state
 from vanilla_hub import CARD, model_card
 from vanilla_output_dir import (
@@ -85,6 +85,8 @@ def train_and_save(
     model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, checkpoint: str | None, given: set
 ) -> None:
     """Trains (or continues `checkpoint`'s run) and saves the model, its card and its data record into output_dir."""
+    if checkpoint is not None:
+        resume_data(data_args, given, Path(checkpoint))
     raw = stream_raw_datasets(data_args) if args.streaming else load_raw_datasets(data_args)
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
@@ -133,6 +135,7 @@ def train_and_save(
             tokenizer, model=model, pad_to_multiple_of=8 if args.torch_compile else None
         ),
         loss_before=before or 0.0,
+        checkpoint_files={DATA_RECORD: json.dumps(data_record(data_args), indent=2) + "\n"},
         compute_metrics=None if args.predict_with_generate else nll_metrics,
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
         callbacks=time_budget_callbacks(args),
@@ -189,7 +192,7 @@ def train_and_save(
     card = model_card(config.to_dict(), data_record(data_args), metrics, [], repo_id, PRESETS)
     files = {
         CARD: str(card),
-        DATA_RECORD: json.dumps(data_record(data_args), indent=2) + "\n",
+        DATA_RECORD: trainer.checkpoint_files[DATA_RECORD],
         "all_results.json": json.dumps(metrics, indent=4, sort_keys=True) + "\n",  # Trainer.save_metrics' format
     }
     state_source = Path(checkpoint) if checkpoint is not None and resumed_step >= run_steps else None

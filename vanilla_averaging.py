@@ -46,7 +46,8 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
 
     Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
-    with AVERAGED_MARKER (the run and the checkpoints averaged) and a copy of the run's DATA_RECORD.
+    with AVERAGED_MARKER (the run and the checkpoints averaged) and the data record of the newest checkpoint (else
+    of the run).
     """
     import torch
 
@@ -87,8 +88,9 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
     model.load_state_dict({name: (total / last).to(state[name].dtype) for name, total in totals.items()}, strict=False)
     sources = {"run": str(run.resolve()), "checkpoints": [path.name for path in chosen]}
     files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
-    if (run / DATA_RECORD).is_file():
-        files[DATA_RECORD] = (run / DATA_RECORD).read_text(encoding="utf-8")
+    record = next((folder / DATA_RECORD for folder in (chosen[-1], run) if (folder / DATA_RECORD).is_file()), None)
+    if record is not None:  # the checkpoints' own, else (checkpoints of an older train.py) the run's
+        files[DATA_RECORD] = record.read_text(encoding="utf-8")
     save_model_atomically(model, tokenizer, output, files)
     return output
 

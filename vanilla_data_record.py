@@ -6,12 +6,14 @@ from pathlib import Path
 
 from vanilla_cli import UsageError
 from vanilla_corpus import DataArguments
-from vanilla_files import TRAINER_STATE
+from vanilla_files import TRAINER_STATE, complete_checkpoints
 
 DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
 # The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
 DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
+# The keys that fix what a run trains on (the validation and test files only evaluate it).
+TRAINING_DATA_KEYS = tuple(key for key in DATA_RECORD_KEYS if key not in ("validation_file", "test_file"))
 
 
 def data_record(data_args: DataArguments) -> dict:
@@ -47,6 +49,13 @@ def model_data_record(model: Path) -> dict | None:
     return record
 
 
+def run_data_record(run: Path) -> dict | None:
+    """The data of a run's checkpoints (its newest complete checkpoint's DATA_RECORD), else of the run folder: the
+    folder keeps an older model's record until a run with --overwrite_output_dir saves its own at the end."""
+    checkpoints = complete_checkpoints(run) if run.is_dir() else []
+    return (checkpoints and read_data_record(checkpoints[-1])) or read_data_record(run)
+
+
 def resolve_data(data: DataArguments, given: set[str], record: dict | None, model: str, split: str | None) -> None:
     """Defaults from the model's DATA_RECORD for every data argument not given; with no data source given, the
     recorded data of `split` (None: no data needed), or UsageError naming what to pass."""
@@ -71,4 +80,33 @@ def resolve_data(data: DataArguments, given: set[str], record: dict | None, mode
     else:
         raise UsageError(
             f"{model} was trained without {split} data ({DATA_RECORD} has no {split}_file): pass {data_flags}"
+        )
+
+
+def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
+    """A resumed run trains on its checkpoint's data (the DATA_RECORD in it): each data argument not given is the
+    record's, and a given one that changes the training data (the corpus, the languages, the lengths) is refused by
+    name, since Trainer would go on skipping the epoch's trained batches in other data. The validation and test files
+    may change. A checkpoint of an older train.py has no record: then the data arguments stand as given."""
+    record = read_data_record(checkpoint)
+    if record is None:
+        return
+    for name in DATA_RECORD_KEYS:
+        if name not in given:
+            setattr(data, name, record[name])
+    now = data_record(data)
+
+    def shown(value, embedded: bool) -> str:
+        return str(value) if value is not None else "none, the embedded task" if embedded else "none"
+
+    differ = [
+        f"--{name} {shown(now[name], now['embedded_task'])} (the checkpoint's: "
+        f"{shown(record[name], record['embedded_task'])})"
+        for name in TRAINING_DATA_KEYS
+        if now[name] != record[name]
+    ]
+    if differ:
+        raise UsageError(
+            f"{checkpoint} was trained on other data ({DATA_RECORD} in it); these differ: {'; '.join(differ)}; drop "
+            "them to resume on its data"
         )

@@ -14,6 +14,7 @@ from transformers.utils.hub import PushInProgress, hf_api
 
 from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length, sequence_lengths
 from vanilla_cli import UsageError, first_line
+from vanilla_data_record import DATA_RECORD
 from vanilla_files import TRAINER_STATE
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_output_dir import fault_point
@@ -36,11 +37,13 @@ class SamplerEpoch(TrainerCallback):
 
 class VanillaTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer whose length-grouped sampler sees the length column (see `tokenize`), and whose checkpoints
-    keep the training loss summed over the whole run, so that a resumed run reports the whole run's mean."""
+    keep the training loss summed over the whole run, so that a resumed run reports the whole run's mean, and the
+    data the run trains on (`checkpoint_files`), which a resumed run keeps to."""
 
-    def __init__(self, *args, loss_before: float = 0.0, **kwargs):
+    def __init__(self, *args, loss_before: float = 0.0, checkpoint_files: dict[str, str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_before = loss_before  # summed over the steps of the checkpoint this run resumed from
+        self.checkpoint_files = checkpoint_files or {}  # name -> text, written into each checkpoint (data_args.json)
         self.loss_since = None  # summed over this run's steps, on the device (one sync per checkpoint)
         self.tokens = TokenCounter()
         self.token_sampler = None  # the TokenBudgetBatchSampler of --max_tokens
@@ -126,6 +129,8 @@ class VanillaTrainer(Seq2SeqTrainer):
         if _internal_call and self.args.should_save:  # a checkpoint, whose trainer_state.json Trainer writes next
             total = {"loss_sum": loss_sum, "global_step": self.state.global_step}
             (Path(output_dir) / LOSS_TOTAL).write_text(json.dumps(total) + "\n", encoding="utf-8")
+            for name, text in self.checkpoint_files.items():
+                (Path(output_dir) / name).write_text(text, encoding="utf-8")
             fault_point(Path(output_dir).name)
 
     def init_hf_repo(self, *args, **kwargs) -> None:
@@ -154,8 +159,11 @@ class VanillaTrainer(Seq2SeqTrainer):
         if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):  # the resume state too
             last = self.args.hub_strategy == HubStrategy.CHECKPOINT
             folder = "last-checkpoint" if last else Path(checkpoint_folder).name
+            # The whole checkpoint, but its data record (local absolute paths): a resume from it takes the data given.
             jobs.append(
-                self.upload(checkpoint_folder, f"{message}, checkpoint", [], path_in_repo=folder, run_as_future=True)
+                self.upload(
+                    checkpoint_folder, f"{message}, checkpoint", [DATA_RECORD], path_in_repo=folder, run_as_future=True
+                )
             )
         if self.push_in_progress is None or self.push_in_progress.is_done():
             self.push_in_progress = PushInProgress(jobs)

@@ -324,6 +324,30 @@ def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(trained_ru
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("run_record", ["none", "an-older-models"])
+def test_averaging_a_run_before_its_final_save_scores_the_data_of_its_checkpoints(
+    trained_run, test_file, tmp_path, run_record
+):
+    """A run killed before its final save has no data_args.json of its own, and one that overwrites a finished model
+    keeps the old model's until its end: its checkpoints' record is the run's data."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    recorded = data_record(test_file=str(test_file))
+    for checkpoint in ("checkpoint-2", "checkpoint-4"):
+        (run / checkpoint / "data_args.json").write_text(json.dumps(recorded))
+    if run_record == "none":
+        (run / "data_args.json").unlink()
+    else:
+        (run / "data_args.json").write_text(json.dumps(data_record(train_file="/elsewhere/train.jsonl")))
+    averaged = tmp_path / "averaged"
+    flags = ("--model", str(run), "--average_last", "2", "--averaged_model_dir", str(averaged), "--num_beams", "1")
+    result = run_cli("eval.py", *flags, "--max_length_offset", str(OFFSET))  # no data flags
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((averaged / "data_args.json").read_text()) == recorded
+    assert json.loads((averaged / "eval_results_test.json").read_text())["data"] == str(test_file)
+
+
+@pytest.mark.slow
 def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sources(trained_run, test_file, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("data_args.json"))
@@ -426,12 +450,20 @@ def test_a_test_file_alone_takes_the_recorded_languages(trained_run, test_file, 
 
 
 @pytest.mark.slow
-def test_a_checkpoint_without_data_flags_scores_the_data_recorded_for_its_run(trained_run, test_file, tmp_path):
-    run = model_copy(
-        trained_run, tmp_path / "run", data_record(test_file=str(test_file), source_lang="de", target_lang="en")
-    )
+@pytest.mark.parametrize("own_record", [True, False], ids=["its-own-record", "an-older-checkpoint-without-one"])
+def test_a_checkpoint_without_data_flags_scores_the_data_recorded_for_its_run(
+    trained_run, test_file, tmp_path, own_record
+):
+    """A checkpoint holds its run's data_args.json (the folder above may hold an older model's, which a run with
+    --overwrite_output_dir replaces only at its end); one written by an older train.py has none: its run's."""
+    recorded = data_record(test_file=str(test_file), source_lang="de", target_lang="en")
+    run = model_copy(trained_run, tmp_path / "run", data_record() if own_record else recorded)
     checkpoint = run / "checkpoint-2"
     shutil.copytree(trained_run / "checkpoint-2", checkpoint)
+    if own_record:
+        (checkpoint / "data_args.json").write_text(json.dumps(recorded))
+    else:
+        (checkpoint / "data_args.json").unlink()
     result = run_cli("eval.py", "--model", str(checkpoint), "--max_length_offset", str(OFFSET))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((checkpoint / "eval_results_test.json").read_text())

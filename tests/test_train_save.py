@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from test_train import QUICK, TINY, write_jsonl
 
 from vanilla_cli import UsageError
+from vanilla_data_record import model_data_record
 from vanilla_files import complete_checkpoints
 from vanilla_output_dir import hold_output_dir, release_output_dir
 
@@ -383,6 +384,49 @@ def test_resume_refuses_shape_flags_that_differ_from_the_checkpoint(tmp_path, fi
     assert "--preset small (decoder_layers 3)" in line
     assert "--num_heads" not in line  # given, and equal to the checkpoint's
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_resuming_without_data_flags_continues_on_the_checkpoints_data(tmp_path, finished):
+    """Not on the embedded task, the data of a run given no data flag: the checkpoint's data_args.json says."""
+    output_dir = copy_of(finished, tmp_path)
+    record = (output_dir / "checkpoint-4" / "data_args.json").read_text()
+    assert json.loads(record)["train_file"] and record == (output_dir / "data_args.json").read_text()
+    result = run_train(
+        *TINY, *QUICK, "--output_dir", str(output_dir), "--max_steps", "6", "--resume_from_checkpoint", "last"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["epoch"] == 1.5  # 4 steps an epoch: its 16 pairs
+    assert (output_dir / "data_args.json").read_text() == record
+
+
+def test_resume_refuses_data_flags_that_differ_from_the_checkpoints_data(tmp_path, finished, data):
+    output_dir = copy_of(finished, tmp_path)
+    other = write_jsonl(tmp_path / "other.jsonl", range(100, 116))
+    resume = ["--max_steps", "6", "--resume_from_checkpoint", "last"]
+    swapped = ["--source_lang", "de", "--target_lang", "en"]
+    line = error_line(
+        run_train(*TINY, *QUICK, "--train_file", str(other), *swapped, "--output_dir", str(output_dir), *resume)
+    )
+    assert line.startswith(f"error: {output_dir / 'checkpoint-4'} was trained on other data (data_args.json in it)")
+    assert f"--train_file {other} (the checkpoint's: {data})" in line
+    assert "--source_lang de (the checkpoint's: en); --target_lang en (the checkpoint's: de)" in line
+    line = error_line(quick_run(data, output_dir, *resume, "--max_target_length", "9"))
+    assert "--max_target_length 9 (the checkpoint's: 256)" in line and "--train_file" not in line
+    line = error_line(run_train(*TINY, *QUICK, *swapped, "--output_dir", str(output_dir), *resume))
+    assert "--train_file" not in line and "--source_lang de" in line  # the data not given is the checkpoint's
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # A validation file only evaluates the run: it may change.
+    result = quick_run(data, output_dir, *resume, "--validation_file", str(other))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((output_dir / "data_args.json").read_text())["validation_file"] == str(other)
+
+
+def test_a_checkpoint_records_its_own_runs_data_for_eval_py(tmp_path, finished):
+    """A checkpoint of a run that overwrites a finished model is scored on its run's data, not the old model's."""
+    output_dir = copy_of(finished, tmp_path)
+    old = json.loads((output_dir / "data_args.json").read_text())
+    (output_dir / "data_args.json").write_text(json.dumps({**old, "train_file": "/elsewhere/train.jsonl"}))
+    assert model_data_record(output_dir / "checkpoint-4") == old
 
 
 def test_model_card_describes_the_saved_shape_not_the_preset_asked_for(finished):
