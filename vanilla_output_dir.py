@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import torch
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import CONFIG_NAME, GENERATION_CONFIG_NAME
 
 from vanilla_cli import UsageError
+from vanilla_data_record import DATA_RECORD
 from vanilla_files import (
     AVERAGED_MARKER,
     TRAINER_STATE,
@@ -21,6 +24,7 @@ from vanilla_files import (
     probe_write,
     trainer_state,
 )
+from vanilla_hub import CARD
 from vanilla_train_arguments import TrainingArguments
 
 if TYPE_CHECKING:
@@ -32,6 +36,22 @@ HELD: dict[Path, TextIO] = {}
 # Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
 OLD_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "eval_results_*.json", "predictions_*.txt")
+# The other top-level files of a final save. In an output_dir that holds no model, a file matching these or
+# OLD_MODEL_FILES is the user's, and the swap would replace or drop it.
+FINAL_SAVE_FILES = (
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    "configuration_vanilla.py",
+    "modeling_vanilla.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    TRAINING_ARGS_NAME,
+    TRAINER_STATE,
+    CARD,
+    DATA_RECORD,
+    "all_results.json",
+)
 
 
 def fault_point(name: str) -> None:
@@ -179,6 +199,13 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
             "and --overwrite_output_dir only replaces a finished model: continue the run with "
             "--resume_from_checkpoint last, or move the checkpoints away"
         )
+    if not held:
+        replaced = files_the_final_save_replaces(output_dir)
+        if replaced:
+            raise UsageError(
+                f"output_dir {output_dir} holds no model but files that the final save would replace: "
+                f"{', '.join(replaced)}; move them away, or choose another --output_dir"
+            )
     if held:
         averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
         stale = ", ".join(path.name for path in checkpoints + averaged)
@@ -189,6 +216,15 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
         for path in checkpoints + averaged:
             shutil.rmtree(path)
     return None
+
+
+def files_the_final_save_replaces(output_dir: Path) -> list[str]:
+    """The top-level files of output_dir that the final save's swap would replace by name or drop as a model's."""
+    return sorted(
+        entry.name
+        for entry in output_dir.iterdir()
+        if entry.is_file() and (entry.name in FINAL_SAVE_FILES or any(entry.match(name) for name in OLD_MODEL_FILES))
+    )
 
 
 def check_output_dir_writable(output_dir: Path) -> None:

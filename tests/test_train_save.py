@@ -24,7 +24,7 @@ from test_train import QUICK, TINY, write_jsonl
 from vanilla_cli import UsageError
 from vanilla_data_record import model_data_record
 from vanilla_files import complete_checkpoints
-from vanilla_output_dir import hold_output_dir, release_output_dir
+from vanilla_output_dir import files_the_final_save_replaces, hold_output_dir, release_output_dir
 
 pytestmark = pytest.mark.slow
 LANGS = ["--source_lang", "en", "--target_lang", "de"]
@@ -264,6 +264,26 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, data):
     result = quick_run(data, output_dir, "--max_steps", "200")
     assert "cannot be written" in error_line(result)
     assert "padding:" not in result.stdout  # stopped before the Trainer was built
+
+
+def test_a_folder_without_a_model_keeps_the_users_files_that_a_final_save_would_replace(tmp_path, finished, data):
+    output_dir = tmp_path / "mine"
+    output_dir.mkdir()
+    mine = {"notes.txt": "mine", "corpus.bin": "data", "my.safetensors": "weights", "README.md": "about"}
+    for name, text in mine.items():
+        (output_dir / name).write_text(text)
+    for flags in ([], ["--overwrite_output_dir", "true"]):  # that flag replaces a finished model only
+        line = error_line(quick_run(data, output_dir, "--max_steps", "2", *flags))
+        assert (
+            "holds no model but files that the final save would replace: README.md, corpus.bin, my.safetensors" in line
+        )
+    assert {path.name: path.read_text() for path in output_dir.iterdir()} == mine
+    for name in ("corpus.bin", "my.safetensors", "README.md"):
+        (output_dir / name).unlink()
+    assert quick_run(data, output_dir, "--max_steps", "2").returncode == 0
+    assert (output_dir / "notes.txt").read_text() == "mine" and (output_dir / "config.json").is_file()
+    # Every top-level file a final save writes is one the check looks for.
+    assert files_the_final_save_replaces(finished) == sorted(path.name for path in finished.iterdir() if path.is_file())
 
 
 def test_a_second_run_into_an_output_dir_in_use_stops_before_it_writes_anything(tmp_path, data):
