@@ -26,7 +26,7 @@ from vanilla_averaging import average_checkpoints
 from vanilla_cli import UsageError, argument_dataclass, avoid_cudnn_attention, exit_on_usage_error, given_flags
 from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data, run_data_record
-from vanilla_files import check_writable, output_path, write_text_atomically
+from vanilla_files import check_output_files, check_writable, output_path, write_text_atomically
 from vanilla_hub import CARD, folder_card
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import check_model_path, load_translation_model, translate
@@ -139,6 +139,8 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
     check_writable(predictions_file, "--predictions_file")
     check_writable(results_file, "--results_file")
+    data_files = {f"--{split}_file": getattr(data, f"{split}_file") for split in ("train", "validation", "test")}
+    check_output_files({"--predictions_file": predictions_file, "--results_file": results_file}, data_files)
     raw = load_raw_datasets(data)
     if data.uses_embedded_task:
         origin = "the embedded number task"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from vanilla_cli import UsageError
 from vanilla_corpus import DataArguments
-from vanilla_files import TRAINER_STATE, complete_checkpoints
+from vanilla_files import DATA_RECORD, TRAINER_STATE, complete_checkpoints
 
-DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
 # The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
 DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")

@@ -12,6 +12,42 @@ from vanilla_cli import UsageError
 
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
 AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
+CARD = "README.md"  # a model folder's model card
+DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
+# The top-level files of a model folder that train.py's final save writes: the weights, config, code, tokenizer, card
+# and records. No output of eval.py takes the place of one, nor does a final save into a folder that holds no model.
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin")  # and training_args.bin
+MODEL_FOLDER_FILES = (
+    *WEIGHT_FILES,
+    "config.json",
+    "generation_config.json",
+    "configuration_vanilla.py",
+    "modeling_vanilla.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    TRAINER_STATE,
+    CARD,
+    DATA_RECORD,
+    "all_results.json",
+)
+
+
+def is_model_folder_file(path: Path) -> bool:
+    return any(path.match(name) for name in MODEL_FOLDER_FILES)
+
+
+def check_output_files(outputs: dict[str, Path], inputs: dict[str, str | None]) -> None:
+    """UsageError for an output file (flag -> path) that would overwrite an input file (flag -> path or None), another
+    output, or a file of a model folder (one holding config.json) that the model is made of (MODEL_FOLDER_FILES)."""
+    taken = {Path(path).resolve(): flag for flag, path in inputs.items() if path}
+    for flag, path in outputs.items():
+        resolved = path.resolve()
+        if resolved in taken:
+            raise UsageError(f"{flag} {path} is also the {taken[resolved]}: name another file")
+        if is_model_folder_file(resolved) and (resolved.parent / "config.json").is_file():
+            raise UsageError(f"{flag} {path} is a file of the model in {path.parent}: name another file")
+        taken[resolved] = flag
 
 
 def probe_write(path: Path) -> Path:

@@ -12,10 +12,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
-from vanilla_data_record import DATA_RECORD
-from vanilla_files import TRAINER_STATE
+from vanilla_files import CARD, DATA_RECORD, TRAINER_STATE
 
-CARD = "README.md"
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
 TRAIN_RESULTS = "all_results.json"  # train.py's metrics, in Trainer.save_metrics' format
 EVAL_RESULTS = "eval_results_*.json"  # eval.py's report per split
@@ -28,7 +26,8 @@ DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 # OSError, which OfflineModeIsEnabled (HF_HUB_OFFLINE=1) derives from.
 HUB_ERRORS = HfHubHTTPError.__bases__
 # Left out of every push: Trainer's resume state in a checkpoint (optimizer, scheduler, RNG, log, train.py's loss
-# sum), the run's checkpoint and averaged folders, the data record (local absolute paths), hidden temporary files.
+# sum), the data record (local absolute paths), hidden temporary files, and every subfolder (the run's checkpoints,
+# averaged models, the model kept by --save_at_seconds, CTranslate2 conversions, logs): a push is one model.
 NOT_PUSHED = [
     "optimizer.*",
     "scheduler.pt",
@@ -37,9 +36,7 @@ NOT_PUSHED = [
     TRAINER_STATE,
     "loss_total.json",
     DATA_RECORD,
-    "checkpoint-*",
-    "averaged-last-*",
-    "runs/*",
+    "*/*",
     ".*",
     "_*",
 ]

@@ -11,20 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import torch
-from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.utils import CONFIG_NAME, GENERATION_CONFIG_NAME
 
 from vanilla_cli import UsageError
-from vanilla_data_record import DATA_RECORD
 from vanilla_files import (
     AVERAGED_MARKER,
     TRAINER_STATE,
+    WEIGHT_FILES,
     checkpoint_folders,
     complete_checkpoints,
+    is_model_folder_file,
     probe_write,
     trainer_state,
 )
-from vanilla_hub import CARD
 from vanilla_train_arguments import TrainingArguments
 
 if TYPE_CHECKING:
@@ -35,23 +33,7 @@ HELD: dict[Path, TextIO] = {}
 
 # Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
-OLD_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "eval_results_*.json", "predictions_*.txt")
-# The other top-level files of a final save. In an output_dir that holds no model, a file matching these or
-# OLD_MODEL_FILES is the user's, and the swap would replace or drop it.
-FINAL_SAVE_FILES = (
-    CONFIG_NAME,
-    GENERATION_CONFIG_NAME,
-    "configuration_vanilla.py",
-    "modeling_vanilla.py",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    TRAINING_ARGS_NAME,
-    TRAINER_STATE,
-    CARD,
-    DATA_RECORD,
-    "all_results.json",
-)
+OLD_MODEL_FILES = (*WEIGHT_FILES, "eval_results_*.json", "predictions_*.txt")
 
 
 def fault_point(name: str) -> None:
@@ -223,7 +205,7 @@ def files_the_final_save_replaces(output_dir: Path) -> list[str]:
     return sorted(
         entry.name
         for entry in output_dir.iterdir()
-        if entry.is_file() and (entry.name in FINAL_SAVE_FILES or any(entry.match(name) for name in OLD_MODEL_FILES))
+        if entry.is_file() and (is_model_folder_file(entry) or any(entry.match(name) for name in OLD_MODEL_FILES))
     )
 
 

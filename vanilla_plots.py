@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vanilla_files import check_writable, output_path, write_file_atomically
+from vanilla_files import check_output_files, check_writable, output_path, write_file_atomically
 from vanilla_translation import encode, generation_arguments, load_model_and_tokenizer, take_decoding_defaults
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ def plot_cross_attention(args: "EvalArguments", max_source_length: int) -> Path:
 
     path = output_path(args.attention_file, args.model, "attention.png")
     check_writable(path, "--attention_file")
+    check_output_files({"--attention_file": path}, {})
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
     take_decoding_defaults(args, model.generation_config)

@@ -564,6 +564,37 @@ def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(trained_run,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        ({"--predictions_file": "test.jsonl"}, "--predictions_file {test} is also the --test_file"),
+        ({"--results_file": "test.jsonl"}, "--results_file {test} is also the --test_file"),
+        ({"--predictions_file": "out.txt", "--results_file": "out.txt"}, "--results_file {out} is also the --pred"),
+        ({"--results_file": "model/config.json"}, "--results_file {model}/config.json is a file of the model in"),
+        ({"--predictions_file": "model/tokenizer.json"}, "--predictions_file {model}/tokenizer.json is a file of the"),
+        ({"--attention_file": "model/model.safetensors"}, "--attention_file {model}/model.safetensors is a file of"),
+    ],
+    ids=["predictions-over-data", "results-over-data", "both-outputs-one-file", "config", "tokenizer", "weights"],
+)
+def test_an_output_file_that_would_overwrite_the_data_or_the_model_is_refused(
+    trained_run, test_file, tmp_path, outputs, message
+):
+    model = model_copy(trained_run, tmp_path / "model")
+    test = tmp_path / "test.jsonl"
+    shutil.copy(test_file, test)
+    before = {**tree(model), "test.jsonl": test.read_bytes()}
+    flags = [item for flag, name in outputs.items() for item in (flag, str(tmp_path / name))]
+    if "--attention_file" in outputs:
+        flags += ["--plot_attention", "seven"]
+    else:
+        flags += ["--test_file", str(test), "--source_lang", "en", "--target_lang", "de"]
+    result = run_cli("eval.py", "--model", str(model), *flags)
+    assert_usage_error(result, message.format(test=test, out=tmp_path / "out.txt", model=model))
+    assert {**tree(model), "test.jsonl": test.read_bytes()} == before
+    assert not (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.slow
 def test_attention_file_that_is_a_folder_is_a_usage_error_and_leaves_no_temporary_file(trained_run, tmp_path):
     folder = tmp_path / "plots"
     folder.mkdir()

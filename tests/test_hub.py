@@ -11,10 +11,12 @@ import pytest
 import torch
 from harness import run_cli
 from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import filter_repo_objects
 from test_train import QUICK, ROOT, TINY, environment
 from transformers import AutoTokenizer
 
 from modeling_vanilla import VanillaForConditionalGeneration
+from vanilla_hub import NOT_PUSHED
 
 pytestmark = pytest.mark.slow
 SOURCE = "twenty-three"
@@ -85,6 +87,19 @@ def test_each_push_commits_a_whole_model_and_no_staging_temporary_or_resume_file
         assert commit["deleted"] == [] and commit["repo_id"] == "standin-user/en-de"
         assert not any(part.startswith(".") for path in commit["added"] for part in Path(path).parts)
     assert json.loads((pushed[1] / "revision-0" / "config.json").read_text())["auto_map"]
+
+
+def test_the_final_push_leaves_out_every_folder_inside_the_model_folder(pushed):
+    """What upload_folder would send of output_dir with a kept model (--save_at_seconds), an averaged model, a
+    CTranslate2 conversion and logs beside the checkpoints: the top-level model alone."""
+    output_dir = pushed[0]
+    listing = [str(path.relative_to(output_dir)) for path in output_dir.rglob("*") if path.is_file()]
+    listing += [f"{folder}/{name}" for folder in ("model-at-90s", "averaged-last-3") for name in MODEL_FILES]
+    listing += ["model-at-90s/data_args.json", "ctranslate2-float32/model.bin", "runs/Nov28/events.out.tfevents.1"]
+    assert set(filter_repo_objects(listing, ignore_patterns=NOT_PUSHED)) == MODEL_FILES | {
+        "README.md",
+        "all_results.json",
+    }
 
 
 def test_every_pushed_revision_loads_in_a_fresh_process_with_the_saved_models_logits(pushed, tmp_path):
