@@ -10,9 +10,12 @@ excluding the decoder start token (transformers' `BeamSearchScorer`/`_beam_searc
 `length_penalty`; tests/test_ctranslate2.py checks the scores agree).
 """
 
+import errno
 import hashlib
 import json
-from dataclasses import dataclass
+import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -248,13 +251,26 @@ def convert(folder: Path, quantization: str, output: Path) -> Path:
     return output
 
 
-def converted_model(folder: Path, quantization: str) -> Path:
-    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale."""
+def converted_model(folder: Path, quantization: str, scratch: Path) -> Path:
+    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale.
+
+    A model folder that cannot be written (a read-only mount, another user's folder) is converted into `scratch`,
+    for this run only."""
     output = folder / f"{CONVERSION_PREFIX}{quantization}"
     recorded = output / SOURCE_RECORD
-    if not recorded.is_file() or json.loads(recorded.read_text()) != source_fingerprint(folder):
-        convert(folder, quantization, output)
-    return output
+    if recorded.is_file() and json.loads(recorded.read_text()) == source_fingerprint(folder):
+        return output
+    try:
+        return convert(folder, quantization, output)
+    except OSError as error:
+        if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            message = f"cannot write the CTranslate2 conversion to {output}: {error.strerror or error}"
+            raise UsageError(message) from None
+        print(
+            f"note: {folder} cannot be written ({error.strerror}): converting it for this run only, not cached",
+            file=sys.stderr,
+        )
+    return convert(folder, quantization, scratch / output.name)
 
 
 def is_cached_conversion(folder: Path) -> bool:
@@ -271,6 +287,7 @@ class CTranslate2Model:
     tokens: list[str]
     generation_config: "GenerationConfig"
     quantization: str
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # a conversion for this run only
 
     @property
     def device(self) -> str:
@@ -322,7 +339,8 @@ def load(
         raise UsageError(
             f"--quantization {quantization}: CTranslate2 on {device} supports {', '.join(sorted(supported))}"
         )
-    path = converted_model(folder, quantization)
+    scratch = tempfile.TemporaryDirectory(prefix="ctranslate2-")  # removed with the model, or at exit
+    path = converted_model(folder, quantization, Path(scratch.name))
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = CTranslate2Model(
@@ -330,6 +348,7 @@ def load(
         tokens=vocabulary(tokenizer, config.vocab_size),
         generation_config=GenerationConfig.from_pretrained(folder),
         quantization=quantization,
+        scratch=scratch,
     )
     if device == "cuda":
         check_gpu_libraries(model, ctranslate2.__version__)

@@ -1,7 +1,9 @@
 """eval.py end to end on a tiny model trained for a few steps by train.py; metrics against sacrebleu itself."""
 
 import copy
+import errno
 import functools
+import gc
 import json
 import os
 import shutil
@@ -19,8 +21,10 @@ from safetensors.torch import load_file
 from tiny_models import tiny_config
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+import vanilla_ctranslate2
 import vanilla_translation
 from modeling_vanilla import VanillaForConditionalGeneration
+from vanilla_cli import UsageError
 from vanilla_ctranslate2 import source_fingerprint
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding
 
@@ -750,6 +754,43 @@ def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(tra
     expected, _ = evaluate_with(model, test_file, tmp_path / "retrained-hf")
     assert hypotheses == expected
     assert not [path.name for path in model.iterdir() if path.name.startswith(".")], "temporary folders left behind"
+
+
+@pytest.mark.slow
+def test_a_model_folder_that_cannot_be_written_is_converted_for_the_run_only(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    """A read-only model folder (a shared mount, another user's) still decodes through CTranslate2, from a
+    conversion in a temporary folder that goes with the model; a full disk is one error naming the folder."""
+    model = model_copy(trained_run, tmp_path / "model")
+    before = tree(model)
+    write = vanilla_ctranslate2.write_folder_atomically
+
+    def refused_in(folder: Path, code: int):
+        def writer(output: Path, *args):
+            if output.parent == folder:
+                raise OSError(code, os.strerror(code), str(output))
+            return write(output, *args)
+
+        return writer
+
+    monkeypatch.setattr(vanilla_ctranslate2, "write_folder_atomically", refused_in(model, errno.EROFS))
+    once, tokenizer = vanilla_ctranslate2.load(str(model), "float32", threads=1)
+    assert f"note: {model} cannot be written (Read-only file system)" in capsys.readouterr().err
+    scratch = Path(once.scratch.name)
+    assert (scratch / "ctranslate2-float32" / "model.bin").is_file() and tree(model) == before
+    monkeypatch.setattr(vanilla_ctranslate2, "write_folder_atomically", refused_in(model, errno.ENOSPC))
+    with pytest.raises(UsageError, match=f"cannot write the CTranslate2 conversion to {model}/ctranslate2-float32: No"):
+        vanilla_ctranslate2.load(str(model), "float32", threads=1)
+
+    monkeypatch.undo()
+    cached, _ = vanilla_ctranslate2.load(str(model), "float32", threads=1)
+    assert (model / "ctranslate2-float32" / "model.bin").is_file()
+    ids = [tokenizer(text).input_ids for text in ("seven", "three hundred and forty-five")]
+    assert once.generate_ids(ids, 4, 1.0, 12) == cached.generate_ids(ids, 4, 1.0, 12)
+    del once
+    gc.collect()
+    assert not scratch.exists()
 
 
 @pytest.mark.slow
