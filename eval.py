@@ -7,7 +7,7 @@
     echo "twenty-three" | python eval.py translate --model out
     python eval.py --model out --engine ctranslate2 --quantization int8   # CTranslate2 (pip install .[fast])
 
-The metrics are the local `evaluate` modules in metrics/ (offline); --hub_metrics loads the Hub's instead.
+The metrics are the local `evaluate` modules of vanilla_metrics/ (offline); --hub_metrics loads the Hub's instead.
 torch, the model classes, evaluate and matplotlib are imported where used, so that bad input fails fast.
 """
 
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from sacrebleu.metrics import BLEU, CHRF
 from transformers import HfArgumentParser
 
 import vanilla_ctranslate2
@@ -28,11 +27,9 @@ from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data, run_data_record
 from vanilla_files import check_output_files, check_writable, output_path, write_text_atomically
 from vanilla_hub import CARD, folder_card
+from vanilla_metrics import load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import check_model_path, load_translation_model, translate
-
-METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-METRICS = {"sacrebleu": BLEU, "chrf": CHRF}  # evaluate module -> the sacrebleu metric it runs
 
 
 @argument_dataclass
@@ -48,7 +45,7 @@ class EvalArguments:
         batch_size: Sentences per generate() call.
         predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model).
         results_file: The JSON report (default: eval_results_<split>.json beside the model).
-        hub_metrics: Load sacrebleu and chrf from the Hub instead of the local metrics/.
+        hub_metrics: Load sacrebleu and chrf from the Hub instead of the local vanilla_metrics/.
         average_last: Average the weights of the last N checkpoint-* folders of --model first.
         averaged_model_dir: Where the averaged model is written (default: <run>/averaged-last-N).
         plot_attention: Only plot the last layer's cross-attention while translating this sentence.
@@ -104,33 +101,6 @@ def check_engine_arguments(args: EvalArguments) -> None:
         vanilla_ctranslate2.import_ctranslate2()
     elif args.quantization is not None:
         raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
-
-
-def load_metrics(hub_metrics: bool) -> dict:
-    """sacreBLEU and chrF as `evaluate` modules: the local ones in metrics/ unless the Hub's are asked for."""
-    import evaluate
-
-    metrics = {}
-    for name in METRICS:
-        path = name if hub_metrics else str(METRICS_DIR / name)
-        try:
-            metrics[name] = evaluate.load(path)
-        except Exception as error:  # evaluate raises FileNotFoundError, ConnectionError, ... when the Hub is away
-            hint = "; leave out --hub_metrics to use the local copy" if hub_metrics else ""
-            raise UsageError(f"cannot load the metric {path!r} ({error}){hint}") from None
-    return metrics
-
-
-def score(metrics: dict, hypotheses: list[str], references: list[str]) -> dict:
-    """Each metric's result on the detokenized hypotheses, with sacreBLEU's signature."""
-    results = {}
-    for name, metric in metrics.items():
-        result = metric.compute(predictions=hypotheses, references=[[reference] for reference in references])
-        if "signature" not in result:
-            # The Hub metrics run sacrebleu with its defaults but do not return the signature; it is this one.
-            result["signature"] = str(METRICS[name](references=[references]).get_signature())
-        results[name] = result
-    return results
 
 
 def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:

@@ -24,6 +24,7 @@ from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record, resume_data
 from vanilla_files import trainer_state
 from vanilla_hub import CARD, model_card
+from vanilla_metrics import load_metrics
 from vanilla_output_dir import (
     check_output_dir,
     check_output_dir_writable,
@@ -55,6 +56,7 @@ from vanilla_trainer import (
     padding_fraction,
     summed_nll_per_sentence,
     train_loss_metrics,
+    translation_metrics,
 )
 
 # Sec. 6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6".
@@ -136,7 +138,7 @@ def train_and_save(
         ),
         loss_before=before or 0.0,
         checkpoint_files={DATA_RECORD: json.dumps(data_record(data_args), indent=2) + "\n"},
-        compute_metrics=None if args.predict_with_generate else nll_metrics,
+        compute_metrics=translation_metrics(tokenizer, load_metrics()) if args.predict_with_generate else nll_metrics,
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
         callbacks=time_budget_callbacks(args),
     )

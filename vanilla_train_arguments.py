@@ -255,6 +255,13 @@ TRAINER_NUMBERS = {
 }
 
 
+# What an evaluation during training reports (eval_<name>): the loss and the unsmoothed loss, or with
+# --predict_with_generate the loss and the scores of the generated translations (vanilla_trainer.nll_metrics,
+# translation_metrics); --metric_for_best_model names one of them.
+EVALUATION_METRICS = ("loss", "nll_loss", "perplexity")
+GENERATION_METRICS = ("loss", "bleu", "chrf", "gen_len")
+
+
 def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None:
     """Refuses values that Trainer would crash on later or silently turn into a run that trains nothing."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -296,6 +303,14 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             "--preprocessing_num_workers tokenizes the corpus before training, and --streaming tokenizes it as "
             "training reads it: drop one of them"
         )
+    if args.metric_for_best_model is not None:  # Trainer would raise a KeyError at the first evaluation
+        reported = GENERATION_METRICS if args.predict_with_generate else EVALUATION_METRICS
+        if args.metric_for_best_model.removeprefix("eval_") not in reported:
+            needs = "" if args.predict_with_generate else "; bleu, chrf and gen_len need --predict_with_generate"
+            raise UsageError(
+                f"--metric_for_best_model {args.metric_for_best_model}: an evaluation reports "
+                f"{', '.join(reported)}{needs}"
+            )
     if args.save_strategy == "steps" and args.save_steps <= 0:
         raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
     if model_args.vocab_size is not None and model_args.tokenizer_name:

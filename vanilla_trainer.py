@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from vanilla_cli import UsageError, first_line
 from vanilla_data_record import DATA_RECORD
 from vanilla_files import TRAINER_STATE
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
+from vanilla_metrics import score
 from vanilla_output_dir import fault_point
 
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
@@ -253,14 +255,31 @@ def padding_fraction(trainer: Seq2SeqTrainer, dataloader: DataLoader) -> float:
     return 1.0 - real / padded
 
 
+def decoded(tokenizer, ids: np.ndarray) -> list[str]:
+    """Generated or label ids (padded with -100 or the pad id) as text, special tokens left out."""
+    texts = tokenizer.batch_decode(np.where(ids < 0, tokenizer.pad_token_id, ids), skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def translation_metrics(tokenizer, metrics: dict) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Trainer's compute_metrics under --predict_with_generate: `bleu` and `chrf` of the generated translations
+    against the targets decoded from the labels (sacreBLEU, as eval.py scores; eval.py reads the untokenized
+    references, so its figures can differ slightly), and `gen_len`, the mean generated length in tokens (the end
+    token included, the decoder start not), as transformers' run_translation.py reports."""
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        generated = prediction.predictions
+        scores = score(metrics, decoded(tokenizer, generated), decoded(tokenizer, prediction.label_ids))
+        lengths = np.count_nonzero((generated[:, 1:] >= 0) & (generated[:, 1:] != tokenizer.pad_token_id), axis=1)
+        return {"bleu": scores["sacrebleu"]["score"], "chrf": scores["chrf"]["score"], "gen_len": float(lengths.mean())}
+
+    return compute
+
+
 def exact_match(trainer: Seq2SeqTrainer, dataset) -> float:
     """Share of sentences whose beam-search translation equals the reference (its tokenized target) exactly."""
     trainer.args.predict_with_generate = True
     trainer.compute_metrics = trainer.preprocess_logits_for_metrics = None  # those read logits, not translations
     output = trainer.predict(dataset, metric_key_prefix="test")  # rows in the sampler's order, labels alongside
-    pad = trainer.processing_class.pad_token_id
-    hypotheses, references = (
-        trainer.processing_class.batch_decode(np.where(ids < 0, pad, ids), skip_special_tokens=True)
-        for ids in (output.predictions, output.label_ids)
-    )
-    return sum(h.strip() == r.strip() for h, r in zip(hypotheses, references, strict=True)) / len(references)
+    hypotheses, references = (decoded(trainer.processing_class, ids) for ids in (output.predictions, output.label_ids))
+    return sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)

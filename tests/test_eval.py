@@ -150,8 +150,10 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run,
 def test_offline_metrics_equal_sacrebleu(references):
     predictions = ["the cat sat on the mat .", "hello there world , again", "a b c d e"]
     streams = [references] if isinstance(references[0], str) else [list(refs) for refs in zip(*references, strict=True)]
-    bleu = evaluate.load(str(ROOT / "metrics" / "sacrebleu")).compute(predictions=predictions, references=references)
-    chrf = evaluate.load(str(ROOT / "metrics" / "chrf")).compute(predictions=predictions, references=references)
+    bleu = evaluate.load(str(ROOT / "vanilla_metrics" / "sacrebleu")).compute(
+        predictions=predictions, references=references
+    )
+    chrf = evaluate.load(str(ROOT / "vanilla_metrics" / "chrf")).compute(predictions=predictions, references=references)
     expected_bleu = sacrebleu.corpus_bleu(predictions, streams)
     assert bleu["score"] > 0
     assert bleu["score"] == pytest.approx(expected_bleu.score)

@@ -1,7 +1,11 @@
 """pyproject.toml: the console scripts and the modules an installed project needs; no path hacks in bench/ or docs/."""
 
 import importlib
+import shutil
+import subprocess
+import sys
 
+import pytest
 import tomllib
 from harness import ROOT
 
@@ -19,3 +23,33 @@ def test_every_top_level_module_is_installed_and_bench_and_docs_import_without_p
     assert sorted(modules) == sorted(path.stem for path in ROOT.glob("*.py"))
     for script in [*ROOT.glob("bench/*.py"), *ROOT.glob("docs/*.py")]:
         assert "sys.path" not in script.read_text(), script
+
+
+@pytest.mark.slow
+def test_an_installed_project_scores_offline_with_the_metric_modules_it_installs(tmp_path):
+    """A plain (not editable) install holds the evaluate modules that eval.py and train.py score with offline."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ["pyproject.toml", "README.md", *(f"{module}.py" for module in setuptools["py-modules"])]:
+        shutil.copy(ROOT / name, source / name)
+    for package in setuptools["packages"]:
+        folder = package.replace(".", "/")
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+        )
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
+    subprocess.run([*install, str(source)], check=True, capture_output=True, timeout=300)
+    script = f"""
+import sys
+sys.meta_path = [finder for finder in sys.meta_path if not finder.__module__.startswith("__editable__")]
+import vanilla_metrics
+assert vanilla_metrics.__file__.startswith({str(site)!r}), vanilla_metrics.__file__
+scores = vanilla_metrics.score(vanilla_metrics.load_metrics(), ["a cat sat on the mat ."], ["a cat sat on the mat ."])
+print(round(scores["sacrebleu"]["score"], 2), round(scores["chrf"]["score"], 2))
+"""
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["100.0", "100.0"]

@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import sacrebleu
 import torch
 from datasets import Dataset
 from harness import ROOT, environment, run_cli
@@ -21,6 +23,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
+    EvalPrediction,
     GenerationConfig,
     HfArgumentParser,
     Seq2SeqTrainingArguments,
@@ -35,8 +38,10 @@ from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets
 from vanilla_files import complete_checkpoints
+from vanilla_metrics import load_metrics
 from vanilla_tokenizer import SPECIAL_TOKENS, corpus_texts, tokenize, train_bpe_tokenizer
 from vanilla_train_arguments import (
+    GENERATION_METRICS,
     ModelArguments,
     argument_parser,
     build_config,
@@ -44,7 +49,7 @@ from vanilla_train_arguments import (
     paper_peak_learning_rate,
     parse_arguments,
 )
-from vanilla_trainer import LOSS_TOTAL, VanillaTrainer, nll_metrics, summed_nll_per_sentence
+from vanilla_trainer import LOSS_TOTAL, VanillaTrainer, nll_metrics, summed_nll_per_sentence, translation_metrics
 
 # An experiment tracker Trainer reports to whose library this machine lacks.
 UNINSTALLED_REPORTER = next(
@@ -608,6 +613,11 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
         (["--config_overrides", "d_ff=wide"], "--config_overrides d_ff=wide: invalid literal for int()"),
         (["--config_overrides", "d_ff"], "expected key=value pairs joined by commas"),
         (["--attn_implementation", "nope"], "--attn_implementation nope: "),
+        (["--metric_for_best_model", "bleu"], "an evaluation reports loss, nll_loss, perplexity; bleu, chrf and gen"),
+        (
+            ["--metric_for_best_model", "eval_perplexity", "--predict_with_generate", "true"],
+            "--metric_for_best_model eval_perplexity: an evaluation reports loss, bleu, chrf, gen_len",
+        ),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
@@ -769,6 +779,50 @@ def test_evaluation_with_generate_leaves_the_models_generation_config_as_it_was(
     model.save_pretrained(tmp_path / "saved")
     saved = json.loads((tmp_path / "saved" / "generation_config.json").read_text())
     assert {name for name in saved if name != "transformers_version"} == set(own) - {"transformers_version"}
+
+
+def test_evaluation_with_generate_reports_bleu_chrf_and_length_of_the_generated_translations(tmp_path):
+    tokenizer, rows = number_rows((3, 21, 117, 40, 999))
+    model = one_layer_model(tokenizer).eval()
+    model.generation_config = GenerationConfig(num_beams=1, max_length=12, decoder_start_token_id=1, eos_token_id=2)
+    args = Seq2SeqTrainingArguments(
+        tmp_path, per_device_eval_batch_size=4, predict_with_generate=True, report_to=[], use_cpu=True
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    compute = translation_metrics(tokenizer, load_metrics())
+    trainer = VanillaTrainer(
+        model=model, args=args, processing_class=tokenizer, data_collator=collator, compute_metrics=compute
+    )
+    metrics = trainer.evaluate(Dataset.from_list(rows))
+    assert {f"eval_{name}" for name in GENERATION_METRICS} <= set(metrics) and "eval_nll_loss" not in metrics
+
+    # The reference: each sentence generated alone (no padding), scored by sacrebleu directly.
+    hypotheses, lengths = [], []
+    with torch.no_grad():
+        for row in rows:
+            generated = model.generate(input_ids=torch.tensor([row["input_ids"]]))[0, 1:].tolist()
+            hypotheses.append(tokenizer.decode(generated, skip_special_tokens=True).strip())
+            lengths.append(len(generated))
+    references = [tokenizer.decode(row["labels"], skip_special_tokens=True).strip() for row in rows]
+    assert metrics["eval_bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    assert metrics["eval_chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+    assert metrics["eval_gen_len"] == pytest.approx(sum(lengths) / len(lengths))
+
+    # The scores of translations that partly match (this untrained model's are empty): predictions and labels
+    # padded as Seq2SeqTrainer pads them, the predictions behind the decoder start token.
+    references = ["drei vierzig einundzwanzig sieben", "neun acht sieben sechs fünf", "zwei"]
+    hypotheses = ["drei vierzig einundzwanzig acht", "neun acht sieben sechs", "zwei"]
+    encoded = [tokenizer(text)["input_ids"] for text in hypotheses]
+    assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in encoded] == hypotheses
+    width = max(map(len, encoded)) + 1
+    predictions = np.array([[1, *ids] + [tokenizer.pad_token_id] * (width - 1 - len(ids)) for ids in encoded])
+    labels = [tokenizer(text)["input_ids"] for text in references]
+    label_ids = np.array([ids + [-100] * (max(map(len, labels)) - len(ids)) for ids in labels])
+    scores = compute(EvalPrediction(predictions=predictions, label_ids=label_ids))
+    assert 0 < scores["bleu"] < 100 and 0 < scores["chrf"] < 100
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+    assert scores["gen_len"] == pytest.approx(sum(map(len, encoded)) / len(encoded))  # </s> counted, the start not
 
 
 def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss(tmp_path):

@@ -1,7 +1,7 @@
 """Corpus BLEU from the `sacrebleu` package as an offline `evaluate` metric, with the reproducibility signature.
 
 Same inputs, arguments and outputs as the Hub's `evaluate-metric/sacrebleu`, plus `signature`; load it by path:
-`evaluate.load("metrics/sacrebleu")`.
+`evaluate.load("vanilla_metrics/sacrebleu")`.
 """
 
 import datasets

@@ -1,7 +1,7 @@
 """chrF (Popovic 2015) from the `sacrebleu` package as an offline `evaluate` metric, with its signature.
 
 Same inputs, arguments and outputs as the Hub's `evaluate-metric/chrf`, plus `signature`; load it by path:
-`evaluate.load("metrics/chrf")`.
+`evaluate.load("vanilla_metrics/chrf")`.
 """
 
 import datasets
