@@ -252,6 +252,11 @@ TRAINER_NUMBERS = {
     "save_at_seconds": (lambda value: 0 < value < math.inf, "a positive number of seconds"),
     "seed": (lambda value: 0 <= value < 2**32, "an integer in [0, 2^32)"),
     "data_seed": (lambda value: 0 <= value < 2**32, "an integer in [0, 2^32)"),
+    "eval_accumulation_steps": (lambda value: value >= 1, "a positive integer"),
+    "dataloader_num_workers": (lambda value: value >= 0, "an integer >= 0 (0 loads in the main process)"),
+    "dataloader_prefetch_factor": (lambda value: value >= 1, "a positive integer"),
+    "generation_num_beams": (lambda value: value >= 1, "a positive integer"),
+    "generation_max_length": (lambda value: value >= 1, "a positive integer"),
 }
 
 
