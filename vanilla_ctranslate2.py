@@ -251,17 +251,17 @@ def convert(folder: Path, quantization: str, output: Path) -> Path:
     return output
 
 
-def converted_model(folder: Path, quantization: str, scratch: Path) -> Path:
+def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale.
 
-    A model folder that cannot be written (a read-only mount, another user's folder) is converted into `scratch`,
-    for this run only."""
+    A model folder that cannot be written (a read-only mount, another user's folder) is converted into a temporary
+    folder, for this run only: returned beside the path, it is removed when dropped."""
     output = folder / f"{CONVERSION_PREFIX}{quantization}"
     recorded = output / SOURCE_RECORD
     if recorded.is_file() and json.loads(recorded.read_text()) == source_fingerprint(folder):
-        return output
+        return output, None
     try:
-        return convert(folder, quantization, output)
+        return convert(folder, quantization, output), None
     except OSError as error:
         if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             message = f"cannot write the CTranslate2 conversion to {output}: {error.strerror or error}"
@@ -270,7 +270,8 @@ def converted_model(folder: Path, quantization: str, scratch: Path) -> Path:
             f"note: {folder} cannot be written ({error.strerror}): converting it for this run only, not cached",
             file=sys.stderr,
         )
-    return convert(folder, quantization, scratch / output.name)
+    scratch = tempfile.TemporaryDirectory(prefix="ctranslate2-")
+    return convert(folder, quantization, Path(scratch.name) / output.name), scratch
 
 
 def is_cached_conversion(folder: Path) -> bool:
@@ -287,7 +288,8 @@ class CTranslate2Model:
     tokens: list[str]
     generation_config: "GenerationConfig"
     quantization: str
-    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # a conversion for this run only
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # a conversion for this run only,
+    # removed with the model
 
     @property
     def device(self) -> str:
@@ -339,8 +341,7 @@ def load(
         raise UsageError(
             f"--quantization {quantization}: CTranslate2 on {device} supports {', '.join(sorted(supported))}"
         )
-    scratch = tempfile.TemporaryDirectory(prefix="ctranslate2-")  # removed with the model, or at exit
-    path = converted_model(folder, quantization, Path(scratch.name))
+    path, scratch = converted_model(folder, quantization)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = CTranslate2Model(
