@@ -62,6 +62,12 @@ def resolve_data(data: DataArguments, given: set[str], record: dict | None, mode
         for name in ("source_lang", "target_lang", "max_source_length", "max_target_length"):
             if name not in given:
                 setattr(data, name, record[name])
+        trained = (record["source_lang"], record["target_lang"])
+        if (data.source_lang, data.target_lang) == trained[::-1] and trained[0] != trained[1]:
+            raise UsageError(
+                f"{model} translates {trained[0]} -> {trained[1]} ({DATA_RECORD}); --source_lang {data.source_lang} "
+                f"--target_lang {data.target_lang} asks for the other direction"
+            )
     if split is None or given & set(DATA_SOURCE_ARGS):
         return
     data_flags = f"--{split}_file FILE with --source_lang and --target_lang, or --dataset_name"

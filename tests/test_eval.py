@@ -570,6 +570,16 @@ def test_averaging_checkpoints_of_different_shapes_is_a_usage_error(trained_run,
 
 
 @pytest.mark.slow
+def test_languages_swapped_against_the_models_direction_are_refused(trained_run, test_file, tmp_path):
+    model = model_copy(trained_run, tmp_path / "model", data_record(source_lang="en", target_lang="de"))
+    before = tree(model)
+    flags = ("--test_file", str(test_file), "--source_lang", "de", "--target_lang", "en")
+    result = run_cli("eval.py", "--model", str(model), *flags)
+    assert_usage_error(result, f"{model} translates en -> de (data_args.json); --source_lang de --target_lang en asks")
+    assert tree(model) == before
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "outputs, message",
     [
