@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from vanilla_cli import UsageError
@@ -92,9 +93,16 @@ def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
     """A resumed run trains on its checkpoint's data (the DATA_RECORD in it): each data argument not given is the
     record's, and a given one that changes the training data (the corpus, the languages, the lengths) is refused by
     name, since Trainer would go on skipping the epoch's trained batches in other data. The validation and test files
-    may change. A checkpoint of an older train.py has no record: then the data arguments stand as given."""
+    may change. A checkpoint without a record (of an older train.py, or from the Hub, where the record is not pushed)
+    leaves the data arguments as given; given none, that is the embedded task, which a warning names."""
     record = read_data_record(checkpoint)
     if record is None:
+        if not given & set(DATA_SOURCE_ARGS) and int(os.environ.get("RANK", 0)) == 0:
+            print(
+                f"warning: {checkpoint} has no {DATA_RECORD} to say what it was trained on, and no data flag is given: "
+                "resuming on the embedded task",
+                file=sys.stderr,
+            )
         return
     for name in DATA_RECORD_KEYS:
         if name not in given:

@@ -419,6 +419,17 @@ def test_resuming_without_data_flags_continues_on_the_checkpoints_data(tmp_path,
     assert (output_dir / "data_args.json").read_text() == record
 
 
+def test_resuming_a_checkpoint_without_a_data_record_and_no_data_flags_names_the_embedded_task(tmp_path, finished):
+    """A checkpoint from the Hub (whose data record is not pushed) or an older train.py cannot say its data."""
+    output_dir = copy_of(finished, tmp_path)
+    (output_dir / "checkpoint-4" / "data_args.json").unlink()
+    resume = ["--output_dir", str(output_dir), "--max_steps", "5", "--resume_from_checkpoint", "last"]
+    result = run_train(*TINY, *QUICK, *resume)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = f"warning: {output_dir / 'checkpoint-4'} has no data_args.json to say what it was trained on, and no data"
+    assert warning in result.stderr
+
+
 def test_resume_refuses_data_flags_that_differ_from_the_checkpoints_data(tmp_path, finished, data):
     output_dir = copy_of(finished, tmp_path)
     other = write_jsonl(tmp_path / "other.jsonl", range(100, 116))
