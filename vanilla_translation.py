@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import vanilla_ctranslate2
 from vanilla_cli import UsageError, cpu_has_bf16_kernels, first_line
+from vanilla_files import checkpoint_folders
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -20,7 +21,11 @@ def check_model_path(name: str) -> None:
     folder = Path(name)
     if folder.is_dir():
         if not (folder / "config.json").is_file():
-            raise UsageError(f"{name}: not a model folder (no config.json)")
+            checkpoints = checkpoint_folders(folder)
+            hint = ""
+            if checkpoints:  # a run killed or still training before its final save
+                hint = f"; it holds a run's checkpoints: pass --model {checkpoints[-1]}, or --average_last N"
+            raise UsageError(f"{name}: not a model folder (no config.json){hint}")
         if not any((folder / file).is_file() for file in TOKENIZER_FILES):
             raise UsageError(f"{name}: the model has no tokenizer (no {' or '.join(TOKENIZER_FILES)})")
     elif folder.exists():

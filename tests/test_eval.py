@@ -254,6 +254,17 @@ def test_folder_without_a_model_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_folder_without_its_final_model_names_its_newest_checkpoint(trained_run, tmp_path):
+    run = tmp_path / "run"
+    for checkpoint in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(trained_run / checkpoint, run / checkpoint)
+    result = run_cli("eval.py", "--model", str(run))
+    assert_usage_error(
+        result, f"it holds a run's checkpoints: pass --model {run / 'checkpoint-4'}, or --average_last N"
+    )
+
+
+@pytest.mark.slow
 def test_model_without_a_tokenizer_is_a_usage_error(trained_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("tokenizer*", "checkpoint-*"))
