@@ -188,7 +188,7 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
                 f"output_dir {output_dir} holds no model but files that the final save would replace: "
                 f"{', '.join(replaced)}; move them away, or choose another --output_dir"
             )
-    if held:
+    else:
         averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
         stale = ", ".join(path.name for path in checkpoints + averaged)
         print(
