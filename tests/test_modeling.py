@@ -742,15 +742,28 @@ def test_transformers_executorch_module_exports_an_encoder_and_a_static_cache_de
         torch.testing.assert_close(torch.cat(steps, dim=1), full)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("every_n_layers", [1, 2])
+def test_activation_checkpointing_recomputes_the_chosen_layers_and_gives_the_same_gradients(every_n_layers):
+    """transformers' activation checkpointing (5.24: `activation_checkpointing_enable`, with `every_n_layers`;
+    before: `gradient_checkpointing_enable`): the checkpointed layers run twice, the gradients stay the same."""
     plain = model_for().train()
     checkpointed = model_for().train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(checkpointed, "activation_checkpointing_enable"):
+        checkpointed.activation_checkpointing_enable(every_n_layers=every_n_layers)
+    elif every_n_layers == 1:
+        checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        pytest.skip("every_n_layers came with transformers 5.24's activation_checkpointing_enable")
+    layers = [*checkpointed.model.encoder.layers, *checkpointed.model.decoder.layers]  # counted in this order
+    calls = [0] * len(layers)
+    for index, layer in enumerate(layers):  # a layer's self-attention runs again where the layer is recomputed
+        layer.self_attn.register_forward_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
     ids, mask = source_batch()
     labels = torch.randint(3, 40, (3, 6))
     for model in (plain, checkpointed):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert calls == [2 if index % every_n_layers == 0 else 1 for index in range(len(layers))]
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
