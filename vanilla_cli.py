@@ -27,6 +27,11 @@ def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
+def is_main_process() -> bool:
+    """Whether this is the main process of a multi-process launch (torchrun's RANK 0), or the only process."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def exit_on_usage_error(main: Callable) -> Callable:
     """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2.
 
@@ -37,7 +42,7 @@ def exit_on_usage_error(main: Callable) -> Callable:
         try:
             return main(*args, **kwargs)
         except UsageError as error:
-            if int(os.environ.get("RANK", 0)) == 0:
+            if is_main_process():
                 message = " ".join(str(error).split())
                 print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)

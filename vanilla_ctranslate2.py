@@ -15,6 +15,7 @@ import hashlib
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -231,8 +232,8 @@ def source_fingerprint(folder: Path) -> dict[str, str]:
     return fingerprint
 
 
-def convert(folder: Path, quantization: str, output: Path) -> Path:
-    """Convert the model folder to CTranslate2 with weights in `quantization`, written atomically to `output`."""
+def conversion(folder: Path, quantization: str) -> Callable[[Path], None]:
+    """The model folder converted to CTranslate2 with weights in `quantization`: a function saving it to a folder."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -247,21 +248,23 @@ def convert(folder: Path, quantization: str, output: Path) -> Path:
         spec.save(str(target))
         (target / SOURCE_RECORD).write_text(json.dumps(source_fingerprint(folder), indent=2) + "\n")
 
-    write_folder_atomically(output, write)
-    return output
+    return write
 
 
 def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale.
+    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale,
+    written atomically.
 
-    A model folder that cannot be written (a read-only mount, another user's folder) is converted into a temporary
-    folder, for this run only: returned beside the path, it is removed when dropped."""
+    A model folder that cannot be written (a read-only mount, another user's folder) gets the conversion in a
+    temporary folder, for this run only: returned beside the path, it is removed when dropped."""
     output = folder / f"{CONVERSION_PREFIX}{quantization}"
     recorded = output / SOURCE_RECORD
     if recorded.is_file() and json.loads(recorded.read_text()) == source_fingerprint(folder):
         return output, None
+    write = conversion(folder, quantization)
     try:
-        return convert(folder, quantization, output), None
+        write_folder_atomically(output, write)
+        return output, None
     except OSError as error:
         if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             message = f"cannot write the CTranslate2 conversion to {output}: {error.strerror or error}"
@@ -271,7 +274,8 @@ def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.Tem
             file=sys.stderr,
         )
     scratch = tempfile.TemporaryDirectory(prefix="ctranslate2-")
-    return convert(folder, quantization, Path(scratch.name) / output.name), scratch
+    write_folder_atomically(Path(scratch.name) / output.name, write)
+    return Path(scratch.name) / output.name, scratch
 
 
 def is_cached_conversion(folder: Path) -> bool:

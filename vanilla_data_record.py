@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from vanilla_cli import UsageError
+from vanilla_cli import UsageError, is_main_process
 from vanilla_corpus import DataArguments
 from vanilla_files import DATA_RECORD, TRAINER_STATE, complete_checkpoints
 
@@ -97,7 +97,7 @@ def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
     leaves the data arguments as given; given none, that is the embedded task, which a warning names."""
     record = read_data_record(checkpoint)
     if record is None:
-        if not given & set(DATA_SOURCE_ARGS) and int(os.environ.get("RANK", 0)) == 0:
+        if not given & set(DATA_SOURCE_ARGS) and is_main_process():
             print(
                 f"warning: {checkpoint} has no {DATA_RECORD} to say what it was trained on, and no data flag is given: "
                 "resuming on the embedded task",
