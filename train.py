@@ -216,6 +216,12 @@ def train_and_save(
         commit = trainer.push_to_hub()
         if trainer.is_world_process_zero():
             print(f"pushed to {commit.commit_url}")
+            if trainer.failed_pushes:
+                print(
+                    f"warning: the final model is on the Hub, but not every checkpoint: pushing "
+                    f"{', '.join(trainer.failed_pushes)} failed (above)",
+                    file=sys.stderr,
+                )
 
 
 if __name__ == "__main__":

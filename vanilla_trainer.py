@@ -3,7 +3,10 @@
 import copy
 import json
 import math
+import sys
 from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,7 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.tokens = TokenCounter()
         self.token_sampler = None  # the TokenBudgetBatchSampler of --max_tokens
         self.non_embedding_parameters = None  # for floating_point_ops, counted once
+        self.failed_pushes = []  # the checkpoints whose push to the Hub failed, in order
         self.add_callback(SamplerEpoch(self))
 
     def _get_train_sampler(self, train_dataset=None):
@@ -167,10 +171,25 @@ class VanillaTrainer(Seq2SeqTrainer):
                     checkpoint_folder, f"{message}, checkpoint", [DATA_RECORD], path_in_repo=folder, run_as_future=True
                 )
             )
+        for job in jobs:  # Trainer waits on its pushes and never reads them: a refused one would go unnoticed
+            job.add_done_callback(partial(self.report_push, Path(checkpoint_folder).name))
         if self.push_in_progress is None or self.push_in_progress.is_done():
             self.push_in_progress = PushInProgress(jobs)
         else:
             self.push_in_progress.jobs.extend(jobs)
+
+    def report_push(self, checkpoint: str, job: Future) -> None:
+        """Says at once that a checkpoint's background push failed (training goes on), and remembers it for the end."""
+        error = None if job.cancelled() else job.exception()
+        if error is None:
+            return
+        if checkpoint not in self.failed_pushes:
+            self.failed_pushes.append(checkpoint)
+        print(
+            f"warning: pushing {checkpoint} to {self.hub_model_id} failed: {first_line(error)}; the Hub does not have "
+            "it, training goes on",
+            file=sys.stderr,
+        )
 
     def push_to_hub(self, commit_message: str = "End of training", blocking: bool = True, **kwargs):
         """Uploads output_dir as train.py's final save left it (the model, its card): Trainer's would save the model

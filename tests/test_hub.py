@@ -213,3 +213,26 @@ def test_a_refused_final_push_keeps_the_saved_model_and_says_where_it_is(tmp_pat
     assert json.loads((record / "commits.json").read_text()) == []
     model = VanillaForConditionalGeneration.from_pretrained(output_dir)
     assert model.config.d_model == 16
+
+
+@pytest.mark.slow
+def test_a_refused_checkpoint_push_is_reported_and_training_goes_on(tmp_path):
+    output_dir, record = tmp_path / "en-de", tmp_path / "hub"
+    args = [*TINY, *QUICK, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir"]
+    args += [str(output_dir), "--push_to_hub", "--hub_strategy", "checkpoint", "--hub_always_push"]
+    env = environment(HUB_STANDIN_REFUSE="Training in progress, step 2")
+    result = run_cli("tests/hub_standin.py", str(record), str(ROOT / "train.py"), *args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: pushing checkpoint-2 to standin-user/en-de failed: 403 Forbidden: no write access to "
+        "standin-user/en-de; the Hub does not have it, training goes on",
+        "warning: the final model is on the Hub, but not every checkpoint: pushing checkpoint-2 failed (above)",
+    ]
+    messages = [commit["message"] for commit in json.loads((record / "commits.json").read_text())]
+    assert messages == [
+        "Training in progress, step 2, checkpoint",
+        "Training in progress, step 4",
+        "Training in progress, step 4, checkpoint",
+        "End of training",
+    ]
