@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_cli import UsageError
-from vanilla_files import write_folder_atomically
+from vanilla_files import locked, write_folder_atomically
 
 if TYPE_CHECKING:
     import ctranslate2
@@ -253,17 +253,18 @@ def conversion(folder: Path, quantization: str) -> Callable[[Path], None]:
 
 def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale,
-    written atomically.
+    written atomically. Another process converting the same model (eval.py on two splits at once) is waited for,
+    and its conversion taken.
 
     A model folder that cannot be written (a read-only mount, another user's folder) gets the conversion in a
     temporary folder, for this run only: returned beside the path, it is removed when dropped."""
     output = folder / f"{CONVERSION_PREFIX}{quantization}"
-    recorded = output / SOURCE_RECORD
-    if recorded.is_file() and json.loads(recorded.read_text()) == source_fingerprint(folder):
+    if is_current_conversion(output, folder):
         return output, None
-    write = conversion(folder, quantization)
     try:
-        write_folder_atomically(output, write)
+        with locked(folder / f".{output.name}.lock"):
+            if not is_current_conversion(output, folder):
+                write_folder_atomically(output, conversion(folder, quantization))
         return output, None
     except OSError as error:
         if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -274,8 +275,14 @@ def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.Tem
             file=sys.stderr,
         )
     scratch = tempfile.TemporaryDirectory(prefix="ctranslate2-")
-    write_folder_atomically(Path(scratch.name) / output.name, write)
+    write_folder_atomically(Path(scratch.name) / output.name, conversion(folder, quantization))
     return Path(scratch.name) / output.name, scratch
+
+
+def is_current_conversion(output: Path, folder: Path) -> bool:
+    """Whether `output` holds a conversion of the model in `folder` as its files are now."""
+    recorded = output / SOURCE_RECORD
+    return recorded.is_file() and json.loads(recorded.read_text()) == source_fingerprint(folder)
 
 
 def is_cached_conversion(folder: Path) -> bool:

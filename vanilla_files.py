@@ -1,12 +1,16 @@
 """Files written atomically, and the checkpoints Trainer writes into a run folder."""
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from vanilla_cli import UsageError
 
@@ -59,6 +63,53 @@ def probe_write(path: Path) -> Path:
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(folder)) from None
     return folder
+
+
+class LockHeld(Exception):
+    """Another process holds the lock file; the message names it (process id and host), as it wrote them in."""
+
+
+def lock_file(path: Path, wait: bool = True) -> TextIO:
+    """An exclusive flock on the file `path` (created if missing), this process's id and host written in: the open
+    handle, which holds it until unlock_file. Held by another process: wait for it, or raise LockHeld (wait False).
+
+    The kernel drops the lock when the process ends, however it ends. A holder removes the file before it lets go
+    (unlock_file), so a process that waited on a removed file locks the one now there instead."""
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise LockHeld(holder) from None
+        try:
+            if os.path.samestat(os.fstat(handle.fileno()), path.stat()):
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    handle.truncate(0)
+    handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def unlock_file(handle: TextIO) -> None:
+    """Gives up a lock_file: the file is removed while still locked, then closed."""
+    Path(handle.name).unlink(missing_ok=True)
+    handle.close()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Holds the lock file `path` for the block, waiting for another process that holds it (lock_file)."""
+    handle = lock_file(path)
+    try:
+        yield
+    finally:
+        unlock_file(handle)
 
 
 def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:

@@ -1,12 +1,10 @@
 """train.py's output_dir: one run at a time, refusing another model, resuming, the final save swapped in by renames."""
 
 import errno
-import fcntl
 import filecmp
 import os
 import shutil
 import signal
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -17,11 +15,14 @@ from vanilla_files import (
     AVERAGED_MARKER,
     TRAINER_STATE,
     WEIGHT_FILES,
+    LockHeld,
     checkpoint_folders,
     complete_checkpoints,
     is_model_folder_file,
+    lock_file,
     probe_write,
     trainer_state,
+    unlock_file,
 )
 from vanilla_train_arguments import TrainingArguments
 
@@ -83,43 +84,28 @@ def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
 
 
 def hold_output_dir(output_dir: Path) -> None:
-    """Takes output_dir for this process (an flock on `.<name>.lock` beside it): a second train.py into the same
-    folder, which would write its checkpoints among this run's or remove its final save half-way, stops instead.
-
-    The kernel drops the lock when the process ends, however it ends; release_output_dir removes the file."""
+    """Takes output_dir for this process (an flock on `.<name>.lock` beside it, lock_file): a second train.py into
+    the same folder, which would write its checkpoints among this run's or remove its final save half-way, stops
+    instead. release_output_dir gives it up and removes the file."""
     lock_path = beside(output_dir, "lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            handle = open(lock_path, "a+", encoding="utf-8")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip()
-                handle.close()
-                raise UsageError(
-                    f"output_dir {output_dir} is in use by another train.py run"
-                    + (f" (process {holder})" if holder else "")
-                    + "; wait for it to end, or choose another --output_dir"
-                ) from None
-            if lock_path.exists() and os.path.samestat(os.fstat(handle.fileno()), lock_path.stat()):
-                break
-            handle.close()  # its last holder removed it while we waited for it: lock the one now there
+        HELD[lock_path] = lock_file(lock_path, wait=False)
+    except LockHeld as held:
+        raise UsageError(
+            f"output_dir {output_dir} is in use by another train.py run"
+            + (f" (process {held})" if str(held) else "")
+            + "; wait for it to end, or choose another --output_dir"
+        ) from None
     except OSError as error:
         raise UsageError(f"output_dir {output_dir} cannot be written: {error.filename}: {error.strerror}") from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    HELD[lock_path] = handle
 
 
 def release_output_dir(output_dir: Path) -> None:
-    """Gives output_dir up (if this process holds it): the lock file is removed while still locked, then closed."""
+    """Gives output_dir up (if this process holds it)."""
     handle = HELD.pop(beside(output_dir, "lock"), None)
     if handle is not None:
-        Path(handle.name).unlink(missing_ok=True)
-        handle.close()
+        unlock_file(handle)
 
 
 def check_output_dir(args: TrainingArguments) -> str | None:

@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import evaluate
@@ -26,6 +27,7 @@ import vanilla_translation
 from modeling_vanilla import VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_ctranslate2 import source_fingerprint
+from vanilla_files import lock_file, unlock_file, write_folder_atomically
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding
 
 # Sources of different lengths, so that sorting by length reorders them; references are their German words.
@@ -814,6 +816,28 @@ def test_a_model_folder_that_cannot_be_written_is_converted_for_the_run_only(
     del once
     gc.collect()
     assert not scratch.exists()
+
+
+@pytest.mark.slow
+def test_a_conversion_under_way_in_another_process_is_waited_for_and_taken(trained_run, tmp_path, monkeypatch):
+    """Two eval.py runs on one model (a split each) convert it once: the second waits for the first's lock, then
+    loads its conversion instead of converting again and swapping the folder under the first."""
+    model = model_copy(trained_run, tmp_path / "model")
+    output = model / "ctranslate2-float32"
+    converted = []
+    convert = vanilla_ctranslate2.conversion
+    monkeypatch.setattr(vanilla_ctranslate2, "conversion", lambda *args: converted.append(args) or convert(*args))
+    other = lock_file(model / ".ctranslate2-float32.lock")  # the other run's, opened apart from this run's
+    found = []
+    waiting = threading.Thread(target=lambda: found.append(vanilla_ctranslate2.converted_model(model, "float32")))
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive() and not output.exists()
+    write_folder_atomically(output, convert(model, "float32"))  # the other run converts, then lets go
+    unlock_file(other)
+    waiting.join(timeout=60)
+    assert found == [(output, None)] and converted == []
+    assert not [path.name for path in model.iterdir() if path.name.startswith(".")]
 
 
 @pytest.mark.slow
