@@ -90,6 +90,7 @@ def train_and_save(
     if checkpoint is not None:
         resume_data(data_args, given, Path(checkpoint))
     raw = stream_raw_datasets(data_args) if args.streaming else load_raw_datasets(data_args)
+    record = data_record(data_args)  # once loaded: the embedded task's languages are filled in
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
     output_dir = Path(args.output_dir)
@@ -137,7 +138,7 @@ def train_and_save(
             tokenizer, model=model, pad_to_multiple_of=8 if args.torch_compile else None
         ),
         loss_before=before or 0.0,
-        checkpoint_files={DATA_RECORD: json.dumps(data_record(data_args), indent=2) + "\n"},
+        checkpoint_files={DATA_RECORD: json.dumps(record, indent=2) + "\n"},
         compute_metrics=translation_metrics(tokenizer, load_metrics()) if args.predict_with_generate else nll_metrics,
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
         callbacks=time_budget_callbacks(args),
@@ -191,7 +192,7 @@ def train_and_save(
     metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
 
     repo_id = trainer.hub_model_id if args.push_to_hub else args.hub_model_id or output_dir.resolve().name
-    card = model_card(config.to_dict(), data_record(data_args), metrics, [], repo_id, PRESETS)
+    card = model_card(config.to_dict(), record, metrics, [], repo_id, PRESETS)
     files = {
         CARD: str(card),
         DATA_RECORD: trainer.checkpoint_files[DATA_RECORD],

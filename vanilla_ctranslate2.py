@@ -11,7 +11,6 @@ excluding the decoder start token (transformers' `BeamSearchScorer`/`_beam_searc
 """
 
 import errno
-import hashlib
 import json
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_cli import UsageError
-from vanilla_files import locked, write_folder_atomically
+from vanilla_files import locked, sha256_of, write_folder_atomically
 
 if TYPE_CHECKING:
     import ctranslate2
@@ -220,16 +219,7 @@ def model_spec(config: "VanillaConfig", weights: dict, tokens: list[str]) -> "ct
 
 def source_fingerprint(folder: Path) -> dict[str, str]:
     """SHA-256 of each file the conversion reads, so that a retrained or re-averaged model is converted again."""
-    fingerprint = {}
-    for name in SOURCE_FILES:
-        path = folder / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as file:
-                for block in iter(lambda: file.read(1 << 20), b""):
-                    digest.update(block)
-            fingerprint[name] = digest.hexdigest()
-    return fingerprint
+    return {name: sha256_of(folder / name) for name in SOURCE_FILES if (folder / name).is_file()}
 
 
 def conversion(folder: Path, quantization: str) -> Callable[[Path], None]:

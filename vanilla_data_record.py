@@ -7,13 +7,15 @@ from pathlib import Path
 
 from vanilla_cli import UsageError, is_main_process
 from vanilla_corpus import DataArguments
-from vanilla_files import DATA_RECORD, TRAINER_STATE, complete_checkpoints
+from vanilla_files import DATA_RECORD, TRAINER_STATE, complete_checkpoints, sha256_of
 
 # The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
 DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
 # The keys that fix what a run trains on (the validation and test files only evaluate it).
 TRAINING_DATA_KEYS = tuple(key for key in DATA_RECORD_KEYS if key not in ("validation_file", "test_file"))
+# Also in the record: the SHA-256 of the training file's content (absent from the records of older train.py runs).
+TRAIN_FILE_DIGEST = "train_file_sha256"
 
 
 def data_record(data_args: DataArguments) -> dict:
@@ -23,6 +25,8 @@ def data_record(data_args: DataArguments) -> dict:
         if record[name] is not None:
             record[name] = os.path.abspath(record[name])
     record["embedded_task"] = data_args.uses_embedded_task
+    train_file = Path(record["train_file"]) if record["train_file"] else None
+    record[TRAIN_FILE_DIGEST] = sha256_of(train_file) if train_file and train_file.is_file() else None
     return record
 
 
@@ -92,9 +96,10 @@ def resolve_data(data: DataArguments, given: set[str], record: dict | None, mode
 def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
     """A resumed run trains on its checkpoint's data (the DATA_RECORD in it): each data argument not given is the
     record's, and a given one that changes the training data (the corpus, the languages, the lengths) is refused by
-    name, since Trainer would go on skipping the epoch's trained batches in other data. The validation and test files
-    may change. A checkpoint without a record (of an older train.py, or from the Hub, where the record is not pushed)
-    leaves the data arguments as given; given none, that is the embedded task, which a warning names."""
+    name, as is a training file whose content changed since, since Trainer would go on skipping the epoch's trained
+    batches in other data. The validation and test files may change. A checkpoint without a record (of an older
+    train.py, or from the Hub, where the record is not pushed) leaves the data arguments as given; given none, that
+    is the embedded task, which a warning names."""
     record = read_data_record(checkpoint)
     if record is None:
         if not given & set(DATA_SOURCE_ARGS) and is_main_process():
@@ -122,4 +127,11 @@ def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
         raise UsageError(
             f"{checkpoint} was trained on other data ({DATA_RECORD} in it); these differ: {'; '.join(differ)}; drop "
             "them to resume on its data"
+        )
+    recorded, current = record.get(TRAIN_FILE_DIGEST), now[TRAIN_FILE_DIGEST]
+    if recorded and current and current != recorded:  # (a file that is gone: the loader names it)
+        raise UsageError(
+            f"--train_file {now['train_file']} has changed since {checkpoint} was trained on it (its SHA-256 is not "
+            f"the one in {DATA_RECORD}); put the file back as it was to resume, or train on the new one in a new run "
+            "(another --output_dir)"
         )

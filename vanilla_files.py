@@ -1,6 +1,7 @@
 """Files written atomically, and the checkpoints Trainer writes into a run folder."""
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -63,6 +64,15 @@ def probe_write(path: Path) -> Path:
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(folder)) from None
     return folder
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file's content, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class LockHeld(Exception):

@@ -6,6 +6,7 @@ the optimizer or trainer_state.json), final-save (the new model built beside out
 folder moved aside) and final-swapped (the new folder in place, the old one's checkpoints not yet moved back).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -452,6 +453,32 @@ def test_resume_refuses_data_flags_that_differ_from_the_checkpoints_data(tmp_pat
     assert json.loads((output_dir / "data_args.json").read_text())["validation_file"] == str(other)
 
 
+def test_resume_refuses_a_training_file_whose_content_changed_since_the_checkpoint(tmp_path, data):
+    """Trainer resumes by skipping the batches the epoch has trained: in other data, other pairs would be skipped."""
+    train_file = tmp_path / "train.jsonl"
+    shutil.copy(data, train_file)
+    output_dir = tmp_path / "run"
+    result = quick_run(train_file, output_dir, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = train_file.read_bytes()
+    write_jsonl(train_file, range(2, 18))  # the same path, 16 pairs again, one of them new
+    resume = ["--max_steps", "4", "--resume_from_checkpoint", "last"]
+    for given in ([], ["--train_file", str(train_file)]):
+        line = error_line(run_train(*TINY, *QUICK, *given, "--output_dir", str(output_dir), *resume))
+        assert line == (
+            f"error: --train_file {train_file} has changed since {output_dir / 'checkpoint-2'} was trained on it (its "
+            "SHA-256 is not the one in data_args.json); put the file back as it was to resume, or train on the new "
+            "one in a new run (another --output_dir)"
+        )
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    train_file.write_bytes(kept)
+    result = run_train(*TINY, *QUICK, "--output_dir", str(output_dir), *resume)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        json.loads((output_dir / "data_args.json").read_text())["train_file_sha256"] == hashlib.sha256(kept).hexdigest()
+    )
+
+
 def test_a_checkpoint_records_its_own_runs_data_for_eval_py(tmp_path, finished):
     """A checkpoint of a run that overwrites a finished model is scored on its run's data, not the old model's."""
     output_dir = copy_of(finished, tmp_path)
@@ -481,10 +508,11 @@ def test_model_records_the_data_it_was_trained_on(tmp_path, finished, data):
         "max_source_length": 256,
         "max_target_length": 256,
         "embedded_task": False,
+        "train_file_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
     }
     output_dir = tmp_path / "embedded"
     result = run_train(*TINY, *QUICK, "--max_steps", "1", "--max_target_length", "20", "--output_dir", str(output_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((output_dir / "data_args.json").read_text())
     assert (record["source_lang"], record["target_lang"], record["embedded_task"]) == ("en", "de", True)
-    assert (record["train_file"], record["max_target_length"]) == (None, 20)
+    assert (record["train_file"], record["train_file_sha256"], record["max_target_length"]) == (None, None, 20)
