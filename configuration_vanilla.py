@@ -1,10 +1,15 @@
 """Configuration of the original encoder-decoder Transformer (Vaswani et al. 2017)."""
 
-import shutil
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
+
+if TYPE_CHECKING:
+    # transformers takes a code file's relative imports for the files that go with it: saving a config copies, and
+    # loading one as remote code fetches, modeling_vanilla.py beside it (before a save_pretrained(push_to_hub=True)
+    # uploads), so the models of its auto_map build from any folder that holds it.
+    from .modeling_vanilla import VanillaForConditionalGeneration  # noqa: F401
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
 # The special tokens of the shared source/target vocabulary (sec. 5.1), in id order: every tokenizer train.py builds
@@ -162,10 +167,3 @@ class VanillaConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Also copies modeling_vanilla.py, so that the models of the auto_map build from this folder alone."""
-        super().save_pretrained(save_directory, **kwargs)
-        modeling_file = Path(__file__).with_name("modeling_vanilla.py")
-        if modeling_file.exists():  # absent beside a config loaded alone as remote code
-            shutil.copyfile(modeling_file, Path(save_directory) / modeling_file.name)

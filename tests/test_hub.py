@@ -236,3 +236,22 @@ def test_a_refused_checkpoint_push_is_reported_and_training_goes_on(tmp_path):
         "Training in progress, step 4, checkpoint",
         "End of training",
     ]
+
+
+@pytest.mark.slow
+def test_a_config_saved_with_push_to_hub_uploads_the_modeling_code_its_auto_map_names(tmp_path):
+    """PretrainedConfig.save_pretrained(push_to_hub=True) uploads at its end: the modeling file must be in by then."""
+    record, script = tmp_path / "hub", tmp_path / "push_config.py"
+    script.write_text(
+        "from configuration_vanilla import VanillaConfig\n"
+        f"VanillaConfig(d_model=16, num_heads=2, d_ff=32).save_pretrained({str(tmp_path / 'config')!r}, "
+        "push_to_hub=True, repo_id='config-only')\n"
+    )
+    result = run_cli("tests/hub_standin.py", str(record), str(script))
+    assert result.returncode == 0, result.stderr[-3000:]
+    commits = json.loads((record / "commits.json").read_text())
+    assert [commit["added"] for commit in commits] == [
+        ["config.json", "configuration_vanilla.py", "modeling_vanilla.py"]
+    ]
+    auto_map = json.loads((record / commits[0]["revision"] / "config.json").read_text())["auto_map"]
+    assert {reference.split(".")[0] for reference in auto_map.values()} == {"configuration_vanilla", "modeling_vanilla"}

@@ -852,8 +852,16 @@ def test_every_saved_config_loads_through_the_three_auto_classes_without_registe
         encoded = model.model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.save({"ids": ids, "mask": mask, "encoded": encoded}, tmp_path / "inputs.pt")
     script = f"""
+import os
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+# First (nothing of the model's code loaded yet): a config loaded alone and saved again brings the modeling file along.
+resaved = {str(tmp_path / "resaved")!r}
+AutoConfig.from_pretrained({str(config_folder)!r}, trust_remote_code=True).save_pretrained(resaved)
+assert {{"configuration_vanilla.py", "modeling_vanilla.py"}} <= set(os.listdir(resaved)), os.listdir(resaved)
+resaved_config = AutoConfig.from_pretrained(resaved, trust_remote_code=True)
+built = AutoModelForSeq2SeqLM.from_config(resaved_config, trust_remote_code=True)
+assert type(built).__name__ == "VanillaForConditionalGeneration"
 config = AutoConfig.from_pretrained({str(config_folder)!r}, trust_remote_code=True)
 assert type(config).__name__ == "VanillaConfig" and config.d_model == 16
 assert type(AutoModel.from_config(config, trust_remote_code=True)).__name__ == "VanillaModel"
