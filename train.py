@@ -26,6 +26,7 @@ from vanilla_files import trainer_state
 from vanilla_hub import CARD, model_card
 from vanilla_metrics import load_metrics
 from vanilla_output_dir import (
+    best_checkpoint,
     check_output_dir,
     check_output_dir_writable,
     last_checkpoint_phrase,
@@ -159,13 +160,15 @@ def train_and_save(
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
         run_metrics = {}
         message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"
-        if saved_from(output_dir, Path(checkpoint)):
+        best = best_checkpoint(Path(checkpoint)) if args.load_best_model_at_end else None
+        source = best or Path(checkpoint)  # as Trainer ends a run: with the best model, where it keeps one
+        if saved_from(output_dir, source):
             if trainer.is_world_process_zero():
                 print(f"{message}; its model is saved in {output_dir}")
             return
         if trainer.is_world_process_zero():
-            print(f"{message}; saving its model")
-        trained = VanillaForConditionalGeneration.from_pretrained(checkpoint)
+            print(f"{message}; saving its model" + (f" (the best: {best.name})" if best else ""))
+        trained = VanillaForConditionalGeneration.from_pretrained(source)
         model.load_state_dict(trained.state_dict())
         trainer.state.global_step = resumed_step
     else:

@@ -52,8 +52,24 @@ def beside(output_dir: Path, role: str) -> Path:
     return output_dir.with_name(f".{output_dir.name}.{role}")
 
 
+def best_checkpoint(checkpoint: Path) -> Path | None:
+    """The best checkpoint of the run as `checkpoint`'s trainer state names it (with --metric_for_best_model), if it
+    is still beside it: the model a finished run saves with --load_best_model_at_end."""
+    best = (trainer_state(checkpoint) or {}).get("best_model_checkpoint")
+    if not isinstance(best, str):
+        return None
+    folder = checkpoint.parent / Path(best).name  # recorded as the run named its output_dir, maybe relative
+    return folder if trainer_state(folder) is not None else None
+
+
+def finished_with(output_dir: Path, checkpoint: Path) -> bool:
+    """Whether output_dir holds the model a run that ended at `checkpoint` saves: its own, or its best checkpoint's."""
+    best = best_checkpoint(checkpoint)
+    return saved_from(output_dir, checkpoint) or (best is not None and saved_from(output_dir, best))
+
+
 def saved_from(output_dir: Path, checkpoint: Path) -> bool:
-    """Whether output_dir holds the model of `checkpoint`: a finished run's final save is its last checkpoint's."""
+    """Whether output_dir holds the model of `checkpoint`."""
     weights = sorted(path.name for path in output_dir.glob("*.safetensors"))
     return (
         (output_dir / "config.json").is_file()
@@ -161,7 +177,7 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
             "it or --resume_from_checkpoint to continue it"
         )
     newest = checkpoints[-1] if checkpoints else None
-    if newest is not None and (trainer_state(newest) is None or not saved_from(output_dir, newest)):
+    if newest is not None and (trainer_state(newest) is None or not finished_with(output_dir, newest)):
         raise UsageError(
             f"output_dir {output_dir} holds the checkpoints of an unfinished run (the newest: {checkpoints[-1].name}), "
             "and --overwrite_output_dir only replaces a finished model: continue the run with "

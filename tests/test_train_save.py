@@ -6,6 +6,7 @@ the optimizer or trainer_state.json), final-save (the new model built beside out
 folder moved aside) and final-swapped (the new folder in place, the old one's checkpoints not yet moved back).
 """
 
+import filecmp
 import hashlib
 import json
 import os
@@ -235,6 +236,28 @@ def test_resuming_a_complete_run_killed_before_its_final_save_saves_the_last_che
     final, last = (load_file(folder / "model.safetensors") for folder in (output_dir, output_dir / "checkpoint-4"))
     assert final.keys() == last.keys() and all((final[name] == last[name]).all() for name in final)
     assert hidden_siblings(output_dir) == []
+
+
+def test_a_run_that_keeps_its_best_model_resumes_and_is_replaced_as_finished_with_it(tmp_path, data):
+    """With --load_best_model_at_end a finished run's model is its best checkpoint's, not its last one's."""
+    output_dir = tmp_path / "run"
+    # The higher evaluation loss is "better": the best checkpoint is not the last one.
+    args = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "steps"]
+    args += ["--eval_steps", "2", "--validation_file", str(data), "--load_best_model_at_end", "true"]
+    args += ["--metric_for_best_model", "loss", "--greater_is_better", "true"]
+    assert quick_run(data, output_dir, *args, fault="final-save").returncode == -signal.SIGKILL
+    best = Path(json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["best_model_checkpoint"])
+    assert best.name != "checkpoint-6"
+    result = quick_run(data, output_dir, *args, "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"nothing to train; saving its model (the best: {best.name})" in result.stdout
+    assert filecmp.cmp(output_dir / "model.safetensors", output_dir / best.name / "model.safetensors", shallow=False)
+    result = quick_run(data, output_dir, *args, "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"its model is saved in {output_dir}" in result.stdout
+    result = quick_run(data, output_dir, *args, "--overwrite_output_dir", "true", "--max_steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replacing the finished model" in result.stdout
 
 
 def test_train_loss_after_a_resume_is_the_mean_over_the_whole_run(tmp_path, data):
