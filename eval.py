@@ -22,7 +22,14 @@ from transformers import HfArgumentParser
 
 import vanilla_ctranslate2
 from vanilla_averaging import average_checkpoints
-from vanilla_cli import UsageError, argument_dataclass, avoid_cudnn_attention, exit_on_usage_error, given_flags
+from vanilla_cli import (
+    UsageError,
+    argument_dataclass,
+    avoid_cudnn_attention,
+    exit_on_usage_error,
+    given_flags,
+    text_lines,
+)
 from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data, run_data_record
 from vanilla_files import check_output_files, check_writable, output_path, write_text_atomically
@@ -212,7 +219,7 @@ def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None
-    lines = [line.strip() for line in text.splitlines()]
+    lines = [line.strip() for line in text_lines(text)]
     model, tokenizer = load_translation_model(args)
     texts = [line for line in lines if line]
     translations = iter(translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else [])

@@ -95,6 +95,15 @@ def read_text(path: str) -> str:
         ) from None
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of a text as JSON Lines and line-aligned corpora define them, ended by "\n" (or "\r\n") alone:
+    str.splitlines also ends a line at U+2028, U+0085, a form feed and more, which a sentence may hold."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def read_recipe(path: str, known: set[str]) -> dict:
     """The flags held by a JSON or YAML file, refusing keys that are no flag of train.py."""
     text = read_text(path)

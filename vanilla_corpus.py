@@ -4,6 +4,7 @@ A corpus is a `datasets.DatasetDict` with splits "train", "validation" and "test
 `{"translation": {source_lang: str, target_lang: str}}`, as in the WMT datasets the paper used (sec. 5.1).
 """
 
+import csv
 import io
 import json
 import random
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow
 import pyarrow.compute
 
-from vanilla_cli import UsageError, argument_dataclass, read_text
+from vanilla_cli import UsageError, argument_dataclass, read_text, text_lines
 
 SPLITS = ("train", "validation", "test")
 # The embedded task: English number words -> German number words, e.g. "twenty-three" -> "dreiundzwanzig".
@@ -147,7 +148,7 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
                 raise UsageError(f"{path}: unknown format {suffix!r}; expected {', '.join(DATA_FORMATS)}")
             if not Path(path).is_file():
                 raise UsageError(f"{path}: no such file")
-            options = {"delimiter": "\t"} if suffix == ".tsv" else {}
+            options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}  # as _read_table
             stream = datasets.load_dataset(
                 DATA_FORMATS[suffix], data_files=path, split="train", streaming=True, **options
             )
@@ -192,7 +193,7 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
     if suffix == ".parquet":
         return _read_parquet(path)
     text = read_text(path)
-    lines = text.splitlines()
+    lines = text_lines(text)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise UsageError(f"{path}: line {number} is empty")
@@ -242,9 +243,9 @@ def _read_parquet(path: str) -> datasets.Dataset:
 
 def _read_table(path: str, text: str, delimiter: str) -> dict[str, list[str | None]]:
     """Columns of a CSV/TSV file's text with a header row; a short row leaves None in its missing cells."""
-    import csv
-
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # TSV corpora are unquoted: a sentence may begin with a quotation mark. CSV keeps its quoting rules.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     header = next(reader)
     columns: dict[str, list[str | None]] = {name: [] for name in header}
     for number, row in enumerate(reader, start=2):

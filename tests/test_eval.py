@@ -233,6 +233,20 @@ def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(trained_run):
 
 
 @pytest.mark.slow
+def test_translate_mode_ends_a_line_at_a_newline_only(trained_run):
+    """U+2028, U+0085 and a form feed inside a sentence: one translation per line of stdin, in step with it."""
+    sources = ["seven\u2028eight", "three\x0cfour\x85five", "twelve"]
+    result = run_cli(
+        "eval.py",
+        *("translate", "--model", str(trained_run), "--max_length_offset", str(OFFSET)),
+        stdin=f"{sources[0]}\r\n{sources[1]}\n{sources[2]}\n",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
+    assert result.stdout.split("\n") == [*expected, ""]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("num_beams", ["1", "4"], ids=["greedy", "beam"])
 def test_translate_mode_passes_generate_only_the_settings_of_its_search(trained_run, num_beams):
     """Greedy search has no length penalty to apply: passed one, generate() warns that it ignores it."""

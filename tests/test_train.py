@@ -1,6 +1,7 @@
 """train.py and the modules it imports: the CLI end to end, the BPE, the schedule, two processes, resume, bad input."""
 
 import codecs
+import csv
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import train
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
-from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets
+from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets, stream_raw_datasets
 from vanilla_files import complete_checkpoints
 from vanilla_metrics import load_metrics
 from vanilla_tokenizer import SPECIAL_TOKENS, corpus_texts, tokenize, train_bpe_tokenizer
@@ -526,6 +527,37 @@ def test_utf8_byte_order_mark_is_dropped_from_the_first_line(tmp_path, suffix, s
     raw = load_raw_datasets(DataArguments(train_file=str(path), source_lang="en", target_lang="de"))
     expected = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in range(1, 4)]
     assert raw["train"]["translation"] == expected
+
+
+# Sentences as corpora hold them: characters str.splitlines ends a line at (U+2028, U+0085, a form feed) inside a
+# sentence, and quotation marks that open a sentence or a TSV cell, which has no quoting.
+AWKWARD_PAIRS = [
+    {"en": "one\u2028two", "de": "eins\u2028zwei"},
+    {"en": '"Stop," he said.', "de": '"Halt", sagte er.'},
+    {"en": "three\x85four", "de": "drei\x0cvier"},
+    {"en": 'a "b" c', "de": '"'},
+]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_sentences_with_line_separators_and_quotation_marks_load_as_written(tmp_path, suffix, streaming):
+    path = tmp_path / f"pairs{suffix}"
+    if suffix == ".jsonl":
+        lines = [json.dumps({"translation": pair}, ensure_ascii=False) for pair in AWKWARD_PAIRS]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    elif suffix == ".csv":
+        with path.open("w", encoding="utf-8", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerows([("en", "de"), *((pair["en"], pair["de"]) for pair in AWKWARD_PAIRS)])
+    else:
+        rows = [("en", "de"), *((pair["en"], pair["de"]) for pair in AWKWARD_PAIRS)]
+        path.write_text("".join(f"{en}\t{de}\n" for en, de in rows), encoding="utf-8")
+    data = DataArguments(train_file=str(path), source_lang="en", target_lang="de")
+    if streaming:
+        assert [row["translation"] for row in stream_raw_datasets(data)["train"]] == AWKWARD_PAIRS
+    else:
+        assert load_raw_datasets(data)["train"]["translation"] == AWKWARD_PAIRS
 
 
 def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it(tmp_path):
