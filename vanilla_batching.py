@@ -7,7 +7,7 @@ import datasets
 import numpy as np
 import pyarrow.compute
 import torch
-from transformers.trainer_pt_utils import BatchRebalanceSampler
+from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler, get_length_grouped_indices
 
 from vanilla_cli import UsageError
 
@@ -123,6 +123,23 @@ class TokenBudgetBatchSampler(BatchRebalanceSampler):
         for index in drawn[self.rank :: self.num_replicas]:
             start, end = self.bounds[index]
             yield order[start:end].tolist()
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' LengthGroupedSampler with each epoch's order drawn from the seed and the epoch, as accelerate's
+    SeedableRandomSampler draws the random sampler's: transformers' draws it from the global random state, which a
+    resumed run does not have at that epoch's start, so Trainer would skip the trained batches of another order."""
+
+    def __init__(self, batch_size: int, lengths: Sequence[int], seed: int):
+        super().__init__(batch_size, lengths=list(lengths))
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 class TokenCounter:

@@ -13,10 +13,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, Seq2SeqTrainer, TrainerCallback
-from transformers.trainer_utils import HubStrategy, SaveStrategy
+from transformers.trainer_utils import HubStrategy, SaveStrategy, has_length
 from transformers.utils.hub import PushInProgress, hf_api
 
-from vanilla_batching import TokenBudgetBatchSampler, TokenCounter, padded_length, sequence_lengths
+from vanilla_batching import (
+    EpochSeededLengthGroupedSampler,
+    TokenBudgetBatchSampler,
+    TokenCounter,
+    padded_length,
+    sequence_lengths,
+)
 from vanilla_cli import UsageError, first_line
 from vanilla_data_record import DATA_RECORD
 from vanilla_files import TRAINER_STATE
@@ -28,7 +34,7 @@ LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed o
 
 
 class SamplerEpoch(TrainerCallback):
-    """Tells the token-budget sampler which epoch begins. Under DDP accelerate wraps it in a BatchSamplerShard, and
+    """Tells the training sampler which epoch begins. Under DDP accelerate wraps it in a BatchSamplerShard, and
     the loader that skips a resumed epoch's trained batches (skip_first_batches) does not pass Trainer's set_epoch
     through that wrapper: the resumed epoch would replay epoch 0's order."""
 
@@ -36,8 +42,8 @@ class SamplerEpoch(TrainerCallback):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        if self.trainer.token_sampler is not None:
-            self.trainer.token_sampler.set_epoch(math.floor(state.epoch))  # a resumed run: the epoch it is in
+        if self.trainer.epoch_sampler is not None:
+            self.trainer.epoch_sampler.set_epoch(math.floor(state.epoch))  # a resumed run: the epoch it is in
 
 
 class VanillaTrainer(Seq2SeqTrainer):
@@ -51,26 +57,33 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.checkpoint_files = checkpoint_files or {}  # name -> text, written into each checkpoint (data_args.json)
         self.loss_since = None  # summed over this run's steps, on the device (one sync per checkpoint)
         self.tokens = TokenCounter()
-        self.token_sampler = None  # the TokenBudgetBatchSampler of --max_tokens
+        self.epoch_sampler = None  # the sampler drawing each epoch's order from the seed and the epoch
         self.non_embedding_parameters = None  # for floating_point_ops, counted once
         self.failed_pushes = []  # the checkpoints whose push to the Hub failed, in order
         self.add_callback(SamplerEpoch(self))
 
     def _get_train_sampler(self, train_dataset=None):
         # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
+        dataset, seed = self.train_dataset, self.args.seed if self.args.data_seed is None else self.args.data_seed
         max_tokens = getattr(self.args, "max_tokens", None)
-        if max_tokens is None:
-            return super()._get_train_sampler(self.train_dataset)
-        self.token_sampler = TokenBudgetBatchSampler(
-            sequence_lengths(self.train_dataset, "input_ids"),
-            sequence_lengths(self.train_dataset, "labels"),
-            max_tokens,
-            seed=self.args.seed if self.args.data_seed is None else self.args.data_seed,
-            num_replicas=self.args.world_size,
-            rank=self.args.process_index,
-            pad_to_multiple_of=getattr(self.data_collator, "pad_to_multiple_of", None),
-        )
-        return self.token_sampler
+        if max_tokens is not None:
+            self.epoch_sampler = TokenBudgetBatchSampler(
+                sequence_lengths(dataset, "input_ids"),
+                sequence_lengths(dataset, "labels"),
+                max_tokens,
+                seed=seed,
+                num_replicas=self.args.world_size,
+                rank=self.args.process_index,
+                pad_to_multiple_of=getattr(self.data_collator, "pad_to_multiple_of", None),
+            )
+        elif self.args.train_sampling_strategy == "group_by_length" and has_length(dataset):
+            column = self.args.length_column_name
+            lengths = dataset[column] if column in dataset.column_names else sequence_lengths(dataset, "input_ids")
+            batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps  # as Trainer's
+            self.epoch_sampler = EpochSeededLengthGroupedSampler(batch_size, lengths, seed)
+        else:
+            return super()._get_train_sampler(dataset)
+        return self.epoch_sampler
 
     def training_step(self, model, inputs, *args, **kwargs) -> torch.Tensor:
         # This process's loss, divided so that the gradient accumulation steps of one optimizer step sum to its loss.

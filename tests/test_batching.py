@@ -133,14 +133,21 @@ def test_a_pair_longer_than_the_budget_is_a_usage_error():
         TokenBudgetBatchSampler([3, 7], [2, 5], 10)
 
 
+# The batching of a run, and how many pairs put its checkpoint-6 in the middle of a later epoch (one process, two).
+BATCHINGS = {"max-tokens": (["--max_tokens", "120"], 60, 120), "group-by-length": ([], 20, 40)}
+
+
 @pytest.mark.slow
-def test_cli_max_tokens_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp_path):
-    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 61))
-    common = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--max_tokens", "120", "--max_steps", "11"]
+@pytest.mark.parametrize("batching", BATCHINGS)
+def test_cli_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp_path, batching):
+    """Trainer skips the resumed epoch's trained batches: each epoch's order must be the one the run drew."""
+    flags, pairs, _ = BATCHINGS[batching]
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, pairs + 1))
+    common = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, *flags, "--max_steps", "11"]
     common += ["--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "2"]
     whole = run_train(*common, "--output_dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    assert "--max_tokens 120" in whole.stdout
+    assert ("--max_tokens 120" if flags else "train_sampling_strategy=group_by_length") in whole.stdout
     steps_per_epoch = round(11 / json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["epoch"])
     assert 6 > steps_per_epoch and 6 % steps_per_epoch != 0  # checkpoint-6 is in the middle of a later epoch
     killed_dir = tmp_path / "killed"
@@ -159,11 +166,13 @@ def test_cli_max_tokens_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp
     reason="transformers < 5.24 cannot resume a DDP run on CPUs: rank 1 fails to load its checkpoint's tensors "
     "(torch: don't know how to restore data location tagged with cpu:0)",
 )
-def test_torchrun_resumed_in_a_later_epoch_draws_that_epochs_batches(tmp_path):
+@pytest.mark.parametrize("batching", BATCHINGS)
+def test_torchrun_resumed_in_a_later_epoch_draws_that_epochs_batches(tmp_path, batching):
     # Under DDP the sampler sits in accelerate's BatchSamplerShard, which does not pass set_epoch on to it when the
     # resumed epoch's trained batches are skipped: epoch 1 would replay epoch 0's order.
-    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 121))
-    common = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--max_tokens", "120", "--max_steps", "11"]
+    flags, _, pairs = BATCHINGS[batching]
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, pairs + 1))
+    common = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, *flags, "--max_steps", "11"]
     common += ["--save_strategy", "steps", "--save_steps", "3", "--save_total_limit", "4"]
     whole = run_train(*common, "--output_dir", str(tmp_path / "whole"), launcher=torchrun())
     assert whole.returncode == 0, whole.stderr[-3000:]
