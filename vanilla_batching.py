@@ -86,6 +86,11 @@ class TokenBudgetBatchSampler(BatchRebalanceSampler):
                 f"expected at least {longest}, or shorter --max_source_length / --max_target_length"
             )
         self.bounds = self.pack(sources.tolist(), targets.tolist(), counts.tolist())
+        if len(self.bounds) < num_replicas:
+            raise UsageError(
+                f"--max_tokens {max_tokens} packs the training data into {len(self.bounds)} batch(es), fewer than the "
+                f"{num_replicas} processes, which take one each a step; expected a smaller --max_tokens"
+            )
 
     def width(self, source, target):
         """Padded source + target tokens of one pair of a batch whose longest sides are `source` and `target`."""

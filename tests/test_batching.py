@@ -133,6 +133,12 @@ def test_a_pair_longer_than_the_budget_is_a_usage_error():
         TokenBudgetBatchSampler([3, 7], [2, 5], 10)
 
 
+def test_fewer_batches_than_processes_is_a_usage_error():
+    assert len(TokenBudgetBatchSampler([3] * 4, [2] * 4, 10, num_replicas=2)) == 1
+    with pytest.raises(UsageError, match="packs the training data into 1 batch.es., fewer than the 2 processes"):
+        TokenBudgetBatchSampler([3] * 4, [2] * 4, 20, num_replicas=2)
+
+
 # The batching of a run, and how many pairs put its checkpoint-6 in the middle of a later epoch (one process, two).
 BATCHINGS = {"max-tokens": (["--max_tokens", "120"], 60, 120), "group-by-length": ([], 20, 40)}
 
