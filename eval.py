@@ -24,6 +24,7 @@ import vanilla_ctranslate2
 from vanilla_averaging import average_checkpoints
 from vanilla_cli import (
     UsageError,
+    UsageErrorParser,
     argument_dataclass,
     avoid_cudnn_attention,
     exit_on_usage_error,
@@ -227,9 +228,13 @@ def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
         print(next(translations) if line else "")
 
 
+class EvalParser(UsageErrorParser, HfArgumentParser):
+    """HfArgumentParser whose errors are usage errors."""
+
+
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser((EvalArguments, DataArguments), description=__doc__.splitlines()[0])
+    parser = EvalParser((EvalArguments, DataArguments), description=__doc__.splitlines()[0])
     parser.add_argument(
         "mode", nargs="?", default="evaluate", choices=("evaluate", "translate"), help="translate: stdin to stdout."
     )

@@ -3,6 +3,7 @@
 import argparse
 import codecs
 import dataclasses
+import enum
 import functools
 import inspect
 import json
@@ -10,8 +11,10 @@ import os
 import re
 import sys
 import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -20,6 +23,14 @@ RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 
 class UsageError(Exception):
     """Bad input from the user (a missing file, a language not in the data, ...): reported in one line, exit code 2."""
+
+
+class UsageErrorParser:
+    """For an argparse parser class (before it in the bases): a bad flag or value is a UsageError, one `error:` line
+    and exit code 2, in place of argparse's whole usage text before its error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
 
 
 def first_line(error: Exception) -> str:
@@ -104,8 +115,10 @@ def text_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def read_recipe(path: str, known: set[str]) -> dict:
-    """The flags held by a JSON or YAML file, refusing keys that are no flag of train.py."""
+def read_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The flags held by a JSON or YAML file, refusing keys that are no flag of the parser (an HfArgumentParser) and
+    values whose type the flag's field does not take. A string goes through the flag's conversion as on the command
+    line (argparse converts a string default); other values reach the dataclass as they are."""
     text = read_text(path)
     try:
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
@@ -113,10 +126,53 @@ def read_recipe(path: str, known: set[str]) -> dict:
         raise UsageError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {error}") from None
     if not isinstance(values, dict):
         raise UsageError(f"{path}: expected a mapping of flag names to values")
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - {action.dest for action in parser._actions})
     if unknown:
         raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (python train.py --help lists the flags)")
+    hints = {}
+    for cls in getattr(parser, "dataclass_types", ()):
+        hints.update(typing.get_type_hints(cls))
+    for name, value in values.items():
+        if name in hints and not isinstance(value, str) and not fits(value, hints[name]):
+            hint = type_name(hints[name])
+            yaml_word = " (YAML reads no, yes, on, off as booleans: quote them)" if isinstance(value, bool) else ""
+            raise UsageError(f"{path}: {name}: {json.dumps(value)} is not a value of type {hint}{yaml_word}")
     return values
+
+
+def fits(value, hint) -> bool:
+    """Whether a recipe's value (a YAML or JSON scalar, list or mapping) is one of the type `hint`."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, argument) for argument in arguments)
+    if origin is typing.Literal:
+        return value in arguments
+    if origin in (list, tuple):
+        return isinstance(value, list) and all(fits(item, arguments[0]) for item in value if arguments)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return value in {member.value for member in hint}
+    if hint in (str, Path):
+        return isinstance(value, str)
+    return True  # another class (of transformers' or accelerate's): theirs to check
+
+
+def type_name(hint) -> str:
+    """A type as the error shows it: `int`, `str | None`, `list[str]`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(argument) for argument in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint).replace("typing.", "")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
@@ -124,7 +180,7 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[
     parser's defaults: parse with it before)."""
     given = set()
     if argv and argv[0].endswith(RECIPE_SUFFIXES):
-        given = set(read_recipe(argv[0], {action.dest for action in parser._actions}))
+        given = set(read_recipe(argv[0], parser))
         argv = argv[1:]
     unset = object()
     parser.set_defaults(**{action.dest: unset for action in parser._actions})

@@ -29,6 +29,7 @@ from modeling_vanilla import VanillaForConditionalGeneration
 from vanilla_cli import (
     RECIPE_SUFFIXES,
     UsageError,
+    UsageErrorParser,
     argument_dataclass,
     cpu_has_bf16_kernels,
     documented_arguments,
@@ -177,16 +178,20 @@ def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
     return (d_model * max(warmup_steps, 1)) ** -0.5
 
 
+class ArgumentParser(UsageErrorParser, HfArgumentParser):
+    """HfArgumentParser whose errors are usage errors."""
+
+
 def argument_parser() -> HfArgumentParser:
     """train.py's flags: the model's, the data's and Trainer's."""
-    return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Command-line flags, optionally after a JSON/YAML file holding flags (the command line wins)."""
     parser = argument_parser()
     if argv and argv[0].endswith(RECIPE_SUFFIXES):
-        parser.set_defaults(**read_recipe(argv[0], {action.dest for action in parser._actions}))
+        parser.set_defaults(**read_recipe(argv[0], parser))
         argv = argv[1:]
     on_cpus = data_parallel_on_cpus(parser, argv)
     try:

@@ -566,6 +566,7 @@ def test_damaged_weights_are_a_usage_error(trained_run, tmp_path, damage):
         ("--batch_size", "0", "at least 1"),
         ("--max_length_offset", "-1000", "no room"),
         ("--length_penalty", "nan", "must be a finite number"),
+        ("--num_beams", "four", "invalid int value: 'four'"),  # argparse's error, without its usage text
     ],
 )
 def test_decoding_arguments_that_allow_no_output_are_usage_errors(

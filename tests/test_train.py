@@ -187,6 +187,35 @@ def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
         parse_arguments([str(recipe)])
 
 
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("max_steps: [1, 2]", "max_steps: [1, 2] is not a value of type int"),
+        ("preset: [tiny]", 'preset: ["tiny"] is not a value of type str'),
+        ("per_device_train_batch_size: 4.5", "per_device_train_batch_size: 4.5 is not a value of type int"),
+        ("max_tokens: 100.7", "max_tokens: 100.7 is not a value of type int | None"),
+        ("bf16: 1", "bf16: 1 is not a value of type bool"),
+        ("save_strategy: no", "save_strategy: false is not a value of type SaveStrategy | str (YAML reads no, yes"),
+        ("max_steps: abc", "argument --max_steps/--max-steps: invalid int value: 'abc'"),
+    ],
+)
+def test_a_recipe_value_of_another_type_than_its_flag_is_a_usage_error(tmp_path, line, expected):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(line + "\n")
+    with pytest.raises(UsageError) as raised:
+        parse_arguments([str(recipe), "--output_dir", str(tmp_path / "out")])
+    assert str(raised.value).removeprefix(f"{recipe}: ").startswith(expected), str(raised.value)
+
+
+def test_recipe_values_of_their_flags_types_parse_as_on_the_command_line(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    lines = ["learning_rate: 1e-4", "report_to: [none]", "save_strategy: 'no'", "max_tokens: null", "bf16: false"]
+    recipe.write_text("\n".join([*lines, "warmup_steps: 10", "accelerator_config: {split_batches: true}"]) + "\n")
+    _, _, args = parse_arguments([str(recipe), "--output_dir", str(tmp_path / "out")])
+    assert (args.learning_rate, args.report_to, args.save_strategy, args.max_tokens) == (1e-4, [], "no", None)
+    assert (args.warmup_steps, args.accelerator_config.split_batches) == (10, True)
+
+
 def test_default_schedule_is_the_paper_learning_rate():
     model_args, _, args = parse_arguments(["--output_dir", "unused"])
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.98, 1e-9)
@@ -653,6 +682,9 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
             ["--metric_for_best_model", "eval_perplexity", "--predict_with_generate", "true"],
             "--metric_for_best_model eval_perplexity: an evaluation reports loss, bleu, chrf, gen_len",
         ),
+        (["--max_steps", "abc"], "argument --max_steps/--max-steps: invalid int value: 'abc'"),  # argparse's, alone
+        (["--save_strategy", "sometimes"], "argument --save_strategy/--save-strategy: invalid choice: 'sometimes'"),
+        (["--no_such_flag", "1"], "not used by the HfArgumentParser: ['--no_such_flag', '1']"),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
