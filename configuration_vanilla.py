@@ -95,46 +95,6 @@ class VanillaConfig(PretrainedConfig):
         decoder_start_token_id: int = BOS_TOKEN_ID,
         **kwargs,
     ):
-        for name, value in [
-            ("vocab_size", vocab_size),
-            ("d_model", d_model),
-            ("num_heads", num_heads),
-            ("d_ff", d_ff),
-            ("encoder_layers", encoder_layers),
-            ("decoder_layers", decoder_layers),
-            ("max_position_embeddings", max_position_embeddings),
-        ]:
-            if not _is_integer(value) or value <= 0:
-                raise ValueError(f"{name} ({value!r}) must be a positive integer")
-        if d_model % num_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
-        for name, value in [
-            ("dropout", dropout),
-            ("attention_dropout", attention_dropout),
-            ("label_smoothing", label_smoothing),
-        ]:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} ({value!r}) must be a number in [0, 1)")
-        for name, value in [
-            ("pad_token_id", pad_token_id),
-            ("bos_token_id", bos_token_id),
-            ("eos_token_id", eos_token_id),
-            ("decoder_start_token_id", decoder_start_token_id),
-        ]:
-            # None, as in PretrainedConfig, leaves the token out; transformers also allows a list of eos ids.
-            ids = value if name == "eos_token_id" and isinstance(value, list) else [value]
-            if value is not None and not all(_is_integer(i) and 0 <= i < vocab_size for i in ids):
-                raise ValueError(f"{name} ({value!r}) must be a token id in [0, vocab_size ({vocab_size}))")
-        for name, value in [("scale_embedding", scale_embedding), ("norm_first", norm_first)]:
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} ({value!r}) must be True or False")
-        if activation_function not in ACT2FN:
-            raise ValueError(f"activation_function ({activation_function!r}) must be one of {sorted(ACT2FN)}")
-        if position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise ValueError(
-                f"position_embedding_type ({position_embedding_type!r}) must be one of {POSITION_EMBEDDING_TYPES}"
-            )
-
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.num_heads = num_heads
@@ -160,6 +120,50 @@ class VanillaConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+        self.check()
+
+    def check(self) -> None:
+        """ValueError for a field out of its range. Also run by the model: transformers sets the overrides of
+        from_pretrained (and the aliases of attribute_map) after __init__."""
+        for name, value in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("num_heads", self.num_heads),
+            ("d_ff", self.d_ff),
+            ("encoder_layers", self.encoder_layers),
+            ("decoder_layers", self.decoder_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ]:
+            if not _is_integer(value) or value <= 0:
+                raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        if self.d_model % self.num_heads != 0:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        for name, value in [
+            ("dropout", self.dropout),
+            ("attention_dropout", self.attention_dropout),
+            ("label_smoothing", self.label_smoothing),
+        ]:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} ({value!r}) must be a number in [0, 1)")
+        for name, value in [
+            ("pad_token_id", self.pad_token_id),
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("decoder_start_token_id", self.decoder_start_token_id),
+        ]:
+            # None, as in PretrainedConfig, leaves the token out; transformers also allows a list of eos ids.
+            ids = value if name == "eos_token_id" and isinstance(value, list) else [value]
+            if value is not None and not all(_is_integer(i) and 0 <= i < self.vocab_size for i in ids):
+                raise ValueError(f"{name} ({value!r}) must be a token id in [0, vocab_size ({self.vocab_size}))")
+        for name, value in [("scale_embedding", self.scale_embedding), ("norm_first", self.norm_first)]:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} ({value!r}) must be True or False")
+        if self.activation_function not in ACT2FN:
+            raise ValueError(f"activation_function ({self.activation_function!r}) must be one of {sorted(ACT2FN)}")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"position_embedding_type ({self.position_embedding_type!r}) must be one of {POSITION_EMBEDDING_TYPES}"
+            )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VanillaConfig":

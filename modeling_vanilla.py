@@ -269,6 +269,10 @@ class VanillaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    def __init__(self, config: VanillaConfig, *inputs, **kwargs):
+        config.check()  # transformers sets from_pretrained's overrides after the config's own checks ran
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         """Xavier-uniform projections and zero biases (keeps activations' variance through depth, Glorot & Bengio

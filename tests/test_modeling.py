@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import tiny_config
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModelForSeq2SeqLM
 from transformers.cache_utils import EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils.output_capturing import OutputRecorder
@@ -644,6 +645,21 @@ def test_hf_attribute_aliases_read_the_papers_names():
 def test_invalid_configs_raise_naming_the_argument(overrides, argument):
     with pytest.raises(ValueError, match=rf"^{argument} \("):
         tiny_config(**overrides)
+
+
+def test_values_transformers_sets_after_the_configs_init_are_checked_when_the_model_is_built(tmp_path):
+    """from_pretrained's overrides and attribute_map's aliases (hidden_size) come after VanillaConfig.__init__: an
+    invalid shape is refused by name when the model is built, not at its first forward by a reshape."""
+    tiny_config().save_pretrained(tmp_path / "config")
+    model_for().save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"^d_model \(16\) must be divisible by num_heads \(5\)"):
+        VanillaForConditionalGeneration(VanillaConfig.from_pretrained(tmp_path / "config", num_heads=5))
+    with pytest.raises(ValueError, match=r"^d_model \(18\) must be divisible by num_heads \(4\)"):
+        tiny_config(hidden_size=18, num_heads=4)
+    with pytest.raises(ValueError, match=r"^d_model \(16\) must be divisible by num_heads \(5\)"):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "model", num_attention_heads=5)
+    with pytest.raises(ValueError, match=r"^dropout \(1.5\) must be a number in \[0, 1\)"):
+        VanillaModel(VanillaConfig.from_pretrained(tmp_path / "config", dropout=1.5))
 
 
 def test_configs_built_the_ways_transformers_builds_them_still_validate(tmp_path):
