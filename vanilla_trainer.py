@@ -33,13 +33,17 @@ from vanilla_output_dir import fault_point
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
 
 
-class SamplerEpoch(TrainerCallback):
-    """Tells the training sampler which epoch begins. Under DDP accelerate wraps it in a BatchSamplerShard, and
-    the loader that skips a resumed epoch's trained batches (skip_first_batches) does not pass Trainer's set_epoch
-    through that wrapper: the resumed epoch would replay epoch 0's order."""
+class RunEvents(TrainerCallback):
+    """Tells the trainer the step its run began at, and the training sampler which epoch begins. Under DDP
+    accelerate wraps the sampler in a BatchSamplerShard, and the loader that skips a resumed epoch's trained batches
+    (skip_first_batches) does not pass Trainer's set_epoch through that wrapper: the resumed epoch would replay
+    epoch 0's order."""
 
     def __init__(self, trainer: "VanillaTrainer"):
         self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.first_step = state.global_step
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.trainer.epoch_sampler is not None:
@@ -60,7 +64,8 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.epoch_sampler = None  # the sampler drawing each epoch's order from the seed and the epoch
         self.non_embedding_parameters = None  # for floating_point_ops, counted once
         self.failed_pushes = []  # the checkpoints whose push to the Hub failed, in order
-        self.add_callback(SamplerEpoch(self))
+        self.first_step = 0  # the step this run began at (a resumed run: its checkpoint's)
+        self.add_callback(RunEvents(self))
 
     def _get_train_sampler(self, train_dataset=None):
         # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
@@ -126,6 +131,9 @@ class VanillaTrainer(Seq2SeqTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime
             logs.update(self.tokens.rates(self.accelerator, start_time, runtime=logs["train_runtime"]))
+            if "train_loss" in logs:  # Trainer's adds this process's loss since its last log: all processes' instead
+                steps = self.state.global_step - self.first_step
+                logs["train_loss"] = (self.loss_total() - self.loss_before) / max(steps, 1)
             if self.args.torch_compile:  # one graph per shape compiled (and per graph break): recompiles add more
                 logs["train_compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         elif "loss" in logs and start_time is not None:  # a training log: the rates since the last one

@@ -287,6 +287,9 @@ def test_torchrun_on_cpus_trains_data_parallel_like_one_process_at_twice_the_bat
     assert ddp_steps == single_steps == 32 // (2 * 4)
     # Both processes' loss, normalized by the tokens of both, is one process's loss on their two batches together.
     assert ddp_sum == pytest.approx(single_sum, rel=1e-4) and ddp_loss == pytest.approx(single_loss, rel=1e-4)
+    # Trainer's own summary (its log, trainer_state.json) names the same train_loss: all processes', not the first's.
+    summary = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())["log_history"][-1]
+    assert summary["train_loss"] == pytest.approx(ddp_loss, rel=1e-6)
     assert [path.name for path in (tmp_path / "ddp").glob("checkpoint-*")] == ["checkpoint-4"]
     assert_loads_and_translates(tmp_path / "ddp")
 
