@@ -220,30 +220,23 @@ def test_attention_plot_is_a_png(trained_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(trained_run):
-    sources = ["seven", "three hundred and forty-five", "twelve"]
+@pytest.mark.parametrize(
+    "lines",
+    [["seven", "", "three hundred and forty-five", "twelve"], ["seven\u2028eight", "three\x0cfour\x85five", "twelve"]],
+    ids=["an-empty-line", "line-separators-inside-sentences"],
+)
+def test_translate_mode_reads_stdin_and_writes_stdout_line_by_line(trained_run, lines):
+    """One translation a line of stdin, in step with it: an empty line stays empty, and a line ends at a newline
+    ("\n" or "\r\n") only: U+2028, U+0085 and a form feed stay inside their sentence."""
+    sources = [line for line in lines if line]
     result = run_cli(
         "eval.py",
         *("translate", "--model", str(trained_run), "--max_length_offset", str(OFFSET)),
-        stdin=f"{sources[0]}\n\n{sources[1]}\n{sources[2]}\n",
+        stdin=lines[0] + "\r\n" + "\n".join(lines[1:]) + "\n",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
-    assert result.stdout.split("\n") == [expected[0], "", expected[1], expected[2], ""]
-
-
-@pytest.mark.slow
-def test_translate_mode_ends_a_line_at_a_newline_only(trained_run):
-    """U+2028, U+0085 and a form feed inside a sentence: one translation per line of stdin, in step with it."""
-    sources = ["seven\u2028eight", "three\x0cfour\x85five", "twelve"]
-    result = run_cli(
-        "eval.py",
-        *("translate", "--model", str(trained_run), "--max_length_offset", str(OFFSET)),
-        stdin=f"{sources[0]}\r\n{sources[1]}\n{sources[2]}\n",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
-    assert result.stdout.split("\n") == [*expected, ""]
+    expected = iter(one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET))
+    assert result.stdout.split("\n") == [next(expected) if line else "" for line in lines] + [""]
 
 
 @pytest.mark.slow
