@@ -148,7 +148,7 @@ def fits(value, hint) -> bool:
     if origin is typing.Literal:
         return value in arguments
     if origin in (list, tuple):
-        return isinstance(value, list) and all(fits(item, arguments[0]) for item in value if arguments)
+        return isinstance(value, list) and (not arguments or all(fits(item, arguments[0]) for item in value))
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     if hint is type(None):
