@@ -167,23 +167,39 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
         "sentences_per_second": len(sources) / wall_time,
         "predictions_file": str(predictions_file),
     }
+    refresh = card_to_refresh(Path(args.model), results_file)  # read before the report changes what it shows
     write_text_atomically(predictions_file, "".join(f"{hypothesis}\n" for hypothesis in hypotheses))
     write_text_atomically(results_file, json.dumps(report, indent=2) + "\n")
-    refresh_card(Path(args.model), results_file)
+    if refresh:
+        refresh_card(Path(args.model))
     print_table(report, results_file)
     return report
 
 
-def refresh_card(folder: Path, results_file: Path) -> None:
-    """Rebuilds the card of the model folder scored when the report went beside it, its model-index taking the new
-    BLEU and chrF; only a card train.py wrote is rewritten (checkpoints and averaged folders have none)."""
+def card_to_refresh(folder: Path, results_file: Path) -> bool:
+    """Whether eval.py rebuilds the card of the model folder scored, its model-index taking the new BLEU and chrF:
+    the report goes beside it, and the card is one train.py (or eval.py) wrote from the folder's files and nobody
+    edited since (checkpoints and averaged folders have none). An edited card is the user's: a note says it stays."""
     if not folder.is_dir() or results_file.parent.resolve() != folder.resolve():
-        return
+        return False
     from configuration_vanilla import PRESETS
 
     card = folder_card(folder, PRESETS)
-    if card is not None:
-        write_text_atomically(folder / CARD, str(card))
+    if card is None:
+        return False
+    # The same lines in any order: train.py wrote its table's rows unsorted before all_results.json's order.
+    if sorted((folder / CARD).read_text(encoding="utf-8").splitlines()) != sorted(str(card).splitlines()):
+        print(
+            f"note: {folder / CARD} was edited since it was written; it stays as it is (no new scores)", file=sys.stderr
+        )
+        return False
+    return True
+
+
+def refresh_card(folder: Path) -> None:
+    from configuration_vanilla import PRESETS
+
+    write_text_atomically(folder / CARD, str(folder_card(folder, PRESETS)))
 
 
 def print_table(report: dict, results_file: Path) -> None:

@@ -133,7 +133,7 @@ def model_card(
         model_name=repo_id if results else None,
         eval_results=results or None,
     )
-    rows = [(name, f"{value:.4g}") for name, value in metrics.items()]
+    rows = [(name, f"{value:.4g}") for name, value in sorted(metrics.items())]  # as all_results.json holds them
     rows += [
         (f"{result.metric_name} ({result.dataset_name}, {result.dataset_split})", result.metric_value)
         for result in results
@@ -151,8 +151,18 @@ def model_card(
     )
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content; None for one that is not JSON text."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def is_report(report) -> bool:
+    """Whether a file named like eval.py's report is one (another tool's eval_results_*.json is left out)."""
+    keys = ("data", "split", "bleu", "chrf", "sacrebleu_signature", "chrf_signature")
+    return isinstance(report, dict) and all(key in report for key in keys)
 
 
 def folder_card(folder: Path, presets: dict[str, dict]) -> ModelCard | None:
@@ -161,11 +171,15 @@ def folder_card(folder: Path, presets: dict[str, dict]) -> ModelCard | None:
     card_path = folder / CARD
     if not card_path.is_file() or not (folder / DATA_RECORD).is_file():
         return None
-    old = ModelCard.load(card_path, ignore_metadata_errors=True)
+    try:
+        old = ModelCard.load(card_path, ignore_metadata_errors=True)
+    except UnicodeDecodeError:  # not a card written here (those are UTF-8)
+        return None
     found = REPO_ID.search(old.text)
     if CARD_TAG not in (old.data.tags or []) or found is None:
         return None
-    metrics = read_json(folder / TRAIN_RESULTS) if (folder / TRAIN_RESULTS).is_file() else {}
+    metrics = (read_json(folder / TRAIN_RESULTS) if (folder / TRAIN_RESULTS).is_file() else None) or {}
     reports = [read_json(path) for path in sorted(folder.glob(EVAL_RESULTS))]
+    reports = [report for report in reports if is_report(report)]
     config, record = read_json(folder / "config.json"), read_json(folder / DATA_RECORD)
     return model_card(config, record, metrics, reports, found.group(1), presets)

@@ -18,6 +18,7 @@ import sacrebleu
 import torch
 from datasets import Dataset
 from harness import ROOT, environment, run_cli
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny_models import tiny_config
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -739,6 +740,31 @@ def evaluate_with(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return (output / "hypotheses.txt").read_text().splitlines(), json.loads((output / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_card_takes_the_new_scores_unless_the_user_edited_it(trained_run, test_file, tmp_path):
+    """eval.py rebuilds a card train.py wrote (its model-index takes BLEU and chrF), reads only its own reports
+    (another tool's eval_results_*.json stays out), and leaves a card the user edited as it is."""
+    model = tmp_path / "model"
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (model / "eval_results_wmt.json").write_text('{"bleu": 27.3}\n')  # not eval.py's
+    (tmp_path / "first").mkdir()
+    arguments = ("--model", str(model), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    result = run_cli("eval.py", *arguments, "--max_length_offset", str(OFFSET))
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = ModelCard.load(model / "README.md")
+    report = json.loads((model / "eval_results_test.json").read_text())
+    assert [(entry.metric_type, entry.metric_value) for entry in card.data.eval_results] == [
+        ("bleu", round(report["bleu"], 2)),
+        ("chrf", round(report["chrf"], 2)),
+    ]
+    edited = card.content + "\n## Limitations\n\nNumbers below 1000 only.\n"
+    (model / "README.md").write_text(edited, encoding="utf-8")
+    result = run_cli("eval.py", *arguments, "--max_length_offset", str(OFFSET + 1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: {model / 'README.md'} was edited since it was written; it stays as it is" in result.stderr
+    assert (model / "README.md").read_text(encoding="utf-8") == edited
 
 
 @pytest.mark.slow
