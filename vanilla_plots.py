@@ -48,12 +48,13 @@ def plot_cross_attention(args: "EvalArguments", max_source_length: int) -> Path:
     for axis, (title, panel) in zip(axes.flat, panels, strict=False):
         axis.imshow(panel.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         axis.set_title(title)
-        axis.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8)
-        axis.set_yticks(range(len(output_tokens)), output_tokens, fontsize=8)
+        # The user's text is text: matplotlib would read what lies between two "$" as TeX math.
+        axis.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8, parse_math=False)
+        axis.set_yticks(range(len(output_tokens)), output_tokens, fontsize=8, parse_math=False)
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     translation = tokenizer.decode(output_ids[0], skip_special_tokens=True)
-    figure.suptitle(f"cross-attention, last layer: {args.plot_attention!r} -> {translation!r}")
+    figure.suptitle(f"cross-attention, last layer: {args.plot_attention!r} -> {translation!r}", parse_math=False)
     figure.tight_layout()
 
     try:

@@ -204,11 +204,15 @@ def test_average_last_two_checkpoints_is_their_mean_and_is_evaluated(trained_run
 
 
 @pytest.mark.slow
-def test_attention_plot_is_a_png(trained_run, tmp_path):
+@pytest.mark.parametrize(
+    "sentence", ["three hundred and forty-five", "pay $5 for the #1 $hit"], ids=["plain", "dollar-signs"]
+)
+def test_attention_plot_is_a_png(trained_run, tmp_path, sentence):
+    """Also for text that matplotlib would take for TeX math (between two "$")."""
     plot = tmp_path / "attention.png"
     result = run_cli(
         "eval.py",
-        *("--model", str(trained_run), "--plot_attention", "three hundred and forty-five"),
+        *("--model", str(trained_run), "--plot_attention", sentence),
         *("--attention_file", str(plot), "--max_length_offset", str(OFFSET)),
     )
     assert result.returncode == 0, result.stderr[-3000:]
