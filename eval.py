@@ -33,7 +33,7 @@ from vanilla_cli import (
 )
 from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data, run_data_record
-from vanilla_files import check_output_files, check_writable, output_path, write_text_atomically
+from vanilla_files import AVERAGED_MARKER, check_output_files, check_writable, output_path, write_text_atomically
 from vanilla_hub import CARD, folder_card
 from vanilla_metrics import load_metrics, score
 from vanilla_plots import plot_cross_attention
@@ -135,8 +135,10 @@ def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
     hypotheses = translate(model, tokenizer, sources, args, data.max_source_length)
     wall_time = time.perf_counter() - start
     scores = score(metrics, hypotheses, references)
+    marker = Path(args.model) / AVERAGED_MARKER  # an averaged model: the run and the checkpoints (and weights) it is
     report = {
         "model": args.model,
+        "averaged_from": json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None,
         "data": origin,
         "dataset_config": data.dataset_config_name,
         "split": args.split,

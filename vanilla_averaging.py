@@ -1,17 +1,19 @@
 """Checkpoint averaging (sec. 6.1): the mean of a run's last N checkpoints, saved as a model of its own."""
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_cli import UsageError
 from vanilla_ctranslate2 import is_cached_conversion
-from vanilla_data_record import DATA_RECORD
+from vanilla_data_record import DATA_RECORD, TRAIN_FILE_DIGEST, TRAINING_DATA_KEYS, read_data_record
 from vanilla_files import (
     AVERAGED_MARKER,
     check_writable,
     checkpoint_folders,
     complete_checkpoints,
+    sha256_of,
     write_folder_atomically,
 )
 from vanilla_translation import load_model, load_model_and_tokenizer
@@ -62,6 +64,22 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
         skipped = f" (skipped, incomplete: {', '.join(incomplete)})" if incomplete else ""
         raise UsageError(f"--average_last {last}: {run} has {len(checkpoints)} complete checkpoint-* folders{skipped}")
     chosen = checkpoints[-last:]
+    for checkpoint in chosen[:-1]:  # one run's checkpoints share the tokenizer and the training data
+        for differ, same in (
+            ("tokenizer.json", read_bytes(checkpoint / "tokenizer.json") == read_bytes(chosen[-1] / "tokenizer.json")),
+            (f"training data ({DATA_RECORD})", training_data(checkpoint) == training_data(chosen[-1])),
+        ):
+            if not same:
+                raise UsageError(f"cannot average {checkpoint} with {chosen[-1]}: their {differ} differ (two runs?)")
+    sources = {
+        "run": str(run.resolve()),
+        "checkpoints": [path.name for path in chosen],
+        "sha256": {path.name: weight_digests(path) for path in chosen},
+    }
+    marker = output / AVERAGED_MARKER
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == sources:
+        print(f"note: {output} holds the average of these checkpoints already: kept, with its reports", file=sys.stderr)
+        return output
     model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))
     # Sum in float64 so that averaging many checkpoints loses nothing to rounding.
     totals = {
@@ -86,13 +104,27 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
             total += other[name].to(total.device, torch.float64)
     state = model.state_dict()
     model.load_state_dict({name: (total / last).to(state[name].dtype) for name, total in totals.items()}, strict=False)
-    sources = {"run": str(run.resolve()), "checkpoints": [path.name for path in chosen]}
     files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
     record = next((folder / DATA_RECORD for folder in (chosen[-1], run) if (folder / DATA_RECORD).is_file()), None)
     if record is not None:  # the checkpoints' own, else (checkpoints of an older train.py) the run's
         files[DATA_RECORD] = record.read_text(encoding="utf-8")
     save_model_atomically(model, tokenizer, output, files)
     return output
+
+
+def read_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def training_data(checkpoint: Path) -> dict | None:
+    """What a checkpoint was trained on, from its data record (the validation and test files may change on resume)."""
+    record = read_data_record(checkpoint)
+    return None if record is None else {key: record.get(key) for key in (*TRAINING_DATA_KEYS, TRAIN_FILE_DIGEST)}
+
+
+def weight_digests(checkpoint: Path) -> dict[str, str]:
+    """SHA-256 of each weights file of a checkpoint: an averaged folder of the same checkpoints is not redone."""
+    return {path.name: sha256_of(path) for path in sorted(checkpoint.glob("*.safetensors"))}
 
 
 def save_model_atomically(

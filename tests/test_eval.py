@@ -4,6 +4,7 @@ import copy
 import errno
 import functools
 import gc
+import hashlib
 import json
 import os
 import shutil
@@ -391,7 +392,11 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
     result = run_cli("eval.py", *flags, "--average_last", "2")  # no data flags: the run's recorded test file
     assert result.returncode == 0, result.stderr[-3000:]
     marker = json.loads((averaged / "averaged_from.json").read_text())
-    assert marker == {"run": str(run.resolve()), "checkpoints": ["checkpoint-2", "checkpoint-4"]}
+    digests = {
+        step: {"model.safetensors": hashlib.sha256((run / step / "model.safetensors").read_bytes()).hexdigest()}
+        for step in ("checkpoint-2", "checkpoint-4")
+    }
+    assert marker == {"run": str(run.resolve()), "checkpoints": ["checkpoint-2", "checkpoint-4"], "sha256": digests}
     assert json.loads((averaged / "data_args.json").read_text()) == record
     first = load_file(run / "checkpoint-2" / "model.safetensors")
     second = load_file(run / "checkpoint-4" / "model.safetensors")
@@ -578,6 +583,54 @@ def test_decoding_arguments_that_allow_no_output_are_usage_errors(
     )
     assert_usage_error(result, flag, expected)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("differ", ["tokenizer.json", "data_args.json"])
+def test_averaging_checkpoints_of_two_runs_is_a_usage_error(trained_run, tmp_path, differ):
+    """Same shapes, but another tokenizer (its ids mean other tokens) or other training data: not one run's."""
+    run = tmp_path / "run"
+    for step in (2, 4):
+        shutil.copytree(trained_run / "checkpoint-2", run / f"checkpoint-{step}")
+    changed = json.loads((run / "checkpoint-2" / differ).read_text())
+    if differ == "tokenizer.json":
+        vocab = changed["model"]["vocab"]
+        first, second = list(vocab)[10:12]
+        vocab[first], vocab[second] = vocab[second], vocab[first]
+    else:
+        changed["source_lang"], changed["target_lang"] = changed["target_lang"], changed["source_lang"]
+    (run / "checkpoint-2" / differ).write_text(json.dumps(changed))
+    result = run_cli("eval.py", "translate", "--model", str(run), "--average_last", "2", stdin="seven\n")
+    assert_usage_error(result, "cannot average", "checkpoint-2", "checkpoint-4", "differ")
+    assert not (run / "averaged-last-2").exists()
+
+
+@pytest.mark.slow
+def test_averaging_the_same_checkpoints_again_keeps_the_averaged_model_and_its_reports(
+    trained_run, test_file, tmp_path
+):
+    """Scoring an average on one split, then on another, keeps both reports; new weights make a new average."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    averaged = run / "averaged-last-2"
+    for split in ("validation", "test"):
+        result = run_cli("eval.py", "--model", str(run), "--average_last", "2", "--split", split)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "holds the average of these checkpoints already: kept, with its reports" in result.stderr
+    reports = {"eval_results_validation.json", "eval_results_test.json", "predictions_validation.txt"}
+    assert reports <= {path.name for path in averaged.iterdir()}
+    report = json.loads((averaged / "eval_results_test.json").read_text())
+    assert report["averaged_from"]["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
+    assert report["averaged_from"]["run"] == str(run.resolve()) and set(report["averaged_from"]["sha256"]) == {
+        "checkpoint-2",
+        "checkpoint-4",
+    }
+    weights = (averaged / "model.safetensors").read_bytes()
+    shutil.copy(run / "checkpoint-2" / "model.safetensors", run / "checkpoint-4" / "model.safetensors")
+    result = run_cli("eval.py", "translate", "--model", str(run), "--average_last", "2", stdin="seven\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (averaged / "model.safetensors").read_bytes() != weights
+    assert not (averaged / "eval_results_test.json").exists()  # the reports of the average it replaced go with it
 
 
 @pytest.mark.slow
