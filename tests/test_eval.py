@@ -107,6 +107,7 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run,
     report = json.loads(results_file.read_text())
     assert set(report) == {
         "model",
+        "averaged_from",
         "data",
         "dataset_config",
         "split",
@@ -128,7 +129,7 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run,
         "sentences_per_second",
         "predictions_file",
     }
-    assert report["num_sentences"] == len(PAIRS)
+    assert report["num_sentences"] == len(PAIRS) and report["averaged_from"] is None  # not an averaged model
     assert report["metrics"] == "local"
     assert report["decoding"]["num_beams"] == 4
     assert report["decoding"]["length_penalty"] == 0.6
@@ -442,7 +443,7 @@ def test_no_data_flags_score_the_recorded_test_file_in_the_recorded_direction(tr
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((model / "eval_results_test.json").read_text())
     assert (report["data"], report["source_lang"], report["target_lang"]) == (str(test_file), "de", "en")
-    assert report["num_sentences"] == len(PAIRS)
+    assert report["num_sentences"] == len(PAIRS) and report["averaged_from"] is None  # not an averaged model
     assert len((model / "predictions_test.txt").read_text().splitlines()) == len(PAIRS)
 
 
