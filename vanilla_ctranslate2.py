@@ -222,8 +222,9 @@ def source_fingerprint(folder: Path) -> dict[str, str]:
     return {name: sha256_of(folder / name) for name in SOURCE_FILES if (folder / name).is_file()}
 
 
-def conversion(folder: Path, quantization: str) -> Callable[[Path], None]:
-    """The model folder converted to CTranslate2 with weights in `quantization`: a function saving it to a folder."""
+def conversion(folder: Path, quantization: str, fingerprint: dict[str, str]) -> Callable[[Path], None]:
+    """The model folder converted to CTranslate2 with weights in `quantization`: a function saving it to a folder,
+    with the `fingerprint` of the folder's files (source_fingerprint) it was converted from."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -236,7 +237,7 @@ def conversion(folder: Path, quantization: str) -> Callable[[Path], None]:
 
     def write(target: Path) -> None:
         spec.save(str(target))
-        (target / SOURCE_RECORD).write_text(json.dumps(source_fingerprint(folder), indent=2) + "\n")
+        (target / SOURCE_RECORD).write_text(json.dumps(fingerprint, indent=2) + "\n")
 
     return write
 
@@ -249,12 +250,13 @@ def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.Tem
     A model folder that cannot be written (a read-only mount, another user's folder) gets the conversion in a
     temporary folder, for this run only: returned beside the path, it is removed when dropped."""
     output = folder / f"{CONVERSION_PREFIX}{quantization}"
-    if is_current_conversion(output, folder):
+    fingerprint = source_fingerprint(folder)  # hashed once: the weights may be large
+    if is_current_conversion(output, fingerprint):
         return output, None
     try:
         with locked(folder / f".{output.name}.lock"):
-            if not is_current_conversion(output, folder):
-                write_folder_atomically(output, conversion(folder, quantization))
+            if not is_current_conversion(output, fingerprint):  # converted by another process while this one waited
+                write_folder_atomically(output, conversion(folder, quantization, fingerprint))
         return output, None
     except OSError as error:
         if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -265,14 +267,14 @@ def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.Tem
             file=sys.stderr,
         )
     scratch = tempfile.TemporaryDirectory(prefix="ctranslate2-")
-    write_folder_atomically(Path(scratch.name) / output.name, conversion(folder, quantization))
+    write_folder_atomically(Path(scratch.name) / output.name, conversion(folder, quantization, fingerprint))
     return Path(scratch.name) / output.name, scratch
 
 
-def is_current_conversion(output: Path, folder: Path) -> bool:
-    """Whether `output` holds a conversion of the model in `folder` as its files are now."""
+def is_current_conversion(output: Path, fingerprint: dict[str, str]) -> bool:
+    """Whether `output` holds a conversion of the model whose files have the `fingerprint` (source_fingerprint)."""
     recorded = output / SOURCE_RECORD
-    return recorded.is_file() and json.loads(recorded.read_text()) == source_fingerprint(folder)
+    return recorded.is_file() and json.loads(recorded.read_text()) == fingerprint
 
 
 def is_cached_conversion(folder: Path) -> bool:

@@ -925,7 +925,8 @@ def test_a_conversion_under_way_in_another_process_is_waited_for_and_taken(train
     waiting.start()
     waiting.join(timeout=1.0)
     assert waiting.is_alive() and not output.exists()
-    write_folder_atomically(output, convert(model, "float32"))  # the other run converts, then lets go
+    # The other run converts, then lets go.
+    write_folder_atomically(output, convert(model, "float32", source_fingerprint(model)))
     unlock_file(other)
     waiting.join(timeout=60)
     assert found == [(output, None)] and converted == []
