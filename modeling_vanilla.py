@@ -82,12 +82,17 @@ class VanillaPositionalEncoding(nn.Module):
         positions = torch.arange(seq_len, device=device) + offset
         if not self.learned:
             return sinusoidal_positions(positions, self.d_model)
-        if isinstance(offset, int) and offset + seq_len > self.max_positions:
+        if isinstance(offset, int):
+            self.check_length(offset + seq_len, "sequence length")
+        return self.embed_positions(positions)
+
+    def check_length(self, length: int, what: str):
+        """Learned embeddings end at max_position_embeddings; sinusoids go on."""
+        if self.learned and length > self.max_positions:
             raise ValueError(
-                f"sequence length ({offset + seq_len}) exceeds max_position_embeddings ({self.max_positions}) "
+                f"{what} ({length}) exceeds max_position_embeddings ({self.max_positions}) "
                 "of the learned position embeddings"
             )
-        return self.embed_positions(positions)
 
 
 def eager_attention_forward(
@@ -524,6 +529,21 @@ class VanillaForConditionalGeneration(VanillaPreTrainedModel, GenerationMixin):
         """Leaves the decoder's causal mask to the decoder: with a static cache, generate() would build it before each
         step, outside a compiled step's graph (transformers 5.2x); the decoder builds the same mask inside it."""
         return attention_mask
+
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+    ):
+        """Refuses a static cache longer than learned positions reach, before decoding: its steps count positions in
+        an unread tensor, so the lookup past the table would fail with an IndexError (a device assert on a GPU)."""
+        super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+        )
+        cache = model_kwargs.get(CACHE_FIELD, model_kwargs.get("past_key_values"))
+        decoder_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        if decoder_cache is not None and decoder_cache.is_compileable:
+            self.model.decoder.embed_positions.check_length(
+                max_cache_length, "a static cache's decoder positions, max_length - 1,"
+            )
 
     @staticmethod
     def _reorder_cache(cache: Cache, beam_idx: torch.Tensor) -> Cache:

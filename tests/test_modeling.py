@@ -75,6 +75,18 @@ def test_learned_positions_refuse_inputs_longer_than_max_position_embeddings():
         model(input_ids=ids, decoder_input_ids=ids[:, :4])
 
 
+@pytest.mark.parametrize("cache_implementation", [None, "static"], ids=["dynamic", "static"])
+def test_generating_past_learned_positions_is_refused_with_either_cache(cache_implementation):
+    """The dynamic cache fails at the first position past the table; the static cache, which counts positions in an
+    unread tensor, before decoding, from max_length (an IndexError, or a device assert on a GPU, otherwise)."""
+    model = model_for(position_embedding_type="learned", max_position_embeddings=8)
+    ids, mask = source_batch(batch=2, length=5)
+    settings = dict(input_ids=ids, attention_mask=mask, cache_implementation=cache_implementation, num_beams=2)
+    with pytest.raises(ValueError, match=r"exceeds max_position_embeddings \(8\)"):
+        model.generate(**settings, max_new_tokens=10, min_new_tokens=10)
+    assert model.generate(**settings, max_new_tokens=8, min_new_tokens=8).shape == (2, 9)
+
+
 def test_shapes_of_every_output():
     model = model_for(_attn_implementation="eager")
     ids, mask = source_batch()
