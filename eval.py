@@ -93,6 +93,10 @@ class EvalArguments:
             raise UsageError(f"--length_penalty ({self.length_penalty}) must be a finite number")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
+        if self.plot_attention is not None and not self.plot_attention.strip():
+            raise UsageError("--plot_attention: expected a sentence to translate, got an empty one")
+        if self.plot_attention is not None and self.compile:
+            raise UsageError("--plot_attention translates one sentence with eager attention; leave out --compile")
         if self.compile_mode is not None and not self.compile:
             raise UsageError(f"--compile_mode {self.compile_mode} applies to --compile; pass both")
         if self.compile and self.compile_mode is None:

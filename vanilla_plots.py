@@ -23,7 +23,7 @@ def plot_cross_attention(args: "EvalArguments", max_source_length: int) -> Path:
     check_writable(path, "--attention_file")
     check_output_files({"--attention_file": path}, {})
     # Only the eager implementation returns attention weights.
-    model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager")
+    model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager", dtype=args.dtype)
     take_decoding_defaults(args, model.generation_config)
     source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
     with torch.no_grad():

@@ -1083,6 +1083,8 @@ def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_err
         (("--compile_mode", "default"), "--compile_mode default applies to --compile"),
         (("--engine", "ctranslate2", "--quantization", "int3"), "--quantization 'int3' must be one of"),
         (("--engine", "ctranslate2", "--quantization", "float16"), "CTranslate2 on cpu supports"),
+        (("--plot_attention", " "), "--plot_attention: expected a sentence to translate, got an empty one"),
+        (("--plot_attention", "seven", "--compile"), "leave out --compile"),
     ],
     ids=[
         "quantization-without-ctranslate2",
@@ -1090,6 +1092,8 @@ def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_err
         "compile-mode-without-compile",
         "unknown-quantization",
         "unsupported-on-cpu",
+        "plot-of-no-sentence",
+        "plot-compiled",
     ],
 )
 def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, fragment):
