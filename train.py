@@ -31,6 +31,7 @@ from vanilla_output_dir import (
     check_output_dir_writable,
     last_checkpoint_phrase,
     release_output_dir,
+    remove_if_empty,
     remove_partial_checkpoint,
     save_final_model,
     saved_from,
@@ -73,15 +74,19 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"unknown preset {model_args.preset!r}; expected one of {', '.join(PRESETS)}")
     if args.label_smoothing_factor:
         raise UsageError("--label_smoothing_factor would smooth twice; use --label_smoothing (the model config's)")
+    output_dir = Path(args.output_dir)
+    new_folder = not output_dir.exists()
     try:
         checkpoint = check_output_dir(args)
         train_and_save(model_args, data_args, args, checkpoint, given_flags(argument_parser(), argv))
     except KeyboardInterrupt:
         if args.process_index == 0:
-            print(f"interrupted: {last_checkpoint_phrase(Path(args.output_dir))}", file=sys.stderr, flush=True)
+            print(f"interrupted: {last_checkpoint_phrase(output_dir)}", file=sys.stderr, flush=True)
         sys.exit(130)
     finally:
-        release_output_dir(Path(args.output_dir))
+        release_output_dir(output_dir)
+        if new_folder and args.process_index == 0:
+            remove_if_empty(output_dir)  # a run stopped before it wrote anything leaves no folder behind
 
 
 def train_and_save(

@@ -124,6 +124,14 @@ def release_output_dir(output_dir: Path) -> None:
         unlock_file(handle)
 
 
+def remove_if_empty(folder: Path) -> None:
+    """Removes `folder` if it holds nothing (rmdir removes only an empty folder)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def check_output_dir(args: TrainingArguments) -> str | None:
     """Holds output_dir, then refuses one holding another model or an unfinished run; returns the checkpoint to
     resume, if any.

@@ -700,6 +700,21 @@ def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, 
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 
 
+@pytest.mark.parametrize("existed", [False, True], ids=["new-folder", "folder-there-before"])
+def test_a_run_stopped_before_it_writes_anything_leaves_no_new_output_dir(tmp_path, capsys, existed):
+    """The --max_tokens check runs once Trainer exists (which creates output_dir); a folder made for the run is removed
+    again, one that was there before stays."""
+    output_dir = tmp_path / "model"
+    if existed:
+        output_dir.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*TINY, *QUICK, "--max_steps", "2", "--max_tokens", "5", "--output_dir", str(output_dir)])
+    assert exit_info.value.code == 2
+    assert "--max_tokens 5 cannot hold the longest pair" in capsys.readouterr().err
+    assert output_dir.exists() == existed
+    assert sorted(path.name for path in tmp_path.iterdir()) == (["model"] if existed else [])
+
+
 def write_parquet_folder(folder: Path, splits: dict[str, range]) -> Path:
     """A local dataset folder as `datasets` names its files: <split>-00000-of-00001.parquet."""
     folder.mkdir()
