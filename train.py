@@ -19,10 +19,11 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, GenerationConfig
 
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
+from vanilla_batching import batching_record, resumed_batching_warning
 from vanilla_cli import UsageError, avoid_cudnn_attention, exit_on_usage_error, given_flags
 from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record, resume_data
-from vanilla_files import trainer_state
+from vanilla_files import BATCHING_RECORD, trainer_state
 from vanilla_hub import CARD, model_card
 from vanilla_metrics import load_metrics
 from vanilla_output_dir import (
@@ -133,6 +134,8 @@ def train_and_save(
 
     tokenized = tokenize_once_per_machine(raw, tokenizer, data_args, args)
     before = loss_before(checkpoint)
+    pad_to_multiple_of = 8 if args.torch_compile else None
+    batched_by = batching_record(args, pad_to_multiple_of)
     trainer = VanillaTrainer(
         model=model,
         args=args,
@@ -140,11 +143,12 @@ def train_and_save(
         eval_dataset=tokenized.get("validation"),
         processing_class=tokenizer,
         # Compiled, each new shape costs a compile: lengths rounded up to a multiple of 8 keep the shapes few.
-        data_collator=DataCollatorForSeq2Seq(
-            tokenizer, model=model, pad_to_multiple_of=8 if args.torch_compile else None
-        ),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=pad_to_multiple_of),
         loss_before=before or 0.0,
-        checkpoint_files={DATA_RECORD: json.dumps(record, indent=2) + "\n"},
+        checkpoint_files={
+            DATA_RECORD: json.dumps(record, indent=2) + "\n",
+            BATCHING_RECORD: json.dumps(batched_by, indent=2) + "\n",
+        },
         compute_metrics=translation_metrics(tokenizer, load_metrics()) if args.predict_with_generate else nll_metrics,
         preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
         callbacks=time_budget_callbacks(args),
@@ -161,6 +165,9 @@ def train_and_save(
         if args.max_tokens is not None:
             batching = f"--max_tokens {args.max_tokens}"
         print(f"padding: {padding:.1%} of the tokens in an epoch's batches ({batching})")
+    warning = resumed_batching_warning(Path(checkpoint), batched_by) if checkpoint is not None else None
+    if warning is not None and trainer.is_world_process_zero():
+        print(warning, file=sys.stderr)
     resumed_step = trainer_state(Path(checkpoint))["global_step"] if checkpoint is not None else 0
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
         run_metrics = {}

@@ -1,7 +1,9 @@
 """Token-budget batches for train.py: pairs of similar lengths packed up to a number of padded tokens (sec. 5.1)."""
 
+import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler, get_length_grouped_indices
 
 from vanilla_cli import UsageError
+from vanilla_files import BATCHING_RECORD, trainer_state
 
 
 def padded_length(length, multiple: int | None):
@@ -145,6 +148,46 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def batching_record(args, pad_to_multiple_of: int | None) -> dict:
+    """What decides an epoch's batches, and so which pairs a run resumed inside that epoch skips."""
+    record = {"processes": args.world_size, "gradient_accumulation_steps": args.gradient_accumulation_steps}
+    record["data_seed"] = args.seed if args.data_seed is None else args.data_seed
+    if getattr(args, "max_tokens", None) is not None:
+        record.update(max_tokens=args.max_tokens, pad_to_multiple_of=pad_to_multiple_of)
+    else:
+        record.update(
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            train_sampling_strategy=str(args.train_sampling_strategy),
+        )
+    return record
+
+
+def resumed_batching_warning(checkpoint: Path, record: dict) -> str | None:
+    """A warning when `checkpoint` stopped inside an epoch that this run's batching cuts otherwise: Trainer skips as
+    many batches as were trained, which are then other pairs."""
+    state = trainer_state(checkpoint)
+    try:
+        before = json.loads((checkpoint / BATCHING_RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # a checkpoint of an older train.py: nothing to compare
+    epoch = (state or {}).get("epoch") or 0.0
+    if not isinstance(before, dict) or round(epoch, 6) == round(epoch):
+        return None  # at an epoch's end, the next epoch's batches are drawn whole
+    differ = [
+        f"{name} {before.get(name)} (now {record.get(name)})"
+        for name in dict.fromkeys([*before, *record])
+        if before.get(name) != record.get(name)
+    ]
+    if not differ:
+        return None
+    return (
+        f"warning: {checkpoint} stopped inside an epoch (epoch {epoch:.2f}) that this run batches otherwise: "
+        f"{'; '.join(differ)}. Trainer skips as many of the new batches as it had trained, so the rest of this epoch "
+        "trains some pairs twice and leaves others out (later epochs are whole); resume with the checkpoint's "
+        "batching to continue the run exactly"
+    )
 
 
 class TokenCounter:

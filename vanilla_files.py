@@ -19,6 +19,7 @@ TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a chec
 AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
 CARD = "README.md"  # a model folder's model card
 DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
+BATCHING_RECORD = "batching.json"  # in each checkpoint: what cut the run's epochs into batches
 # The top-level files of a model folder that train.py's final save writes: the weights, config, code, tokenizer, card
 # and records. No output of eval.py takes the place of one, nor does a final save into a folder that holds no model.
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin")  # and training_args.bin

@@ -12,7 +12,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
-from vanilla_files import CARD, DATA_RECORD, TRAINER_STATE
+from vanilla_files import BATCHING_RECORD, CARD, DATA_RECORD, TRAINER_STATE
 
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
 TRAIN_RESULTS = "all_results.json"  # train.py's metrics, in Trainer.save_metrics' format
@@ -26,8 +26,9 @@ DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 # OSError, which OfflineModeIsEnabled (HF_HUB_OFFLINE=1) derives from.
 HUB_ERRORS = HfHubHTTPError.__bases__
 # Left out of every push: Trainer's resume state in a checkpoint (optimizer, scheduler, RNG, log, train.py's loss
-# sum), the data record (local absolute paths), hidden temporary files, and every subfolder (the run's checkpoints,
-# averaged models, the model kept by --save_at_seconds, CTranslate2 conversions, logs): a push is one model.
+# sum and batching), the data record (local absolute paths), hidden temporary files, and every subfolder (the run's
+# checkpoints, averaged models, the model kept by --save_at_seconds, CTranslate2 conversions, logs): a push is one
+# model.
 NOT_PUSHED = [
     "optimizer.*",
     "scheduler.pt",
@@ -35,6 +36,7 @@ NOT_PUSHED = [
     "rng_state*.pth",
     TRAINER_STATE,
     "loss_total.json",
+    BATCHING_RECORD,
     DATA_RECORD,
     "*/*",
     ".*",

@@ -31,7 +31,14 @@ MODEL_FILES = {
     "tokenizer_config.json",
     "training_args.bin",
 }
-RESUME_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "loss_total.json"}
+RESUME_STATE = {
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
+    "loss_total.json",
+    "batching.json",
+}
 # A fresh process: each folder's model and tokenizer through the auto classes, and its logits on SOURCE.
 LOAD = f"""
 import sys, torch

@@ -278,6 +278,37 @@ def test_train_loss_after_a_resume_is_the_mean_over_the_whole_run(tmp_path, data
     assert f"| train_loss | {reported:.4g} |" in (output_dir / "README.md").read_text()
 
 
+def test_resuming_inside_an_epoch_with_other_batching_warns_and_at_an_epochs_end_does_not(tmp_path, data):
+    """Trainer skips as many batches of the resumed epoch as were trained: cut otherwise, they are other pairs."""
+    inside, at_the_end = tmp_path / "inside", tmp_path / "end"
+    save = ["--save_strategy", "steps", "--save_steps", "2"]
+    assert quick_run(data, inside, *save, "--max_steps", "2").returncode == 0  # half of the first epoch
+    assert quick_run(data, at_the_end, *save, "--max_steps", "4").returncode == 0  # the whole first epoch
+    assert json.loads((inside / "checkpoint-2" / "batching.json").read_text()) == {
+        "processes": 1,
+        "gradient_accumulation_steps": 1,
+        "data_seed": 42,
+        "per_device_train_batch_size": 4,
+        "train_sampling_strategy": "group_by_length",
+    }
+    other = ["--per_device_train_batch_size", "2", "--data_seed", "7", "--resume_from_checkpoint", "last"]
+    result = quick_run(data, inside, *save, "--max_steps", "4", *other)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: {inside / 'checkpoint-2'} stopped inside an epoch (epoch 0.50) that this run batches otherwise: "
+        "data_seed 42 (now 7); per_device_train_batch_size 4 (now 2). Trainer skips as many of the new batches as it "
+        "had trained, so the rest of this epoch trains some pairs twice and leaves others out (later epochs are "
+        "whole); resume with the checkpoint's batching to continue the run exactly"
+    ]
+    result = quick_run(data, at_the_end, *save, "--max_steps", "6", *other)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batches otherwise" not in result.stderr
+    result = quick_run(data, inside, *save, "--max_steps", "6", "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batches otherwise" in result.stderr  # checkpoint-4 of the resumed run batched by 2, from seed 7
+
+
 def test_unwritable_output_dir_fails_before_training(tmp_path, data):
     if os.geteuid() == 0:  # root writes through permission bits: take a folder the kernel refuses to anyone
         output_dir = Path("/sys/fs")
