@@ -160,6 +160,16 @@ class VanillaTrainer(Seq2SeqTrainer):
                 (Path(output_dir) / name).write_text(text, encoding="utf-8")
             fault_point(Path(output_dir).name)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Trainer's warning of keys missing from a checkpoint it loads (resuming, or the best model at the end), less
+        the tied aliases: the embeddings and the output layer are one tensor, saved once under `shared`."""
+        parameters = dict(self.model.named_parameters(remove_duplicate=False))
+        loaded = {id(parameters[name]) for name in parameters if name not in load_result.missing_keys}
+        missing = [
+            name for name in load_result.missing_keys if name not in parameters or id(parameters[name]) not in loaded
+        ]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def init_hf_repo(self, *args, **kwargs) -> None:
         """Trainer's creation of the --push_to_hub repository (before any training), a Hub that cannot be reached or
         that refuses it being one usage error."""

@@ -936,6 +936,33 @@ def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss
     assert projected == [batch["labels"].numel()]
 
 
+def test_loading_a_checkpoint_warns_of_missing_weights_but_not_of_the_tied_embeddings(tmp_path, monkeypatch):
+    """Trainer loads a checkpoint (resuming, or the best model at the end) with load_state_dict(strict=False) and warns
+    of every key missing from it: the tied embeddings, saved once as `shared`, were named as missing on each resume."""
+    import safetensors.torch
+    import transformers.trainer
+
+    tokenizer, _ = number_rows(range(1, 3))
+    model = one_layer_model(tokenizer)
+    checkpoint = tmp_path / "checkpoint-1"
+    model.save_pretrained(checkpoint)
+    args = Seq2SeqTrainingArguments(tmp_path / "run", report_to=[], use_cpu=True)
+    trainer = VanillaTrainer(model=one_layer_model(tokenizer), args=args, processing_class=tokenizer)
+    warnings = []
+    monkeypatch.setattr(transformers.trainer.logger, "warning", lambda message, *args: warnings.append(message))
+    trainer._load_from_checkpoint(str(checkpoint))
+    assert warnings == []
+    torch.testing.assert_close(trainer.model.lm_head.weight, model.model.shared.weight)
+    assert trainer.model.lm_head.weight is trainer.model.model.decoder.embed_tokens.weight
+
+    weights = safetensors.torch.load_file(checkpoint / "model.safetensors")
+    del weights["model.encoder.layers.0.self_attn_sublayer.norm.weight"]
+    safetensors.torch.save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    trainer._load_from_checkpoint(str(checkpoint))
+    missing = "['model.encoder.layers.0.self_attn_sublayer.norm.weight']"
+    assert warnings == [f"There were missing keys in the checkpoint model loaded: {missing}."]
+
+
 def test_training_counts_the_floating_point_operations_as_trainer_does_counting_the_parameters_once(tmp_path):
     tokenizer, rows = number_rows(range(1, 13))
     model = one_layer_model(tokenizer)
