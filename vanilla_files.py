@@ -1,6 +1,7 @@
 """Files written atomically, and the checkpoints Trainer writes into a run folder."""
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -68,9 +69,16 @@ def probe_write(path: Path) -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file's content, read a megabyte at a time."""
+    """The SHA-256 of a file's content, read a megabyte at a time; once per process while the file stays as it was."""
+    status = Path(path).stat()
+    return file_sha256(os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def file_sha256(path: str, inode: int, size: int, modified_ns: int) -> str:
+    """sha256_of, remembered by the file's identity, size and modification time."""
     digest = hashlib.sha256()
-    with path.open("rb") as file:
+    with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

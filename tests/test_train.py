@@ -2,6 +2,7 @@
 
 import codecs
 import csv
+import hashlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK,
 
 import configuration_vanilla
 import train
+import vanilla_files
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
@@ -934,6 +936,23 @@ def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss
     projected.clear()
     trainer.compute_loss(model, dict(batch))
     assert projected == [batch["labels"].numel()]
+
+
+def test_a_files_digest_is_read_once_while_the_file_stays_as_it_was(tmp_path):
+    """A resume checks the training file's SHA-256 and records it: a large corpus is read once, a changed one again."""
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_bytes(b"one\n" * 1000)
+    reads = vanilla_files.file_sha256.cache_info().misses
+    assert (
+        vanilla_files.sha256_of(corpus)
+        == vanilla_files.sha256_of(corpus)
+        == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    )
+    assert vanilla_files.file_sha256.cache_info().misses == reads + 1
+    modified = corpus.stat().st_mtime_ns + 1_000_000_000
+    corpus.write_bytes(b"two\n" * 1000)  # the same size, a second later
+    os.utime(corpus, ns=(modified, modified))
+    assert vanilla_files.sha256_of(corpus) == hashlib.sha256(b"two\n" * 1000).hexdigest()
 
 
 def test_loading_a_checkpoint_warns_of_missing_weights_but_not_of_the_tied_embeddings(tmp_path, monkeypatch):
