@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, GenerationConfig
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_batching import batching_record, resumed_batching_warning
-from vanilla_cli import UsageError, avoid_cudnn_attention, exit_on_usage_error, given_flags
+from vanilla_cli import UsageError, avoid_cudnn_attention, exit_on_usage_error, first_line, given_flags
 from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record, resume_data
 from vanilla_files import BATCHING_RECORD, trainer_state
@@ -100,6 +100,12 @@ def train_and_save(
     record = data_record(data_args)  # once loaded: the embedded task's languages are filled in
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
+    strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+    if strategy != "no" and "validation" not in raw:
+        raise UsageError(
+            f"--eval_strategy {strategy} evaluates on a validation split, and the data has none: pass "
+            "--validation_file (or a dataset with a 'validation' split), or --eval_strategy no"
+        )
     output_dir = Path(args.output_dir)
     check_output_dir_writable(output_dir)
 
@@ -111,6 +117,13 @@ def train_and_save(
     else:
         tokenizer = build_tokenizer(model_args, raw, data_args, args)
         config = build_config(model_args, tokenizer)
+    longest = max(data_args.max_source_length, data_args.max_target_length)
+    if config.position_embedding_type == "learned" and longest > config.max_position_embeddings:
+        raise UsageError(
+            f"--max_source_length / --max_target_length ({data_args.max_source_length} / "
+            f"{data_args.max_target_length}) exceed the {config.max_position_embeddings} learned positions "
+            "(--max_position_embeddings): raise it, or lower the lengths"
+        )
     avoid_cudnn_attention()  # batches of many shapes
     set_seed(args.seed)
     model = VanillaForConditionalGeneration(config)
@@ -123,8 +136,6 @@ def train_and_save(
         pad_token_id=config.pad_token_id,
         decoder_start_token_id=config.decoder_start_token_id,
     )
-    if args.learning_rate is None:
-        args.learning_rate = paper_peak_learning_rate(config.d_model, args.warmup_steps)
     if args.device.type == "cpu":
         args.dataloader_pin_memory = False  # pinned memory only speeds up copies to an accelerator
     if args.streaming:
@@ -136,26 +147,32 @@ def train_and_save(
     before = loss_before(checkpoint)
     pad_to_multiple_of = 8 if args.torch_compile else None
     batched_by = batching_record(args, pad_to_multiple_of)
-    trainer = VanillaTrainer(
-        model=model,
-        args=args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized.get("validation"),
-        processing_class=tokenizer,
-        # Compiled, each new shape costs a compile: lengths rounded up to a multiple of 8 keep the shapes few.
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=pad_to_multiple_of),
-        loss_before=before or 0.0,
-        checkpoint_files={
-            DATA_RECORD: json.dumps(record, indent=2) + "\n",
-            BATCHING_RECORD: json.dumps(batched_by, indent=2) + "\n",
-        },
-        compute_metrics=translation_metrics(tokenizer, load_metrics()) if args.predict_with_generate else nll_metrics,
-        preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
-        callbacks=time_budget_callbacks(args),
-    )
+    compute_metrics = translation_metrics(tokenizer, load_metrics()) if args.predict_with_generate else nll_metrics
+    try:
+        trainer = VanillaTrainer(
+            model=model,
+            args=args,
+            train_dataset=tokenized["train"],
+            eval_dataset=tokenized.get("validation"),
+            processing_class=tokenizer,
+            # Compiled, each new shape costs a compile: lengths rounded up to a multiple of 8 keep the shapes few.
+            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=pad_to_multiple_of),
+            loss_before=before or 0.0,
+            checkpoint_files={
+                DATA_RECORD: json.dumps(record, indent=2) + "\n",
+                BATCHING_RECORD: json.dumps(batched_by, indent=2) + "\n",
+            },
+            compute_metrics=compute_metrics,
+            preprocess_logits_for_metrics=None if args.predict_with_generate else summed_nll_per_sentence,
+            callbacks=time_budget_callbacks(args),
+        )
+    except (ImportError, OSError, ValueError) as error:  # Trainer's checks of its arguments, of what is installed
+        raise UsageError(f"cannot set up Trainer: {first_line(error)}") from None
     with torch.random.fork_rng():  # building a dataloader, drawing an epoch's order must not change training's stream
         train_dataloader = trainer.get_train_dataloader()
         run_steps = trainer.set_initial_training_values(args, train_dataloader)[-1]
+    if args.learning_rate is None:  # the optimizer is built when training starts; --warmup_steps 0.1 is a fraction
+        args.learning_rate = paper_peak_learning_rate(config.d_model, args.get_warmup_steps(run_steps))
         # A stream's batches are not known ahead.
         padding = None if args.streaming else padding_fraction(trainer, train_dataloader)
     if padding is not None and trainer.is_world_process_zero():

@@ -19,10 +19,12 @@ from transformers import (
     PretrainedConfig,
     PreTrainedTokenizerBase,
     Seq2SeqTrainingArguments,
+    Trainer,
+    get_scheduler,
 )
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.training_args import ParallelMode
-from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+from transformers.utils import is_liger_kernel_available, is_torch_bf16_gpu_available, is_torch_xla_available
 
 from configuration_vanilla import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, PRESETS, VanillaConfig
 from modeling_vanilla import VanillaForConditionalGeneration
@@ -315,12 +317,29 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
         )
     if args.metric_for_best_model is not None:  # Trainer would raise a KeyError at the first evaluation
         reported = GENERATION_METRICS if args.predict_with_generate else EVALUATION_METRICS
-        if args.metric_for_best_model.removeprefix("eval_") not in reported:
+        if args.prediction_loss_only:
+            reported = ("loss",)
+        metric = args.metric_for_best_model.removeprefix("eval_")
+        if metric not in reported:
             needs = "" if args.predict_with_generate else "; bleu, chrf and gen_len need --predict_with_generate"
+            if args.prediction_loss_only:
+                needs = " with --prediction_loss_only"
             raise UsageError(
                 f"--metric_for_best_model {args.metric_for_best_model}: an evaluation reports "
                 f"{', '.join(reported)}{needs}"
             )
+        if metric == "perplexity":  # Trainer takes lower as better only for names ending in "loss"
+            args.greater_is_better = False
+    if not args.eval_do_concat_batches:
+        raise UsageError(
+            "--eval_do_concat_batches false hands the metrics one list per batch; train.py's metrics take the "
+            "evaluation whole: drop it"
+        )
+    if args.use_liger_kernel and not is_liger_kernel_available():  # Trainer would fail once the data is tokenized
+        raise UsageError("--use_liger_kernel: liger-kernel is not installed; install it, or drop the flag")
+    if args.batch_eval_metrics:
+        raise UsageError("--batch_eval_metrics: train.py's metrics score the whole evaluation at once; drop it")
+    check_optimizer_and_schedule(args)
     if args.save_strategy == "steps" and args.save_steps <= 0:
         raise UsageError(f"--save_steps is {args.save_steps} with --save_strategy steps; expected a positive number")
     if model_args.vocab_size is not None and model_args.tokenizer_name:
@@ -334,6 +353,27 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
     if model_args.attn_implementation is not None:  # so does a kernel this machine cannot run, tried on a tiny model
         probe = VanillaConfig(vocab_size=8, d_model=4, num_heads=1, d_ff=4, encoder_layers=1, decoder_layers=1)
         set_attention(VanillaForConditionalGeneration(probe), model_args.attn_implementation)
+
+
+def check_optimizer_and_schedule(args: TrainingArguments) -> None:
+    """--optim and --lr_scheduler_type (with --lr_scheduler_kwargs) built on a probe parameter, as Trainer will build
+    them after the data is tokenized: a missing library or argument fails now, as a usage error."""
+    probe = torch.nn.Linear(1, 1)
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args, probe)
+    except (ImportError, ValueError) as error:
+        raise UsageError(f"--optim {getattr(args.optim, 'value', args.optim)}: {first_line(error)}") from None
+    try:
+        get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=torch.optim.SGD(probe.parameters(), lr=1.0),
+            num_warmup_steps=1,
+            num_training_steps=2,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
+    except (ImportError, ValueError, TypeError) as error:
+        schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        raise UsageError(f"--lr_scheduler_type {schedule}: {first_line(error)}") from None
 
 
 def config_overrides(model_args: ModelArguments) -> dict:

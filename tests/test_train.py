@@ -687,6 +687,13 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
             ["--metric_for_best_model", "eval_perplexity", "--predict_with_generate", "true"],
             "--metric_for_best_model eval_perplexity: an evaluation reports loss, bleu, chrf, gen_len",
         ),
+        (["--lr_scheduler_type", "cosine_with_min_lr"], "--lr_scheduler_type cosine_with_min_lr: One of min_lr"),
+        (["--eval_do_concat_batches", "false"], "--eval_do_concat_batches false hands the metrics one list per"),
+        (["--batch_eval_metrics", "true"], "--batch_eval_metrics: train.py's metrics score the whole evaluation"),
+        (
+            ["--metric_for_best_model", "nll_loss", "--prediction_loss_only", "true"],
+            "--metric_for_best_model nll_loss: an evaluation reports loss with --prediction_loss_only",
+        ),
         (["--max_steps", "abc"], "argument --max_steps/--max-steps: invalid int value: 'abc'"),  # argparse's, alone
         (["--save_strategy", "sometimes"], "argument --save_strategy/--save-strategy: invalid choice: 'sometimes'"),
         (["--no_such_flag", "1"], "not used by the HfArgumentParser: ['--no_such_flag', '1']"),
@@ -715,6 +722,55 @@ def test_a_run_stopped_before_it_writes_anything_leaves_no_new_output_dir(tmp_pa
     assert "--max_tokens 5 cannot hold the longest pair" in capsys.readouterr().err
     assert output_dir.exists() == existed
     assert sorted(path.name for path in tmp_path.iterdir()) == (["model"] if existed else [])
+
+
+def test_perplexity_as_the_metric_for_the_best_model_keeps_the_lowest():
+    """Trainer takes higher as better for every metric whose name does not end in "loss"."""
+    for metric, greater in (("perplexity", False), ("eval_perplexity", False), ("nll_loss", False), ("bleu", True)):
+        flags = [
+            "--output_dir",
+            "out",
+            "--metric_for_best_model",
+            metric,
+            "--predict_with_generate",
+            str(metric == "bleu"),
+        ]
+        model_args, _, args = train.parse_arguments(flags)
+        train.check_arguments(model_args, args)
+        assert args.greater_is_better is greater, metric
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (
+            ["--position_embedding_type", "learned", "--max_position_embeddings", "8", "--max_target_length", "8"],
+            "--max_source_length / --max_target_length (256 / 8) exceed the 8 learned positions",
+        ),
+        (
+            ["--eval_strategy", "steps", "--eval_steps", "1"],
+            "--eval_strategy steps evaluates on a validation split, and the data has none: pass --validation_file",
+        ),
+    ],
+    ids=["learned-positions-shorter-than-the-data", "evaluation-without-validation-data"],
+)
+def test_settings_the_data_cannot_train_with_are_refused_before_training(tmp_path, capsys, flags, expected):
+    data = ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 9))), "--source_lang", "en"]
+    argv = [*TINY, *QUICK, *data, "--target_lang", "de", "--max_steps", "2", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*argv, *flags])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_peak_learning_rate_counts_a_fractional_warmup_in_steps(tmp_path):
+    """--warmup_steps 0.5 of 4 steps is 2 steps: the schedule peaks at (d_model * 2)^-0.5, as with --warmup_steps 2."""
+    argv = [*TINY, *QUICK, "--max_steps", "4", "--logging_steps", "1", "--output_dir", str(tmp_path / "out")]
+    train.main([*argv, "--warmup_steps", "0.5"])
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    rates = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    assert max(rates) == pytest.approx((16 * 2) ** -0.5)
 
 
 def write_parquet_folder(folder: Path, splits: dict[str, range]) -> Path:
