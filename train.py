@@ -171,10 +171,10 @@ def train_and_save(
     with torch.random.fork_rng():  # building a dataloader, drawing an epoch's order must not change training's stream
         train_dataloader = trainer.get_train_dataloader()
         run_steps = trainer.set_initial_training_values(args, train_dataloader)[-1]
-    if args.learning_rate is None:  # the optimizer is built when training starts; --warmup_steps 0.1 is a fraction
-        args.learning_rate = paper_peak_learning_rate(config.d_model, args.get_warmup_steps(run_steps))
         # A stream's batches are not known ahead.
         padding = None if args.streaming else padding_fraction(trainer, train_dataloader)
+    if args.learning_rate is None:  # the optimizer is built when training starts; --warmup_steps 0.1 is a fraction
+        args.learning_rate = paper_peak_learning_rate(config.d_model, args.get_warmup_steps(run_steps))
     if padding is not None and trainer.is_world_process_zero():
         batching = (
             f"train_sampling_strategy={args.train_sampling_strategy}, batch size {args.per_device_train_batch_size}"

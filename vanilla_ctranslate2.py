@@ -48,6 +48,8 @@ LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every norm of the mod
 SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 CONVERSION_PREFIX = "ctranslate2-"  # a model's cached conversions: <model>/ctranslate2-<quantization>/
 SOURCE_RECORD = "source.json"  # in each: the fingerprint of the SOURCE_FILES it was converted from
+CONVERSION_FORMAT = "2"  # 2: sinusoids for SINUSOID_POSITIONS (1: for max_position_embeddings)
+SINUSOID_POSITIONS = 2048
 
 
 def translator(path: str | Path, device: str, compute_type: str, threads: int) -> "ctranslate2.Translator":
@@ -160,8 +162,8 @@ def model_spec(config: "VanillaConfig", weights: dict, tokens: list[str]) -> "ct
         decoder_positions = weights["model.decoder.embed_positions.embed_positions.weight"]
     else:
         # CTranslate2's built-in sinusoids concatenate the sines and cosines; sec. 3.5 interleaves them, so the
-        # table is written out, as long as the learned one would be.
-        positions = torch.arange(config.max_position_embeddings)
+        # table is written out, past CTranslate2's longest input (1024 tokens) and the output after it.
+        positions = torch.arange(position_table_length(config))
         encoder_positions = decoder_positions = sinusoidal_positions(positions, config.d_model)
     embeddings = embedding_weights(config, weights)
 
@@ -217,9 +219,18 @@ def model_spec(config: "VanillaConfig", weights: dict, tokens: list[str]) -> "ct
     return spec
 
 
+def position_table_length(config) -> int:
+    """The positions a conversion holds: the learned table, or sinusoids for SINUSOID_POSITIONS at least."""
+    if config.position_embedding_type == "learned":
+        return config.max_position_embeddings
+    return max(config.max_position_embeddings, SINUSOID_POSITIONS)
+
+
 def source_fingerprint(folder: Path) -> dict[str, str]:
-    """SHA-256 of each file the conversion reads, so that a retrained or re-averaged model is converted again."""
-    return {name: sha256_of(folder / name) for name in SOURCE_FILES if (folder / name).is_file()}
+    """SHA-256 of each file the conversion reads, so that a retrained or re-averaged model is converted again, and
+    the conversion's format, so that a conversion by an older eval.py is made again."""
+    files = {name: sha256_of(folder / name) for name in SOURCE_FILES if (folder / name).is_file()}
+    return {**files, "format": CONVERSION_FORMAT}
 
 
 def conversion(folder: Path, quantization: str, fingerprint: dict[str, str]) -> Callable[[Path], None]:
@@ -291,6 +302,7 @@ class CTranslate2Model:
     tokens: list[str]
     generation_config: "GenerationConfig"
     quantization: str
+    positions: int  # the longest source, and output, its position table holds
     scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # a conversion for this run only,
     # removed with the model
 
@@ -352,6 +364,7 @@ def load(
         tokens=vocabulary(tokenizer, config.vocab_size),
         generation_config=GenerationConfig.from_pretrained(folder),
         quantization=quantization,
+        positions=position_table_length(config),
         scratch=scratch,
     )
     if device == "cuda":

@@ -4,7 +4,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_files import check_output_files, check_writable, output_path, write_file_atomically
-from vanilla_translation import encode, generation_arguments, load_model_and_tokenizer, take_decoding_defaults
+from vanilla_translation import (
+    encode,
+    generation_arguments,
+    load_model_and_tokenizer,
+    position_limit,
+    take_decoding_defaults,
+)
 
 if TYPE_CHECKING:
     from eval import EvalArguments
@@ -25,9 +31,13 @@ def plot_cross_attention(args: "EvalArguments", max_source_length: int) -> Path:
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager", dtype=args.dtype)
     take_decoding_defaults(args, model.generation_config)
+    positions = position_limit(model)
+    if positions is not None:
+        max_source_length = min(max_source_length, positions)
     source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
     with torch.no_grad():
-        output_ids = model.generate(input_ids=source_ids, **generation_arguments(args, source_ids.shape[1]))
+        settings = generation_arguments(args, source_ids.shape[1], positions)
+        output_ids = model.generate(input_ids=source_ids, **settings)
         # Teacher-force the translation: decoder step i reads output token i and attends while predicting i + 1.
         outputs = model(input_ids=source_ids, decoder_input_ids=output_ids[:, :-1], output_attentions=True)
     weights = outputs.cross_attentions[-1][0].float().cpu()  # (heads, output_len, source_len)

@@ -97,10 +97,12 @@ def load_translation_model(args: "EvalArguments"):
 
 
 def take_decoding_defaults(args: "EvalArguments", generation_config) -> None:
-    """The model's saved decoding settings for every decoding flag the user left out (train.py saves sec. 6.1's)."""
-    for name in ("num_beams", "length_penalty"):
+    """The model's saved decoding settings for every decoding flag the user left out (train.py saves sec. 6.1's);
+    where it saved none (transformers 5 leaves them unset), generate()'s own: greedy, no length penalty."""
+    for name, default in (("num_beams", 1), ("length_penalty", 1.0)):
         if getattr(args, name) is None:
-            setattr(args, name, getattr(generation_config, name))
+            value = getattr(generation_config, name, None)
+            setattr(args, name, default if value is None else value)
 
 
 def compile_for_decoding(model: "PreTrainedModel", mode: str = "reduce-overhead", backend: str = "inductor") -> None:
@@ -130,18 +132,29 @@ def compile_for_decoding(model: "PreTrainedModel", mode: str = "reduce-overhead"
 COMPILED_DECODING = {"cache_implementation": "static", "disable_compile": True}
 
 
-def generation_arguments(args: "EvalArguments", input_length: int) -> dict:
-    """Sec. 6.1's beam search, output limited to input length + offset (replacing the model's saved max_length)."""
+def generation_arguments(args: "EvalArguments", input_length: int, positions: int | None = None) -> dict:
+    """Sec. 6.1's beam search, output limited to input length + offset (replacing the model's saved max_length), and
+    to the model's `positions` where its position table ends (learned embeddings)."""
     max_new_tokens = input_length + args.max_length_offset
     if max_new_tokens < 1:
         raise UsageError(
             f"--max_length_offset {args.max_length_offset} leaves no room for an output after an input of "
             f"{input_length} tokens; expected at least {1 - input_length}"
         )
+    if positions is not None:
+        max_new_tokens = min(max_new_tokens, positions)
     settings = {"num_beams": args.num_beams, "max_new_tokens": max_new_tokens, "max_length": None}
     if args.num_beams > 1:  # greedy search ranks no hypotheses: generate() warns that it ignores a length penalty
         settings["length_penalty"] = args.length_penalty
     return settings
+
+
+def position_limit(model) -> int | None:
+    """The positions a model's table holds (learned embeddings, a CTranslate2 conversion); None for sinusoids."""
+    if hasattr(model, "positions"):  # a CTranslate2Model
+        return model.positions
+    config = model.config
+    return config.max_position_embeddings if config.position_embedding_type == "learned" else None
 
 
 def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int) -> list[list[int]]:
@@ -163,11 +176,12 @@ def translate(
     import torch
     from tqdm.auto import tqdm
 
-    input_ids = encode(tokenizer, texts, max_source_length)
+    positions = position_limit(model)
+    input_ids = encode(tokenizer, texts, max_source_length if positions is None else min(max_source_length, positions))
     order = sorted(range(len(texts)), key=lambda index: len(input_ids[index]), reverse=True)
     hypotheses: list[str] = [""] * len(texts)
     batches = [order[start : start + args.batch_size] for start in range(0, len(order), args.batch_size)]
-    generation = [generation_arguments(args, len(input_ids[indices[0]])) for indices in batches]  # checked first
+    generation = [generation_arguments(args, len(input_ids[indices[0]]), positions) for indices in batches]  # checked
     for indices, settings in tqdm(
         list(zip(batches, generation, strict=True)), desc="translating", unit="batch", disable=not progress
     ):

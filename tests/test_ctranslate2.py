@@ -9,7 +9,7 @@ from tiny_models import tiny_config
 from transformers import GenerationConfig
 
 from modeling_vanilla import VanillaForConditionalGeneration
-from vanilla_ctranslate2 import CTranslate2Model, load_weights, model_spec, translator
+from vanilla_ctranslate2 import CTranslate2Model, load_weights, model_spec, position_table_length, translator
 
 EOS = 2
 VARIANTS = {
@@ -36,7 +36,8 @@ def converted(model: VanillaForConditionalGeneration, weights: dict, folder) -> 
     spec.optimize(quantization="float32")
     folder.mkdir(parents=True, exist_ok=True)
     spec.save(str(folder))
-    return CTranslate2Model(translator(folder, "cpu", "float32", threads=1), tokens, GenerationConfig(), "float32")
+    engine = translator(folder, "cpu", "float32", threads=1)
+    return CTranslate2Model(engine, tokens, GenerationConfig(), "float32", position_table_length(model.config))
 
 
 def sources(count: int = 8) -> list[list[int]]:
@@ -118,7 +119,7 @@ def test_a_batch_split_over_parallel_replicas_comes_back_in_input_order(tmp_path
     model = random_model()
     engine = converted(model, model.state_dict(), tmp_path)
     parallel = CTranslate2Model(
-        translator(tmp_path, "cpu", "float32", threads=3), engine.tokens, GenerationConfig(), ""
+        translator(tmp_path, "cpu", "float32", threads=3), engine.tokens, GenerationConfig(), "", engine.positions
     )
     assert parallel.translator.num_translators == 3
     batch = sources(count=7)
@@ -148,7 +149,7 @@ def test_each_cpu_replica_decodes_on_one_thread(tmp_path):
     engine = converted(model, model.state_dict(), tmp_path)
     before = len(os.listdir("/proc/self/task"))
     parallel = CTranslate2Model(
-        translator(tmp_path, "cpu", "float32", threads=2), engine.tokens, GenerationConfig(), ""
+        translator(tmp_path, "cpu", "float32", threads=2), engine.tokens, GenerationConfig(), "", engine.positions
     )
     parallel.generate_ids(sources(count=8), num_beams=4, length_penalty=1.0, max_new_tokens=12)
     assert len(os.listdir("/proc/self/task")) - before == 2

@@ -26,7 +26,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import vanilla_ctranslate2
 import vanilla_translation
-from modeling_vanilla import VanillaForConditionalGeneration
+from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_ctranslate2 import source_fingerprint
 from vanilla_files import lock_file, unlock_file, write_folder_atomically
@@ -1103,3 +1103,28 @@ def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, 
         *flags,
     )
     assert_usage_error(result, fragment)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_translations_stop_where_the_models_position_table_ends(trained_run, tmp_path, engine):
+    """Learned positions: a source past the table is cut to it, and the output limit (input + offset) stops at it.
+    Sinusoids: a CTranslate2 conversion holds positions past max_position_embeddings, as the sinusoids go on."""
+    long_line = " ".join(["three hundred and forty-five"] * 8)  # ~50 tokens
+    flags = ["translate", "--engine", engine, "--max_length_offset", "40"]
+    learned = model_copy(trained_run, tmp_path / "learned")
+    config = VanillaConfig.from_pretrained(learned, position_embedding_type="learned", max_position_embeddings=12)
+    VanillaForConditionalGeneration(config).save_pretrained(learned)
+    result = run_cli("eval.py", *flags, "--model", str(learned), stdin=f"{long_line}\nseven\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) == 2
+
+    short = model_copy(trained_run, tmp_path / "sinusoids")
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    result = run_cli("eval.py", *flags, "--model", str(short), stdin=f"{long_line}\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = run_cli(
+        "eval.py", *flags[:1], "--max_length_offset", "40", "--model", str(trained_run), stdin=f"{long_line}\n"
+    )
+    assert result.stdout == expected.stdout
