@@ -28,6 +28,7 @@ from vanilla_cli import (
     argument_dataclass,
     avoid_cudnn_attention,
     exit_on_usage_error,
+    first_line,
     given_flags,
     text_lines,
 )
@@ -38,6 +39,8 @@ from vanilla_hub import CARD, folder_card
 from vanilla_metrics import load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import check_model_path, load_translation_model, translate
+
+MAX_LENGTH_OFFSET = 10_000  # tokens past the input: beyond it, a hypothesis grows without meaning, or memory runs out
 
 
 @argument_dataclass
@@ -91,6 +94,12 @@ class EvalArguments:
                 raise UsageError(f"--{name} ({getattr(self, name)}) must be at least 1")
         if self.length_penalty is not None and not math.isfinite(self.length_penalty):
             raise UsageError(f"--length_penalty ({self.length_penalty}) must be a finite number")
+        if self.length_penalty is not None and abs(self.length_penalty) > 100:  # length ** penalty must stay a float
+            raise UsageError(f"--length_penalty ({self.length_penalty}) must lie in [-100, 100] (sec. 6.1: 0.6)")
+        if self.max_length_offset > MAX_LENGTH_OFFSET:
+            raise UsageError(
+                f"--max_length_offset ({self.max_length_offset}) must be at most {MAX_LENGTH_OFFSET} (sec. 6.1: 50)"
+            )
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
         if self.plot_attention is not None and not self.plot_attention.strip():
@@ -238,7 +247,7 @@ def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
     """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty)."""
     data = sys.stdin.buffer.read()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark is no part of the first sentence
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None
@@ -260,7 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "mode", nargs="?", default="evaluate", choices=("evaluate", "translate"), help="translate: stdin to stdout."
     )
-    args, data, extra = parser.parse_args_into_dataclasses(args=argv)
+    # An unknown flag's value would be read as the mode: name the flag first.
+    for token in sys.argv[1:] if argv is None else argv:
+        if token.startswith("--") and token.split("=")[0] not in parser._option_string_actions:
+            raise UsageError(f"unknown flag {token.split('=')[0]} (python eval.py --help lists them)")
+    try:
+        args, data, extra = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # arguments it does not know
+        raise UsageError(first_line(error)) from None
     scores_data = extra.mode == "evaluate" and args.plot_attention is None
     check_engine_arguments(args)
     if args.average_last is None:

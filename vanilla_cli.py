@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 import types
 import typing
@@ -44,7 +45,8 @@ def is_main_process() -> bool:
 
 
 def exit_on_usage_error(main: Callable) -> Callable:
-    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2.
+    """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2; a
+    closed stdout ends quietly (exit 141, as SIGPIPE), Ctrl-C with one line (exit 130).
 
     Of a multi-process launch (torchrun), only the main process prints: every process refuses the same input."""
 
@@ -57,6 +59,12 @@ def exit_on_usage_error(main: Callable) -> Callable:
                 message = " ".join(str(error).split())
                 print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except BrokenPipeError:  # the reader of stdout stopped (`| head`): end quietly, as a filter ends on SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+            sys.exit(128 + signal.SIGPIPE)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr, flush=True)
+            sys.exit(130)
 
     return wrapper
 

@@ -8,9 +8,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import evaluate
@@ -570,6 +573,9 @@ def test_damaged_weights_are_a_usage_error(trained_run, tmp_path, damage):
         ("--batch_size", "0", "at least 1"),
         ("--max_length_offset", "-1000", "no room"),
         ("--length_penalty", "nan", "must be a finite number"),
+        ("--length_penalty", "400", "must lie in [-100, 100]"),  # length ** 400 overflows a float
+        ("--max_length_offset", "3000000000", "must be at most 10000"),
+        ("--no_such_flag", "1", "unknown flag --no_such_flag"),
         ("--num_beams", "four", "invalid int value: 'four'"),  # argparse's error, without its usage text
     ],
 )
@@ -729,6 +735,41 @@ def test_unwritable_output_is_refused_before_translating(trained_run, test_file,
 def test_binary_garbage_on_translate_stdin_is_a_usage_error(trained_run):
     result = run_cli("eval.py", "translate", "--model", str(trained_run), stdin=b"seven\n\xff\xfe\x00\x80garbage\n")
     assert_usage_error(result, "stdin", "line 2", "UTF-8")
+
+
+@pytest.mark.slow
+def test_translate_reads_past_a_byte_order_mark_and_stops_quietly_when_its_reader_does(trained_run):
+    """A BOM on stdin is no part of the first sentence; `eval.py translate | head -1` ends without a traceback."""
+    result = run_cli("eval.py", "translate", "--model", str(trained_run), stdin="\ufeffseven\nseven\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = result.stdout.splitlines()
+    assert first == second
+
+    command = [sys.executable, str(ROOT / "eval.py"), "translate", "--model", str(trained_run)]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment()
+    )
+    process.stdin.write(b"seven\n" * 3000)
+    process.stdin.close()
+    process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    assert process.wait(timeout=300) == 141
+    assert process.stderr.read() == b""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_translation_is_one_line_and_exit_130(trained_run):
+    command = [sys.executable, str(ROOT / "eval.py"), "translate", "--model", str(trained_run)]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment()
+    )
+    process.stdin.write(b"three hundred and forty-five\n" * 20000)
+    process.stdin.close()
+    time.sleep(8)  # loading, then translating
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    stderr = process.stderr.read().decode()
+    assert stderr.splitlines()[-1:] == ["interrupted"] and "Traceback" not in stderr, stderr[-3000:]
 
 
 @pytest.mark.slow
