@@ -134,6 +134,12 @@ def locked(path: Path) -> Iterator[None]:
 def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """write(temporary) into a file beside `path` with its suffix, then rename it over `path`: readers see the old file
     or the whole new one, and a failure (a UsageError naming the file) leaves no temporary file."""
+    if is_stream(path):  # /dev/stdout, a named pipe, `>(gzip > out.gz)`: written as it goes, never replaced
+        try:
+            write(path)
+        except OSError as error:
+            raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
+        return
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,11 +185,20 @@ def output_path(given: str | None, model: str, default_name: str) -> Path:
     return (folder if folder.is_dir() else Path.cwd()) / default_name
 
 
+def is_stream(path: Path) -> bool:
+    """Whether `path` is there and neither a file nor a folder: a terminal, a pipe, a device."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def check_writable(path: Path, what: str) -> None:
     """UsageError unless a file `path` can be written: not a folder, and its folder (or the nearest existing folder
-    above it) takes a real write (probe_write)."""
+    above it) takes a real write (probe_write); a stream (is_stream), if it may be opened for writing."""
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; expected a file name")
+    if is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{what} {path}: cannot write to it")
+        return
     try:
         probe_write(path.parent)
     except NotADirectoryError as error:

@@ -815,6 +815,33 @@ def test_an_atomic_write_replaces_the_whole_file_or_leaves_the_old_one_and_no_te
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and path.read_text() == "new"
 
 
+@pytest.mark.parametrize("stream", ["named-pipe", "process-substitution"])
+def test_an_output_that_is_a_pipe_is_written_into_and_kept(tmp_path, stream):
+    """A named pipe, or `>(gzip > out.gz)` (/dev/fd/N), is written as it goes: replacing it would leave its reader
+    waiting and put a file in its place (or, for /dev/stdout as root, in /dev)."""
+    from vanilla_files import check_writable, write_text_atomically
+
+    if stream == "named-pipe":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        received = []
+        reader = threading.Thread(target=lambda: received.append(path.read_text()))
+        reader.start()
+    else:
+        read_end, write_end = os.pipe()
+        path = Path(f"/dev/fd/{write_end}")
+    check_writable(path, "--predictions_file")
+    write_text_atomically(path, "hypotheses\n")
+    if stream == "named-pipe":
+        reader.join(timeout=30)
+        assert received == ["hypotheses\n"] and path.is_fifo()
+    else:
+        os.close(write_end)
+        assert os.read(read_end, 100) == b"hypotheses\n"
+        os.close(read_end)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["fifo"] if stream == "named-pipe" else [])
+
+
 @pytest.mark.slow
 def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(trained_run, tmp_path, capsys):
     from vanilla_files import complete_checkpoints
