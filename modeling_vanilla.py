@@ -161,8 +161,7 @@ class VanillaAttention(nn.Module):
         else:
             query, key, value = map(self._heads, self.qkv_proj(hidden_states).chunk(3, dim=-1))
             if cache is not None:
-                self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-                key, value = self_cache.update(key, value, self.layer_idx)
+                key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
 
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -371,6 +370,8 @@ class VanillaEncoder(VanillaStack):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
+        for name in ("use_cache", "cache", "past_key_values"):  # the encoder keeps no cache (generate() may pass the
+            kwargs.pop(name, None)  # decoder's, and the config's use_cache is merged in)
         hidden_states = self.embed(input_ids, inputs_embeds, 0)
         # The masks take only the batch size, length, dtype and device of the embeddings they are given.
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
@@ -414,6 +415,8 @@ class VanillaDecoder(VanillaStack):
             raise ValueError("the decoder needs encoder_hidden_states (the encoder's output)")
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        elif cache is not None and not isinstance(cache, EncoderDecoderCache):  # a decoder-only cache: its self-
+            cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))  # attention's, and the cross's beside
         if not use_cache:
             cache = None
 

@@ -7,13 +7,14 @@ import warnings
 
 import pytest
 import torch
+import transformers.modeling_layers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_models import tiny_config
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForSeq2SeqLM
-from transformers.cache_utils import EncoderDecoderCache, StaticCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.utils.output_capturing import OutputRecorder
 
@@ -477,6 +478,17 @@ def test_static_cache_decoding_step_compiles_to_one_graph():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("cache_class", [DynamicCache, StaticCache])
+def test_a_decoder_only_cache_is_taken_as_the_self_attention_cache(cache_class):
+    """generate(cache=DynamicCache()) or a StaticCache: the cross-attention's cache is kept beside it."""
+    model = model_for()
+    ids, mask = source_batch()
+    settings = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
+    expected = model.generate(**settings)
+    extra = {"max_cache_len": 20} if cache_class is StaticCache else {}
+    assert torch.equal(model.generate(**settings, cache=cache_class(config=model.config, **extra)), expected)
+
+
 def test_past_key_values_argument_is_the_deprecated_name_of_cache():
     """transformers 5.2x calls the decoder cache `cache` and deprecates `past_key_values`; before, it is the name."""
     renamed = "cache" in Seq2SeqLMOutput.__dataclass_fields__  # transformers' own name for it
@@ -771,7 +783,9 @@ def test_transformers_executorch_module_exports_an_encoder_and_a_static_cache_de
 
 
 @pytest.mark.parametrize("every_n_layers", [1, 2])
-def test_activation_checkpointing_recomputes_the_chosen_layers_and_gives_the_same_gradients(every_n_layers):
+def test_activation_checkpointing_recomputes_the_chosen_layers_and_gives_the_same_gradients(
+    every_n_layers, monkeypatch
+):
     """transformers' activation checkpointing (5.24: `activation_checkpointing_enable`, with `every_n_layers`;
     before: `gradient_checkpointing_enable`): the checkpointed layers run twice, the gradients stay the same."""
     plain = model_for().train()
@@ -789,8 +803,11 @@ def test_activation_checkpointing_recomputes_the_chosen_layers_and_gives_the_sam
         layer.self_attn.register_forward_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
     ids, mask = source_batch()
     labels = torch.randint(3, 40, (3, 6))
+    warned = []  # the encoder keeps no cache: nothing to turn off there
+    monkeypatch.setattr(transformers.modeling_layers.logger, "warning_once", lambda message, *_: warned.append(message))
     for model in (plain, checkpointed):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert [message for message in warned if "EncoderLayer" in message] == []
     assert calls == [2 if index % every_n_layers == 0 else 1 for index in range(len(layers))]
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
