@@ -53,10 +53,10 @@ from vanilla_train_arguments import (
 )
 from vanilla_trainer import (
     VanillaTrainer,
-    exact_match,
     loss_before,
     nll_metrics,
     padding_fraction,
+    predict_metrics,
     summed_nll_per_sentence,
     train_loss_metrics,
     translation_metrics,
@@ -100,6 +100,11 @@ def train_and_save(
     record = data_record(data_args)  # once loaded: the embedded task's languages are filled in
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
+    if args.do_predict and "test" not in raw:
+        raise UsageError(
+            "--do_predict translates the test split, and the data has none: pass --test_file (or a dataset with a "
+            "'test' split), or drop --do_predict"
+        )
     strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
     if strategy != "no" and "validation" not in raw:
         raise UsageError(
@@ -219,8 +224,8 @@ def train_and_save(
         metrics["train_padding_fraction"] = padding
     if "validation" in tokenized:
         metrics.update(trainer.evaluate())
-    if args.do_predict and "test" in raw:
-        metrics["test_exact_match"] = exact_match(trainer, tokenized["test"])
+    if args.do_predict:
+        metrics.update(predict_metrics(trainer, tokenized["test"], load_metrics()))
     metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
 
     repo_id = trainer.hub_model_id if args.push_to_hub else args.hub_model_id or output_dir.resolve().name
@@ -241,7 +246,10 @@ def train_and_save(
     if trainer.is_world_process_zero():
         if "test_exact_match" in metrics:
             counted = "" if args.streaming else f" ({len(raw['test'])} sentences)"
-            print(f"exact match on the test split: {metrics['test_exact_match']:.1%}{counted}")
+            print(
+                f"test split{counted}: BLEU {metrics['test_bleu']:.2f}, chrF {metrics['test_chrf']:.2f}, exact match "
+                f"{metrics['test_exact_match']:.1%}"
+            )
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")
         print(f"evaluate it with: python eval.py --model {args.output_dir}")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, Seq2SeqTrainer, TrainerCallback
+from transformers.integrations.neftune import neftune_post_forward_hook
 from transformers.trainer_utils import HubStrategy, SaveStrategy, has_length
 from transformers.utils.hub import PushInProgress, hf_api
 
@@ -66,6 +67,17 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.failed_pushes = []  # the checkpoints whose push to the Hub failed, in order
         self.first_step = 0  # the step this run began at (a resumed run: its checkpoint's)
         self.add_callback(RunEvents(self))
+        if self.neftune_noise_alpha is not None:  # Trainer would hook get_input_embeddings(), the shared matrix,
+            self.add_neftune_noise(self.neftune_noise_alpha)  # which no stack calls: the noise would never be added
+            self.neftune_noise_alpha = None
+
+    def add_neftune_noise(self, alpha: float) -> None:
+        """--neftune_noise_alpha: NEFTune's noise on the token embeddings the encoder and the decoder read, while
+        training (transformers' hook, on the modules that the stacks call)."""
+        model = self.accelerator.unwrap_model(self.model)
+        for embedding in (model.get_encoder().embed_tokens, model.get_decoder().embed_tokens):
+            embedding.neftune_noise_alpha = alpha
+            embedding.register_forward_hook(neftune_post_forward_hook)
 
     def _get_train_sampler(self, train_dataset=None):
         # Trainer drops columns the model does not take before it builds the sampler, the length column with them.
@@ -326,10 +338,19 @@ def translation_metrics(tokenizer, metrics: dict) -> Callable[[EvalPrediction], 
     return compute
 
 
-def exact_match(trainer: Seq2SeqTrainer, dataset) -> float:
-    """Share of sentences whose beam-search translation equals the reference (its tokenized target) exactly."""
+def predict_metrics(trainer: Seq2SeqTrainer, dataset, metrics: dict) -> dict[str, float]:
+    """--do_predict: the test split translated by beam search, scored as --predict_with_generate scores (test_bleu,
+    test_chrf, test_gen_len), and the share of sentences whose translation equals the reference exactly
+    (test_exact_match). The trainer's settings are put back after: the final save records the run's."""
+    settings = trainer.args.predict_with_generate, trainer.compute_metrics, trainer.preprocess_logits_for_metrics
     trainer.args.predict_with_generate = True
-    trainer.compute_metrics = trainer.preprocess_logits_for_metrics = None  # those read logits, not translations
-    output = trainer.predict(dataset, metric_key_prefix="test")  # rows in the sampler's order, labels alongside
+    trainer.compute_metrics = translation_metrics(trainer.processing_class, metrics)
+    trainer.preprocess_logits_for_metrics = None  # it reads logits, not translations
+    try:
+        output = trainer.predict(dataset, metric_key_prefix="test")  # rows in the sampler's order, labels alongside
+    finally:
+        trainer.args.predict_with_generate, trainer.compute_metrics, trainer.preprocess_logits_for_metrics = settings
     hypotheses, references = (decoded(trainer.processing_class, ids) for ids in (output.predictions, output.label_ids))
-    return sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)
+    matched = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)
+    names = ("test_bleu", "test_chrf", "test_gen_len")
+    return {**{name: output.metrics[name] for name in names}, "test_exact_match": matched}

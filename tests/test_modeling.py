@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-import transformers.modeling_layers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_models import tiny_config
@@ -477,7 +476,6 @@ def test_static_cache_decoding_step_compiles_to_one_graph():
         assert torch.equal(compiled, greedy_tokens(model))
 
 
-@torch.no_grad()
 @pytest.mark.parametrize("cache_class", [DynamicCache, StaticCache])
 def test_a_decoder_only_cache_is_taken_as_the_self_attention_cache(cache_class):
     """generate(cache=DynamicCache()) or a StaticCache: the cross-attention's cache is kept beside it."""
@@ -489,6 +487,7 @@ def test_a_decoder_only_cache_is_taken_as_the_self_attention_cache(cache_class):
     assert torch.equal(model.generate(**settings, cache=cache_class(config=model.config, **extra)), expected)
 
 
+@torch.no_grad()
 def test_past_key_values_argument_is_the_deprecated_name_of_cache():
     """transformers 5.2x calls the decoder cache `cache` and deprecates `past_key_values`; before, it is the name."""
     renamed = "cache" in Seq2SeqLMOutput.__dataclass_fields__  # transformers' own name for it
@@ -804,7 +803,7 @@ def test_activation_checkpointing_recomputes_the_chosen_layers_and_gives_the_sam
     ids, mask = source_batch()
     labels = torch.randint(3, 40, (3, 6))
     warned = []  # the encoder keeps no cache: nothing to turn off there
-    monkeypatch.setattr(transformers.modeling_layers.logger, "warning_once", lambda message, *_: warned.append(message))
+    monkeypatch.setattr("transformers.modeling_layers.logger.warning_once", lambda message, *_: warned.append(message))
     for model in (plain, checkpointed):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     assert [message for message in warned if "EncoderLayer" in message] == []

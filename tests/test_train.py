@@ -764,6 +764,37 @@ def test_settings_the_data_cannot_train_with_are_refused_before_training(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_do_predict_scores_the_test_split_and_leaves_the_runs_settings_as_they_were(tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    train.main([*TINY, *QUICK, "--max_steps", "2", "--do_predict", "true", "--output_dir", str(output_dir)])
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert {"test_bleu", "test_chrf", "test_gen_len", "test_exact_match"} <= set(results)
+    assert "test split (99 sentences): BLEU " in capsys.readouterr().out
+    saved = torch.load(output_dir / "training_args.bin", weights_only=False)
+    assert saved.predict_with_generate is False  # as the run was trained, not as the test split was translated
+
+    data = ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 9))), "--source_lang", "en"]
+    with pytest.raises(SystemExit):
+        train.main([*TINY, *QUICK, *data, "--target_lang", "de", "--do_predict", "true", "--output_dir", "unused"])
+    assert "--do_predict translates the test split, and the data has none" in capsys.readouterr().err
+
+
+def test_neftune_noise_reaches_the_embeddings_the_encoder_and_decoder_read_in_training_only(tmp_path):
+    """transformers hooks get_input_embeddings(), the shared matrix that no stack calls: the noise was never added."""
+    tokenizer, rows = number_rows(range(1, 5))
+    batch = DataCollatorForSeq2Seq(tokenizer)(rows)
+    losses = {}
+    for alpha in (None, 50.0):
+        torch.manual_seed(0)
+        model = one_layer_model(tokenizer, dropout=0.0)
+        args = Seq2SeqTrainingArguments(tmp_path, report_to=[], use_cpu=True, neftune_noise_alpha=alpha)
+        VanillaTrainer(model=model, args=args, processing_class=tokenizer)
+        losses[alpha] = [model.train()(**batch).loss.item(), model.train()(**batch).loss.item()]
+        losses[alpha].append(model.eval()(**batch).loss.item())
+    assert losses[None][0] == losses[None][1] and losses[50.0][0] != losses[50.0][1]  # fresh noise each forward
+    assert losses[50.0][2] == losses[None][2]  # none in evaluation
+
+
 def test_the_default_peak_learning_rate_counts_a_fractional_warmup_in_steps(tmp_path):
     """--warmup_steps 0.5 of 4 steps is 2 steps: the schedule peaks at (d_model * 2)^-0.5, as with --warmup_steps 2."""
     argv = [*TINY, *QUICK, "--max_steps", "4", "--logging_steps", "1", "--output_dir", str(tmp_path / "out")]
