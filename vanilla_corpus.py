@@ -110,8 +110,22 @@ def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
     if args.source_lang == args.target_lang:
         raise UsageError(f"--source_lang and --target_lang are both {args.source_lang!r}; expected two languages")
     for split, dataset in raw.items():
-        _check_pairs(dataset, origin[split], args.source_lang, args.target_lang)
+        raw[split] = as_translation_pairs(dataset, (args.source_lang, args.target_lang))
+        _check_pairs(raw[split], origin[split], args.source_lang, args.target_lang)
     return raw
+
+
+def as_translation_pairs(dataset, languages: tuple[str, str]):
+    """A dataset with a column per language (CSV/TSV files in a --dataset_name folder) as the 'translation' column
+    that run_translation.py-style data holds; any other dataset as it is."""
+    columns = dataset.column_names
+    if columns is None:  # a stream that does not know its columns: its first row's
+        columns = list(next(iter(dataset), None) or [])
+    if "translation" in columns or not all(language in columns for language in languages):
+        return dataset
+    return dataset.map(
+        lambda row: {"translation": {language: row[language] for language in languages}}, remove_columns=columns
+    )
 
 
 # The data files train.py and eval.py read, by suffix: the `datasets` builder that reads them (streamed or not).
@@ -133,7 +147,9 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
             streams = datasets.load_dataset(args.dataset_name, args.dataset_config_name, streaming=True)
         except Exception as error:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
             raise UsageError(f"cannot load dataset {args.dataset_name!r}: {error}") from None
-        raw = datasets.IterableDatasetDict({split: streams[split] for split in SPLITS if split in streams})
+        raw = datasets.IterableDatasetDict(
+            {split: as_translation_pairs(streams[split], languages) for split in SPLITS if split in streams}
+        )
         if not raw:
             raise UsageError(f"dataset {args.dataset_name!r} has none of the splits {', '.join(SPLITS)}")
         origin = {split: f"{args.dataset_name} [{split}]" for split in raw}

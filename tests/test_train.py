@@ -813,6 +813,22 @@ def write_parquet_folder(folder: Path, splits: dict[str, range]) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_a_dataset_folder_of_csv_files_with_a_column_per_language_reads_as_translation_pairs(tmp_path, streaming):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for split, numbers in (("train", range(1, 9)), ("validation", range(9, 12))):
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(["de", "en", "source"])
+            writer.writerows([num2words(n, lang="de"), num2words(n), "numbers"] for n in numbers)
+    args = DataArguments(dataset_name=str(folder), source_lang="en", target_lang="de")
+    raw = (stream_raw_datasets if streaming else load_raw_datasets)(args)
+    first = next(iter(raw["validation"]))
+    assert first == {"translation": {"en": "nine", "de": "neun"}}
+    assert len(list(raw["train"])) == 8
+
+
 @pytest.mark.parametrize("source", ["parquet folder", "json lines file"])
 @pytest.mark.slow
 def test_streaming_trains_for_max_steps_reading_the_data_as_it_goes(tmp_path, source):
