@@ -32,11 +32,14 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     the decoder starts from <s> (VanillaConfig.decoder_start_token_id). A vocab_size below the special tokens plus
     the text's distinct characters, which a BPE must all hold, is a UsageError that names that minimum.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     eos, unk = SPECIAL_TOKENS[EOS_TOKEN_ID], SPECIAL_TOKENS[UNK_TOKEN_ID]
     tokenizer = Tokenizer(models.BPE(unk_token=unk))
-    tokenizer.normalizer = normalizers.NFKC()
+    # Whitespace is a word boundary and nothing more: a stray, doubled or trailing space would be a token of its own.
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation(behavior="isolated")]
     )

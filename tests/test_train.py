@@ -174,6 +174,14 @@ def test_bpe_tokenizer_splits_punctuation_from_words():
     assert tokenizer.tokenize("street.") == street + ["."]
 
 
+def test_bpe_tokenizer_takes_stray_whitespace_as_one_word_boundary():
+    """Leading, trailing, doubled spaces, tabs and no-break spaces: each was a "▁" token of its own."""
+    tokenizer = train_bpe_tokenizer(["A man on the street.", "Ein Mann auf der Straße."] * 50, vocab_size=80)
+    plain = tokenizer("A man on the street.")["input_ids"]
+    for text in (" A man on the street. ", "A  man\ton the\u00a0street.\n"):
+        assert tokenizer(text)["input_ids"] == plain, text
+
+
 def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("preset: small\nnum_train_epochs: 8\nlearning_rate: 0.001\nsource_lang: de\n")
