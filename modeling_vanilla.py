@@ -76,10 +76,14 @@ class VanillaPositionalEncoding(nn.Module):
         if self.learned:
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
 
-    def forward(self, seq_len: int, offset: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    def forward(
+        self, seq_len: int, offset: int | torch.Tensor, device: torch.device, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # A static cache counts its tokens in a tensor: added to a range of static length, that count keeps the
         # compiled decoding step one graph (a range ending at the count would have a data-dependent size).
         positions = torch.arange(seq_len, device=device) + offset
+        if padding is not None:  # (batch, 1) pads on the left: each row counts from its first token
+            positions = (positions - padding).clamp(min=0)
         if not self.learned:
             return sinusoidal_positions(positions, self.d_model)
         if isinstance(offset, int):
@@ -325,15 +329,20 @@ class VanillaStack(VanillaPreTrainedModel):
         self.post_init()
 
     def embed(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None, past_length: int | torch.Tensor
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        past_length: int | torch.Tensor,
+        padding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sec. 3.4, 3.5, 5.4: Dropout(token embedding * sqrt(d_model) + positions), counted from past_length."""
+        """Sec. 3.4, 3.5, 5.4: Dropout(token embedding * sqrt(d_model) + positions), counted from past_length (and
+        from each row's first token, past `padding` pads on the left)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError(f"pass exactly one of input_ids or inputs_embeds to {type(self).__name__}")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         inputs_embeds = inputs_embeds * self.embed_scale
-        positions = self.embed_positions(inputs_embeds.shape[1], past_length, inputs_embeds.device)
+        positions = self.embed_positions(inputs_embeds.shape[1], past_length, inputs_embeds.device, padding)
         return self.dropout(inputs_embeds + positions.to(inputs_embeds.dtype))
 
     def normalize(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -372,7 +381,10 @@ class VanillaEncoder(VanillaStack):
     ) -> BaseModelOutput:
         for name in ("use_cache", "cache", "past_key_values"):  # the encoder keeps no cache (generate() may pass the
             kwargs.pop(name, None)  # decoder's, and the config's use_cache is merged in)
-        hidden_states = self.embed(input_ids, inputs_embeds, 0)
+        padding = None  # a left-padded source: its pads are no positions of the sentence
+        if attention_mask is not None and attention_mask.dim() == 2:
+            padding = (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)
+        hidden_states = self.embed(input_ids, inputs_embeds, 0, padding)
         # The masks take only the batch size, length, dtype and device of the embeddings they are given.
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         for layer in self.layers:

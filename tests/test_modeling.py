@@ -205,6 +205,21 @@ def test_sentence_alone_and_inside_a_padded_batch_give_the_same_logits(attn):
     torch.testing.assert_close(batched[2:, :tgt_len], alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("position_embedding_type", ["sinusoidal", "learned"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_a_source_padded_on_the_left_encodes_and_translates_as_it_does_alone(attn, position_embedding_type):
+    """Positions count from each sentence's first token, not from the first column of the batch."""
+    model = model_for(_attn_implementation=attn, position_embedding_type=position_embedding_type)
+    sentence = torch.randint(3, 40, (1, 5))
+    ids = torch.cat([torch.zeros(1, 4, dtype=torch.long), sentence], dim=1)
+    mask = (ids != 0).long()
+    alone = model.get_encoder()(input_ids=sentence).last_hidden_state
+    padded = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(padded[:, 4:], alone, atol=1e-5, rtol=1e-5)
+    settings = dict(max_new_tokens=8, min_new_tokens=8, num_beams=4)
+    assert torch.equal(model.generate(ids, attention_mask=mask, **settings), model.generate(sentence, **settings))
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_layers_match_torch_nn_transformer_layers(norm_first):
     """Our encoder and decoder layers compute what torch.nn's do, given the same weights (post-LN and pre-LN)."""
