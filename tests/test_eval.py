@@ -761,7 +761,13 @@ def test_translate_reads_past_a_byte_order_mark_and_stops_quietly_when_its_reade
 def test_ctrl_c_during_a_translation_is_one_line_and_exit_130(trained_run):
     command = [sys.executable, str(ROOT / "eval.py"), "translate", "--model", str(trained_run)]
     process = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment()
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment(),
+        # As from a terminal: a suite launched in the background (`cmd &`) passes SIGINT on ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     process.stdin.write(b"three hundred and forty-five\n" * 200_000)  # more than it translates in a minute
     process.stdin.close()
