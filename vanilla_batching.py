@@ -167,12 +167,11 @@ def batching_record(args, pad_to_multiple_of: int | None) -> dict:
 def resumed_batching_warning(checkpoint: Path, record: dict) -> str | None:
     """A warning when `checkpoint` stopped inside an epoch that this run's batching cuts otherwise: Trainer skips as
     many batches as were trained, which are then other pairs."""
-    state = trainer_state(checkpoint)
     try:
         before = json.loads((checkpoint / BATCHING_RECORD).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # a checkpoint of an older train.py: nothing to compare
-    epoch = (state or {}).get("epoch") or 0.0
+    epoch = (trainer_state(checkpoint) or {}).get("epoch") or 0.0
     if not isinstance(before, dict) or round(epoch, 6) == round(epoch):
         return None  # at an epoch's end, the next epoch's batches are drawn whole
     differ = [

@@ -32,9 +32,9 @@ def plot_cross_attention(args: "EvalArguments", max_source_length: int) -> Path:
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager", dtype=args.dtype)
     take_decoding_defaults(args, model.generation_config)
     positions = position_limit(model)
-    if positions is not None:
-        max_source_length = min(max_source_length, positions)
-    source_ids = torch.tensor(encode(tokenizer, [args.plot_attention], max_source_length), device=model.device)
+    source_ids = torch.tensor(
+        encode(tokenizer, [args.plot_attention], max_source_length, positions), device=model.device
+    )
     with torch.no_grad():
         settings = generation_arguments(args, source_ids.shape[1], positions)
         output_ids = model.generate(input_ids=source_ids, **settings)

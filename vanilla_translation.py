@@ -157,8 +157,12 @@ def position_limit(model) -> int | None:
     return config.max_position_embeddings if config.position_embedding_type == "learned" else None
 
 
-def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int) -> list[list[int]]:
-    return tokenizer(texts, truncation=True, max_length=max_source_length)["input_ids"]
+def encode(
+    tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int, positions: int | None = None
+) -> list[list[int]]:
+    """Token ids, cut at max_source_length and at the model's `positions` (position_limit) where it has a limit."""
+    limit = max_source_length if positions is None else min(max_source_length, positions)
+    return tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
 
 
 def translate(
@@ -177,7 +181,7 @@ def translate(
     from tqdm.auto import tqdm
 
     positions = position_limit(model)
-    input_ids = encode(tokenizer, texts, max_source_length if positions is None else min(max_source_length, positions))
+    input_ids = encode(tokenizer, texts, max_source_length, positions)
     order = sorted(range(len(texts)), key=lambda index: len(input_ids[index]), reverse=True)
     hypotheses: list[str] = [""] * len(texts)
     batches = [order[start : start + args.batch_size] for start in range(0, len(order), args.batch_size)]
