@@ -327,6 +327,7 @@ class CTranslate2Model:
             length_penalty=length_penalty,
             max_decoding_length=max_new_tokens,
             min_decoding_length=min_new_tokens,
+            max_input_length=0,  # sources come cut to the position table (encode); 0 lifts CTranslate2's own 1024
             return_scores=return_scores,
             max_batch_size=share_per_replica(self.translator, len(input_ids)),
         )

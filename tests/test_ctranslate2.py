@@ -101,6 +101,20 @@ def test_beam_search_tokens_and_length_normalised_scores_equal_generate(length_p
     assert finished_early > 0, "no hypothesis ended before the limit: the length penalty was not exercised"
 
 
+def test_a_source_longer_than_ctranslate2s_default_input_limit_is_read_whole(tmp_path):
+    """CTranslate2 cuts inputs at 1024 tokens unless told otherwise; the sinusoid table holds 2048 positions."""
+    model = random_model()
+    engine = converted(model, model.state_dict(), tmp_path)
+    generator = torch.Generator().manual_seed(2)
+    source = torch.randint(3, 40, (1100,), generator=generator).tolist() + [EOS]
+    expected, score = generated(model, source, num_beams=2, max_new_tokens=4, early_stopping=True)
+    tokens, scores = engine.generate_ids(
+        [source], num_beams=2, length_penalty=1.0, max_new_tokens=4, return_scores=True
+    )
+    assert tokens == [expected]
+    assert scores[0] == pytest.approx(score, rel=1e-4)
+
+
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_saved_checkpoint_converts_like_the_full_state_dict(tied, tmp_path):
     """A tied checkpoint stores the shared matrix once; the conversion finds it by name, whichever name was saved."""
