@@ -349,6 +349,13 @@ class VanillaStack(VanillaPreTrainedModel):
         return hidden_states if self.final_norm is None else self.final_norm(hidden_states)
 
 
+def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The pads before each row's first token, (batch, 1), from a 2-D mask: they are no positions of the sentence."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return None
+    return (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)
+
+
 def layer_outputs(layer_class: type[GradientCheckpointingLayer], num_layers_key: str) -> OutputRecorder:
     """A stack's layer outputs as its `hidden_states`, negative `output_hidden_states` indices counted in its layers."""
     # config.num_hidden_layers names the decoder's layers, the count transformers' caches take; an encoder of another
@@ -381,10 +388,7 @@ class VanillaEncoder(VanillaStack):
     ) -> BaseModelOutput:
         for name in ("use_cache", "cache", "past_key_values"):  # the encoder keeps no cache (generate() may pass the
             kwargs.pop(name, None)  # decoder's, and the config's use_cache is merged in)
-        padding = None  # a left-padded source: its pads are no positions of the sentence
-        if attention_mask is not None and attention_mask.dim() == 2:
-            padding = (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)
-        hidden_states = self.embed(input_ids, inputs_embeds, 0, padding)
+        hidden_states = self.embed(input_ids, inputs_embeds, 0, left_padding(attention_mask))
         # The masks take only the batch size, length, dtype and device of the embeddings they are given.
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         for layer in self.layers:
@@ -432,7 +436,8 @@ class VanillaDecoder(VanillaStack):
         if not use_cache:
             cache = None
 
-        hidden_states = self.embed(input_ids, inputs_embeds, cache.get_seq_length() if cache is not None else 0)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        hidden_states = self.embed(input_ids, inputs_embeds, past_length, left_padding(attention_mask))
         self_cache = cache.self_attention_cache if cache is not None else None
         causal_mask = create_causal_mask(self.config, hidden_states, attention_mask, self_cache)
         cross_mask = create_bidirectional_mask(

@@ -220,6 +220,41 @@ def test_a_source_padded_on_the_left_encodes_and_translates_as_it_does_alone(att
     assert torch.equal(model.generate(ids, attention_mask=mask, **settings), model.generate(sentence, **settings))
 
 
+@pytest.mark.parametrize("position_embedding_type, cache", [("sinusoidal", "dynamic"), ("learned", "static")])
+def test_decoder_prompts_padded_on_the_left_continue_as_each_does_alone(position_embedding_type, cache):
+    """A batch of forced decoder prefixes of different lengths: positions count from each prefix's start token."""
+    model = model_for(position_embedding_type=position_embedding_type)
+    start, pad = model.config.decoder_start_token_id, model.config.pad_token_id
+    sources = torch.randint(3, 40, (2, 6))
+    prompts = [[start, 7, 9, 11], [start, 5]]
+    decoder_ids = torch.tensor([[pad] * (4 - len(prompt)) + prompt for prompt in prompts])
+    decoder_mask = (torch.arange(4) >= torch.tensor([[0], [2]])).long()
+    settings = dict(max_new_tokens=5, min_new_tokens=5, cache_implementation=cache, return_dict_in_generate=True)
+    for num_beams in (1, 3):
+        batched = model.generate(
+            sources,
+            decoder_input_ids=decoder_ids,
+            decoder_attention_mask=decoder_mask,
+            num_beams=num_beams,
+            output_scores=True,
+            **settings,
+        )
+        for row, prompt in enumerate(prompts):
+            alone = model.generate(
+                sources[row : row + 1],
+                decoder_input_ids=torch.tensor([prompt]),
+                num_beams=num_beams,
+                output_scores=True,
+                **settings,
+            )
+            assert batched.sequences[row, 4 - len(prompt) :].tolist() == alone.sequences[0].tolist(), (num_beams, row)
+            if num_beams == 1:  # every step's scores
+                rows = torch.stack(batched.scores)[:, row], torch.stack(alone.scores)[:, 0]
+            else:
+                rows = batched.sequences_scores[row], alone.sequences_scores[0]
+            torch.testing.assert_close(*rows, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_layers_match_torch_nn_transformer_layers(norm_first):
     """Our encoder and decoder layers compute what torch.nn's do, given the same weights (post-LN and pre-LN)."""
