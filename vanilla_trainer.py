@@ -140,6 +140,20 @@ class VanillaTrainer(Seq2SeqTrainer):
         finally:
             self.model.generation_config = own
 
+    def evaluation_loop(self, *args, **kwargs):
+        # Seq2SeqTrainer gathers with plain `gather` for the sake of num_return_sequences > 1 (transformers #25231),
+        # which also keeps the sentences DDP's sampler repeats to give every process as many batches. One output a
+        # sentence: `gather_for_metrics`, Trainer's own, drops them, so every sentence is scored once.
+        returned = (
+            getattr(self, "_gen_kwargs", {}).get("num_return_sequences")
+            or self.model.generation_config.num_return_sequences
+        )
+        if (returned or 1) == 1:
+            self.gather_function = partial(
+                self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object
+            )
+        return super().evaluation_loop(*args, **kwargs)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime
             logs.update(self.tokens.rates(self.accelerator, start_time, runtime=logs["train_runtime"]))

@@ -258,9 +258,13 @@ def accelerate_launch(*flags: str) -> tuple[str, ...]:
 
 
 def data_parallel_args(tmp_path: Path, batch_size: int, name: str) -> list[str]:
-    """One epoch of 32 pairs, no dropout and a fixed order: one process at batch 2b sees what two see at batch b."""
+    """One epoch of 32 pairs, no dropout and a fixed order: one process at batch 2b sees what two see at batch b.
+    Then 7 validation and 7 test pairs, scored 4 a batch: two processes' last batch repeats a sentence to even out."""
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))
     args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--validation_file", str(write_jsonl(tmp_path / "validation.jsonl", range(40, 47)))]
+    args += ["--test_file", str(write_jsonl(tmp_path / "test.jsonl", range(50, 57))), "--do_predict"]
+    args += ["--per_device_eval_batch_size", "4"]
     args += ["--dropout", "0", "--train_sampling_strategy", "random", "--num_train_epochs", "1"]
     args += ["--per_device_train_batch_size", str(batch_size), "--save_strategy", "epoch"]
     return args + ["--output_dir", str(tmp_path / name)]
@@ -284,7 +288,7 @@ def test_torchrun_on_cpus_trains_data_parallel_like_one_process_at_twice_the_bat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no GPU: 2 processes train data-parallel (DDP) on the CPUs with the gloo backend" in result.stdout
     # One process tokenized the corpus and the other read its files, which are gone with the run.
-    assert result.stderr.count("Tokenizing:   0%") == 1, result.stderr[-3000:]
+    assert result.stderr.count("Tokenizing:   0%") == 3, result.stderr[-3000:]  # train, validation, test
     assert list(temporary.glob("vanilla-tokenized-*")) == []
     assert result.stdout.count("model saved to") == 1
     assert "find_unused_parameters" not in result.stderr  # every parameter is used: DDP need not look for others
@@ -298,10 +302,15 @@ def test_torchrun_on_cpus_trains_data_parallel_like_one_process_at_twice_the_bat
     # Both processes' loss, normalized by the tokens of both, is one process's loss on their two batches together.
     assert ddp_sum == pytest.approx(single_sum, rel=1e-4) and ddp_loss == pytest.approx(single_loss, rel=1e-4)
     # Trainer's own summary (its log, trainer_state.json) names the same train_loss: all processes', not the first's.
-    summary = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())["log_history"][-1]
+    history = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())["log_history"]
+    summary = next(entry for entry in reversed(history) if "train_runtime" in entry)
     assert summary["train_loss"] == pytest.approx(ddp_loss, rel=1e-6)
     assert [path.name for path in (tmp_path / "ddp").glob("checkpoint-*")] == ["checkpoint-4"]
     assert_loads_and_translates(tmp_path / "ddp")
+    # The same model scores the same: each validation and test sentence counted once, not the repeated one again.
+    ddp, single = (json.loads((tmp_path / name / "all_results.json").read_text()) for name in ("ddp", "single"))
+    for name in ("eval_nll_loss", "test_chrf", "test_gen_len"):
+        assert ddp[name] == pytest.approx(single[name], rel=1e-4), name
 
 
 @pytest.mark.multiprocess
