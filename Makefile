@@ -44,7 +44,8 @@ lint: setup
 
 # Multi30k (../shared/data/multi30k): train, then average the last checkpoints and score test_2016_flickr.
 # PAIR=de_en (default) or en_de, MULTI30K=<folder of the corpus>; multi30k-cpu is the 22-minute CPU recipe,
-# multi30k the GPU one (4x the batch). Their decoding was chosen on the validation set (BENCHMARKS.md): the average of the last 3 epochs' checkpoints, length penalty 1.0.
+# multi30k the GPU one (4x the batch). Their decoding was chosen on the validation set (BENCHMARKS.md): the average
+# of the last 3 epochs' checkpoints, length penalty 1.0.
 PAIR ?= de_en
 MULTI30K := ../shared/data/multi30k
 MULTI30K_LANGS = --source_lang $(firstword $(subst _, ,$(PAIR))) --target_lang $(lastword $(subst _, ,$(PAIR)))
