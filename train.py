@@ -38,7 +38,7 @@ from vanilla_output_dir import (
     saved_from,
 )
 from vanilla_time_budget import time_budget_callbacks
-from vanilla_tokenizer import build_tokenizer, tokenize_once_per_machine, tokenizer_texts
+from vanilla_tokenizer import build_tokenizer, evaluation_splits_read_whole, tokenize_once_per_machine, tokenizer_texts
 from vanilla_train_arguments import (
     ModelArguments,
     TrainingArguments,
@@ -149,6 +149,8 @@ def train_and_save(
         args.accelerator_config.dispatch_batches = False
 
     tokenized = tokenize_once_per_machine(raw, tokenizer, data_args, args)
+    if args.streaming:
+        tokenized = evaluation_splits_read_whole(tokenized)
     before = loss_before(checkpoint)
     pad_to_multiple_of = 8 if args.torch_compile else None
     batched_by = batching_record(args, pad_to_multiple_of)
@@ -245,10 +247,9 @@ def train_and_save(
         ) from None
     if trainer.is_world_process_zero():
         if "test_exact_match" in metrics:
-            counted = "" if args.streaming else f" ({len(raw['test'])} sentences)"
             print(
-                f"test split{counted}: BLEU {metrics['test_bleu']:.2f}, chrF {metrics['test_chrf']:.2f}, exact match "
-                f"{metrics['test_exact_match']:.1%}"
+                f"test split ({len(tokenized['test'])} sentences): BLEU {metrics['test_bleu']:.2f}, "
+                f"chrF {metrics['test_chrf']:.2f}, exact match {metrics['test_exact_match']:.1%}"
             )
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")

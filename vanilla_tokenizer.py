@@ -144,6 +144,17 @@ def tokenize_once_per_machine(
         return tokenize(raw, tokenizer, data_args, length_column, num_proc, folder)
 
 
+def evaluation_splits_read_whole(tokenized: datasets.IterableDatasetDict) -> dict:
+    """A stream's validation and test splits, read whole into Datasets (training's stays a stream). Evaluation then
+    scores each sentence once, and under DDP gives every process as many batches: accelerate splits a stream of
+    several files between the processes by file, so that files of unequal size left them unequal work and
+    mismatched collectives."""
+    return {
+        split: stream if split == "train" else datasets.Dataset.from_list(list(stream))
+        for split, stream in tokenized.items()
+    }
+
+
 def tokenize(
     raw,
     tokenizer: PreTrainedTokenizerBase,

@@ -326,13 +326,33 @@ def test_accelerate_launch_on_cpus_trains_data_parallel(tmp_path):
 
 @pytest.mark.multiprocess
 def test_streaming_under_torchrun_trains_on_batches_of_different_lengths(tmp_path):
-    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 33))  # "one" and "thirty-two" pad differently
-    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
-    args += ["--output_dir", str(tmp_path / "streamed"), "--streaming", "--max_steps", "3"]
+    """A folder of two files a split, of unequal size: accelerate hands each process its own training file, and the
+    validation and test splits, read whole, are scored sentence by sentence, each once, on both processes alike."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, first, sizes in (("train", 1, (28, 4)), ("validation", 40, (5, 2)), ("test", 50, (5, 2))):
+        for index, size in enumerate(sizes):  # "one" and "thirty-two" pad differently
+            write_jsonl(corpus / f"{split}-{index}.jsonl", range(first, first + size))
+            first += size
+    args = [*TINY, *QUICK, "--dataset_name", str(corpus), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--output_dir", str(tmp_path / "streamed"), "--streaming", "--max_steps", "3", "--do_predict"]
+    args += ["--per_device_eval_batch_size", "2"]
     result = run_train(*args, launcher=torchrun())
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("model saved to") == 1
     assert json.loads((tmp_path / "streamed" / "trainer_state.json").read_text())["global_step"] == 3
+    assert "test split (7 sentences): " in result.stdout
+    # The validation loss, each of the 7 pairs once, as the saved model gives it here in one batch.
+    folder = tmp_path / "streamed"
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    pairs = [json.loads(line)["translation"] for file in sorted(corpus.glob("validation-*")) for line in file.open()]
+    batch = tokenizer([p["en"] for p in pairs], text_target=[p["de"] for p in pairs], padding=True, return_tensors="pt")
+    batch["labels"] = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=-100)
+    reported = json.loads((folder / "all_results.json").read_text())["eval_nll_loss"]
+    assert reported == pytest.approx(nll.item(), rel=1e-4)
 
 
 @pytest.mark.parametrize(
