@@ -18,9 +18,16 @@ TRAINING_DATA_KEYS = tuple(key for key in DATA_RECORD_KEYS if key not in ("valid
 TRAIN_FILE_DIGEST = "train_file_sha256"
 
 
+def dataset_location(name: str | None) -> str | None:
+    """A --dataset_name that names a local folder (which `datasets` reads before the Hub), made absolute, so that it
+    is found from any working directory; a Hub name as it is."""
+    return os.path.abspath(name) if name is not None and os.path.exists(name) else name
+
+
 def data_record(data_args: DataArguments) -> dict:
     """What the model was trained on (data_args.json beside it): eval.py's defaults."""
     record = {name: getattr(data_args, name) for name in DATA_RECORD_KEYS}
+    record["dataset_name"] = dataset_location(record["dataset_name"])
     for name in ("train_file", "validation_file", "test_file"):
         if record[name] is not None:
             record[name] = os.path.abspath(record[name])
@@ -109,6 +116,7 @@ def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
                 file=sys.stderr,
             )
         return
+    record = {**record, "dataset_name": dataset_location(record["dataset_name"])}  # older records: as given
     for name in DATA_RECORD_KEYS:
         if name not in given:
             setattr(data, name, record[name])

@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from test_train import QUICK, TINY, write_jsonl
 
 from vanilla_cli import UsageError
-from vanilla_data_record import model_data_record
+from vanilla_corpus import DataArguments
+from vanilla_data_record import data_record, model_data_record, resume_data
 from vanilla_files import complete_checkpoints
 from vanilla_output_dir import files_the_final_save_replaces, hold_output_dir, release_output_dir
 
@@ -483,6 +484,23 @@ def test_resuming_a_checkpoint_without_a_data_record_and_no_data_flags_names_the
     assert result.returncode == 0, result.stderr[-3000:]
     warning = f"warning: {output_dir / 'checkpoint-4'} has no data_args.json to say what it was trained on, and no data"
     assert warning in result.stderr
+
+
+def test_a_local_dataset_folder_is_recorded_where_any_working_directory_finds_it(tmp_path, monkeypatch):
+    (tmp_path / "corpus").mkdir()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    record = data_record(DataArguments(dataset_name="corpus", source_lang="en", target_lang="de"))
+    assert record["dataset_name"] == str(tmp_path / "corpus")
+    assert (
+        data_record(DataArguments(dataset_name="wmt16", source_lang="en", target_lang="de"))["dataset_name"] == "wmt16"
+    )
+    # A record that an older train.py wrote with the folder as given resumes on it here, given or not.
+    (checkpoint / "data_args.json").write_text(json.dumps({**record, "dataset_name": "corpus"}))
+    for given in (set(), {"dataset_name"}):
+        data = DataArguments(dataset_name="corpus" if given else None, source_lang="en", target_lang="de")
+        resume_data(data, given | {"source_lang", "target_lang"}, checkpoint)  # refused: a UsageError
 
 
 def test_resume_refuses_data_flags_that_differ_from_the_checkpoints_data(tmp_path, finished, data):
