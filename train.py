@@ -164,7 +164,7 @@ def train_and_save(
             processing_class=tokenizer,
             # Compiled, each new shape costs a compile: lengths rounded up to a multiple of 8 keep the shapes few.
             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=pad_to_multiple_of),
-            loss_before=before or 0.0,
+            loss_before=before,
             checkpoint_files={
                 DATA_RECORD: json.dumps(record, indent=2) + "\n",
                 BATCHING_RECORD: json.dumps(batched_by, indent=2) + "\n",
@@ -219,7 +219,7 @@ def train_and_save(
         except KeyboardInterrupt:
             remove_partial_checkpoint(trainer)
             raise
-    metrics = train_loss_metrics(trainer, resumed_step, before is not None)
+    metrics = train_loss_metrics(trainer, resumed_step)
     speed = ("train_runtime", "train_tokens_per_second", "train_padded_tokens_per_second", "train_compiled_graphs")
     metrics.update({name: run_metrics[name] for name in speed if name in run_metrics})
     if padding is not None:

@@ -56,9 +56,12 @@ class VanillaTrainer(Seq2SeqTrainer):
     keep the training loss summed over the whole run, so that a resumed run reports the whole run's mean, and the
     data the run trains on (`checkpoint_files`), which a resumed run keeps to."""
 
-    def __init__(self, *args, loss_before: float = 0.0, checkpoint_files: dict[str, str] | None = None, **kwargs):
+    def __init__(
+        self, *args, loss_before: float | None = 0.0, checkpoint_files: dict[str, str] | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
-        self.loss_before = loss_before  # summed over the steps of the checkpoint this run resumed from
+        self.loss_before = loss_before or 0.0  # summed over the steps of the checkpoint this run resumed from
+        self.whole_run_known = loss_before is not None  # None: a checkpoint saved without that sum
         self.checkpoint_files = checkpoint_files or {}  # name -> text, written into each checkpoint (data_args.json)
         self.loss_since = None  # summed over this run's steps, on the device (one sync per checkpoint)
         self.tokens = TokenCounter()
@@ -157,9 +160,9 @@ class VanillaTrainer(Seq2SeqTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime
             logs.update(self.tokens.rates(self.accelerator, start_time, runtime=logs["train_runtime"]))
-            if "train_loss" in logs:  # Trainer's adds this process's loss since its last log: all processes' instead
-                steps = self.state.global_step - self.first_step
-                logs["train_loss"] = (self.loss_total() - self.loss_before) / max(steps, 1)
+            if "train_loss" in logs:  # Trainer's is this process's loss since its last log: the run's, as reported
+                del logs["train_loss"]
+                logs.update(train_loss_metrics(self, self.first_step))
             if self.args.torch_compile:  # one graph per shape compiled (and per graph break): recompiles add more
                 logs["train_compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         elif "loss" in logs and start_time is not None:  # a training log: the rates since the last one
@@ -287,10 +290,11 @@ def loss_before(checkpoint: str | None) -> float | None:
         return None
 
 
-def train_loss_metrics(trainer: VanillaTrainer, resumed_step: int, whole_run_known: bool) -> dict:
-    """The mean training loss of the whole run; where a checkpoint lacks the sum, of the resumed steps, named so."""
+def train_loss_metrics(trainer: VanillaTrainer, resumed_step: int) -> dict:
+    """The mean training loss of the whole run, all processes'; where the checkpoint resumed lacks the sum, of the
+    resumed steps, named so. A collective."""
     steps = trainer.state.global_step
-    if whole_run_known:
+    if trainer.whole_run_known:
         return {"train_loss": trainer.loss_total() / max(steps, 1)}
     if steps == resumed_step:  # a complete run's checkpoint saved without the sum: no figure to report
         return {}

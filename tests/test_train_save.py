@@ -276,6 +276,10 @@ def test_train_loss_after_a_resume_is_the_mean_over_the_whole_run(tmp_path, data
     assert abs(whole_run - resumed_only) > 1e-3
     reported = json.loads((output_dir / "all_results.json").read_text())["train_loss"]
     assert reported == pytest.approx(whole_run, rel=1e-5)
+    # Trainer's own summary of the run (its log, trainer_state.json) says the same.
+    final_history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    summary = next(entry for entry in reversed(final_history) if "train_runtime" in entry)
+    assert summary["train_loss"] == pytest.approx(whole_run, rel=1e-5)
     assert f"| train_loss | {reported:.4g} |" in (output_dir / "README.md").read_text()
 
 
