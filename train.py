@@ -201,12 +201,18 @@ def train_and_save(
         if saved_from(output_dir, source):
             if trainer.is_world_process_zero():
                 print(f"{message}; its model is saved in {output_dir}")
+                if args.do_predict:
+                    print(
+                        f"note: --do_predict scores a run's model as it finishes; score this one with: python eval.py "
+                        f"--model {output_dir}",
+                        file=sys.stderr,
+                    )
             return
         if trainer.is_world_process_zero():
             print(f"{message}; saving its model" + (f" (the best: {best.name})" if best else ""))
         trained = VanillaForConditionalGeneration.from_pretrained(source)
         model.load_state_dict(trained.state_dict())
-        trainer.state.global_step = resumed_step
+        trainer.state.global_step, trainer.state.epoch = resumed_step, trainer_state(Path(checkpoint)).get("epoch")
     else:
         try:
             run_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
@@ -228,7 +234,12 @@ def train_and_save(
         metrics.update(trainer.evaluate())
     if args.do_predict:
         metrics.update(predict_metrics(trainer, tokenized["test"], load_metrics()))
-    metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
+    # Results only: Trainer's evaluation of a model that it has not trained adds the time it took to set it up.
+    metrics = {
+        name: value
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not name.endswith("model_preparation_time")
+    }
 
     repo_id = trainer.hub_model_id if args.push_to_hub else args.hub_model_id or output_dir.resolve().name
     card = model_card(config.to_dict(), record, metrics, [], repo_id, PRESETS)

@@ -216,9 +216,12 @@ def test_final_save_killed_at_any_point_leaves_the_old_or_the_new_model(
 def test_resuming_a_complete_run_trains_no_further(tmp_path, finished, data):
     output_dir = copy_of(finished, tmp_path)
     before = snapshot(output_dir)
-    result = quick_run(data, output_dir, "--max_steps", "4", "--resume_from_checkpoint", "last")
+    predict = ["--test_file", str(data), "--do_predict"]
+    result = quick_run(data, output_dir, "--max_steps", "4", "--resume_from_checkpoint", "last", *predict)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "completed the run (step 4 of 4): nothing to train" in result.stdout
+    note = "note: --do_predict scores a run's model as it finishes; score this one with: python eval.py --model "
+    assert note + str(output_dir) in result.stderr
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert snapshot(output_dir) == before
 
@@ -230,9 +233,13 @@ def test_resuming_a_complete_run_killed_before_its_final_save_saves_the_last_che
     # The killed run's lock file stays (the kernel released its lock): the next run takes it, and removes it.
     assert not (output_dir / "config.json").exists()
     assert hidden_siblings(output_dir) == [".run.lock", ".run.saving"]
-    result = quick_run(data, output_dir, *args, "--resume_from_checkpoint", "last")
+    result = quick_run(data, output_dir, *args, "--resume_from_checkpoint", "last", "--validation_file", str(data))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing to train; saving its model" in result.stdout
+    # The results name the checkpoint's epoch, and results only.
+    results = json.loads((output_dir / "all_results.json").read_text())
+    epoch = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["epoch"]
+    assert results["epoch"] == epoch > 0 and not [name for name in results if "preparation" in name]
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     final, last = (load_file(folder / "model.safetensors") for folder in (output_dir, output_dir / "checkpoint-4"))
     assert final.keys() == last.keys() and all((final[name] == last[name]).all() for name in final)
