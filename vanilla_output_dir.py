@@ -34,7 +34,8 @@ HELD: dict[Path, TextIO] = {}
 
 # Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
-OLD_MODEL_FILES = (*WEIGHT_FILES, "eval_results_*.json", "predictions_*.txt")
+REPORT_FILES = ("eval_results_*.json", "predictions_*.txt")
+OLD_MODEL_FILES = (*WEIGHT_FILES, *REPORT_FILES)
 
 
 def fault_point(name: str) -> None:
@@ -201,9 +202,12 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
     else:
         averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
         stale = ", ".join(path.name for path in checkpoints + averaged)
+        reports = ", ".join(sorted(entry.name for pattern in REPORT_FILES for entry in output_dir.glob(pattern)))
         print(
             f"--overwrite_output_dir: replacing the finished model in {output_dir} when the new one is saved (the "
-            "old one stays until then)" + (f"; removing its {stale}" if stale else "")
+            "old one stays until then)"
+            + (f"; removing its {stale}" if stale else "")
+            + (f"; its reports {reports} go with it" if reports else "")
         )
         for path in checkpoints + averaged:
             shutil.rmtree(path)

@@ -175,6 +175,7 @@ def test_overwrite_replaces_a_finished_model_as_a_whole_and_says_so(tmp_path, fi
 
     lines = [line for line in result.stdout.splitlines() if line.startswith("--overwrite_output_dir:")]
     assert len(lines) == 1 and "replacing the finished model" in lines[0] and "checkpoint-4" in lines[0], lines
+    assert lines[0].endswith("; its reports eval_results_test.json go with it"), lines
     new = snapshot(output_dir)
     assert new["model.safetensors"] != old["model.safetensors"]
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
