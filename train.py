@@ -192,7 +192,8 @@ def train_and_save(
     warning = resumed_batching_warning(Path(checkpoint), batched_by) if checkpoint is not None else None
     if warning is not None and trainer.is_world_process_zero():
         print(warning, file=sys.stderr)
-    resumed_step = trainer_state(Path(checkpoint))["global_step"] if checkpoint is not None else 0
+    resumed = trainer_state(Path(checkpoint)) if checkpoint is not None else {"global_step": 0}
+    resumed_step = resumed["global_step"]
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
         run_metrics = {}
         message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"
@@ -212,7 +213,7 @@ def train_and_save(
             print(f"{message}; saving its model" + (f" (the best: {best.name})" if best else ""))
         trained = VanillaForConditionalGeneration.from_pretrained(source)
         model.load_state_dict(trained.state_dict())
-        trainer.state.global_step, trainer.state.epoch = resumed_step, trainer_state(Path(checkpoint)).get("epoch")
+        trainer.state.global_step, trainer.state.epoch = resumed_step, resumed.get("epoch")
     else:
         try:
             run_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics

@@ -162,7 +162,7 @@ def model_spec(config: "VanillaConfig", weights: dict, tokens: list[str]) -> "ct
         decoder_positions = weights["model.decoder.embed_positions.embed_positions.weight"]
     else:
         # CTranslate2's built-in sinusoids concatenate the sines and cosines; sec. 3.5 interleaves them, so the
-        # table is written out, past CTranslate2's longest input (1024 tokens) and the output after it.
+        # table is written out, for the positions eval.py cuts sources and outputs at (position_table_length).
         positions = torch.arange(position_table_length(config))
         encoder_positions = decoder_positions = sinusoidal_positions(positions, config.d_model)
     embeddings = embedding_weights(config, weights)
