@@ -1,9 +1,12 @@
 """data_args.json: what a model was trained on, written by train.py beside the model and read by eval.py."""
 
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
+
+import datasets
 
 from vanilla_cli import UsageError, is_main_process
 from vanilla_corpus import DataArguments
@@ -14,7 +17,8 @@ DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "valida
 DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
 # The keys that fix what a run trains on (the validation and test files only evaluate it).
 TRAINING_DATA_KEYS = tuple(key for key in DATA_RECORD_KEYS if key not in ("validation_file", "test_file"))
-# Also in the record: the SHA-256 of the training file's content (absent from the records of older train.py runs).
+# Also in the record: the SHA-256 of the training data, the --train_file or the train split's files of a local
+# --dataset_name folder (absent from the records of older train.py runs; None for a Hub dataset).
 TRAIN_FILE_DIGEST = "train_file_sha256"
 
 
@@ -22,6 +26,28 @@ def dataset_location(name: str | None) -> str | None:
     """A --dataset_name that names a local folder (which `datasets` reads before the Hub), made absolute, so that it
     is found from any working directory; a Hub name as it is."""
     return os.path.abspath(name) if name is not None and os.path.exists(name) else name
+
+
+def local_training_files(data_args: DataArguments) -> list[Path]:
+    """The files a run trains on, where they are local: --train_file, or the train split of a --dataset_name folder
+    as `datasets` resolves it (its file names, or the splits its README declares)."""
+    if data_args.train_file is not None:
+        path = Path(data_args.train_file)
+        return [path] if path.is_file() else []
+    if data_args.dataset_name is None or not os.path.isdir(data_args.dataset_name):
+        return []
+    try:
+        splits = datasets.load_dataset_builder(data_args.dataset_name, data_args.dataset_config_name).config.data_files
+    except (OSError, ValueError):  # a folder datasets cannot read: loading it names the problem
+        return []
+    return [Path(path) for path in (splits or {}).get("train", [])]
+
+
+def training_data_digest(files: list[Path]) -> str | None:
+    """The SHA-256 of one file's content; of several, the SHA-256 of their digests in order."""
+    if len(files) <= 1:
+        return sha256_of(files[0]) if files else None
+    return hashlib.sha256("\n".join(sha256_of(path) for path in files).encode()).hexdigest()
 
 
 def data_record(data_args: DataArguments) -> dict:
@@ -32,8 +58,7 @@ def data_record(data_args: DataArguments) -> dict:
         if record[name] is not None:
             record[name] = os.path.abspath(record[name])
     record["embedded_task"] = data_args.uses_embedded_task
-    train_file = Path(record["train_file"]) if record["train_file"] else None
-    record[TRAIN_FILE_DIGEST] = sha256_of(train_file) if train_file and train_file.is_file() else None
+    record[TRAIN_FILE_DIGEST] = training_data_digest(local_training_files(data_args))
     return record
 
 
@@ -138,8 +163,12 @@ def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
         )
     recorded, current = record.get(TRAIN_FILE_DIGEST), now[TRAIN_FILE_DIGEST]
     if recorded and current and current != recorded:  # (a file that is gone: the loader names it)
+        if now["train_file"]:
+            changed = f"--train_file {now['train_file']} has"
+        else:
+            files = ", ".join(map(str, local_training_files(data)))
+            changed = f"the train split of --dataset_name {now['dataset_name']} ({files}) has"
         raise UsageError(
-            f"--train_file {now['train_file']} has changed since {checkpoint} was trained on it (its SHA-256 is not "
-            f"the one in {DATA_RECORD}); put the file back as it was to resume, or train on the new one in a new run "
-            "(another --output_dir)"
+            f"{changed} changed since {checkpoint} was trained on it (its SHA-256 is not the one in {DATA_RECORD}); "
+            "put the data back as it was to resume, or train on the new data in a new run (another --output_dir)"
         )

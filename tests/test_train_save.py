@@ -515,6 +515,38 @@ def test_a_local_dataset_folder_is_recorded_where_any_working_directory_finds_it
         resume_data(data, given | {"source_lang", "target_lang"}, checkpoint)  # refused: a UsageError
 
 
+def test_resume_refuses_a_dataset_folder_whose_training_split_changed(tmp_path):
+    """As for --train_file: the train split's files of a local --dataset_name folder are recorded by their SHA-256."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    first = write_jsonl(corpus / "train-00000-of-00002.jsonl", range(1, 9))
+    second = write_jsonl(corpus / "train-00001-of-00002.jsonl", range(9, 17))
+    validation = write_jsonl(corpus / "validation.jsonl", range(20, 24))
+    data = DataArguments(dataset_name=str(corpus), source_lang="en", target_lang="de")
+    record = data_record(data)
+    digests = "\n".join(hashlib.sha256(path.read_bytes()).hexdigest() for path in (first, second))
+    assert record["train_file_sha256"] == hashlib.sha256(digests.encode()).hexdigest()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "data_args.json").write_text(json.dumps(record))
+    given = {"dataset_name", "source_lang", "target_lang"}
+    write_jsonl(validation, range(30, 34))  # evaluation data may change
+    resume_data(DataArguments(dataset_name=str(corpus), source_lang="en", target_lang="de"), given, checkpoint)
+    kept = second.read_bytes()
+    write_jsonl(second, range(9, 16))  # one pair fewer in the second file
+    for given_now in (given, set()):
+        data = DataArguments(dataset_name=str(corpus) if given_now else None, source_lang="en", target_lang="de")
+        with pytest.raises(UsageError) as refused:
+            resume_data(data, given_now, checkpoint)
+        assert str(refused.value) == (
+            f"the train split of --dataset_name {corpus} ({first}, {second}) has changed since {checkpoint} was "
+            "trained on it (its SHA-256 is not the one in data_args.json); put the data back as it was to resume, or "
+            "train on the new data in a new run (another --output_dir)"
+        )
+    second.write_bytes(kept)
+    resume_data(DataArguments(source_lang="en", target_lang="de"), set(), checkpoint)
+
+
 def test_resume_refuses_data_flags_that_differ_from_the_checkpoints_data(tmp_path, finished, data):
     output_dir = copy_of(finished, tmp_path)
     other = write_jsonl(tmp_path / "other.jsonl", range(100, 116))
@@ -551,8 +583,8 @@ def test_resume_refuses_a_training_file_whose_content_changed_since_the_checkpoi
         line = error_line(run_train(*TINY, *QUICK, *given, "--output_dir", str(output_dir), *resume))
         assert line == (
             f"error: --train_file {train_file} has changed since {output_dir / 'checkpoint-2'} was trained on it (its "
-            "SHA-256 is not the one in data_args.json); put the file back as it was to resume, or train on the new "
-            "one in a new run (another --output_dir)"
+            "SHA-256 is not the one in data_args.json); put the data back as it was to resume, or train on the new "
+            "data in a new run (another --output_dir)"
         )
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]
     train_file.write_bytes(kept)
