@@ -109,6 +109,11 @@ def resolve_data(data: DataArguments, given: set[str], record: dict | None, mode
         return
     data_flags = f"--{split}_file FILE with --source_lang and --target_lang, or --dataset_name"
     if record is None:
+        if not os.path.exists(model):  # a Hub id, or a mistyped folder: the data is unknown either way
+            raise UsageError(
+                f"{model}: no such model folder here, and a Hub model holds no {DATA_RECORD}, so the data to score is "
+                f"unknown: check --model, or pass {data_flags}"
+            )
         raise UsageError(
             f"{model} has no {DATA_RECORD} (a model from an older train.py or the Hub), so the data to score is "
             f"unknown: pass {data_flags}"

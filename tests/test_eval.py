@@ -267,6 +267,13 @@ def test_missing_model_path_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_bare_name_that_is_no_folder_says_so_before_asking_for_data(tmp_path):
+    """A bare name may be a Hub id or a mistyped folder: with no data flags, the error says both."""
+    result = run_cli("eval.py", "--model", "no-such-model", cwd=tmp_path)
+    assert_usage_error(result, "no-such-model: no such model folder here, and a Hub model holds no data_args.json")
+
+
+@pytest.mark.slow
 def test_folder_without_a_model_is_a_usage_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path)), str(tmp_path), "not a model folder")
