@@ -70,8 +70,9 @@ OUT ?= gpu-check-results
 gpu-check:
 	$(PYTHON) bench/gpu_check.py $(OUT) --data $(MULTI30K)
 
-# After the GPU check, where the time goes on the GPU (bench/profile_speed.py): a base-shape training step and beam-4
-# decoding, eager and compiled, each with its wall time, GPU-busy time and kernels, and the operator tables (~2 minutes).
+# After the GPU check, where the time goes on the GPU (bench/profile_speed.py): the cost of a new batch shape (with and
+# without cuDNN's attention), a base-shape training step and beam-4 decoding, eager and compiled, each with its wall
+# time, GPU-busy time and kernels, and the operator tables (~2 minutes).
 gpu-profile:
 	$(PYTHON) bench/profile_speed.py --device cuda --rows 30
 

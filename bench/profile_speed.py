@@ -12,7 +12,9 @@ each generation, the host time a decoding step spends in each of its parts: the 
 beam-search helpers, the logits processors, the cache reorder. On a GPU `_beam_search_has_unfinished_sequences` reads
 a flag back from the GPU, so its time includes the wait for the step's kernels.
 
-On CUDA the training step also runs compiled, and the decoding as bench_speed.py's: eager under autocast, then
+On CUDA it first times a training step at batch shapes met for the first time against the same shapes again, with
+SDPA free to use cuDNN's attention and without it (`--new-shapes N`): what each new shape of token-budget batches
+costs. On CUDA the training step also runs compiled, and the decoding as bench_speed.py's: eager under autocast, then
 eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
 """
 
@@ -31,6 +33,7 @@ from bench_speed import (  # the script's folder is on the path
     build_ours,
     compiled_static_decoder,
     generation_call,
+    random_batch,
     training_step,
 )
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -138,6 +141,55 @@ def show(title: str, fn, rows: int, calls: int, device: torch.device, parts_of=N
         print(step_table(events, wall * calls))
 
 
+def new_shape_batches(shape, count: int, offset: int, device: torch.device) -> list[dict]:
+    """`count` training batches of shapes no other call used (rows, source and target lengths all differ), as
+    token-budget batches bring at nearly every step of a first epoch."""
+    generator = torch.Generator().manual_seed(offset)
+    batches = []
+    for index in range(count):
+        rows, length = shape.train_batch + offset + index, shape.train_len + offset + index
+        input_ids, attention_mask = random_batch(rows, length, shape.vocab_size, generator)
+        labels, label_mask = random_batch(rows, length + 1, shape.vocab_size, generator)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels.masked_fill(label_mask == 0, -100),
+        }
+        batches.append({name: tensor.to(device) for name, tensor in batch.items()})
+    return batches
+
+
+def new_shape_cost(model, shape, device: torch.device, autocast, count: int) -> None:
+    """The time a training step's forward and backward take at a batch shape seen for the first time, and again at
+    once (medians): the cost a new shape carries, with SDPA free to choose cuDNN's attention (which builds a plan per
+    shape, forward and backward) and without it (train.py's choice). Each setting gets shapes of its own."""
+
+    def step(batch: dict) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        with autocast():
+            loss = model(**batch, logits_to_keep=batch["labels"] != -100).loss
+        loss.backward()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    print(f"\n=== a training step at a new batch shape ({count} shapes each; forward and backward, ms) ===")
+    print(f"{'SDPA may use cuDNN':20} {'first call':>11} {'same shape again':>17} {'cost of the new shape':>22}")
+    allowed = torch.backends.cuda.cudnn_sdp_enabled()
+    step(new_shape_batches(shape, 1, 0, device)[0])  # the process's first step (its one-off set-up) is not timed
+    model.zero_grad(set_to_none=True)
+    for offset, cudnn in ((0, True), (count, False)):
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        first, again = [], []
+        for batch in new_shape_batches(shape, count, offset + 1, device):
+            first.append(step(batch))
+            again.append(step(batch))
+            model.zero_grad(set_to_none=True)
+        median = sorted(first)[count // 2], sorted(again)[count // 2]
+        print(f"{str(cudnn):20} {median[0] * 1e3:11.1f} {median[1] * 1e3:17.1f} {(median[0] - median[1]) * 1e3:22.1f}")
+    torch.backends.cuda.enable_cudnn_sdp(allowed)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["ours", "marian"], default="ours")
@@ -149,6 +201,9 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on CUDA)")
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="on CUDA, no compiled training step or decoding")
+    parser.add_argument(
+        "--new-shapes", type=int, default=None, help="batch shapes timed at their first call (default: 6 on CUDA, 0)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,6 +217,9 @@ def main():
 
     torch.manual_seed(0)
     model = (build_ours if args.model == "ours" else build_marian)(shape).to(device)
+    new_shapes = (6 if device.type == "cuda" else 0) if args.new_shapes is None else args.new_shapes
+    if new_shapes and args.model == "ours":  # first, before any other call has met a shape
+        new_shape_cost(model.train(), shape, device, autocast, new_shapes)
     show("training step", training_step(model.train(), args.model, batch, autocast), args.rows, args.steps, device)
     if device.type == "cuda" and not args.no_compile:  # bench_speed.py's compiled row: Trainer's --torch_compile
         compiled = training_step(torch.compile(model), args.model, batch, autocast, every_position=True)

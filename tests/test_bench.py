@@ -281,8 +281,10 @@ def test_bench_speed_times_bf16_training_on_a_cpu_only_where_it_has_bf16_kernels
 
 
 def test_the_profile_prints_a_summary_line_and_an_operator_table_for_each_call():
-    result = run_cli("bench/profile_speed.py", "--shape", "tiny", "--steps", "1")
+    result = run_cli("bench/profile_speed.py", "--shape", "tiny", "--steps", "1", "--new-shapes", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    costs = re.findall(r"^(True|False) +([\d.]+) +([\d.]+) +(-?[\d.]+)$", result.stdout, re.M)
+    assert [row[0] for row in costs] == ["True", "False"] and all(float(row[1]) > 0 for row in costs)
     summaries = re.findall(r"=== (.+) \(1 calls\): ([\d.]+) ms a call \(wall\) ===", result.stdout)
     assert [title for title, _ in summaries] == ["training step", "beam-4 generation"]
     assert all(float(ms) > 0 for _, ms in summaries)
