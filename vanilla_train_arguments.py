@@ -2,7 +2,9 @@
 
 The learning rate, sec. 5.3: lrate = d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5). transformers'
 "inverse_sqrt" schedule multiplies the peak --learning_rate by min(step / warmup_steps, sqrt(warmup_steps / step)),
-so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's lrate at every optimizer step.
+so a peak of (d_model * warmup_steps)^-0.5, the default, gives the paper's curve. Its step counts from 0, the
+paper's from 1: the k-th update runs at the paper's lrate of step k - 1, and the first, as in every transformers
+warmup, at 0.
 """
 
 import inspect

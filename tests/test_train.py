@@ -233,14 +233,15 @@ def test_default_schedule_is_the_paper_learning_rate():
     assert (d_model, warmup) == (512, 4000)
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=paper_peak_learning_rate(d_model, warmup))
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(warmup))
-    rates = {}
-    for step in range(1, 12001):
+    applied = {}  # update k (from 1) -> the rate its optimizer.step() used, as Trainer steps them
+    for update in range(1, 12002):
+        applied[update] = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
-        rates[step] = scheduler.get_last_lr()[0]
+    assert applied[1] == 0.0  # transformers' warmups start from 0: the first update moves only Adam's moments
     for step in [1, 100, 3999, 4000, 4001, 8000, 12000]:
         paper = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)  # sec. 5.3
-        assert rates[step] == pytest.approx(paper, rel=1e-9), step
+        assert applied[step + 1] == pytest.approx(paper, rel=1e-9), step
 
 
 def free_port() -> str:
