@@ -244,19 +244,33 @@ def print_table(report: dict, results_file: Path) -> None:
 
 
 def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
-    """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty)."""
+    """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty). Piped input is
+    read whole and translated in batches of similar lengths; on a terminal each line is translated as it is entered."""
+    if sys.stdin.isatty():
+        model, tokenizer = load_translation_model(args)
+        print("translating each line as it is entered; end with Ctrl-D", file=sys.stderr)
+        for number, data in enumerate(sys.stdin.buffer, start=1):
+            line = stdin_text(data, number).strip()
+            print(translate(model, tokenizer, [line], args, max_source_length, progress=False)[0] if line else "")
+            sys.stdout.flush()
+        return
     data = sys.stdin.buffer.read()
-    try:
-        text = data.decode("utf-8-sig")  # a byte-order mark is no part of the first sentence
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None
-    lines = [line.strip() for line in text_lines(text)]
+    lines = [line.strip() for line in text_lines(stdin_text(data))]
     model, tokenizer = load_translation_model(args)
     texts = [line for line in lines if line]
     translations = iter(translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else [])
     for line in lines:
         print(next(translations) if line else "")
+
+
+def stdin_text(data: bytes, first_line: int = 1) -> str:
+    """stdin's bytes (from line `first_line` on) as text, a byte-order mark dropped; UsageError naming a line that is
+    not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = first_line + data[: error.start].count(b"\n")
+        raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None
 
 
 class EvalParser(UsageErrorParser, HfArgumentParser):

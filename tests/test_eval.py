@@ -7,6 +7,8 @@ import gc
 import hashlib
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import struct
@@ -762,6 +764,39 @@ def test_translate_reads_past_a_byte_order_mark_and_stops_quietly_when_its_reade
     process.stdout.close()  # as `| head -1` does
     assert process.wait(timeout=300) == 141
     assert process.stderr.read() == b""
+
+
+@pytest.mark.slow
+def test_translate_at_a_terminal_answers_each_line_as_it_is_entered(trained_run):
+    """Typed at a terminal, each line is translated at once; read whole, the input would wait for Ctrl-D."""
+    typing, terminal = pty.openpty()
+    command = [sys.executable, str(ROOT / "eval.py"), "translate", "--model", str(trained_run)]
+    command += ["--max_length_offset", str(OFFSET)]
+    process = subprocess.Popen(
+        command, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment()
+    )
+    os.close(terminal)
+
+    def answer(line: bytes) -> str:
+        os.write(typing, line)
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, "no translation while the input stays open"
+        return process.stdout.readline().decode()
+
+    try:
+        sentences = ["three hundred and forty-five", "seven"]
+        answers = [answer(b"three hundred and forty-five\n"), answer(b"\n"), answer(b"seven\n")]
+        os.write(typing, b"\x04")  # Ctrl-D
+        assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-3000:]
+    finally:
+        process.kill()
+        os.close(typing)
+    expected = [
+        one_by_one(trained_run, [sentence], longest_source(trained_run, [sentence]) + OFFSET)[0]
+        for sentence in sentences
+    ]
+    assert answers == [f"{expected[0]}\n", "\n", f"{expected[1]}\n"]
+    assert "translating each line as it is entered; end with Ctrl-D" in process.stderr.read().decode()
 
 
 @pytest.mark.slow
