@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -140,9 +141,11 @@ def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
         except OSError as error:
             raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
         return
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    temporary = own_sibling(path, path.stem, "tmp", path.suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for left, _ in left_by_gone_processes(path, path.stem, path.suffix):
+            left.unlink(missing_ok=True)
         write(temporary)
         os.replace(temporary, path)
     except OSError as error:
@@ -156,12 +159,58 @@ def write_text_atomically(path: Path, text: str) -> None:
     write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
+def own_sibling(path: Path, name: str, role: str, suffix: str = "") -> Path:
+    """`.<name>.<host>.<pid>.<role><suffix>` beside `path`: where this process writes it before the rename."""
+    return path.with_name(f".{name}.{socket.gethostname()}.{os.getpid()}.{role}{suffix}")
+
+
+def left_by_gone_processes(path: Path, name: str, suffix: str = "") -> list[tuple[Path, str]]:
+    """The own_sibling entries (with their role) that processes of this machine left beside `path` and that no longer
+    run: killed in the middle of a write. Another machine's, or a running process', are not theirs to remove."""
+    pattern = re.compile(
+        rf"\.{re.escape(name)}\.{re.escape(socket.gethostname())}\.(\d+)\.(tmp|old){re.escape(suffix)}"
+    )
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    left = []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and not process_runs(int(match.group(1))):
+            left.append((entry, match.group(2)))
+    return left
+
+
+def process_runs(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a reused pid counts as running: nothing is removed for it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def finish_gone_writes(output: Path) -> None:
+    """Cleans up after writes of `output` by processes killed midway: a killed swap whose old folder was moved aside
+    before the new one came in gets the old one back; temporary folders are removed."""
+    left = left_by_gone_processes(output, output.name)
+    for entry, role in sorted(left, key=lambda item: item[1] != "old"):  # an old folder first: put back or dropped
+        if role == "old" and not output.exists():
+            os.replace(entry, output)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None:
     """write(folder) into a temporary folder beside `output`, then swap it in: readers see the old or the new folder,
-    and a failure puts the old one back and leaves no temporary folder."""
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    previous = output.with_name(f".{output.name}.{os.getpid()}.old")
+    and a failure puts the old one back and leaves no temporary folder (nor, on the next write, a killed one)."""
+    temporary = own_sibling(output, output.name, "tmp")
+    previous = own_sibling(output, output.name, "old")
     shutil.rmtree(temporary, ignore_errors=True)
+    finish_gone_writes(output)
     try:
         temporary.mkdir(parents=True)
         write(temporary)

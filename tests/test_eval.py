@@ -11,6 +11,7 @@ import pty
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -861,6 +862,44 @@ def test_an_atomic_write_replaces_the_whole_file_or_leaves_the_old_one_and_no_te
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and path.read_text() == "old"
     write_text_atomically(path, "new")
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"] and path.read_text() == "new"
+
+
+def test_the_next_atomic_write_cleans_up_after_a_process_killed_in_the_middle_of_one(tmp_path):
+    """kill -9 leaves its temporary file or folder beside the output, or, between the two renames of a folder's swap,
+    the old folder moved aside and none in its place. The next write of the same output removes what processes of this
+    machine that no longer run left, and puts such an old folder back first; a running process' entries stay."""
+    from vanilla_files import write_text_atomically
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone_pid = int(gone.stdout)  # exited: no process has this pid now (a reused one would only keep its entries)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    try:
+        output = tmp_path / "averaged-last-3"
+        (tmp_path / f".averaged-last-3.{host}.{gone_pid}.old").mkdir()
+        (tmp_path / f".averaged-last-3.{host}.{gone_pid}.old" / "model.safetensors").write_text("the old model")
+        (tmp_path / f".averaged-last-3.{host}.{gone_pid}.tmp").mkdir()
+        kept = [
+            tmp_path / f".averaged-last-3.{host}.{running.pid}.tmp",
+            tmp_path / f".averaged-last-3.other-host.{gone_pid}.tmp",
+        ]
+        for folder in kept:
+            folder.mkdir()
+
+        def refused(folder: Path) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with pytest.raises(OSError):
+            write_folder_atomically(output, refused)
+        assert (output / "model.safetensors").read_text() == "the old model"  # put back, then kept by the failure
+        assert sorted(tmp_path.iterdir()) == sorted([output, *kept])
+        report = tmp_path / "eval_results_test.json"
+        (tmp_path / f".eval_results_test.{host}.{gone_pid}.tmp.json").write_text("{half")
+        write_text_atomically(report, "{}\n")
+        assert sorted(tmp_path.iterdir()) == sorted([output, report, *kept])
+    finally:
+        running.kill()
+        running.wait()
 
 
 @pytest.mark.parametrize("stream", ["named-pipe", "process-substitution"])
