@@ -92,6 +92,48 @@ def cpu_has_bf16_kernels() -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+# bf16 on a CPU is for speed: where its matrix products run slower than float32's it is not taken. The CPUs measured so
+# far lie far from 1 (BENCHMARKS.md), so the choice stays the same from run to run.
+CPU_BF16_SLOWER = 1.0
+
+
+@functools.cache
+def cpu_bf16_speed() -> float:
+    """How fast a bf16 matrix product runs on this CPU against a float32 one (a 1024 x 512 x 1024 product, best of 10
+    after 2, in each precision); 0 without bf16 matrix kernels. With AVX-512 BF16, bf16 autocast trained 1.2-1.3x
+    faster than float32 on an AMD EPYC (Zen 4), but 0.65x on an Intel Xeon whose AMX is not available, where this
+    product runs at ~0.54x (BENCHMARKS.md)."""
+    import time
+
+    import torch
+
+    if not cpu_has_bf16_kernels():
+        return 0.0
+    generator = torch.Generator().manual_seed(0)
+    inputs, weight = torch.randn(1024, 512, generator=generator), torch.randn(1024, 512, generator=generator)
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, w = inputs.to(dtype), weight.to(dtype)
+        times = []
+        for repeat in range(12):
+            start = time.perf_counter()
+            torch.nn.functional.linear(a, w)
+            if repeat >= 2:
+                times.append(time.perf_counter() - start)
+        best[dtype] = min(times)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def cpu_bf16_problem() -> str | None:
+    """Why bf16 would run slower than float32 on this CPU, or None where it pays (cpu_bf16_speed)."""
+    speed = cpu_bf16_speed()
+    if speed == 0:
+        return "this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX)"
+    if speed < CPU_BF16_SLOWER:
+        return f"this CPU's bf16 matrix kernels run at {speed:.2f}x the speed of its float32 ones (measured)"
+    return None
+
+
 def read_text(path: str) -> str:
     """The UTF-8 text of a file, without a leading byte-order mark; UsageError saying why a file cannot be read."""
     file = Path(path)

@@ -35,7 +35,7 @@ from vanilla_cli import (
     UsageError,
     UsageErrorParser,
     argument_dataclass,
-    cpu_has_bf16_kernels,
+    cpu_bf16_problem,
     documented_arguments,
     first_line,
     read_recipe,
@@ -167,10 +167,11 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                         "drop --bf16 (or use --fp16), or pass --use_cpu true to train on the CPU"
                     )
                 self.use_cpu = True  # Trainer refuses bf16 without an accelerator unless told to train on the CPU
-            if self.use_cpu and not cpu_has_bf16_kernels():
+            problem = cpu_bf16_problem() if self.use_cpu else None
+            if problem:
                 print(
-                    "warning: --bf16: this CPU has no bf16 matrix kernels (oneDNN's need AVX-512 or AMX), and bf16 "
-                    "autocast on the fallback ones trains many times slower than float32: training in float32",
+                    f"warning: --bf16: {problem}, so bf16 autocast would train slower than float32: training in "
+                    "float32",
                     file=sys.stderr,
                 )
                 self.bf16 = self.bf16_full_eval = False

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import vanilla_ctranslate2
-from vanilla_cli import UsageError, cpu_has_bf16_kernels, first_line
+from vanilla_cli import UsageError, cpu_bf16_problem, first_line
 from vanilla_files import checkpoint_folders
 
 if TYPE_CHECKING:
@@ -53,10 +53,10 @@ def load_model_and_tokenizer(name: str, attn_implementation: str | None = None, 
         raise UsageError(f"{name}: {where} ({first_line(error)})") from None
     model = load_model(name, attn_implementation, dtype)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu" and model.dtype == torch.bfloat16 and not cpu_has_bf16_kernels():
+    problem = cpu_bf16_problem() if device.type == "cpu" and model.dtype == torch.bfloat16 else None
+    if problem:
         print(
-            "warning: bfloat16 weights on a CPU without bf16 matrix kernels (oneDNN's need AVX-512 or AMX): decoding "
-            "runs on the fallback ones, several times slower than float32 (--dtype float32)",
+            f"warning: bfloat16 weights: {problem}, so decoding runs slower than in float32 (--dtype float32)",
             file=sys.stderr,
         )
     return model.to(device).eval(), tokenizer

@@ -16,6 +16,7 @@ from test_train import QUICK, TINY, environment, run_train, torchrun, write_json
 from transformers import DataCollatorForSeq2Seq
 from transformers.utils import is_torch_bf16_gpu_available
 
+import vanilla_cli
 import vanilla_train_arguments
 from vanilla_batching import TokenBudgetBatchSampler, sequence_lengths
 from vanilla_cli import UsageError
@@ -226,29 +227,42 @@ def test_bf16_on_a_gpu_without_bf16_is_refused_rather_than_trained_on_the_cpu(mo
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda"))
     with pytest.raises(UsageError, match=r"--bf16: this cuda device has no bf16 support.*--use_cpu true"):
         parse_arguments(["--output_dir", "unused", "--bf16", "true"])
-    monkeypatch.setattr(vanilla_train_arguments, "cpu_has_bf16_kernels", lambda: True)
+    monkeypatch.setattr(vanilla_train_arguments, "cpu_bf16_problem", lambda: None)
     _, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true", "--use_cpu", "true"])
     assert args.bf16 and args.use_cpu
 
 
-def test_bf16_on_a_cpu_without_bf16_kernels_trains_in_float32_and_says_so(monkeypatch, capsys):
+def test_bf16_on_a_cpu_where_it_is_slower_trains_in_float32_and_says_so(monkeypatch, capsys):
     """bf16 autocast on a CPU whose oneDNN has no bf16 kernels (no AVX-512, no AMX) runs many times slower than
-    float32 (BENCHMARKS.md): train.py trains in float32 there, with a warning naming --bf16."""
+    float32, and on one whose bf16 kernels run slower than its float32 ones (an Intel Xeon without AMX), ~1.5x slower
+    (BENCHMARKS.md): train.py trains in float32 there, with a warning naming --bf16 and the measured speed."""
     flags = ["--output_dir", "unused", "--bf16", "true", "--use_cpu", "true"]
-    for has_kernels in (False, True):
-        monkeypatch.setattr(vanilla_train_arguments, "cpu_has_bf16_kernels", lambda value=has_kernels: value)
+    for speed, kept in ((0.0, False), (0.5, False), (0.95, False), (1.05, True), (1.6, True)):
+        monkeypatch.setattr(vanilla_cli, "cpu_bf16_speed", lambda value=speed: value)
         _, _, args = parse_arguments(flags)
         warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-        assert args.bf16 == has_kernels and args.use_cpu
-        if has_kernels:
+        assert args.bf16 == kept and args.use_cpu
+        if kept:
             assert warnings == []
         else:
             assert len(warnings) == 1 and "--bf16" in warnings[0] and "training in float32" in warnings[0]
+            assert ("no bf16 matrix kernels" if speed == 0 else f"run at {speed:.2f}x the speed") in warnings[0]
+
+
+def test_the_cpu_bf16_speed_is_a_measured_ratio_of_matrix_products():
+    """cpu_bf16_speed times the same product in both precisions: on a CPU with bf16 kernels a positive ratio, without
+    them 0."""
+    vanilla_cli.cpu_bf16_speed.cache_clear()
+    speed = vanilla_cli.cpu_bf16_speed()
+    if vanilla_cli.cpu_has_bf16_kernels():
+        assert 0.1 < speed < 10
+    else:
+        assert speed == 0.0
 
 
 def test_bf16_on_a_cpu_trains_with_eager_attention_unless_a_kernel_is_named(monkeypatch):
     # SDPA's bf16 backward on a CPU is the slower kernel (BENCHMARKS.md); float32 and GPUs keep SDPA.
-    monkeypatch.setattr(vanilla_train_arguments, "cpu_has_bf16_kernels", lambda: True)
+    monkeypatch.setattr(vanilla_train_arguments, "cpu_bf16_problem", lambda: None)
     model_args, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true"])
     assert training_attention(model_args, args) == ("eager" if args.device.type == "cpu" else "sdpa")
     model_args, _, args = parse_arguments(["--output_dir", "unused"])
