@@ -189,6 +189,20 @@ class VanillaTrainer(Seq2SeqTrainer):
                 (Path(output_dir) / name).write_text(text, encoding="utf-8")
             fault_point(Path(output_dir).name)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's save of the model, tokenizer and training_args.bin, less two things they would carry: the
+        truncation a fast tokenizer keeps from its last call (in tokenizer.json, where the `tokenizers` library and
+        the engines reading the file apply it) and --hub_token (pickled into training_args.bin, which is pushed)."""
+        backend = getattr(self.processing_class, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_truncation()
+            backend.no_padding()
+        super()._save(output_dir, state_dict)
+        if self.args.hub_token is not None:
+            arguments = copy.copy(self.args)
+            arguments.hub_token = None
+            torch.save(arguments, Path(output_dir or self.args.output_dir) / "training_args.bin")
+
     def _issue_warnings_after_load(self, load_result) -> None:
         """Trainer's warning of keys missing from a checkpoint it loads (resuming, or the best model at the end), less
         the tied aliases: the embeddings and the output layer are one tensor, saved once under `shared`."""

@@ -20,6 +20,7 @@ from vanilla_hub import NOT_PUSHED
 
 pytestmark = pytest.mark.slow
 SOURCE = "twenty-three"
+TOKEN = "hf_standinTokenNeverStored"
 DECODER_INPUT = [[1, 5, 6, 7]]
 MODEL_FILES = {
     "config.json",
@@ -70,6 +71,7 @@ def pushed(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
     output_dir, record = tmp / "en-de", tmp / "hub"
     args = [*TINY, *QUICK, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir"]
     args += [str(output_dir), "--push_to_hub", "--hub_strategy", "all_checkpoints", "--hub_always_push"]
+    args += ["--hub_token", TOKEN]
     result = run_cli("tests/hub_standin.py", str(record), str(ROOT / "train.py"), *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir, record, json.loads((record / "commits.json").read_text())
@@ -94,6 +96,20 @@ def test_each_push_commits_a_whole_model_and_no_staging_temporary_or_resume_file
         assert commit["deleted"] == [] and commit["repo_id"] == "standin-user/en-de"
         assert not any(part.startswith(".") for path in commit["added"] for part in Path(path).parts)
     assert json.loads((pushed[1] / "revision-0" / "config.json").read_text())["auto_map"]
+
+
+def test_no_saved_or_pushed_file_holds_the_hub_token_or_the_tokenizers_last_truncation(pushed):
+    """Trainer pickles its arguments, --hub_token included, into training_args.bin, which each push sends; and a
+    fast tokenizer's tokenizer.json keeps the truncation of its last call, which the `tokenizers` library applies."""
+    output_dir, record, _ = pushed
+    saved = [path for folder in (output_dir, record) for path in folder.rglob("*") if path.is_file()]
+    assert [path for path in saved if path.name == "training_args.bin"]
+    assert [path for path in saved if TOKEN.encode() in path.read_bytes()] == []
+    arguments = torch.load(output_dir / "training_args.bin", weights_only=False)
+    assert arguments.hub_token is None and arguments.push_to_hub
+    for path in saved:
+        if path.name == "tokenizer.json":
+            assert json.loads(path.read_text())["truncation"] is None, path
 
 
 def test_the_final_push_leaves_out_every_folder_inside_the_model_folder(pushed):
