@@ -175,9 +175,11 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
                 f"--resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, "
                 "which Trainer writes last)"
             )
-        return checkpoint
+        if Path(checkpoint).resolve().parent == output_dir.resolve():
+            return checkpoint  # the run goes on in its own folder
+        # A checkpoint from elsewhere starts this folder's run: output_dir is checked as for a new run.
     if not output_dir.is_dir():
-        return None
+        return checkpoint
     checkpoints = checkpoint_folders(output_dir)
     held = (output_dir / "config.json").exists() or checkpoints
     if held and not args.overwrite_output_dir:
@@ -211,7 +213,7 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
         )
         for path in checkpoints + averaged:
             shutil.rmtree(path)
-    return None
+    return checkpoint
 
 
 def files_the_final_save_replaces(output_dir: Path) -> list[str]:

@@ -547,6 +547,29 @@ def test_resume_refuses_a_dataset_folder_whose_training_split_changed(tmp_path):
     resume_data(DataArguments(source_lang="en", target_lang="de"), set(), checkpoint)
 
 
+def test_resuming_a_checkpoint_from_elsewhere_checks_output_dir_as_a_new_run_does(tmp_path, finished, data):
+    """--resume_from_checkpoint PATH outside output_dir starts that folder's run: a folder holding another model, or
+    files the final save would replace, is refused as without the flag; a new folder takes the run."""
+    elsewhere = ["--max_steps", "6", "--resume_from_checkpoint", str(finished / "checkpoint-4")]
+    other = copy_of(finished, tmp_path / "other")
+    before = snapshot(other)
+    line = error_line(quick_run(data, other, *elsewhere))
+    assert line.startswith(f"error: output_dir {other} already holds a model or checkpoints")
+    assert snapshot(other) == before and sorted(path.name for path in other.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("my notes\n")
+    line = error_line(quick_run(data, notes, *elsewhere))
+    assert "holds no model but files that the final save would replace: README.md" in line
+    assert (notes / "README.md").read_text() == "my notes\n"
+    result = quick_run(data, tmp_path / "new", *elsewhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "new" / "trainer_state.json").read_text())["global_step"] == 6
+
+
 def test_resume_refuses_data_flags_that_differ_from_the_checkpoints_data(tmp_path, finished, data):
     output_dir = copy_of(finished, tmp_path)
     other = write_jsonl(tmp_path / "other.jsonl", range(100, 116))
