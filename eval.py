@@ -34,7 +34,14 @@ from vanilla_cli import (
 )
 from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data, run_data_record
-from vanilla_files import AVERAGED_MARKER, check_output_files, check_writable, output_path, write_text_atomically
+from vanilla_files import (
+    AVERAGED_MARKER,
+    DATA_RECORD,
+    check_output_files,
+    check_writable,
+    output_path,
+    write_text_atomically,
+)
 from vanilla_hub import CARD, folder_card
 from vanilla_metrics import load_metrics, score
 from vanilla_plots import plot_cross_attention
@@ -124,13 +131,18 @@ def check_engine_arguments(args: EvalArguments) -> None:
         raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
 
 
-def evaluate_split(args: EvalArguments, data: DataArguments) -> dict:
-    """Translate the split, score it, write the hypotheses and the report; returns the report."""
+def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None = None) -> dict:
+    """Translate the split, score it, write the hypotheses and the report; returns the report. No output may replace
+    a data file given, or one the model's data record (`record`) names: its run's training data among them."""
     predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
     results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
     check_writable(predictions_file, "--predictions_file")
     check_writable(results_file, "--results_file")
-    data_files = {f"--{split}_file": getattr(data, f"{split}_file") for split in ("train", "validation", "test")}
+    recorded = {
+        f"{split}_file the model was trained with ({DATA_RECORD})": (record or {}).get(f"{split}_file")
+        for split in SPLITS
+    }
+    data_files = {**recorded, **{f"--{split}_file": getattr(data, f"{split}_file") for split in SPLITS}}
     check_output_files({"--predictions_file": predictions_file, "--results_file": results_file}, data_files)
     raw = load_raw_datasets(data)
     if data.uses_embedded_task:
@@ -309,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     elif not scores_data:
         plot_cross_attention(args, data.max_source_length)
     else:
-        evaluate_split(args, data)
+        evaluate_split(args, data, record)
 
 
 if __name__ == "__main__":

@@ -676,6 +676,24 @@ def test_languages_swapped_against_the_models_direction_are_refused(trained_run,
 
 
 @pytest.mark.slow
+def test_an_output_file_over_the_data_the_model_was_trained_on_is_refused(trained_run, test_file, tmp_path):
+    """The model's data_args.json names its run's training and validation files: no report may replace them, given as
+    data flags or not (a later resume of the run would find its training data gone)."""
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    for path in train, validation:
+        shutil.copy(test_file, path)
+    record = data_record(train_file=str(train), validation_file=str(validation), source_lang="en", target_lang="de")
+    model = model_copy(trained_run, tmp_path / "model", record)
+    for output, path, flags, named in (
+        ("--predictions_file", train, ["--test_file", str(test_file)], "train_file the model was trained with"),
+        ("--results_file", validation, ["--split", "validation"], "--validation_file"),  # the recorded split scored
+    ):
+        result = run_cli("eval.py", "--model", str(model), *flags, output, str(path))
+        assert_usage_error(result, f"{output} {path} is also the {named}")
+        assert path.read_bytes() == test_file.read_bytes()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "outputs, message",
     [
