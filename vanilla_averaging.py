@@ -13,6 +13,7 @@ from vanilla_files import (
     check_writable,
     checkpoint_folders,
     complete_checkpoints,
+    finish_gone_writes_in,
     sha256_of,
     write_folder_atomically,
 )
@@ -35,6 +36,7 @@ def check_averaged_model_dir(output: Path) -> None:
             f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
             f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
         )
+    finish_gone_writes_in(output)  # a conversion killed midway left a temporary folder: no reason to refuse
     folders = sorted(path.name for path in output.iterdir() if path.is_dir() and not is_cached_conversion(path))
     if folders:
         raise UsageError(

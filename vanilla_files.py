@@ -204,6 +204,16 @@ def finish_gone_writes(output: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def finish_gone_writes_in(folder: Path) -> None:
+    """finish_gone_writes for every output inside `folder` that a killed process left a temporary entry for."""
+    pattern = re.compile(rf"\.(.+)\.{re.escape(socket.gethostname())}\.\d+\.(tmp|old)")
+    names = {
+        match.group(1) for entry in folder.iterdir() if (match := pattern.fullmatch(entry.name)) and entry.is_dir()
+    }
+    for name in sorted(names):
+        finish_gone_writes(folder / name)
+
+
 def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None:
     """write(folder) into a temporary folder beside `output`, then swap it in: readers see the old or the new folder,
     and a failure puts the old one back and leaves no temporary folder (nor, on the next write, a killed one)."""

@@ -180,6 +180,16 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
         # A checkpoint from elsewhere starts this folder's run: output_dir is checked as for a new run.
     if not output_dir.is_dir():
         return checkpoint
+    # Another kind of model folder: a new model in it would be taken for what it was (eval.py's averaging reuses a
+    # folder by its marker; a resume or an average takes a checkpoint by its trainer state).
+    if (output_dir / AVERAGED_MARKER).exists():
+        kind = f"an averaged model of eval.py ({AVERAGED_MARKER})"
+    elif output_dir.name.startswith("checkpoint-") and (output_dir / TRAINER_STATE).exists():
+        kind = f"a checkpoint of the run in {output_dir.parent} ({TRAINER_STATE})"
+    else:
+        kind = None
+    if kind is not None:
+        raise UsageError(f"output_dir {output_dir} is {kind}; train into another --output_dir")
     checkpoints = checkpoint_folders(output_dir)
     held = (output_dir / "config.json").exists() or checkpoints
     if held and not args.overwrite_output_dir:

@@ -403,6 +403,9 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
     flags = ("--model", str(run), "--averaged_model_dir", str(averaged), "--max_length_offset", "1")
     result = run_cli("eval.py", "translate", *flags, "--average_last", "1", stdin="")
     assert result.returncode == 0, result.stderr[-3000:]
+    # A CTranslate2 conversion killed inside the averaged folder left its temporary folder: no reason to refuse.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (averaged / f".ctranslate2-float32.{socket.gethostname()}.{int(gone.stdout)}.tmp").mkdir()
     result = run_cli("eval.py", *flags, "--average_last", "2")  # no data flags: the run's recorded test file
     assert result.returncode == 0, result.stderr[-3000:]
     marker = json.loads((averaged / "averaged_from.json").read_text())
@@ -420,6 +423,7 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
     report = json.loads((averaged / "eval_results_test.json").read_text())
     assert (report["data"], report["num_sentences"]) == (str(test_file), len(PAIRS))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["averaged", "run"]  # no temporary folder left
+    assert not [path.name for path in averaged.iterdir() if path.name.startswith(".")]
 
 
 @pytest.mark.slow

@@ -570,6 +570,26 @@ def test_resuming_a_checkpoint_from_elsewhere_checks_output_dir_as_a_new_run_doe
     assert json.loads((tmp_path / "new" / "trainer_state.json").read_text())["global_step"] == 6
 
 
+def test_a_checkpoint_or_an_averaged_model_is_no_output_dir_even_with_overwrite(tmp_path, finished, data):
+    """A model trained into a checkpoint would sit beside the run's optimizer and trainer state (a resume or an
+    average would take it for the checkpoint), and one trained into an averaged folder beside its averaged_from.json
+    (eval.py would take it for the average): both are refused, --overwrite_output_dir or not."""
+    run = copy_of(finished, tmp_path)
+    averaged = run / "averaged-last-2"
+    shutil.copytree(run, averaged, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (averaged / "averaged_from.json").write_text(json.dumps({"run": str(run), "checkpoints": []}))
+    cases = (
+        (run / "checkpoint-2", f"is a checkpoint of the run in {run} (trainer_state.json)"),
+        (averaged, "is an averaged model of eval.py (averaged_from.json)"),
+    )
+    for folder, kind in cases:
+        before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+        for overwrite in ([], ["--overwrite_output_dir", "true"]):
+            line = error_line(quick_run(data, folder, "--max_steps", "1", *overwrite))
+            assert line == f"error: output_dir {folder} {kind}; train into another --output_dir"
+        assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+
+
 def test_resume_refuses_data_flags_that_differ_from_the_checkpoints_data(tmp_path, finished, data):
     output_dir = copy_of(finished, tmp_path)
     other = write_jsonl(tmp_path / "other.jsonl", range(100, 116))
