@@ -40,6 +40,7 @@ from vanilla_files import (
     check_output_files,
     check_writable,
     output_path,
+    read_json,
     write_text_atomically,
 )
 from vanilla_hub import CARD, folder_card
@@ -131,6 +132,17 @@ def check_engine_arguments(args: EvalArguments) -> None:
         raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
 
 
+def averaged_from(marker: Path) -> dict | None:
+    """An averaged model's AVERAGED_MARKER (the run, the checkpoints and their weights' SHA-256), or None for a model
+    that is not one; UsageError for a damaged marker, which eval.py --average_last rewrites."""
+    if not marker.is_file():
+        return None
+    sources = read_json(marker)
+    if not isinstance(sources, dict):
+        raise UsageError(f"{marker}: damaged (not a JSON object); average the checkpoints again to rewrite it")
+    return sources
+
+
 def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None = None) -> dict:
     """Translate the split, score it, write the hypotheses and the report; returns the report. No output may replace
     a data file given, or one the model's data record (`record`) names: its run's training data among them."""
@@ -144,6 +156,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     }
     data_files = {**recorded, **{f"--{split}_file": getattr(data, f"{split}_file") for split in SPLITS}}
     check_output_files({"--predictions_file": predictions_file, "--results_file": results_file}, data_files)
+    averaged = averaged_from(Path(args.model) / AVERAGED_MARKER)  # an averaged model: its run and checkpoints
     raw = load_raw_datasets(data)
     if data.uses_embedded_task:
         origin = "the embedded number task"
@@ -160,10 +173,9 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     hypotheses = translate(model, tokenizer, sources, args, data.max_source_length)
     wall_time = time.perf_counter() - start
     scores = score(metrics, hypotheses, references)
-    marker = Path(args.model) / AVERAGED_MARKER  # an averaged model: the run and the checkpoints (and weights) it is
     report = {
         "model": args.model,
-        "averaged_from": json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None,
+        "averaged_from": averaged,
         "data": origin,
         "dataset_config": data.dataset_config_name,
         "split": args.split,

@@ -14,6 +14,7 @@ from vanilla_files import (
     checkpoint_folders,
     complete_checkpoints,
     finish_gone_writes_in,
+    read_json,
     sha256_of,
     write_folder_atomically,
 )
@@ -79,7 +80,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
         "sha256": {path.name: weight_digests(path) for path in chosen},
     }
     marker = output / AVERAGED_MARKER
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == sources:
+    if read_json(marker) == sources:  # a damaged marker: averaged again
         print(f"note: {output} holds the average of these checkpoints already: kept, with its reports", file=sys.stderr)
         return output
     model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_cli import UsageError
-from vanilla_files import locked, sha256_of, write_folder_atomically
+from vanilla_files import locked, read_json, sha256_of, write_folder_atomically
 
 if TYPE_CHECKING:
     import ctranslate2
@@ -285,7 +285,7 @@ def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.Tem
 def is_current_conversion(output: Path, fingerprint: dict[str, str]) -> bool:
     """Whether `output` holds a conversion of the model whose files have the `fingerprint` (source_fingerprint)."""
     recorded = output / SOURCE_RECORD
-    return recorded.is_file() and json.loads(recorded.read_text()) == fingerprint
+    return read_json(recorded) == fingerprint  # a damaged record: converted again
 
 
 def is_cached_conversion(folder: Path) -> bool:

@@ -272,6 +272,14 @@ def checkpoint_folders(run: Path) -> list[Path]:
     return sorted(folders, key=lambda path: int(path.name.split("-")[-1]))
 
 
+def read_json(path: Path) -> object | None:
+    """The JSON a file of this project's holds; None when it is missing or damaged (cut short, edited by hand)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def trainer_state(folder: Path) -> dict | None:
     """A folder's trainer_state.json; None when it is missing or cut short (the save was killed or the disk full)."""
     try:

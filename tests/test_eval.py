@@ -427,6 +427,26 @@ def test_averaging_again_replaces_the_earlier_averaged_model_and_records_its_sou
 
 
 @pytest.mark.slow
+def test_a_damaged_averaging_marker_is_named_and_averaging_again_rewrites_it(trained_run, test_file, tmp_path):
+    """averaged_from.json cut short (or edited): scoring the folder names it, and averaging again redoes the average
+    rather than failing on it; a damaged CTranslate2 source.json is converted again."""
+    averaged = tmp_path / "averaged"
+    flags = ("--model", str(trained_run), "--averaged_model_dir", str(averaged), "--average_last", "2")
+    data = ("--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de", "--max_length_offset", "1")
+    result = run_cli("eval.py", *flags, *data, "--engine", "ctranslate2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    marker, source = averaged / "averaged_from.json", averaged / "ctranslate2-float32" / "source.json"
+    written, converted = marker.read_text(), source.read_text()
+    marker.write_text(written[:20])
+    source.write_text(converted[:20])
+    result = run_cli("eval.py", "--model", str(averaged), *data)
+    assert_usage_error(result, f"{marker}: damaged (not a JSON object); average the checkpoints again to rewrite it")
+    result = run_cli("eval.py", *flags, *data, "--engine", "ctranslate2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (marker.read_text(), source.read_text()) == (written, converted)
+
+
+@pytest.mark.slow
 def test_averaging_again_through_ctranslate2_replaces_the_averaged_model_and_its_conversion(
     trained_run, test_file, tmp_path
 ):
