@@ -34,6 +34,7 @@ from vanilla_output_dir import (
     release_output_dir,
     remove_if_empty,
     remove_partial_checkpoint,
+    remove_replaced_run,
     save_final_model,
     saved_from,
 )
@@ -151,6 +152,7 @@ def train_and_save(
     tokenized = tokenize_once_per_machine(raw, tokenizer, data_args, args)
     if args.streaming:
         tokenized = evaluation_splits_read_whole(tokenized)
+    remove_replaced_run(args, checkpoint)
     before = loss_before(checkpoint)
     pad_to_multiple_of = 8 if args.torch_compile else None
     batched_by = batching_record(args, pad_to_multiple_of)

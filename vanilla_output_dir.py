@@ -158,7 +158,8 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
     """check_output_dir in the main process.
 
     Resuming never deletes anything. --overwrite_output_dir only replaces a finished model: it removes that model's
-    checkpoints and averaged models now, and the model itself when the new one is saved."""
+    checkpoints and averaged models once the data is read (remove_replaced_run), and the model itself when the new one
+    is saved."""
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output_dir {output_dir} is a file, expected a folder")
@@ -175,8 +176,8 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
                 f"--resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, "
                 "which Trainer writes last)"
             )
-        if Path(checkpoint).resolve().parent == output_dir.resolve():
-            return checkpoint  # the run goes on in its own folder
+        if continues_in_place(checkpoint, output_dir):
+            return checkpoint
         # A checkpoint from elsewhere starts this folder's run: output_dir is checked as for a new run.
     if not output_dir.is_dir():
         return checkpoint
@@ -212,18 +213,36 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
                 f"{', '.join(replaced)}; move them away, or choose another --output_dir"
             )
     else:
-        averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
-        stale = ", ".join(path.name for path in checkpoints + averaged)
+        stale = ", ".join(path.name for path in replaced_run_folders(output_dir))
         reports = ", ".join(sorted(entry.name for pattern in REPORT_FILES for entry in output_dir.glob(pattern)))
         print(
             f"--overwrite_output_dir: replacing the finished model in {output_dir} when the new one is saved (the "
             "old one stays until then)"
-            + (f"; removing its {stale}" if stale else "")
+            + (f"; removing its {stale} once the data is read" if stale else "")
             + (f"; its reports {reports} go with it" if reports else "")
         )
-        for path in checkpoints + averaged:
-            shutil.rmtree(path)
     return checkpoint
+
+
+def continues_in_place(checkpoint: str | None, output_dir: Path) -> bool:
+    """Whether a run resumes from a checkpoint of its own output_dir (one from elsewhere starts a run there)."""
+    return checkpoint is not None and Path(checkpoint).resolve().parent == output_dir.resolve()
+
+
+def replaced_run_folders(output_dir: Path) -> list[Path]:
+    """The checkpoints and averaged models of the finished model that --overwrite_output_dir replaces."""
+    averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
+    return checkpoint_folders(output_dir) + averaged
+
+
+def remove_replaced_run(args: TrainingArguments, checkpoint: str | None) -> None:
+    """--overwrite_output_dir over a finished model (check_output_dir has checked it): its checkpoints and averaged
+    models go once the new run's data has been read, so that bad data or Ctrl-C before then leaves them."""
+    output_dir = Path(args.output_dir)
+    replacing = args.overwrite_output_dir and not continues_in_place(checkpoint, output_dir)
+    if replacing and args.process_index == 0 and output_dir.is_dir():
+        for path in replaced_run_folders(output_dir):
+            shutil.rmtree(path)
 
 
 def files_the_final_save_replaces(output_dir: Path) -> list[str]:

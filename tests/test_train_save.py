@@ -186,6 +186,23 @@ def test_overwrite_replaces_a_finished_model_as_a_whole_and_says_so(tmp_path, fi
     assert hidden_siblings(output_dir) == []
 
 
+def test_overwrite_keeps_the_old_runs_checkpoints_until_the_new_data_is_read(tmp_path, finished):
+    """Bad training data (or Ctrl-C while a large corpus loads) stops an overwriting run before it has trained: the
+    finished model's checkpoints and averaged models are still there."""
+    output_dir = copy_of(finished, tmp_path)
+    (output_dir / "averaged-last-2").mkdir()
+    (output_dir / "averaged-last-2" / "averaged_from.json").write_text("{}")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"translation": {"en": "one"}}\n')
+    line = error_line(quick_run(bad, output_dir, "--max_steps", "3", "--overwrite_output_dir", "true"))
+    assert line.startswith(f"error: {bad}") and "'de'" in line
+    assert sorted(path.name for path in output_dir.iterdir() if path.is_dir()) == [
+        "averaged-last-2",
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
+
+
 @pytest.mark.parametrize(
     ("point", "survivor"), [("final-save", "old"), ("final-swap", "new"), ("final-swapped", "new")]
 )
