@@ -185,7 +185,7 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
     # folder by its marker; a resume or an average takes a checkpoint by its trainer state).
     if (output_dir / AVERAGED_MARKER).exists():
         kind = f"an averaged model of eval.py ({AVERAGED_MARKER})"
-    elif output_dir.name.startswith("checkpoint-") and (output_dir / TRAINER_STATE).exists():
+    elif output_dir in checkpoint_folders(output_dir.parent) and (output_dir / TRAINER_STATE).exists():
         kind = f"a checkpoint of the run in {output_dir.parent} ({TRAINER_STATE})"
     else:
         kind = None
