@@ -282,10 +282,7 @@ def read_json(path: Path) -> object | None:
 
 def trainer_state(folder: Path) -> dict | None:
     """A folder's trainer_state.json; None when it is missing or cut short (the save was killed or the disk full)."""
-    try:
-        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    state = read_json(Path(folder) / TRAINER_STATE)
     return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
 
 
