@@ -359,12 +359,15 @@ def translation_metrics(tokenizer, metrics: dict) -> Callable[[EvalPrediction], 
     """Trainer's compute_metrics under --predict_with_generate: `bleu` and `chrf` of the generated translations
     against the targets decoded from the labels (sacreBLEU, as eval.py scores; eval.py reads the untokenized
     references, so its figures can differ slightly), and `gen_len`, the mean generated length in tokens (the end
-    token included, the decoder start not), as transformers' run_translation.py reports."""
+    token included once, the decoder start not), as transformers' run_translation.py reports."""
 
     def compute(prediction: EvalPrediction) -> dict[str, float]:
         generated = prediction.predictions
         scores = score(metrics, decoded(tokenizer, generated), decoded(tokenizer, prediction.label_ids))
-        lengths = np.count_nonzero((generated[:, 1:] >= 0) & (generated[:, 1:] != tokenizer.pad_token_id), axis=1)
+        tokens = generated[:, 1:]
+        ends = tokens == tokenizer.eos_token_id
+        before_end = np.cumsum(ends, axis=1) - ends == 0  # beam search fills finished rows with </s>
+        lengths = np.count_nonzero(before_end & (tokens >= 0) & (tokens != tokenizer.pad_token_id), axis=1)
         return {"bleu": scores["sacrebleu"]["score"], "chrf": scores["chrf"]["score"], "gen_len": float(lengths.mean())}
 
     return compute

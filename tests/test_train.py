@@ -1052,6 +1052,11 @@ def test_evaluation_with_generate_reports_bleu_chrf_and_length_of_the_generated_
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
     assert scores["gen_len"] == pytest.approx(sum(map(len, encoded)) / len(encoded))  # </s> counted, the start not
 
+    # Beam search fills a row that ended early with </s>, not with padding: only the first </s> counts.
+    filled = np.where(predictions == tokenizer.pad_token_id, tokenizer.eos_token_id, predictions)
+    scores = compute(EvalPrediction(predictions=filled, label_ids=label_ids))
+    assert scores["gen_len"] == pytest.approx(sum(map(len, encoded)) / len(encoded))
+
 
 def test_a_training_step_projects_only_the_labelled_positions_and_keeps_the_loss(tmp_path):
     tokenizer, rows = number_rows((3, 21, 1999))  # targets of different lengths
