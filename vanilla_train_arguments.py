@@ -377,6 +377,12 @@ def check_optimizer_and_schedule(args: TrainingArguments) -> None:
     except (ImportError, ValueError, TypeError) as error:
         schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
         raise UsageError(f"--lr_scheduler_type {schedule}: {first_line(error)}") from None
+    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    if schedule == "inverse_sqrt" and args.warmup_steps == 0 and "timescale" not in (args.lr_scheduler_kwargs or {}):
+        raise UsageError(  # transformers would then decay over a timescale of 10,000 steps: a rate nearly flat
+            "--warmup_steps 0 with --lr_scheduler_type inverse_sqrt: sec. 5.3's rate step^-0.5 needs a warmup; "
+            "give --warmup_steps a positive number, or --lr_scheduler_kwargs '{\"timescale\": N}'"
+        )
 
 
 def config_overrides(model_args: ModelArguments) -> dict:

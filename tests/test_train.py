@@ -696,6 +696,7 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
         (["--weight_decay", "-0.1"], "--weight_decay is -0.1; expected a number >= 0"),
         (["--max_grad_norm", "-1"], "--max_grad_norm is -1.0; expected a number >= 0 (0 clips nothing)"),
         (["--warmup_steps", "nan"], "--warmup_steps is nan; expected a number >= 0"),
+        (["--warmup_steps", "0"], "--warmup_steps 0 with --lr_scheduler_type inverse_sqrt: sec. 5.3's rate"),
         (["--num_train_epochs", "inf"], "--num_train_epochs is inf; expected a finite number"),
         (["--max_train_seconds", "nan"], "--max_train_seconds is nan; expected a positive number of seconds"),
         (["--seed", "-1"], "--seed is -1; expected an integer in [0, 2^32)"),
