@@ -6,7 +6,6 @@ encoder and decoder layers and stacks (sec. 3.1), then the models users load.
 
 import math
 from collections.abc import Callable
-from typing import Unpack
 
 import torch
 from torch import nn
@@ -29,6 +28,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack  # typing.Unpack from Python 3.11, typing_extensions before
 from transformers.utils import TransformersKwargs, auto_docstring, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults

@@ -1,5 +1,6 @@
 """pyproject.toml: the console scripts and the modules an installed project needs; no path hacks in bench/ or docs/."""
 
+import ast
 import importlib
 import shutil
 import subprocess
@@ -53,3 +54,23 @@ print(round(scores["sacrebleu"]["score"], 2), round(scores["chrf"]["score"], 2))
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["100.0", "100.0"]
+
+
+# What Python 3.11 added that 3.10 lacks, from its "What's New": typing's names, and the modules.
+TYPING_SINCE_3_11 = {"Unpack", "Self", "LiteralString", "Never", "NotRequired", "Required", "TypeVarTuple"}
+TYPING_SINCE_3_11 |= {"assert_never", "assert_type", "reveal_type", "dataclass_transform", "get_overloads"}
+MODULES_SINCE_3_11 = {"tomllib", "wsgiref.types"}
+
+
+def test_the_code_runs_on_the_oldest_python_that_pyproject_admits():
+    """requires-python says 3.10: every installed module parses as 3.10's grammar and imports nothing 3.11 added
+    (the model takes Unpack from transformers, which falls back to typing_extensions, as its own models do)."""
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"] == ">=3.10"
+    modules = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+    for path in [*(ROOT / f"{module}.py" for module in modules), *ROOT.glob("vanilla_metrics/*/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path), feature_version=(3, 10))):
+            if isinstance(node, ast.ImportFrom) and node.module == "typing":
+                assert not {alias.name for alias in node.names} & TYPING_SINCE_3_11, path
+            imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            imported += [node.module] if isinstance(node, ast.ImportFrom) else []
+            assert not set(imported) & MODULES_SINCE_3_11, path
