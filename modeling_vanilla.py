@@ -681,6 +681,7 @@ def label_smoothed_cross_entropy(
     return loss
 
 
-AutoConfig.register("vanilla", VanillaConfig, exist_ok=True)
-AutoModel.register(VanillaConfig, VanillaModel, exist_ok=True)
-AutoModelForSeq2SeqLM.register(VanillaConfig, VanillaForConditionalGeneration, exist_ok=True)
+if not __name__.startswith("transformers_modules."):  # as remote code each repo's own files serve its models
+    AutoConfig.register("vanilla", VanillaConfig, exist_ok=True)
+    AutoModel.register(VanillaConfig, VanillaModel, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(VanillaConfig, VanillaForConditionalGeneration, exist_ok=True)

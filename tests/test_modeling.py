@@ -931,6 +931,32 @@ print("loaded")
 
 
 @pytest.mark.slow
+def test_each_repo_loaded_as_remote_code_runs_its_own_code(tmp_path):
+    """Two repos of model_type "vanilla" whose files differ, loaded in one process: the second runs its own files, not
+    the first's, and without trust_remote_code it is not loaded through the first's code."""
+    for name in ("first", "second"):
+        model_for().save_pretrained(tmp_path / name)
+        modeling = tmp_path / name / "modeling_vanilla.py"
+        modeling.write_text(modeling.read_text() + f"\nREPO = {name!r}\n")
+    script = f"""
+import sys
+from transformers import AutoConfig, AutoModelForSeq2SeqLM
+for name in ("first", "second"):
+    model = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True)
+    config = AutoConfig.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True)
+    assert sys.modules[type(model).__module__].REPO == name, (name, type(model).__module__)
+    assert f".{{name}}." in type(model.config).__module__ and f".{{name}}." in type(config).__module__
+try:
+    AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path)!r} + "/second", trust_remote_code=False)
+except ValueError as error:
+    print("refused:", error)
+"""
+    result = run_outside_the_project(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "refused: " in result.stdout and "trust_remote_code=True" in result.stdout
+
+
+@pytest.mark.slow
 def test_every_saved_config_loads_through_the_three_auto_classes_without_registering(tmp_path):
     """A config saved on its own, and a model saved plainly, name AutoConfig, AutoModel and AutoModelForSeq2SeqLM."""
     config_folder, model_folder = tmp_path / "config", tmp_path / "model"
