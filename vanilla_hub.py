@@ -6,12 +6,14 @@ shows how to load the model, whose code ships beside its weights (`trust_remote_
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
+from vanilla_corpus import DATA_FORMATS
 from vanilla_files import BATCHING_RECORD, CARD, DATA_RECORD, TRAINER_STATE
 
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
@@ -20,7 +22,6 @@ EVAL_RESULTS = "eval_results_*.json"  # eval.py's report per split
 LICENSE = "apache-2.0"  # the code's (pyproject.toml); a model inherits its training data's terms as well
 SHAPE = ("d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "vocab_size")
 EMBEDDED_DATA = "the embedded task (English -> German number words)"
-DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv")
 # What a Hub request raises when it cannot be made or is refused: the bases of HfHubHTTPError, its HTTP library's
 # HTTPError (httpx's, or httpx2's from huggingface_hub 2), which that library's connection errors derive from too, and
 # OSError, which OfflineModeIsEnabled (HF_HUB_OFFLINE=1) derives from.
@@ -82,9 +83,14 @@ def described_shape(config: dict, presets: dict[str, dict]) -> str:
     return f"preset `{named[0]}` ({shape})" if named else f"a custom shape ({shape})"
 
 
+def is_local(data: str) -> bool:
+    """Whether a data source is a local file or folder (train.py records those by absolute path), not a Hub name."""
+    return os.path.isabs(data) or os.path.exists(data) or Path(data).suffix.lower() in DATA_FORMATS
+
+
 def dataset_of(data: str) -> str:
-    """A dataset id for the card: a Hub dataset's name, a data file's name (never its local path)."""
-    return Path(data).name if data.lower().endswith(DATA_FILE_SUFFIXES) else data
+    """A dataset id for the card: a Hub dataset's name, a local file's or folder's name (never its path)."""
+    return Path(data).name if is_local(data) else data
 
 
 def eval_results(reports: list[dict]) -> list[EvalResult]:
@@ -119,6 +125,8 @@ def model_card(
     eval.py's `reports`, and a usage snippet that loads it from `repo_id`."""
     if record["embedded_task"]:
         data, datasets = EMBEDDED_DATA, None
+    elif record["dataset_name"] and is_local(record["dataset_name"]):
+        data, datasets = f"the local dataset `{dataset_of(record['dataset_name'])}`", None
     elif record["dataset_name"]:
         data, datasets = record["dataset_name"], [record["dataset_name"]]
     else:

@@ -278,3 +278,27 @@ def test_a_config_saved_with_push_to_hub_uploads_the_modeling_code_its_auto_map_
     ]
     auto_map = json.loads((record / commits[0]["revision"] / "config.json").read_text())["auto_map"]
     assert {reference.split(".")[0] for reference in auto_map.values()} == {"configuration_vanilla", "modeling_vanilla"}
+
+
+def test_the_card_names_local_data_by_its_file_or_folder_name_never_by_its_path(tmp_path):
+    """A pushed card shows a local --train_file (of every format train.py reads) or --dataset_name folder, and an
+    eval.py report's local data, by name only; a Hub dataset keeps its id, in the text and in the metadata."""
+    from vanilla_corpus import DATA_FORMATS
+    from vanilla_hub import model_card
+
+    config = {name: 1 for name in ("d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "vocab_size")}
+    local = tmp_path / "private-corpora"
+    base = {"source_lang": "de", "target_lang": "en", "embedded_task": False, "dataset_name": None, "train_file": None}
+    folder = local / "my-dataset"
+    folder.mkdir(parents=True)
+    sources = [{"train_file": str(local / f"train{suffix}")} for suffix in DATA_FORMATS]
+    sources += [{"dataset_name": str(folder)}, {"dataset_name": "bentrevett/multi30k"}]
+    scores = {"bleu": 1.0, "chrf": 2.0, "sacrebleu_signature": "s", "chrf_signature": "c", "split": "test"}
+    reports = [{**scores, "data": str(local / "test.parquet")}, {**scores, "data": "private-corpora/test.parquet"}]
+    for source in sources:
+        card = str(model_card(config, {**base, **source}, {}, reports, "user/model", {}))
+        assert "private-corpora" not in card, card
+        name = Path(source.get("train_file") or source["dataset_name"]).name
+        assert name in card
+        hub = source.get("dataset_name") == "bentrevett/multi30k"
+        assert ("datasets:\n- bentrevett/multi30k" in card) == hub and ("datasets:" in card) == hub, card
