@@ -24,6 +24,7 @@ from vanilla_files import (
     trainer_state,
     unlock_file,
 )
+from vanilla_time_budget import kept_models
 from vanilla_train_arguments import TrainingArguments
 
 if TYPE_CHECKING:
@@ -192,11 +193,11 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
     if kind is not None:
         raise UsageError(f"output_dir {output_dir} is {kind}; train into another --output_dir")
     checkpoints = checkpoint_folders(output_dir)
-    held = (output_dir / "config.json").exists() or checkpoints
+    held = (output_dir / "config.json").exists() or checkpoints or kept_models(output_dir)
     if held and not args.overwrite_output_dir:
         raise UsageError(
-            f"output_dir {output_dir} already holds a model or checkpoints; pass --overwrite_output_dir to replace "
-            "it or --resume_from_checkpoint to continue it"
+            f"output_dir {output_dir} already holds a model or checkpoints (or a model kept by --save_at_seconds); "
+            "pass --overwrite_output_dir to replace it or --resume_from_checkpoint to continue it"
         )
     newest = checkpoints[-1] if checkpoints else None
     if newest is not None and (trainer_state(newest) is None or not finished_with(output_dir, newest)):
@@ -230,9 +231,9 @@ def continues_in_place(checkpoint: str | None, output_dir: Path) -> bool:
 
 
 def replaced_run_folders(output_dir: Path) -> list[Path]:
-    """The checkpoints and averaged models of the finished model that --overwrite_output_dir replaces."""
+    """The checkpoints, averaged models and kept models of the finished model that --overwrite_output_dir replaces."""
     averaged = [path for path in output_dir.glob("averaged-last-*") if (path / AVERAGED_MARKER).is_file()]
-    return checkpoint_folders(output_dir) + averaged
+    return checkpoint_folders(output_dir) + averaged + kept_models(output_dir)
 
 
 def remove_replaced_run(args: TrainingArguments, checkpoint: str | None) -> None:

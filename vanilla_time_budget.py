@@ -22,6 +22,11 @@ def model_at_folder(output_dir: str | Path, seconds: float) -> Path:
     return Path(output_dir) / f"model-at-{seconds:g}s"
 
 
+def kept_models(output_dir: Path) -> list[Path]:
+    """The models --save_at_seconds kept in output_dir, at any number of seconds."""
+    return sorted(path for path in output_dir.glob("model-at-*s") if (path / "config.json").is_file())
+
+
 def main_process_decides(args: TrainingArguments, *decisions: bool) -> tuple[bool, ...]:
     """The main process's decisions, taken by every process: clocks differ, and a rank stopping alone would hang."""
     if args.world_size <= 1:
@@ -45,9 +50,9 @@ class TimeBudgetCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
-        kept = model_at_folder(args.output_dir, self.save_at_seconds) if self.save_at_seconds is not None else None
-        if kept is not None and state.global_step == 0 and state.is_world_process_zero and kept.exists():
-            shutil.rmtree(kept)  # a replaced run's: this run keeps its own or none
+        # A resumed run whose earlier part kept the model at these seconds keeps that one (a new run's output_dir
+        # holds none: check_output_dir refuses a folder with a kept model, or --overwrite_output_dir removes it).
+        self.kept = self.save_at_seconds is not None and model_at_folder(args.output_dir, self.save_at_seconds).exists()
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = time.monotonic() - self.start

@@ -54,15 +54,32 @@ def test_save_at_seconds_keeps_that_model_beyond_checkpoint_rotation(budget_run)
 
 
 @pytest.mark.slow
-def test_a_new_run_drops_the_model_a_replaced_run_kept_at_the_same_seconds(tmp_path):
+def test_a_kept_model_is_replaced_only_with_overwrite_and_a_resumed_run_keeps_its_own(tmp_path):
     output_dir = tmp_path / "model"
-    stale = model_at_folder(output_dir, 600)
-    stale.mkdir(parents=True)
-    (stale / "config.json").write_text("{}")
-    result = run_train(*TINY, *QUICK, "--output_dir", str(output_dir), "--max_steps", "2", "--save_at_seconds", "600")
+    stale = [model_at_folder(output_dir, 600), model_at_folder(output_dir, 90)]
+    for folder in stale:
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    args = [*TINY, *QUICK, "--output_dir", str(output_dir), "--max_steps", "2", "--save_at_seconds", "600"]
+    refused = run_train(*args)
+    assert refused.returncode == 2 and "pass --overwrite_output_dir" in refused.stderr, refused.stderr[-3000:]
+    assert all((folder / "config.json").read_text() == "{}" for folder in stale)
+    result = run_train(*args, "--overwrite_output_dir")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output_dir / "config.json").is_file()
-    assert not stale.exists()  # the run ended before 600 s: it keeps no model, and not the old run's either
+    assert not any(folder.exists() for folder in stale)  # the run ended before 600 s: it keeps none of the old run's
+
+    # A run stopped by its budget after keeping its model at 0.5 s, resumed: the model kept stays the first part's.
+    resumable = [*TINY, *QUICK, "--output_dir", str(tmp_path / "run"), "--max_steps", "100000"]
+    resumable += ["--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "1"]
+    resumable += ["--max_train_seconds", "2", "--save_at_seconds", "0.5"]
+    assert run_train(*resumable).returncode == 0
+    kept = model_at_folder(tmp_path / "run", 0.5)
+    before = (kept / "model.safetensors").read_bytes()
+    resumed = run_train(*resumable, "--resume_from_checkpoint", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "saved the model at 0.5 s" not in resumed.stdout
+    assert (kept / "model.safetensors").read_bytes() == before
 
 
 @pytest.mark.parametrize(
