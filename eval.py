@@ -46,9 +46,9 @@ from vanilla_files import (
 from vanilla_hub import CARD, folder_card
 from vanilla_metrics import load_metrics, score
 from vanilla_plots import plot_cross_attention
-from vanilla_translation import check_model_path, load_translation_model, translate
+from vanilla_translation import MAX_LENGTH_OFFSET, check_model_path, load_translation_model, translate
 
-MAX_LENGTH_OFFSET = 10_000  # tokens past the input: beyond it, a hypothesis grows without meaning, or memory runs out
+OFFSET_LIMIT = 10_000  # tokens past the input: beyond it, a hypothesis grows without meaning, or memory runs out
 
 
 @argument_dataclass
@@ -81,7 +81,7 @@ class EvalArguments:
     split: str = "test"
     num_beams: int | None = None
     length_penalty: float | None = None
-    max_length_offset: int = 50
+    max_length_offset: int = MAX_LENGTH_OFFSET
     batch_size: int = 64
     predictions_file: str | None = None
     results_file: str | None = None
@@ -104,9 +104,9 @@ class EvalArguments:
             raise UsageError(f"--length_penalty ({self.length_penalty}) must be a finite number")
         if self.length_penalty is not None and abs(self.length_penalty) > 100:  # length ** penalty must stay a float
             raise UsageError(f"--length_penalty ({self.length_penalty}) must lie in [-100, 100] (sec. 6.1: 0.6)")
-        if self.max_length_offset > MAX_LENGTH_OFFSET:
+        if self.max_length_offset > OFFSET_LIMIT:
             raise UsageError(
-                f"--max_length_offset ({self.max_length_offset}) must be at most {MAX_LENGTH_OFFSET} (sec. 6.1: 50)"
+                f"--max_length_offset ({self.max_length_offset}) must be at most {OFFSET_LIMIT} (sec. 6.1: 50)"
             )
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")

@@ -30,6 +30,7 @@ from vanilla_files import TRAINER_STATE
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_metrics import score
 from vanilla_output_dir import fault_point
+from vanilla_translation import MAX_LENGTH_OFFSET, position_limit
 
 LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
 
@@ -135,9 +136,12 @@ class VanillaTrainer(Seq2SeqTrainer):
         # With predict_with_generate, Seq2SeqTrainer writes every generation default (min_length 0, top_k 50, ...)
         # into the model's generation config, where the next save would keep them all as the model's own settings
         # (and generate() would warn that min_length and max_length were set beside min/max_new_tokens). The step
-        # generates with a copy; the model's own settings stay as they were.
+        # generates with a copy; the model's own settings stay as they were. Its output limit is sec. 6.1's, as
+        # eval.py's, unless --generation_max_length sets one.
         own = self.model.generation_config
         self.model.generation_config = copy.deepcopy(own)
+        if not prediction_loss_only and self.args.predict_with_generate and self.args.generation_max_length is None:
+            self.model.generation_config.max_length = paper_max_length(self.model, inputs["attention_mask"])
         try:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         finally:
@@ -353,6 +357,13 @@ def decoded(tokenizer, ids: np.ndarray) -> list[str]:
     """Generated or label ids (padded with -100 or the pad id) as text, special tokens left out."""
     texts = tokenizer.batch_decode(np.where(ids < 0, tokenizer.pad_token_id, ids), skip_special_tokens=True)
     return [text.strip() for text in texts]
+
+
+def paper_max_length(model, attention_mask: torch.Tensor) -> int:
+    """Sec. 6.1's output limit for a batch, as eval.py sets it: its longest input + 50 tokens (within a learned
+    position table), after the decoder start token."""
+    longest = int(attention_mask.sum(dim=1).max())
+    return min(longest + MAX_LENGTH_OFFSET, position_limit(model) or math.inf) + 1
 
 
 def translation_metrics(tokenizer, metrics: dict) -> Callable[[EvalPrediction], dict[str, float]]:

@@ -128,6 +128,10 @@ def compile_for_decoding(model: "PreTrainedModel", mode: str = "reduce-overhead"
     model.forward = forward
 
 
+# Sec. 6.1: "We set the maximum output length during inference to input length + 50, but terminate early when
+# possible."
+MAX_LENGTH_OFFSET = 50
+
 # generate() arguments for --compile: fixed-size key/value buffers, so each step has the same shapes.
 COMPILED_DECODING = {"cache_implementation": "static", "disable_compile": True}
 

@@ -1003,11 +1003,44 @@ def test_evaluation_with_generate_leaves_the_models_generation_config_as_it_was(
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     trainer = VanillaTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
     predictions = trainer.predict(Dataset.from_list(rows)).predictions
-    assert predictions.shape == (4, 12)  # padded to the model's max_length, which the step read
+    longest = max(len(row["input_ids"]) for row in rows)
+    assert predictions.shape == (4, longest + 50 + 1)  # padded to the step's limit (sec. 6.1), after the start token
     assert model.generation_config.to_diff_dict() == own
     model.save_pretrained(tmp_path / "saved")
     saved = json.loads((tmp_path / "saved" / "generation_config.json").read_text())
     assert {name for name in saved if name != "transformers_version"} == set(own) - {"transformers_version"}
+
+
+@pytest.mark.parametrize("generation_max_length", [None, 20])
+def test_evaluation_with_generate_limits_the_output_to_the_input_plus_50_as_eval_py(tmp_path, generation_max_length):
+    """Sec. 6.1: "maximum output length during inference to input length + 50", per batch (its longest input), as
+    eval.py decodes; not the saved max_length (max_target_length + 1). --generation_max_length still sets its own."""
+    tokenizer, rows = number_rows((3, 21, 117, 40, 999, 7))
+    model = one_layer_model(tokenizer).eval()
+    model.generation_config = GenerationConfig(
+        num_beams=2,
+        max_length=12,
+        decoder_start_token_id=1,
+        eos_token_id=2,
+        suppress_tokens=[0, 2],  # never ends
+    )
+    args = Seq2SeqTrainingArguments(
+        tmp_path,
+        per_device_eval_batch_size=3,
+        predict_with_generate=True,
+        generation_max_length=generation_max_length,
+        report_to=[],
+        use_cpu=True,
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    trainer = VanillaTrainer(model=model, args=args, processing_class=tokenizer, data_collator=collator)
+    predictions = trainer.predict(Dataset.from_list(rows)).predictions
+    batches = [rows[:3], rows[3:]]  # in order: predict() does not shuffle
+    limits = [max(len(row["input_ids"]) for row in batch) + 50 for batch in batches]
+    if generation_max_length is not None:
+        limits = [generation_max_length - 1] * 2
+    lengths = np.count_nonzero((predictions[:, 1:] >= 0) & (predictions[:, 1:] != tokenizer.pad_token_id), axis=1)
+    assert lengths.tolist() == [limits[0]] * 3 + [limits[1]] * 3
 
 
 def test_evaluation_with_generate_reports_bleu_chrf_and_length_of_the_generated_translations(tmp_path):
@@ -1015,7 +1048,12 @@ def test_evaluation_with_generate_reports_bleu_chrf_and_length_of_the_generated_
     model = one_layer_model(tokenizer).eval()
     model.generation_config = GenerationConfig(num_beams=1, max_length=12, decoder_start_token_id=1, eos_token_id=2)
     args = Seq2SeqTrainingArguments(
-        tmp_path, per_device_eval_batch_size=4, predict_with_generate=True, report_to=[], use_cpu=True
+        tmp_path,
+        per_device_eval_batch_size=4,
+        predict_with_generate=True,
+        generation_max_length=12,  # the reference's limit
+        report_to=[],
+        use_cpu=True,
     )
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     compute = translation_metrics(tokenizer, load_metrics())
