@@ -59,7 +59,8 @@ class EvalArguments:
         model: A model folder or Hub id with its tokenizer; with --average_last, a run.
         split: The split to translate and score.
         num_beams: Beam size (default: generation_config's; train.py saves 4, sec. 6.1).
-        length_penalty: Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1).
+        length_penalty: Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1's alpha,
+            applied as generate()'s length^alpha rather than the paper's ((5 + length) / 6)^alpha).
         max_length_offset: Maximum output length = input length + this, in tokens (sec. 6.1: 50).
         batch_size: Sentences per generate() call.
         predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model).

@@ -63,7 +63,8 @@ from vanilla_trainer import (
     translation_metrics,
 )
 
-# Sec. 6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6".
+# Sec. 6.1: "beam search with a beam size of 4 and length penalty alpha = 0.6". generate() divides by length^alpha;
+# the paper's penalty (GNMT's) is ((5 + length) / 6)^alpha, with the same alpha.
 DECODING = dict(num_beams=4, length_penalty=0.6, early_stopping=True)
 
 

@@ -51,7 +51,8 @@ TEMPLATE = """---
 
 The encoder-decoder Transformer of *Attention Is All You Need* (Vaswani et al., 2017), {{ shape }},
 trained with `train.py` on {{ data }}.
-Decoding defaults (generation_config.json): beam size 4, length penalty 0.6 (sec. 6.1).
+Decoding defaults (generation_config.json): beam size 4, length penalty alpha 0.6 (sec. 6.1's alpha; `generate()`
+divides a hypothesis' log-probability by length^alpha, where the paper's GNMT penalty is ((5 + length) / 6)^alpha).
 {% if rows %}
 | metric | value |
 |---|---|
