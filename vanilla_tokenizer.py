@@ -109,7 +109,9 @@ def build_tokenizer(
     ]
     if args.world_size > 1:
         torch.distributed.broadcast_object_list(serialized, src=0)
-    return wrap_tokenizer(Tokenizer.from_str(serialized[0]))
+    tokenizer = wrap_tokenizer(Tokenizer.from_str(serialized[0]))
+    tokenizer.model_max_length = data_args.max_source_length  # what truncation=True cuts to: the trained length
+    return tokenizer
 
 
 def tokenizer_texts(raw, data_args: DataArguments, args: "TrainingArguments") -> list[str]:

@@ -94,6 +94,7 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     recipe.write_text(
         f"output_dir: {output_dir}\npreset: tiny\nd_model: 32\nnum_heads: 2\nmax_steps: 3\nlogging_steps: 1\n"
         "per_device_train_batch_size: 8\nwarmup_steps: 2\nsave_strategy: 'no'\ndisable_tqdm: true\n"
+        "max_source_length: 12\n"
     )
     result = run_train(str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,6 +116,10 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     assert f"python eval.py --model {output_dir}" in result.stdout
     assert "padding:" in result.stdout
     assert_loads_and_translates(output_dir)
+    # The saved tokenizer truncates to the length the model was trained on, as a Hub tokenizer does to its model's.
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert tokenizer.model_max_length == 12
+    assert len(tokenizer(" ".join(["twenty-three"] * 20), truncation=True).input_ids) == 12
 
 
 @pytest.mark.slow
