@@ -14,6 +14,7 @@ from vanilla_files import (
     checkpoint_folders,
     complete_checkpoints,
     finish_gone_writes_in,
+    locked,
     read_json,
     sha256_of,
     write_folder_atomically,
@@ -52,15 +53,33 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
 
     Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
     with AVERAGED_MARKER (the run and the checkpoints averaged) and the data record of the newest checkpoint (else
-    of the run).
+    of the run). A lock file beside `output` is held while the average is made and swapped in: another eval.py
+    averaging into it (a split each) is waited for, then its average taken, or made anew if the checkpoints changed.
     """
-    import torch
-
     if last < 1:
         raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
     if not run.is_dir():
         raise UsageError(f"{run}: no such run folder")
     check_averaged_model_dir(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with locked(output.parent / f".{output.name}.lock"):
+        chosen = last_checkpoints(run, last)
+        sources = {
+            "run": str(run.resolve()),
+            "checkpoints": [path.name for path in chosen],
+            "sha256": {path.name: weight_digests(path) for path in chosen},
+        }
+        if read_json(output / AVERAGED_MARKER) == sources:  # a damaged marker: averaged again
+            note = "holds the average of these checkpoints already: kept, with its reports"
+            print(f"note: {output} {note}", file=sys.stderr)
+        else:
+            write_average(run, chosen, sources, output)
+    return output
+
+
+def last_checkpoints(run: Path, last: int) -> list[Path]:
+    """The run's last `last` complete checkpoints, oldest first; UsageError for too few, or for a tokenizer or training
+    data that differ among them."""
     checkpoints = complete_checkpoints(run)
     if len(checkpoints) < last:
         incomplete = sorted(path.name for path in checkpoint_folders(run) if path not in checkpoints)
@@ -74,15 +93,13 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
         ):
             if not same:
                 raise UsageError(f"cannot average {checkpoint} with {chosen[-1]}: their {differ} differ (two runs?)")
-    sources = {
-        "run": str(run.resolve()),
-        "checkpoints": [path.name for path in chosen],
-        "sha256": {path.name: weight_digests(path) for path in chosen},
-    }
-    marker = output / AVERAGED_MARKER
-    if read_json(marker) == sources:  # a damaged marker: averaged again
-        print(f"note: {output} holds the average of these checkpoints already: kept, with its reports", file=sys.stderr)
-        return output
+    return chosen
+
+
+def write_average(run: Path, chosen: list[Path], sources: dict, output: Path) -> None:
+    """The mean of the `chosen` checkpoints' weights, saved to `output` with `sources` as its AVERAGED_MARKER."""
+    import torch
+
     model, tokenizer = load_model_and_tokenizer(str(chosen[-1]))
     # Sum in float64 so that averaging many checkpoints loses nothing to rounding.
     totals = {
@@ -106,13 +123,13 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
                 )
             total += other[name].to(total.device, torch.float64)
     state = model.state_dict()
-    model.load_state_dict({name: (total / last).to(state[name].dtype) for name, total in totals.items()}, strict=False)
+    mean = {name: (total / len(chosen)).to(state[name].dtype) for name, total in totals.items()}
+    model.load_state_dict(mean, strict=False)
     files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
     record = next((folder / DATA_RECORD for folder in (chosen[-1], run) if (folder / DATA_RECORD).is_file()), None)
     if record is not None:  # the checkpoints' own, else (checkpoints of an older train.py) the run's
         files[DATA_RECORD] = record.read_text(encoding="utf-8")
     save_model_atomically(model, tokenizer, output, files)
-    return output
 
 
 def read_bytes(path: Path) -> bytes | None:

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from tiny_models import tiny_config
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+import vanilla_averaging
 import vanilla_ctranslate2
 import vanilla_translation
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
@@ -672,6 +673,48 @@ def test_averaging_the_same_checkpoints_again_keeps_the_averaged_model_and_its_r
     assert result.returncode == 0, result.stderr[-3000:]
     assert (averaged / "model.safetensors").read_bytes() != weights
     assert not (averaged / "eval_results_test.json").exists()  # the reports of the average it replaced go with it
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether process `pid` is blocked on a file lock: /proc/locks lists each waiter on a `->` line."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any(fields[1] == "->" and fields[5] == str(pid) for fields in map(str.split, lines))
+
+
+@pytest.mark.slow
+def test_two_evaluations_averaging_one_run_at_once_make_one_average_and_keep_both_reports(
+    trained_run, tmp_path, monkeypatch
+):
+    """eval.py --average_last on two splits at once: the second starts while the first makes the average, waits for
+    it to be swapped in and takes it; neither swaps a folder under the other, so both reports stay."""
+    from eval import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    averaged = run / "averaged-last-2"
+    flags = ("--model", str(run), "--average_last", "2", "--num_beams", "1", "--max_length_offset", str(OFFSET))
+    stderr = tmp_path / "other.stderr"
+    others = []
+    save = vanilla_averaging.save_model_atomically
+
+    def save_while_another_averages(*args) -> None:
+        """Starts the other eval.py, lets it run until it waits for a lock (or ends), then saves this one's average."""
+        with stderr.open("w") as log:
+            command = [sys.executable, str(ROOT / "eval.py"), *flags, "--split", "test"]
+            others.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=environment()))
+        while others[0].poll() is None and not waits_for_a_lock(others[0].pid):
+            time.sleep(0.05)
+        save(*args)
+
+    monkeypatch.setattr(vanilla_averaging, "save_model_atomically", save_while_another_averages)
+    main([*flags, "--split", "validation"])
+    assert others[0].wait(timeout=300) == 0, stderr.read_text()[-3000:]
+    assert {"eval_results_validation.json", "eval_results_test.json"} <= {path.name for path in averaged.iterdir()}
+    assert "holds the average of these checkpoints already" in stderr.read_text()
+    marker = json.loads((averaged / "averaged_from.json").read_text())
+    assert marker["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
+    AutoModelForSeq2SeqLM.from_pretrained(averaged, trust_remote_code=True)  # a whole model, no half-written folder
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no lock or temporary folder left
 
 
 @pytest.mark.slow
