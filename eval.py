@@ -43,7 +43,7 @@ from vanilla_files import (
     read_json,
     write_text_atomically,
 )
-from vanilla_hub import CARD, folder_card
+from vanilla_hub import CARD, card_text, folder_card, is_card_as_written
 from vanilla_metrics import load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import MAX_LENGTH_OFFSET, check_model_path, load_translation_model, translate
@@ -219,7 +219,11 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
 def card_to_refresh(folder: Path, results_file: Path) -> bool:
     """Whether eval.py rebuilds the card of the model folder scored, its model-index taking the new BLEU and chrF:
     the report goes beside it, and the card is one train.py (or eval.py) wrote from the folder's files and nobody
-    edited since (checkpoints and averaged folders have none). An edited card is the user's: a note says it stays."""
+    edited since (checkpoints and averaged folders have none). An edited card is the user's: a note says it stays.
+
+    A card is as written while its text keeps the SHA-256 on its last line (is_card_as_written): an eval.py stopped
+    between its report and the card leaves the card ours. A card without that line (written before cards carried it)
+    is as written when it is the card rebuilt from the folder's files."""
     if not folder.is_dir() or results_file.parent.resolve() != folder.resolve():
         return False
     from configuration_vanilla import PRESETS
@@ -227,19 +231,22 @@ def card_to_refresh(folder: Path, results_file: Path) -> bool:
     card = folder_card(folder, PRESETS)
     if card is None:
         return False
-    # The same lines in any order: train.py wrote its table's rows unsorted before all_results.json's order.
-    if sorted((folder / CARD).read_text(encoding="utf-8").splitlines()) != sorted(str(card).splitlines()):
+    text = (folder / CARD).read_text(encoding="utf-8")
+    as_written = is_card_as_written(text)
+    if as_written is None:  # read before the report changes what the rebuilt card shows
+        # The same lines in any order: train.py wrote its table's rows unsorted before all_results.json's order.
+        as_written = sorted(text.splitlines()) == sorted(str(card).splitlines())
+    if not as_written:
         print(
             f"note: {folder / CARD} was edited since it was written; it stays as it is (no new scores)", file=sys.stderr
         )
-        return False
-    return True
+    return as_written
 
 
 def refresh_card(folder: Path) -> None:
     from configuration_vanilla import PRESETS
 
-    write_text_atomically(folder / CARD, str(folder_card(folder, PRESETS)))
+    write_text_atomically(folder / CARD, card_text(folder_card(folder, PRESETS)))
 
 
 def print_table(report: dict, results_file: Path) -> None:

@@ -24,7 +24,7 @@ from vanilla_cli import UsageError, avoid_cudnn_attention, exit_on_usage_error, 
 from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record, resume_data
 from vanilla_files import BATCHING_RECORD, trainer_state
-from vanilla_hub import CARD, model_card
+from vanilla_hub import CARD, card_text, model_card
 from vanilla_metrics import load_metrics
 from vanilla_output_dir import (
     best_checkpoint,
@@ -248,7 +248,7 @@ def train_and_save(
     repo_id = trainer.hub_model_id if args.push_to_hub else args.hub_model_id or output_dir.resolve().name
     card = model_card(config.to_dict(), record, metrics, [], repo_id, PRESETS)
     files = {
-        CARD: str(card),
+        CARD: card_text(card),
         DATA_RECORD: trainer.checkpoint_files[DATA_RECORD],
         "all_results.json": json.dumps(metrics, indent=4, sort_keys=True) + "\n",  # Trainer.save_metrics' format
     }

@@ -5,6 +5,7 @@ model-index with the BLEU and chrF of eval.py's results files) above a text that
 shows how to load the model, whose code ships beside its weights (`trust_remote_code=True`).
 """
 
+import hashlib
 import json
 import os
 import re
@@ -75,6 +76,27 @@ print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True)
 Evaluate: `python eval.py --model {{ repo_id }}` (BLEU and chrF with sacreBLEU).
 """
 REPO_ID = re.compile(r'AutoModelForSeq2SeqLM\.from_pretrained\("([^"]+)"')
+# The last line of a card written here: the SHA-256 of the text above it, in a comment the Hub does not show. The card
+# is as written while its text keeps that digest, whatever reports came beside it since; an edit makes it the user's.
+CARD_DIGEST = "<!-- SHA-256 of the card above, as train.py or eval.py wrote it: {} -->"
+CARD_DIGEST_LINE = re.compile(r"\n" + re.escape(CARD_DIGEST).replace(r"\{\}", "([0-9a-f]{64})") + r"\s*\Z")
+
+
+def card_text(card: ModelCard) -> str:
+    """The card as README.md holds it: its text, then the line with that text's SHA-256 (CARD_DIGEST)."""
+    text = str(card).rstrip("\n")
+    return f"{text}\n{CARD_DIGEST.format(text_sha256(text))}\n"
+
+
+def is_card_as_written(text: str) -> bool | None:
+    """Whether a card's text is the one card_text wrote (its digest line holds its SHA-256); None for a card without
+    that line (written before cards carried it, or the line removed)."""
+    found = CARD_DIGEST_LINE.search(text)
+    return None if found is None else text_sha256(text[: found.start()]) == found.group(1)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def described_shape(config: dict, presets: dict[str, dict]) -> str:

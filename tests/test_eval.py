@@ -1065,6 +1065,82 @@ def test_the_card_takes_the_new_scores_unless_the_user_edited_it(trained_run, te
     assert (model / "README.md").read_text(encoding="utf-8") == edited
 
 
+def interrupted_before_the_card(arguments: tuple[str, ...], monkeypatch) -> None:
+    """eval.py (in this process) stopped after writing its report and before rewriting the card, as Ctrl-C or a kill
+    would stop it there."""
+    from eval import main
+
+    def interrupt(folder: Path) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("eval.refresh_card", interrupt)
+        with pytest.raises(SystemExit) as exited:
+            main(list(arguments))
+    assert exited.value.code == 130
+
+
+@pytest.mark.slow
+def test_a_card_left_by_an_evaluation_stopped_before_rewriting_it_takes_the_next_ones_scores(
+    trained_run, test_file, tmp_path, monkeypatch
+):
+    """The report of a stopped eval.py is there but the card does not show it: the card is still the one written,
+    not an edited one, so the next eval.py rewrites it."""
+    model = tmp_path / "model"
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    written = (model / "README.md").read_text(encoding="utf-8")
+    arguments = ("--model", str(model), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    arguments += ("--max_length_offset", str(OFFSET))
+    interrupted_before_the_card(arguments, monkeypatch)
+    assert (model / "eval_results_test.json").is_file() and (model / "README.md").read_text() == written
+    result = run_cli("eval.py", *arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "was edited since it was written" not in result.stderr
+    card, report = ModelCard.load(model / "README.md"), json.loads((model / "eval_results_test.json").read_text())
+    assert [(entry.metric_type, entry.metric_value) for entry in card.data.eval_results] == [
+        ("bleu", round(report["bleu"], 2)),
+        ("chrf", round(report["chrf"], 2)),
+    ]
+
+
+@pytest.mark.slow
+def test_a_card_the_user_edited_after_a_stopped_evaluation_stays(trained_run, test_file, tmp_path, monkeypatch):
+    """A line of the card changed by hand (the rest as written) is the user's: the next eval.py leaves it as it is."""
+    model = tmp_path / "model"
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    arguments = ("--model", str(model), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    arguments += ("--max_length_offset", str(OFFSET))
+    interrupted_before_the_card(arguments, monkeypatch)
+    written = (model / "README.md").read_text(encoding="utf-8")
+    edited = written.replace("trained with `train.py` on", "trained on my laptop with `train.py` on")
+    assert edited != written
+    (model / "README.md").write_text(edited, encoding="utf-8")
+    result = run_cli("eval.py", *arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: {model / 'README.md'} was edited since it was written; it stays as it is" in result.stderr
+    assert (model / "README.md").read_text(encoding="utf-8") == edited
+
+
+@pytest.mark.slow
+def test_a_card_written_before_cards_carried_their_digest_still_takes_the_new_scores(trained_run, test_file, tmp_path):
+    """A card without the digest line, as train.py wrote it before, is as written when the folder's files rebuild it:
+    eval.py rewrites it, digest line included."""
+    model = tmp_path / "model"
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    lines = (model / "README.md").read_text(encoding="utf-8").splitlines()
+    assert lines[-1].startswith("<!-- SHA-256 of the card above")
+    (model / "README.md").write_text("\n".join(lines[:-1]), encoding="utf-8")
+    arguments = ("--model", str(model), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    result = run_cli("eval.py", *arguments, "--max_length_offset", str(OFFSET))
+    assert result.returncode == 0, result.stderr[-3000:]
+    card, report = ModelCard.load(model / "README.md"), json.loads((model / "eval_results_test.json").read_text())
+    assert [(entry.metric_type, entry.metric_value) for entry in card.data.eval_results] == [
+        ("bleu", round(report["bleu"], 2)),
+        ("chrf", round(report["chrf"], 2)),
+    ]
+    assert card.content.splitlines()[-1].startswith("<!-- SHA-256 of the card above")
+
+
 @pytest.mark.slow
 def test_a_parquet_test_file_is_scored_as_its_json_lines_twin(trained_run, test_file, tmp_path):
     parquet = tmp_path / "test.parquet"
