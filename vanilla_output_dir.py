@@ -2,6 +2,7 @@
 
 import errno
 import filecmp
+import functools
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from vanilla_files import (
     probe_write,
     trainer_state,
     unlock_file,
+    write_file_atomically,
 )
 from vanilla_time_budget import kept_models
 from vanilla_train_arguments import TrainingArguments
@@ -37,6 +39,9 @@ HELD: dict[Path, TextIO] = {}
 # of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
 REPORT_FILES = ("eval_results_*.json", "predictions_*.txt")
 OLD_MODEL_FILES = (*WEIGHT_FILES, *REPORT_FILES)
+# What renaming a folder raises where the folder itself cannot move: a mount point (EBUSY, or EXDEV for a bind mount),
+# a folder in a sticky-bit folder that another user owns (EPERM). The final save copies its files in instead.
+UNMOVABLE = (errno.EBUSY, errno.EXDEV, errno.EPERM)
 
 
 def fault_point(name: str) -> None:
@@ -81,22 +86,33 @@ def saved_from(output_dir: Path, checkpoint: Path) -> bool:
 
 
 def finish_interrupted_save(output_dir: Path) -> None:
-    """Completes a final save that was killed while swapping folders, or drops one killed before the swap."""
-    staging, replaced = beside(output_dir, "saving"), beside(output_dir, "replaced")
+    """Completes a final save that was killed while swapping folders or copying files in, or drops one killed before."""
+    folder = output_dir.resolve()  # a symlink's target: the link itself stays
+    staging, replaced = beside(folder, "saving"), beside(folder, "replaced")
+    if beside(folder, "copying").exists():  # killed while copying the new model in: its files are all there
+        finish_copying_in(folder)
+        print(f"finished an interrupted save: {output_dir} holds the new model")
     if replaced.exists():
-        if not output_dir.exists():  # killed between the two renames: the new model was complete
-            staging.rename(output_dir)
-        keep_entries_of_replaced(replaced, output_dir)
+        if not folder.exists():  # killed between the two renames: the new model was complete
+            staging.rename(folder)
+        keep_entries_of_replaced(replaced, folder)
         print(f"finished an interrupted save: {output_dir} holds the new model")
     if staging.exists():  # killed while writing the new model: the old one (if any) is intact
         shutil.rmtree(staging)
 
 
+def old_model_files(folder: Path) -> list[Path]:
+    """The top-level files of the model in `folder` that go when a new model replaces it (OLD_MODEL_FILES)."""
+    return sorted(
+        entry for entry in folder.iterdir() if entry.is_file() and any(entry.match(name) for name in OLD_MODEL_FILES)
+    )
+
+
 def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
     """Moves what is not the old model (checkpoints, logs, other files) from `replaced` into output_dir; drops it."""
+    old = old_model_files(replaced)
     for entry in sorted(replaced.iterdir()):
-        old_model_file = entry.is_file() and any(entry.match(pattern) for pattern in OLD_MODEL_FILES)
-        if not old_model_file and not (output_dir / entry.name).exists():
+        if entry not in old and not (output_dir / entry.name).exists():
             entry.rename(output_dir / entry.name)
     shutil.rmtree(replaced)
 
@@ -268,11 +284,12 @@ def check_output_dir_writable(output_dir: Path) -> None:
 def save_final_model(trainer: "VanillaTrainer", files: dict[str, str], state_source: Path | None = None) -> None:
     """Builds the model (and `files`: name -> text) in a sibling folder, then swaps it for output_dir's by renames.
 
-    A reader sees the old model or the new one, never a mix. Every entry of output_dir that is not the old model
-    (checkpoints, logs, averaged models, other files) moves into the new folder; `finish_interrupted_save` completes
-    a swap that was killed. trainer_state.json (the run's log) is the Trainer's, or a copy of `state_source`'s."""
+    A reader sees the old model or the new one, never a mix (where output_dir cannot be renamed, swap_in replaces its
+    files one by one, each whole). Every entry of output_dir that is not the old model (checkpoints, logs, averaged
+    models, other files) stays with the new one; `finish_interrupted_save` completes a swap that was killed.
+    trainer_state.json (the run's log) is the Trainer's, or a copy of `state_source`'s."""
     output_dir = Path(trainer.args.output_dir)
-    staging, replaced = beside(output_dir, "saving"), beside(output_dir, "replaced")
+    staging = beside(output_dir, "saving")
     try:
         if trainer.is_world_process_zero() and staging.exists():
             shutil.rmtree(staging)
@@ -291,14 +308,53 @@ def save_final_model(trainer: "VanillaTrainer", files: dict[str, str], state_sou
             shutil.rmtree(staging, ignore_errors=True)  # the old model, untouched, stays
         raise
     if trainer.is_world_process_zero():
-        if output_dir.exists():
-            output_dir.rename(replaced)
-            fault_point("final-swap")
-        staging.rename(output_dir)
-        fault_point("final-swapped")
-        if replaced.exists():
-            keep_entries_of_replaced(replaced, output_dir)
+        swap_in(output_dir)
     trainer.accelerator.wait_for_everyone()
+
+
+def swap_in(output_dir: Path) -> None:
+    """Puts the model built in `.<name>.saving` into output_dir (a symlink's target): the folder swapped by two
+    renames, or, where it cannot move (a mount point, the working directory), the files copied in (copy_in)."""
+    folder = output_dir.resolve()
+    staging, replaced = beside(folder, "saving"), beside(folder, "replaced")
+    if folder.exists():
+        if os.path.ismount(folder) or folder == Path.cwd():  # renamed, the shell's folder would be the removed one
+            copy_in(folder)
+            return
+        try:
+            folder.rename(replaced)
+        except OSError as error:
+            if error.errno not in UNMOVABLE:
+                raise
+            copy_in(folder)
+            return
+        fault_point("final-swap")
+    staging.rename(folder)
+    fault_point("final-swapped")
+    if replaced.exists():
+        keep_entries_of_replaced(replaced, folder)
+
+
+def copy_in(folder: Path) -> None:
+    """Copies the model built in `.<name>.saving` into `folder` file by file, each atomically; the staging folder,
+    renamed `.<name>.copying` first, tells a later start (finish_interrupted_save) to complete a copy cut short."""
+    beside(folder, "saving").rename(beside(folder, "copying"))
+    finish_copying_in(folder)
+
+
+def finish_copying_in(folder: Path) -> None:
+    """Copies every file of `.<name>.copying` into `folder`, removes the old model's files the new one lacks, and
+    drops the copying folder; run again after a kill, it does the same."""
+    copying = beside(folder, "copying")
+    new = sorted(copying.iterdir())
+    for entry in new:
+        write_file_atomically(folder / entry.name, functools.partial(shutil.copyfile, entry))
+        fault_point("final-copy")
+    names = {entry.name for entry in new}
+    for path in old_model_files(folder):
+        if path.name not in names:
+            path.unlink()
+    shutil.rmtree(copying)
 
 
 def last_checkpoint_phrase(output_dir: Path) -> str:

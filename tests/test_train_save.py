@@ -3,9 +3,11 @@
 Faults are injected with VANILLA_FAULT=<point> (vanilla_output_dir.fault_point): the process kills itself there, or with
 <point>:enospc fails as a full disk would. Points: checkpoint-<step> (mid-checkpoint: the weights written, not
 the optimizer or trainer_state.json), final-save (the new model built beside output_dir), final-swap (the old
-folder moved aside) and final-swapped (the new folder in place, the old one's checkpoints not yet moved back).
+folder moved aside), final-swapped (the new folder in place, the old one's checkpoints not yet moved back) and
+final-copy (a file copied into an output_dir that cannot be renamed, the others not yet).
 """
 
+import errno
 import filecmp
 import hashlib
 import json
@@ -27,7 +29,14 @@ from vanilla_cli import UsageError
 from vanilla_corpus import DataArguments
 from vanilla_data_record import data_record, model_data_record, resume_data
 from vanilla_files import complete_checkpoints
-from vanilla_output_dir import files_the_final_save_replaces, hold_output_dir, release_output_dir
+from vanilla_output_dir import (
+    beside,
+    files_the_final_save_replaces,
+    finish_interrupted_save,
+    hold_output_dir,
+    release_output_dir,
+    swap_in,
+)
 
 pytestmark = pytest.mark.slow
 LANGS = ["--source_lang", "en", "--target_lang", "de"]
@@ -229,6 +238,89 @@ def test_final_save_killed_at_any_point_leaves_the_old_or_the_new_model(
     assert hidden_siblings(output_dir) == []
     # The overwrite removed the old run's checkpoints; the new run's stays, finished or not.
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+def test_a_symlinked_output_dir_keeps_its_link_and_the_model_lands_in_its_target(tmp_path, finished, new_run, data):
+    target = copy_of(finished, tmp_path / "disk")
+    (target / "notes.txt").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = quick_run(data, link, *NEW_RUN, "--overwrite_output_dir", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert snapshot(target) == {**snapshot(new_run), "README.md": snapshot(target)["README.md"]}
+    assert (target / "notes.txt").read_text() == "mine"
+    assert sorted(path.name for path in target.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert hidden_siblings(target) == [] and hidden_siblings(link) == []
+
+
+def test_output_dir_dot_saves_into_the_working_folder_which_stays_in_place(tmp_path, finished, new_run, data):
+    """Swapped by renames, the working folder would be the removed old one: the shell in it would see nothing."""
+    here = copy_of(finished, tmp_path)
+    (here / "notes.txt").write_text("mine")
+    folder = here.stat().st_ino
+    args = [*TINY, *QUICK, "--train_file", str(data), *LANGS, "--output_dir", ".", *NEW_RUN]
+    result = run_cli("train.py", *args, "--overwrite_output_dir", "true", cwd=here)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert here.stat().st_ino == folder
+    assert snapshot(here) == {**snapshot(new_run), "README.md": snapshot(here)["README.md"]}
+    assert (here / "notes.txt").read_text() == "mine"
+    assert sorted(path.name for path in here.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert hidden_siblings(here) == [] and not list(here.glob(".*"))
+
+
+def stage_new_model(output_dir: Path, new_run: Path) -> None:
+    """The new model's files in `.<name>.saving`, as save_final_model leaves them before it swaps them in."""
+    staging = beside(output_dir, "saving")
+    staging.mkdir()
+    for path in new_run.iterdir():
+        if path.is_file():
+            shutil.copy(path, staging / path.name)
+
+
+def refuse_to_rename(monkeypatch, folder: Path, code: int) -> None:
+    """os.rename of `folder` itself fails with `code`, as for a mount point; every other rename works."""
+    rename = os.rename
+
+    def refusing(source, target):
+        if Path(source) == folder:
+            raise OSError(code, os.strerror(code), str(source))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", refusing)
+
+
+@pytest.mark.parametrize("code", [errno.EBUSY, errno.EXDEV, errno.EPERM], ids=errno.errorcode.get)
+def test_an_output_dir_that_cannot_be_renamed_takes_the_new_model_file_by_file(
+    tmp_path, monkeypatch, finished, new_run, code
+):
+    output_dir = copy_of(finished, tmp_path)
+    (output_dir / "notes.txt").write_text("mine")
+    (output_dir / "pytorch_model.bin").write_text("the old model's weights, saved without safetensors")
+    folder = output_dir.stat().st_ino
+    stage_new_model(output_dir, new_run)
+    refuse_to_rename(monkeypatch, output_dir, code)
+    swap_in(output_dir)
+    assert output_dir.stat().st_ino == folder
+    assert snapshot(output_dir) == snapshot(new_run)
+    assert not (output_dir / "pytorch_model.bin").exists() and (output_dir / "notes.txt").read_text() == "mine"
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert hidden_siblings(output_dir) == [] and not list(output_dir.glob(".*"))
+
+
+def test_a_file_by_file_save_cut_short_is_finished_by_the_next_start(tmp_path, monkeypatch, finished, new_run):
+    output_dir = copy_of(finished, tmp_path)
+    old = snapshot(output_dir)
+    stage_new_model(output_dir, new_run)
+    refuse_to_rename(monkeypatch, output_dir, errno.EBUSY)
+    monkeypatch.setenv("VANILLA_FAULT", "final-copy:enospc")  # the disk full after the first file
+    with pytest.raises(OSError):
+        swap_in(output_dir)
+    assert snapshot(output_dir) not in (old, snapshot(new_run))
+    monkeypatch.delenv("VANILLA_FAULT")
+    finish_interrupted_save(output_dir)
+    assert snapshot(output_dir) == snapshot(new_run)
+    assert hidden_siblings(output_dir) == [] and not list(output_dir.glob(".*"))
 
 
 def test_resuming_a_complete_run_trains_no_further(tmp_path, finished, data):
