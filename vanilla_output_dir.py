@@ -4,6 +4,7 @@ import errno
 import filecmp
 import functools
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -22,10 +23,12 @@ from vanilla_files import (
     is_model_folder_file,
     lock_file,
     probe_write,
+    read_json,
     trainer_state,
     unlock_file,
     write_file_atomically,
 )
+from vanilla_hub import EVAL_RESULTS, is_report
 from vanilla_time_budget import kept_models
 from vanilla_train_arguments import TrainingArguments
 
@@ -35,10 +38,17 @@ if TYPE_CHECKING:
 # The lock files this process holds (train.py's output_dir), open for as long as it holds them.
 HELD: dict[Path, TextIO] = {}
 
-# Top-level files of a replaced model that the new one may not overwrite by name: old weights and eval.py's reports
-# of them. They go with the old model; every other entry of output_dir (checkpoints, logs, ...) stays.
-REPORT_FILES = ("eval_results_*.json", "predictions_*.txt")
-OLD_MODEL_FILES = (*WEIGHT_FILES, *REPORT_FILES)
+# eval.py's default outputs beside a model: its report and hypotheses per split.
+PREDICTIONS = "predictions_*.txt"
+REPORT_FILES = (EVAL_RESULTS, PREDICTIONS)
+# The weight files that transformers writes into a model folder (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, their shards and
+# indexes) and Trainer's training_args.bin: with eval.py's reports of them, all that goes with a replaced model.
+OWN_WEIGHTS = re.compile(
+    r"model(-\d{5}-of-\d{5})?\.safetensors|pytorch_model(-\d{5}-of-\d{5})?\.bin"
+    r"|(model\.safetensors|pytorch_model\.bin)\.index\.json|training_args\.bin"
+)
+# Named like weights or reports, whoever wrote them: a replaced model's files are among them, and a user's may be.
+MODEL_LIKE = (*WEIGHT_FILES, *REPORT_FILES)
 # What renaming a folder raises where the folder itself cannot move: a mount point (EBUSY, or EXDEV for a bind mount),
 # a folder in a sticky-bit folder that another user owns (EPERM). The final save copies its files in instead.
 UNMOVABLE = (errno.EBUSY, errno.EXDEV, errno.EPERM)
@@ -76,12 +86,15 @@ def finished_with(output_dir: Path, checkpoint: Path) -> bool:
 
 
 def saved_from(output_dir: Path, checkpoint: Path) -> bool:
-    """Whether output_dir holds the model of `checkpoint`."""
-    weights = sorted(path.name for path in output_dir.glob("*.safetensors"))
+    """Whether output_dir holds the model of `checkpoint` (its weights; output_dir may hold a user's as well)."""
+    weights = sorted(path.name for path in checkpoint.glob("*.safetensors"))
     return (
         (output_dir / "config.json").is_file()
         and bool(weights)
-        and all(filecmp.cmp(output_dir / name, checkpoint / name, shallow=False) for name in weights)
+        and all(
+            (output_dir / name).is_file() and filecmp.cmp(output_dir / name, checkpoint / name, shallow=False)
+            for name in weights
+        )
     )
 
 
@@ -102,10 +115,20 @@ def finish_interrupted_save(output_dir: Path) -> None:
 
 
 def old_model_files(folder: Path) -> list[Path]:
-    """The top-level files of the model in `folder` that go when a new model replaces it (OLD_MODEL_FILES)."""
-    return sorted(
-        entry for entry in folder.iterdir() if entry.is_file() and any(entry.match(name) for name in OLD_MODEL_FILES)
-    )
+    """The top-level files of the model in `folder` that go when a new model replaces it: its weights (OWN_WEIGHTS) and
+    eval.py's reports of it (own_reports). A file of the same kind that train.py or eval.py did not write stays."""
+    weights = [entry for entry in folder.iterdir() if entry.is_file() and OWN_WEIGHTS.fullmatch(entry.name)]
+    return sorted([*weights, *own_reports(folder)])
+
+
+def own_reports(folder: Path) -> list[Path]:
+    """eval.py's reports in `folder` (eval_results_*.json that is_report recognises) and the predictions files they
+    name; another tool's eval_results_*.json, and predictions_*.txt that no such report names, are not."""
+    reports = {path: read_json(path) for path in folder.glob(EVAL_RESULTS) if path.is_file()}
+    reports = {path: report for path, report in reports.items() if is_report(report)}
+    named = {Path(str(report.get("predictions_file", ""))).name for report in reports.values()}
+    predictions = [path for path in folder.glob(PREDICTIONS) if path.is_file() and path.name in named]
+    return sorted([*reports, *predictions])
 
 
 def keep_entries_of_replaced(replaced: Path, output_dir: Path) -> None:
@@ -231,12 +254,14 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
             )
     else:
         stale = ", ".join(path.name for path in replaced_run_folders(output_dir))
-        reports = ", ".join(sorted(entry.name for pattern in REPORT_FILES for entry in output_dir.glob(pattern)))
+        reports = ", ".join(path.name for path in own_reports(output_dir))
+        others = ", ".join(not_the_models(output_dir))
         print(
             f"--overwrite_output_dir: replacing the finished model in {output_dir} when the new one is saved (the "
             "old one stays until then)"
             + (f"; removing its {stale} once the data is read" if stale else "")
             + (f"; its reports {reports} go with it" if reports else "")
+            + (f"; {others} stay (train.py and eval.py did not write them)" if others else "")
         )
     return checkpoint
 
@@ -263,11 +288,22 @@ def remove_replaced_run(args: TrainingArguments, checkpoint: str | None) -> None
 
 
 def files_the_final_save_replaces(output_dir: Path) -> list[str]:
-    """The top-level files of output_dir that the final save's swap would replace by name or drop as a model's."""
+    """The top-level files of output_dir named like a model folder's, its weights' or its reports' (whoever wrote them):
+    a final save into a folder holding no model would replace them by name, or leave them to be taken for its own."""
     return sorted(
         entry.name
         for entry in output_dir.iterdir()
-        if entry.is_file() and (is_model_folder_file(entry) or any(entry.match(name) for name in OLD_MODEL_FILES))
+        if entry.is_file() and (is_model_folder_file(entry) or any(entry.match(name) for name in MODEL_LIKE))
+    )
+
+
+def not_the_models(output_dir: Path) -> list[str]:
+    """The top-level files of output_dir named like weights or reports (MODEL_LIKE) that are not the old model's."""
+    old = old_model_files(output_dir)
+    return sorted(
+        entry.name
+        for entry in output_dir.iterdir()
+        if entry.is_file() and any(entry.match(name) for name in MODEL_LIKE) and entry not in old
     )
 
 

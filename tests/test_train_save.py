@@ -87,6 +87,15 @@ NEW_RUN = ["--max_steps", "3", "--seed", "7", "--save_strategy", "steps", "--sav
 
 
 @pytest.fixture(scope="module")
+def reported(tmp_path_factory, finished, data) -> Path:
+    """`finished` with eval.py's report of its model on the test split: eval_results_test.json, predictions_test.txt."""
+    output_dir = copy_of(finished, tmp_path_factory.mktemp("reported"))
+    result = run_cli("eval.py", "--model", str(output_dir), "--test_file", str(data), *LANGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+@pytest.fixture(scope="module")
 def new_run(tmp_path_factory, data) -> Path:
     """What retraining into `finished` with NEW_RUN saves: another model."""
     output_dir = tmp_path_factory.mktemp("new") / "run"
@@ -169,8 +178,8 @@ def test_overwrite_refuses_to_delete_an_unfinished_run(tmp_path, killed_recipe_r
     assert sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*")) == before
 
 
-def test_overwrite_replaces_a_finished_model_as_a_whole_and_says_so(tmp_path, finished, data):
-    output_dir = copy_of(finished, tmp_path)
+def test_overwrite_replaces_a_finished_model_as_a_whole_and_says_so(tmp_path, reported, data):
+    output_dir = copy_of(reported, tmp_path)
     old = snapshot(output_dir)
     (output_dir / "averaged-last-2").mkdir()
     (output_dir / "averaged-last-2" / "averaged_from.json").write_text("{}")
@@ -178,21 +187,51 @@ def test_overwrite_replaces_a_finished_model_as_a_whole_and_says_so(tmp_path, fi
     (output_dir / "runs").mkdir()
     (output_dir / "runs" / "events").write_text("log")
     (output_dir / "notes.txt").write_text("mine")
-    (output_dir / "eval_results_test.json").write_text("{}")  # eval.py's report of the old weights
     result = quick_run(data, output_dir, "--max_steps", "3", "--seed", "7", "--overwrite_output_dir", "true")
     assert result.returncode == 0, result.stderr[-3000:]
 
     lines = [line for line in result.stdout.splitlines() if line.startswith("--overwrite_output_dir:")]
     assert len(lines) == 1 and "replacing the finished model" in lines[0] and "checkpoint-4" in lines[0], lines
-    assert lines[0].endswith("; its reports eval_results_test.json go with it"), lines
+    assert lines[0].endswith("; its reports eval_results_test.json, predictions_test.txt go with it"), lines
     new = snapshot(output_dir)
     assert new["model.safetensors"] != old["model.safetensors"]
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
     assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "averaged-last-2").exists()
     assert (output_dir / "averaged-last-3").is_dir() and (output_dir / "runs" / "events").read_text() == "log"
     assert (output_dir / "notes.txt").read_text() == "mine"
-    assert not (output_dir / "eval_results_test.json").exists()
+    assert not (output_dir / "eval_results_test.json").exists() and not (output_dir / "predictions_test.txt").exists()
     assert hidden_siblings(output_dir) == []
+
+
+# Named like a model's weights or eval.py's reports, written by the user or another tool.
+USERS_FILES = {
+    "vectors.bin": "word vectors",
+    "embeddings.safetensors": "embeddings",
+    "eval_results_mine.json": '{"bleu": 12.5}\n',
+    "predictions_mine.txt": "my hypotheses\n",
+}
+
+
+def test_overwrite_keeps_files_that_train_py_and_eval_py_did_not_write_and_says_so(tmp_path, reported, data):
+    output_dir = copy_of(reported, tmp_path)
+    old = snapshot(output_dir)
+    (output_dir / "pytorch_model.bin").write_text("the old model's weights, saved without safetensors")
+    for name, text in USERS_FILES.items():
+        (output_dir / name).write_text(text)
+    result = quick_run(data, output_dir, "--max_steps", "3", "--seed", "7", "--overwrite_output_dir", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    kept = {path.name: path.read_text() for path in output_dir.iterdir() if path.name in USERS_FILES}
+    assert kept == USERS_FILES
+    assert snapshot(output_dir)["model.safetensors"] != old["model.safetensors"]
+    gone = ("pytorch_model.bin", "eval_results_test.json", "predictions_test.txt")
+    assert not [name for name in gone if (output_dir / name).exists()]
+    assert hidden_siblings(output_dir) == []
+    lines = [line for line in result.stdout.splitlines() if line.startswith("--overwrite_output_dir:")]
+    assert len(lines) == 1 and lines[0].endswith(
+        "; its reports eval_results_test.json, predictions_test.txt go with it; embeddings.safetensors, "
+        "eval_results_mine.json, predictions_mine.txt, vectors.bin stay (train.py and eval.py did not write them)"
+    ), lines
 
 
 def test_overwrite_keeps_the_old_runs_checkpoints_until_the_new_data_is_read(tmp_path, finished):
@@ -297,6 +336,7 @@ def test_an_output_dir_that_cannot_be_renamed_takes_the_new_model_file_by_file(
     output_dir = copy_of(finished, tmp_path)
     (output_dir / "notes.txt").write_text("mine")
     (output_dir / "pytorch_model.bin").write_text("the old model's weights, saved without safetensors")
+    (output_dir / "vectors.bin").write_text("word vectors")
     folder = output_dir.stat().st_ino
     stage_new_model(output_dir, new_run)
     refuse_to_rename(monkeypatch, output_dir, code)
@@ -304,6 +344,7 @@ def test_an_output_dir_that_cannot_be_renamed_takes_the_new_model_file_by_file(
     assert output_dir.stat().st_ino == folder
     assert snapshot(output_dir) == snapshot(new_run)
     assert not (output_dir / "pytorch_model.bin").exists() and (output_dir / "notes.txt").read_text() == "mine"
+    assert (output_dir / "vectors.bin").read_text() == "word vectors"
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert hidden_siblings(output_dir) == [] and not list(output_dir.glob(".*"))
 
