@@ -43,7 +43,7 @@ from vanilla_files import (
     read_json,
     write_text_atomically,
 )
-from vanilla_hub import CARD, card_text, folder_card, is_card_as_written
+from vanilla_hub import CARD, REPORT_FILES, card_text, folder_card, is_card_as_written
 from vanilla_metrics import load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import MAX_LENGTH_OFFSET, check_model_path, load_translation_model, translate
@@ -157,6 +157,8 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     }
     data_files = {**recorded, **{f"--{split}_file": getattr(data, f"{split}_file") for split in SPLITS}}
     check_output_files({"--predictions_file": predictions_file, "--results_file": results_file}, data_files)
+    for flag, path in (("--predictions_file", predictions_file), ("--results_file", results_file)):
+        check_not_another_models_report(flag, path, Path(args.model))
     averaged = averaged_from(Path(args.model) / AVERAGED_MARKER)  # an averaged model: its run and checkpoints
     raw = load_raw_datasets(data)
     if data.uses_embedded_task:
@@ -214,6 +216,18 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
         refresh_card(Path(args.model))
     print_table(report, results_file)
     return report
+
+
+def check_not_another_models_report(flag: str, path: Path, model: Path) -> None:
+    """UsageError for an output named like eval.py's reports (REPORT_FILES) in the folder of a model other than the
+    one scored: that model's card and overwrite would take the report as its own."""
+    folder = path.parent.resolve()
+    ours = model.is_dir() and folder == model.resolve()
+    if not ours and (folder / "config.json").is_file() and any(path.match(name) for name in REPORT_FILES):
+        raise UsageError(
+            f"{flag} {path} would read as a report of the model in {folder}, not of --model {model}: name a file "
+            "outside that folder, or another file name"
+        )
 
 
 def card_to_refresh(folder: Path, results_file: Path) -> bool:

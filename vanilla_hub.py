@@ -20,6 +20,8 @@ from vanilla_files import BATCHING_RECORD, CARD, DATA_RECORD, TRAINER_STATE
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
 TRAIN_RESULTS = "all_results.json"  # train.py's metrics, in Trainer.save_metrics' format
 EVAL_RESULTS = "eval_results_*.json"  # eval.py's report per split
+PREDICTIONS = "predictions_*.txt"  # and its hypotheses
+REPORT_FILES = (EVAL_RESULTS, PREDICTIONS)
 LICENSE = "apache-2.0"  # the code's (pyproject.toml); a model inherits its training data's terms as well
 SHAPE = ("d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers", "vocab_size")
 EMBEDDED_DATA = "the embedded task (English -> German number words)"

@@ -28,7 +28,7 @@ from vanilla_files import (
     unlock_file,
     write_file_atomically,
 )
-from vanilla_hub import EVAL_RESULTS, is_report
+from vanilla_hub import EVAL_RESULTS, PREDICTIONS, REPORT_FILES, is_report
 from vanilla_time_budget import kept_models
 from vanilla_train_arguments import TrainingArguments
 
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 # The lock files this process holds (train.py's output_dir), open for as long as it holds them.
 HELD: dict[Path, TextIO] = {}
 
-# eval.py's default outputs beside a model: its report and hypotheses per split.
-PREDICTIONS = "predictions_*.txt"
-REPORT_FILES = (EVAL_RESULTS, PREDICTIONS)
 # The weight files that transformers writes into a model folder (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, their shards and
 # indexes) and Trainer's training_args.bin: with eval.py's reports of them, all that goes with a replaced model.
 OWN_WEIGHTS = re.compile(

@@ -770,24 +770,42 @@ def test_an_output_file_over_the_data_the_model_was_trained_on_is_refused(traine
         ({"--results_file": "model/config.json"}, "--results_file {model}/config.json is a file of the model in"),
         ({"--predictions_file": "model/tokenizer.json"}, "--predictions_file {model}/tokenizer.json is a file of the"),
         ({"--attention_file": "model/model.safetensors"}, "--attention_file {model}/model.safetensors is a file of"),
+        (
+            {"--results_file": "other/eval_results_test.json"},
+            "--results_file {other}/eval_results_test.json would read as a report of the model in {other}, not of",
+        ),
+        (
+            {"--predictions_file": "other/predictions_test.txt"},
+            "--predictions_file {other}/predictions_test.txt would read as a report of the model in",
+        ),
     ],
-    ids=["predictions-over-data", "results-over-data", "both-outputs-one-file", "config", "tokenizer", "weights"],
+    ids=[
+        "predictions-over-data",
+        "results-over-data",
+        "both-outputs-one-file",
+        "config",
+        "tokenizer",
+        "weights",
+        "report-of-another-model",
+        "predictions-of-another-model",
+    ],
 )
 def test_an_output_file_that_would_overwrite_the_data_or_the_model_is_refused(
     trained_run, test_file, tmp_path, outputs, message
 ):
-    model = model_copy(trained_run, tmp_path / "model")
+    model, other = model_copy(trained_run, tmp_path / "model"), model_copy(trained_run, tmp_path / "other")
     test = tmp_path / "test.jsonl"
     shutil.copy(test_file, test)
     before = {**tree(model), "test.jsonl": test.read_bytes()}
+    others_before = tree(other)
     flags = [item for flag, name in outputs.items() for item in (flag, str(tmp_path / name))]
     if "--attention_file" in outputs:
         flags += ["--plot_attention", "seven"]
     else:
         flags += ["--test_file", str(test), "--source_lang", "en", "--target_lang", "de"]
     result = run_cli("eval.py", "--model", str(model), *flags)
-    assert_usage_error(result, message.format(test=test, out=tmp_path / "out.txt", model=model))
-    assert {**tree(model), "test.jsonl": test.read_bytes()} == before
+    assert_usage_error(result, message.format(test=test, out=tmp_path / "out.txt", model=model, other=other))
+    assert {**tree(model), "test.jsonl": test.read_bytes()} == before and tree(other) == others_before
     assert not (tmp_path / "out.txt").exists()
 
 
