@@ -22,6 +22,11 @@ AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.p
 CARD = "README.md"  # a model folder's model card
 DATA_RECORD = "data_args.json"  # in a model folder: the data train.py trained it on, eval.py's defaults
 BATCHING_RECORD = "batching.json"  # in each checkpoint: what cut the run's epochs into batches
+LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
+# What Trainer writes into a checkpoint for resuming alone: optimizer, scheduler, grad scaler and RNG states.
+TRAINER_RESUME_FILES = ("optimizer.*", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+# A checkpoint's resume state: Trainer's, its log, and train.py's loss sum and batching.
+RESUME_FILES = (*TRAINER_RESUME_FILES, TRAINER_STATE, LOSS_TOTAL, BATCHING_RECORD)
 # The top-level files of a model folder that train.py's final save writes: the weights, config, code, tokenizer, card
 # and records. No output of eval.py takes the place of one, nor does a final save into a folder that holds no model.
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin")  # and training_args.bin
@@ -45,9 +50,14 @@ def is_model_folder_file(path: Path) -> bool:
     return any(path.match(name) for name in MODEL_FOLDER_FILES)
 
 
+def is_resume_file(path: Path) -> bool:
+    return any(path.match(name) for name in RESUME_FILES)
+
+
 def check_output_files(outputs: dict[str, Path], inputs: dict[str, str | None]) -> None:
     """UsageError for an output file (flag -> path) that would overwrite an input file (flag -> path or None), another
-    output, or a file of a model folder (one holding config.json) that the model is made of (MODEL_FOLDER_FILES)."""
+    output, or a file of a model folder (one holding config.json) that the model is made of (MODEL_FOLDER_FILES) or
+    that a checkpoint resumes from (RESUME_FILES)."""
     taken = {Path(path).resolve(): flag for flag, path in inputs.items() if path}
     for flag, path in outputs.items():
         resolved = path.resolve()
@@ -55,6 +65,8 @@ def check_output_files(outputs: dict[str, Path], inputs: dict[str, str | None]) 
             raise UsageError(f"{flag} {path} is also the {taken[resolved]}: name another file")
         if is_model_folder_file(resolved) and (resolved.parent / "config.json").is_file():
             raise UsageError(f"{flag} {path} is a file of the model in {path.parent}: name another file")
+        if is_resume_file(resolved) and (resolved.parent / "config.json").is_file():
+            raise UsageError(f"{flag} {path} is a file the checkpoint in {path.parent} resumes from: name another file")
         taken[resolved] = flag
 
 

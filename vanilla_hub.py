@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
 from vanilla_corpus import DATA_FORMATS
-from vanilla_files import BATCHING_RECORD, CARD, DATA_RECORD, TRAINER_STATE
+from vanilla_files import CARD, DATA_RECORD, RESUME_FILES
 
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
 TRAIN_RESULTS = "all_results.json"  # train.py's metrics, in Trainer.save_metrics' format
@@ -33,19 +33,7 @@ HUB_ERRORS = HfHubHTTPError.__bases__
 # sum and batching), the data record (local absolute paths), hidden temporary files, and every subfolder (the run's
 # checkpoints, averaged models, the model kept by --save_at_seconds, CTranslate2 conversions, logs): a push is one
 # model.
-NOT_PUSHED = [
-    "optimizer.*",
-    "scheduler.pt",
-    "scaler.pt",
-    "rng_state*.pth",
-    TRAINER_STATE,
-    "loss_total.json",
-    BATCHING_RECORD,
-    DATA_RECORD,
-    "*/*",
-    ".*",
-    "_*",
-]
+NOT_PUSHED = [*RESUME_FILES, DATA_RECORD, "*/*", ".*", "_*"]
 
 TEMPLATE = """---
 {{ card_data }}

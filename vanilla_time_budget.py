@@ -11,10 +11,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from vanilla_files import write_folder_atomically
-
-# Checkpoint files that only resuming reads: the kept copy is a model folder, not a checkpoint to resume.
-RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+from vanilla_files import TRAINER_RESUME_FILES, write_folder_atomically
 
 
 def model_at_folder(output_dir: str | Path, seconds: float) -> Path:
@@ -73,7 +70,7 @@ class TimeBudgetCallback(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             output = model_at_folder(args.output_dir, self.save_at_seconds)
-            ignore = shutil.ignore_patterns(*RESUME_ONLY_FILES)
+            ignore = shutil.ignore_patterns(*TRAINER_RESUME_FILES)  # a model folder, not a checkpoint to resume
             write_folder_atomically(
                 output, lambda folder: shutil.copytree(checkpoint, folder, ignore=ignore, dirs_exist_ok=True)
             )

@@ -26,13 +26,11 @@ from vanilla_batching import (
 )
 from vanilla_cli import UsageError, first_line
 from vanilla_data_record import DATA_RECORD
-from vanilla_files import TRAINER_STATE
+from vanilla_files import LOSS_TOTAL, TRAINER_STATE
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_metrics import score
 from vanilla_output_dir import fault_point
 from vanilla_translation import MAX_LENGTH_OFFSET, position_limit
-
-LOSS_TOTAL = "loss_total.json"  # in each checkpoint: the training loss summed over every step so far
 
 
 class RunEvents(TrainerCallback):

@@ -770,6 +770,8 @@ def test_an_output_file_over_the_data_the_model_was_trained_on_is_refused(traine
         ({"--results_file": "model/config.json"}, "--results_file {model}/config.json is a file of the model in"),
         ({"--predictions_file": "model/tokenizer.json"}, "--predictions_file {model}/tokenizer.json is a file of the"),
         ({"--attention_file": "model/model.safetensors"}, "--attention_file {model}/model.safetensors is a file of"),
+        ({"--results_file": "model/optimizer.pt"}, "--results_file {model}/optimizer.pt is a file the checkpoint in"),
+        ({"--predictions_file": "model/loss_total.json"}, "--predictions_file {model}/loss_total.json is a file the"),
         (
             {"--results_file": "other/eval_results_test.json"},
             "--results_file {other}/eval_results_test.json would read as a report of the model in {other}, not of",
@@ -786,6 +788,8 @@ def test_an_output_file_over_the_data_the_model_was_trained_on_is_refused(traine
         "config",
         "tokenizer",
         "weights",
+        "optimizer-state",
+        "loss-total",
         "report-of-another-model",
         "predictions-of-another-model",
     ],

@@ -40,7 +40,7 @@ from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets, stream_raw_datasets
-from vanilla_files import complete_checkpoints
+from vanilla_files import LOSS_TOTAL, complete_checkpoints
 from vanilla_metrics import load_metrics
 from vanilla_tokenizer import SPECIAL_TOKENS, corpus_texts, tokenize, train_bpe_tokenizer
 from vanilla_train_arguments import (
@@ -52,7 +52,7 @@ from vanilla_train_arguments import (
     paper_peak_learning_rate,
     parse_arguments,
 )
-from vanilla_trainer import LOSS_TOTAL, VanillaTrainer, nll_metrics, summed_nll_per_sentence, translation_metrics
+from vanilla_trainer import VanillaTrainer, nll_metrics, summed_nll_per_sentence, translation_metrics
 
 # An experiment tracker Trainer reports to whose library this machine lacks.
 UNINSTALLED_REPORTER = next(
