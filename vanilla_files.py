@@ -8,8 +8,10 @@ import os
 import re
 import shutil
 import socket
+import struct
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -299,13 +301,46 @@ def trainer_state(folder: Path) -> dict | None:
 
 
 def complete_checkpoints(run: Path) -> list[Path]:
-    """The checkpoints of a run that were saved to the end, oldest first; the others are named in a warning."""
+    """The checkpoints of a run that were saved to the end and are whole, oldest first; the others are named in a
+    warning."""
     complete = []
     for folder in checkpoint_folders(run):
+        damaged = damaged_file(folder)
         if trainer_state(folder) is None:
             print(
                 f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
             )
+        elif damaged is not None:
+            print(f"warning: skipping {folder}: its {damaged.name} is cut short or damaged", file=sys.stderr)
         else:
             complete.append(folder)
     return complete
+
+
+def damaged_file(folder: Path) -> Path | None:
+    """The first file of a checkpoint or model folder that is cut short or unreadable, by checks that read little: a
+    torch file's zip directory, a safetensors file's size against its header, JSON that parses. None if none is."""
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".pt", ".pth", ".bin") and path.is_file():
+            whole = zipfile.is_zipfile(path)
+        elif path.suffix == ".safetensors" and path.is_file():
+            whole = safetensors_is_whole(path)
+        elif path.suffix == ".json" and path.is_file():
+            whole = read_json(path) is not None
+        else:
+            continue
+        if not whole:
+            return path
+    return None
+
+
+def safetensors_is_whole(path: Path) -> bool:
+    """Whether a safetensors file holds its header and every byte its header's offsets point to, and no more."""
+    with open(path, "rb") as file:
+        try:
+            (length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(length))
+        except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    return path.stat().st_size == 8 + length + max(ends, default=0)

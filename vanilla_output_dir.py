@@ -20,6 +20,7 @@ from vanilla_files import (
     LockHeld,
     checkpoint_folders,
     complete_checkpoints,
+    damaged_file,
     is_model_folder_file,
     lock_file,
     probe_write,
@@ -213,6 +214,15 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
                 f"--resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, "
                 "which Trainer writes last)"
             )
+        damaged = damaged_file(Path(checkpoint))
+        if damaged is not None:
+            earlier = [
+                path
+                for path in checkpoint_folders(Path(checkpoint).parent)
+                if path != Path(checkpoint) and trainer_state(path) is not None and damaged_file(path) is None
+            ]
+            instead = f"resume from {earlier[-1]}" if earlier else "start the run again"
+            raise UsageError(f"--resume_from_checkpoint: {damaged} is cut short or damaged; {instead}")
         if continues_in_place(checkpoint, output_dir):
             return checkpoint
         # A checkpoint from elsewhere starts this folder's run: output_dir is checked as for a new run.

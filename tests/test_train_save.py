@@ -168,6 +168,30 @@ def test_a_checkpoint_killed_while_rewritten_is_not_complete(tmp_path, finished,
     assert complete_checkpoints(output_dir) == [output_dir / "checkpoint-2"]
 
 
+@pytest.mark.parametrize("damaged", ["optimizer.pt", "model.safetensors", "loss_total.json"])
+def test_a_checkpoint_with_a_file_cut_short_is_named_and_not_resumed_from(tmp_path, finished, data, damaged):
+    """A resume reads the newest checkpoint's files only once training starts (torch's traceback): a file cut short
+    (a full disk, a copy stopped midway) makes the checkpoint one that `last` skips with a warning, as an incomplete
+    one, and that an explicit resume refuses in one line naming the file and the checkpoint before it."""
+    output_dir = copy_of(finished, tmp_path)
+    path = output_dir / "checkpoint-4" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    resume = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--resume_from_checkpoint"]
+    refused = quick_run(data, output_dir, *resume, str(output_dir / "checkpoint-4"))
+    assert error_line(refused) == (
+        f"error: --resume_from_checkpoint: {path} is cut short or damaged; resume from {output_dir / 'checkpoint-2'}"
+    )
+    assert complete_checkpoints(output_dir) == [output_dir / "checkpoint-2"]
+    result = quick_run(data, output_dir, *resume, "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipping")]
+    assert warnings[0] == f"warning: skipping {output_dir / 'checkpoint-4'}: its {damaged} is cut short or damaged"
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 6
+    assert complete_checkpoints(output_dir) == [
+        output_dir / name for name in ("checkpoint-2", "checkpoint-4", "checkpoint-6")
+    ]
+
+
 def test_overwrite_refuses_to_delete_an_unfinished_run(tmp_path, killed_recipe_run):
     run, args = killed_recipe_run
     output_dir = copy_of(run, tmp_path)
