@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vanilla_cli import UsageError
+from vanilla_cli import UsageError, first_line
 from vanilla_files import locked, read_json, sha256_of, write_folder_atomically
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every norm of the mod
 SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 CONVERSION_PREFIX = "ctranslate2-"  # a model's cached conversions: <model>/ctranslate2-<quantization>/
 SOURCE_RECORD = "source.json"  # in each: the fingerprint of the SOURCE_FILES it was converted from
+CONVERTED_SIZES = "converted_sizes"  # and the size of each file converted, so that one cut short is converted again
 CONVERSION_FORMAT = "2"  # 2: sinusoids for SINUSOID_POSITIONS (1: for max_position_embeddings)
 SINUSOID_POSITIONS = 2048
 
@@ -248,25 +249,28 @@ def conversion(folder: Path, quantization: str, fingerprint: dict[str, str]) -> 
 
     def write(target: Path) -> None:
         spec.save(str(target))
-        (target / SOURCE_RECORD).write_text(json.dumps(fingerprint, indent=2) + "\n")
+        sizes = {path.name: path.stat().st_size for path in sorted(target.iterdir())}
+        (target / SOURCE_RECORD).write_text(json.dumps({**fingerprint, CONVERTED_SIZES: sizes}, indent=2) + "\n")
 
     return write
 
 
-def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing or stale,
-    written atomically. Another process converting the same model (eval.py on two splits at once) is waited for,
-    and its conversion taken.
+def converted_model(
+    folder: Path, quantization: str, damaged: bool = False
+) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing, stale or
+    `damaged` (CTranslate2 could not load it), written atomically. Another process converting the same model (eval.py
+    on two splits at once) is waited for, and its conversion taken.
 
     A model folder that cannot be written (a read-only mount, another user's folder) gets the conversion in a
     temporary folder, for this run only: returned beside the path, it is removed when dropped."""
     output = folder / f"{CONVERSION_PREFIX}{quantization}"
     fingerprint = source_fingerprint(folder)  # hashed once: the weights may be large
-    if is_current_conversion(output, fingerprint):
+    if not damaged and is_current_conversion(output, fingerprint):
         return output, None
     try:
         with locked(folder / f".{output.name}.lock"):
-            if not is_current_conversion(output, fingerprint):  # converted by another process while this one waited
+            if damaged or not is_current_conversion(output, fingerprint, warn=False):  # or another process's
                 write_folder_atomically(output, conversion(folder, quantization, fingerprint))
         return output, None
     except OSError as error:
@@ -282,10 +286,21 @@ def converted_model(folder: Path, quantization: str) -> tuple[Path, tempfile.Tem
     return Path(scratch.name) / output.name, scratch
 
 
-def is_current_conversion(output: Path, fingerprint: dict[str, str]) -> bool:
-    """Whether `output` holds a conversion of the model whose files have the `fingerprint` (source_fingerprint)."""
-    recorded = output / SOURCE_RECORD
-    return read_json(recorded) == fingerprint  # a damaged record: converted again
+def is_current_conversion(output: Path, fingerprint: dict[str, str], warn: bool = True) -> bool:
+    """Whether `output` holds a whole conversion of the model whose files have the `fingerprint`
+    (source_fingerprint); with `warn`, a conversion whose files are not the sizes written is named in a warning."""
+    recorded = read_json(output / SOURCE_RECORD)  # a damaged record: converted again
+    sizes = recorded.pop(CONVERTED_SIZES, None) if isinstance(recorded, dict) else None
+    if recorded != fingerprint or not sizes:  # stale, or from an eval.py that recorded no sizes
+        return False
+    for name, size in sizes.items():
+        if not (output / name).is_file() or (output / name).stat().st_size != size:
+            if warn:
+                print(
+                    f"warning: {output / name} is not the size it was written with: converting again", file=sys.stderr
+                )
+            return False
+    return True
 
 
 def is_cached_conversion(folder: Path) -> bool:
@@ -358,10 +373,17 @@ def load(
             f"--quantization {quantization}: CTranslate2 on {device} supports {', '.join(sorted(supported))}"
         )
     path, scratch = converted_model(folder, quantization)
+    threads = threads or torch.get_num_threads()
+    try:
+        replicas = translator(path, device, quantization, threads)
+    except (RuntimeError, ValueError) as error:  # a damaged file of the right size
+        print(f"warning: CTranslate2 cannot load {path} ({first_line(error)}): converting again", file=sys.stderr)
+        path, scratch = converted_model(folder, quantization, damaged=True)
+        replicas = translator(path, device, quantization, threads)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = CTranslate2Model(
-        translator=translator(path, device, quantization, threads or torch.get_num_threads()),
+        translator=replicas,
         tokens=vocabulary(tokenizer, config.vocab_size),
         generation_config=GenerationConfig.from_pretrained(folder),
         quantization=quantization,
