@@ -473,14 +473,14 @@ class VanillaModel(VanillaPreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.shared if self.shared is not None else self.encoder.embed_tokens
+        # The module the encoder calls (tied, its weight is `shared`'s), so that hooks on it act (NEFTune), as Marian's.
+        return self.encoder.embed_tokens
 
     def set_input_embeddings(self, value: nn.Embedding):
         if self.shared is None:
             self.encoder.embed_tokens = value
         else:
-            self.shared = value
-            self.tie_weights()
+            self.shared = self.encoder.embed_tokens = self.decoder.embed_tokens = value
 
     @can_return_tuple
     @auto_docstring
@@ -508,6 +508,10 @@ class VanillaModel(VanillaPreTrainedModel):
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            raise ValueError(
+                "pass decoder_input_ids or decoder_inputs_embeds; VanillaForConditionalGeneration makes them of labels"
+            )
 
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,

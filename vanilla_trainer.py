@@ -69,15 +69,16 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.failed_pushes = []  # the checkpoints whose push to the Hub failed, in order
         self.first_step = 0  # the step this run began at (a resumed run: its checkpoint's)
         self.add_callback(RunEvents(self))
-        if self.neftune_noise_alpha is not None:  # Trainer would hook get_input_embeddings(), the shared matrix,
-            self.add_neftune_noise(self.neftune_noise_alpha)  # which no stack calls: the noise would never be added
+        if self.neftune_noise_alpha is not None:  # Trainer would hook get_input_embeddings(), the encoder's alone
+            self.add_neftune_noise(self.neftune_noise_alpha)
             self.neftune_noise_alpha = None
 
     def add_neftune_noise(self, alpha: float) -> None:
         """--neftune_noise_alpha: NEFTune's noise on the token embeddings the encoder and the decoder read, while
         training (transformers' hook, on the modules that the stacks call)."""
         model = self.accelerator.unwrap_model(self.model)
-        for embedding in (model.get_encoder().embed_tokens, model.get_decoder().embed_tokens):
+        encoder, decoder = model.get_encoder().embed_tokens, model.get_decoder().embed_tokens
+        for embedding in [encoder] if decoder is encoder else [encoder, decoder]:  # one module after a resize
             embedding.neftune_noise_alpha = alpha
             embedding.register_forward_hook(neftune_post_forward_hook)
 

@@ -621,6 +621,42 @@ def test_embeddings_are_tied_by_transformers_not_shared_as_one_module():
     assert set(tied.values()) == {"model.shared.weight"}
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_input_embedding_module_transformers_hands_out_is_the_one_the_model_runs(tied):
+    """Hooks on get_input_embeddings() act (Trainer's NEFTune noise, attribution tools), and a module given to
+    set_input_embeddings() is the one called, by the decoder too where the embeddings are shared (as Marian's)."""
+    from transformers.integrations.neftune import activate_neftune
+
+    model = model_for(tie_word_embeddings=tied).train()  # dropout 0: only NEFTune's noise is random
+    ids, mask = source_batch()
+    labels = ids[:, :4]
+    plain = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    hook = activate_neftune(model, 5.0)
+    noisy = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    hook.remove()
+    assert not torch.allclose(plain, noisy)
+
+    class Counted(nn.Embedding):
+        calls = 0
+
+        def forward(self, input_ids):
+            Counted.calls += 1
+            return super().forward(input_ids)
+
+    replacement = Counted(model.config.vocab_size, model.config.d_model, padding_idx=model.config.pad_token_id)
+    replacement.weight.data.copy_(model.get_input_embeddings().weight)
+    model.set_input_embeddings(replacement)
+    assert model.get_input_embeddings() is replacement
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask, labels=labels).loss, plain)
+    assert Counted.calls == (2 if tied else 1)  # the encoder, and the decoder where it shares the embedding
+
+
+def test_a_forward_without_decoder_inputs_names_them():
+    ids, mask = source_batch()
+    with pytest.raises(ValueError, match="pass decoder_input_ids or decoder_inputs_embeds; VanillaForConditional"):
+        model_for()(input_ids=ids, attention_mask=mask)
+
+
 def test_checkpoint_without_the_embedding_reports_it_missing_and_leaves_no_meta_tensor(tmp_path):
     model_for().save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")

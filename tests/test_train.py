@@ -824,7 +824,7 @@ def test_do_predict_scores_the_test_split_and_leaves_the_runs_settings_as_they_w
 
 
 def test_neftune_noise_reaches_the_embeddings_the_encoder_and_decoder_read_in_training_only(tmp_path):
-    """transformers hooks get_input_embeddings(), the shared matrix that no stack calls: the noise was never added."""
+    """transformers hooks get_input_embeddings(), the encoder's alone: the decoder's input embeddings get it too."""
     tokenizer, rows = number_rows(range(1, 5))
     batch = DataCollatorForSeq2Seq(tokenizer)(rows)
     losses = {}
@@ -837,6 +837,12 @@ def test_neftune_noise_reaches_the_embeddings_the_encoder_and_decoder_read_in_tr
         losses[alpha].append(model.eval()(**batch).loss.item())
     assert losses[None][0] == losses[None][1] and losses[50.0][0] != losses[50.0][1]  # fresh noise each forward
     assert losses[50.0][2] == losses[None][2]  # none in evaluation
+    # After a resize the two stacks call one embedding module (set_input_embeddings, as Marian's): hooked once.
+    model = one_layer_model(tokenizer, dropout=0.0)
+    model.resize_token_embeddings(len(tokenizer) + 8)
+    VanillaTrainer(model=model, args=args, processing_class=tokenizer)
+    assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens
+    assert len(model.model.encoder.embed_tokens._forward_hooks) == 1
 
 
 def test_the_default_peak_learning_rate_counts_a_fractional_warmup_in_steps(tmp_path):
