@@ -48,7 +48,7 @@ LAYER_NORM_EPSILON = 1e-5  # nn.LayerNorm's default, which every norm of the mod
 SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 CONVERSION_PREFIX = "ctranslate2-"  # a model's cached conversions: <model>/ctranslate2-<quantization>/
 SOURCE_RECORD = "source.json"  # in each: the fingerprint of the SOURCE_FILES it was converted from
-CONVERTED_SIZES = "converted_sizes"  # and the size of each file converted, so that one cut short is converted again
+CONVERTED_DIGESTS = "converted_sha256"  # and the SHA-256 of each file converted: one damaged since is converted again
 CONVERSION_FORMAT = "2"  # 2: sinusoids for SINUSOID_POSITIONS (1: for max_position_embeddings)
 SINUSOID_POSITIONS = 2048
 
@@ -249,8 +249,8 @@ def conversion(folder: Path, quantization: str, fingerprint: dict[str, str]) -> 
 
     def write(target: Path) -> None:
         spec.save(str(target))
-        sizes = {path.name: path.stat().st_size for path in sorted(target.iterdir())}
-        (target / SOURCE_RECORD).write_text(json.dumps({**fingerprint, CONVERTED_SIZES: sizes}, indent=2) + "\n")
+        digests = {path.name: sha256_of(path) for path in sorted(target.iterdir())}
+        (target / SOURCE_RECORD).write_text(json.dumps({**fingerprint, CONVERTED_DIGESTS: digests}, indent=2) + "\n")
 
     return write
 
@@ -288,16 +288,18 @@ def converted_model(
 
 def is_current_conversion(output: Path, fingerprint: dict[str, str], warn: bool = True) -> bool:
     """Whether `output` holds a whole conversion of the model whose files have the `fingerprint`
-    (source_fingerprint); with `warn`, a conversion whose files are not the sizes written is named in a warning."""
+    (source_fingerprint); with `warn`, a converted file missing, cut short or changed since is named in a warning."""
     recorded = read_json(output / SOURCE_RECORD)  # a damaged record: converted again
-    sizes = recorded.pop(CONVERTED_SIZES, None) if isinstance(recorded, dict) else None
-    if recorded != fingerprint or not sizes:  # stale, or from an eval.py that recorded no sizes
+    digests = recorded.pop(CONVERTED_DIGESTS, None) if isinstance(recorded, dict) else None
+    if recorded != fingerprint or not isinstance(digests, dict) or not digests:  # stale, or from an older eval.py
         return False
-    for name, size in sizes.items():
-        if not (output / name).is_file() or (output / name).stat().st_size != size:
+    for name, digest in digests.items():
+        if not (output / name).is_file() or sha256_of(output / name) != digest:
             if warn:
                 print(
-                    f"warning: {output / name} is not the size it was written with: converting again", file=sys.stderr
+                    f"warning: the cached conversion {output / name} is missing or damaged (not the file converted): "
+                    "converting again",
+                    file=sys.stderr,
                 )
             return False
     return True
@@ -372,14 +374,7 @@ def load(
         raise UsageError(
             f"--quantization {quantization}: CTranslate2 on {device} supports {', '.join(sorted(supported))}"
         )
-    path, scratch = converted_model(folder, quantization)
-    threads = threads or torch.get_num_threads()
-    try:
-        replicas = translator(path, device, quantization, threads)
-    except (RuntimeError, ValueError) as error:  # a damaged file of the right size
-        print(f"warning: CTranslate2 cannot load {path} ({first_line(error)}): converting again", file=sys.stderr)
-        path, scratch = converted_model(folder, quantization, damaged=True)
-        replicas = translator(path, device, quantization, threads)
+    replicas, scratch = loaded_conversion(folder, quantization, device, threads or torch.get_num_threads())
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     model = CTranslate2Model(
@@ -393,6 +388,25 @@ def load(
     if device == "cuda":
         check_gpu_libraries(model, ctranslate2.__version__)
     return model, tokenizer
+
+
+def loaded_conversion(
+    folder: Path, quantization: str, device: str, threads: int
+) -> tuple["ctranslate2.Translator", tempfile.TemporaryDirectory | None]:
+    """The model's conversion (converted_model) loaded as a translator; a cached one that CTranslate2 cannot load is
+    converted again with a warning, and a new one that it cannot load either is a UsageError."""
+    path, scratch = converted_model(folder, quantization)
+    try:
+        return translator(path, device, quantization, threads), scratch
+    except (RuntimeError, ValueError) as error:  # damaged in a way its record does not show, or another version's
+        print(f"warning: CTranslate2 cannot load {path} ({first_line(error)}): converting again", file=sys.stderr)
+    path, scratch = converted_model(folder, quantization, damaged=True)
+    try:
+        return translator(path, device, quantization, threads), scratch
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(
+            f"CTranslate2 cannot load the conversion of {folder} ({first_line(error)}), even converted again"
+        ) from None
 
 
 def check_gpu_libraries(model: CTranslate2Model, version: str) -> None:

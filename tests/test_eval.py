@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -461,7 +462,8 @@ def test_averaging_again_through_ctranslate2_replaces_the_averaged_model_and_its
     recorded = averaged / "ctranslate2-float32" / "source.json"
     first = json.loads(recorded.read_text())
     hypotheses, _ = evaluate_with(trained_run, test_file, tmp_path / "second", "--average_last", "2", *flags)
-    fingerprint = {name: value for name, value in json.loads(recorded.read_text()).items() if name != "converted_sizes"}
+    converted = json.loads(recorded.read_text())
+    fingerprint = {name: value for name, value in converted.items() if name != vanilla_ctranslate2.CONVERTED_DIGESTS}
     assert fingerprint == source_fingerprint(averaged) != first
     expected, _ = evaluate_with(averaged, test_file, tmp_path / "hf")  # the transformers engine on the new average
     assert hypotheses == expected
@@ -1213,27 +1215,80 @@ def test_ctranslate2_conversion_is_cached_and_redone_when_the_weights_change(tra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["cut-short", "bytes-changed"])
-def test_a_damaged_cached_conversion_is_converted_again_with_a_warning(trained_run, tmp_path, capsys, damage):
-    """A cached conversion whose model.bin was cut short (its recorded size) or changed (CTranslate2 cannot load it)
-    is converted again, with a warning, rather than ending in CTranslate2's traceback."""
+@pytest.mark.parametrize("damage", ["cut-short", "weights-changed", "missing"])
+def test_eval_py_converts_a_damaged_cached_conversion_again_and_translates_as_before(
+    trained_run, test_file, tmp_path, damage
+):
+    """A cached model.bin cut short, changed in place (its size kept: CTranslate2 would load the changed weights) or
+    removed is converted again with a warning, and the second run translates as the first did."""
+    model = model_copy(trained_run, tmp_path / "model")
+    (tmp_path / "first").mkdir()
+    expected, _ = evaluate_with(model, test_file, tmp_path / "first", "--engine", "ctranslate2")
+    weights = model / "ctranslate2-float32" / "model.bin"
+    written = weights.read_bytes()
+    middle = len(written) // 2  # inside a weight matrix, past the header and names
+    if damage == "cut-short":
+        weights.write_bytes(written[:middle])
+    elif damage == "weights-changed":
+        changed = bytes(byte ^ 0xFF for byte in written[middle : middle + 4000])
+        weights.write_bytes(written[:middle] + changed + written[middle + 4000 :])
+    else:
+        weights.unlink()
+    output = tmp_path / "again"
+    result = run_cli(
+        "eval.py",
+        *("--model", str(model), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
+        *("--max_length_offset", str(OFFSET), "--predictions_file", str(output / "hypotheses.txt")),
+        *("--results_file", str(output / "report.json"), "--engine", "ctranslate2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: the cached conversion {weights} is missing or damaged (not the file converted): converting again"
+    ]
+    assert (output / "hypotheses.txt").read_text().splitlines() == expected
+    assert weights.read_bytes() == written
+
+
+@pytest.mark.slow
+def test_a_cached_conversion_that_ctranslate2_cannot_load_is_converted_again(trained_run, tmp_path, capsys):
+    """A conversion whose record matches its files but which CTranslate2 cannot load (damaged before it was recorded,
+    or written by another CTranslate2) is converted again with a warning, rather than ending in its traceback."""
     model = model_copy(trained_run, tmp_path / "model")
     first, tokenizer = vanilla_ctranslate2.load(str(model), "float32", threads=1)
     ids = [tokenizer(source)["input_ids"] for source, _ in PAIRS]
     expected = first.generate_ids(ids, 2, 1.0, OFFSET)
     weights = model / "ctranslate2-float32" / "model.bin"
     written = weights.read_bytes()
-    if damage == "cut-short":
-        weights.write_bytes(written[: len(written) // 2])
-    else:
-        weights.write_bytes(written[:100] + bytes(byte ^ 0xFF for byte in written[100:400]) + written[400:])
+    weights.write_bytes(written[:100] + bytes(byte ^ 0xFF for byte in written[100:400]) + written[400:])
+    record = weights.parent / "source.json"
+    recorded = json.loads(record.read_text())
+    recorded[vanilla_ctranslate2.CONVERTED_DIGESTS]["model.bin"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    record.write_text(json.dumps(recorded))
     capsys.readouterr()
     again, _ = vanilla_ctranslate2.load(str(model), "float32", threads=1)
     warning = capsys.readouterr().err
-    named = f"{weights} is not the size" if damage == "cut-short" else f"CTranslate2 cannot load {weights.parent} ("
-    assert warning.startswith(f"warning: {named}") and "converting again" in warning, warning
+    assert warning.startswith(f"warning: CTranslate2 cannot load {weights.parent} (") and "converting again" in warning
     assert again.generate_ids(ids, 2, 1.0, OFFSET) == expected
     assert weights.read_bytes() == written
+
+
+@pytest.mark.slow
+def test_a_conversion_that_cannot_be_loaded_even_converted_again_is_a_usage_error(trained_run, tmp_path, monkeypatch):
+    """When the conversion made again cannot be loaded either, the user gets one error naming the model, not
+    CTranslate2's traceback."""
+    model = model_copy(trained_run, tmp_path / "model")
+    converted = []
+
+    def unloadable(path, *args):
+        converted.append((Path(path) / "model.bin").stat().st_ino)
+        raise RuntimeError("Unsupported model binary version\nmore detail")
+
+    monkeypatch.setattr(vanilla_ctranslate2, "translator", unloadable)
+    message = f"CTranslate2 cannot load the conversion of {model} (Unsupported model binary version), even converted"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        vanilla_ctranslate2.load(str(model), "float32", threads=1)
+    assert len(converted) == 2 and converted[0] != converted[1], "not converted again before giving up"
 
 
 @pytest.mark.slow
