@@ -311,18 +311,35 @@ def complete_checkpoints(run: Path) -> list[Path]:
                 f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
             )
         elif damaged is not None:
-            print(f"warning: skipping {folder}: its {damaged.name} is cut short or damaged", file=sys.stderr)
+            warn_skipping_damaged(folder, damaged)
         else:
             complete.append(folder)
     return complete
 
 
-def damaged_file(folder: Path) -> Path | None:
-    """The first file of a checkpoint or model folder that is cut short or unreadable, by checks that read little: a
-    torch file's zip directory, a safetensors file's size against its header, JSON that parses. None if none is."""
+def newest_whole_checkpoint(run: Path) -> Path | None:
+    """The newest of a run's complete checkpoints whose files read whole to the end (damaged_file with `read_all`),
+    the one a resume loads; a newer one that does not is named in a warning and passed over."""
+    for folder in reversed(complete_checkpoints(run)):
+        damaged = damaged_file(folder, read_all=True)
+        if damaged is None:
+            return folder
+        warn_skipping_damaged(folder, damaged)
+    return None
+
+
+def warn_skipping_damaged(folder: Path, damaged: Path) -> None:
+    """The warning that a checkpoint is passed over for its damaged file."""
+    print(f"warning: skipping {folder}: its {damaged.name} is cut short or damaged", file=sys.stderr)
+
+
+def damaged_file(folder: Path, read_all: bool = False) -> Path | None:
+    """The first file of a checkpoint or model folder that is cut short or unreadable, None if none is: by checks that
+    read little (a torch file's zip directory, a safetensors file's size against its header, JSON that parses), and
+    with `read_all` by every torch file's checksums too (damage that keeps the size, which torch.load does not see)."""
     for path in sorted(folder.iterdir()):
         if path.suffix in (".pt", ".pth", ".bin") and path.is_file():
-            whole = zipfile.is_zipfile(path)
+            whole = torch_file_is_whole(path) if read_all else zipfile.is_zipfile(path)
         elif path.suffix == ".safetensors" and path.is_file():
             whole = safetensors_is_whole(path)
         elif path.suffix == ".json" and path.is_file():
@@ -332,6 +349,15 @@ def damaged_file(folder: Path) -> Path | None:
         if not whole:
             return path
     return None
+
+
+def torch_file_is_whole(path: Path) -> bool:
+    """Whether every record of a torch.save file (a zip archive) reads back with the CRC-32 written beside it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, EOFError, OSError):
+        return False
 
 
 def safetensors_is_whole(path: Path) -> bool:

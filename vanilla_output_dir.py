@@ -23,6 +23,7 @@ from vanilla_files import (
     damaged_file,
     is_model_folder_file,
     lock_file,
+    newest_whole_checkpoint,
     probe_write,
     read_json,
     trainer_state,
@@ -205,24 +206,8 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
     checkpoint = args.resume_from_checkpoint
     if checkpoint is not None:
         if checkpoint.lower() in ("true", "last"):
-            found = complete_checkpoints(output_dir) if output_dir.is_dir() else []
-            if not found:
-                raise UsageError(f"--resume_from_checkpoint: no complete checkpoint-* folder in {output_dir}")
-            return str(found[-1])
-        if trainer_state(Path(checkpoint)) is None:
-            raise UsageError(
-                f"--resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, "
-                "which Trainer writes last)"
-            )
-        damaged = damaged_file(Path(checkpoint))
-        if damaged is not None:
-            earlier = [
-                path
-                for path in checkpoint_folders(Path(checkpoint).parent)
-                if path != Path(checkpoint) and trainer_state(path) is not None and damaged_file(path) is None
-            ]
-            instead = f"resume from {earlier[-1]}" if earlier else "start the run again"
-            raise UsageError(f"--resume_from_checkpoint: {damaged} is cut short or damaged; {instead}")
+            return str(last_checkpoint(output_dir))
+        check_resumable(Path(checkpoint))
         if continues_in_place(checkpoint, output_dir):
             return checkpoint
         # A checkpoint from elsewhere starts this folder's run: output_dir is checked as for a new run.
@@ -271,6 +256,40 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
             + (f"; {others} stay (train.py and eval.py did not write them)" if others else "")
         )
     return checkpoint
+
+
+def last_checkpoint(output_dir: Path) -> Path:
+    """`--resume_from_checkpoint last`: output_dir's newest checkpoint that is complete and whole (damaged ones are
+    named in a warning and passed over); UsageError if it has none."""
+    found = newest_whole_checkpoint(output_dir) if output_dir.is_dir() else None
+    if found is None:
+        raise UsageError(f"--resume_from_checkpoint: no complete checkpoint-* folder in {output_dir}")
+    return found
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """UsageError for a checkpoint given to --resume_from_checkpoint that Trainer could not load: one saved only in
+    part, or with a file cut short or damaged (each read to the end), naming the file and what to resume from."""
+    if trainer_state(checkpoint) is None:
+        problem = f"{checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, which Trainer writes last)"
+    elif (damaged := damaged_file(checkpoint, read_all=True)) is not None:
+        problem = f"{damaged} is cut short or damaged"
+    else:
+        return
+    raise UsageError(f"--resume_from_checkpoint: {problem}; {resume_instead(checkpoint)}")
+
+
+def resume_instead(checkpoint: Path) -> str:
+    """What to do in place of resuming from a damaged `checkpoint`: resume from the newest complete checkpoint beside
+    it, or, with none, train from the start."""
+    others = [
+        path
+        for path in checkpoint_folders(checkpoint.parent)
+        if path != checkpoint and trainer_state(path) is not None and damaged_file(path) is None
+    ]
+    if others:
+        return f"resume from {others[-1]}"
+    return f"no other checkpoint beside it is complete: move {checkpoint} away to train from the start"
 
 
 def continues_in_place(checkpoint: str | None, output_dir: Path) -> bool:

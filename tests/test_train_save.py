@@ -15,9 +15,11 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -190,6 +192,59 @@ def test_a_checkpoint_with_a_file_cut_short_is_named_and_not_resumed_from(tmp_pa
     assert complete_checkpoints(output_dir) == [
         output_dir / name for name in ("checkpoint-2", "checkpoint-4", "checkpoint-6")
     ]
+
+
+def change_in_place(path: Path) -> None:
+    """Flips bytes in the middle of a torch.save file's first record (data.pkl, which torch.load reads first), the
+    file's size kept."""
+    content = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", content[26:30])  # the zip's first local header
+    start = 30 + name_length + extra_length
+    middle = start + zipfile.ZipFile(path).infolist()[0].file_size // 2
+    content[middle : middle + 16] = bytes(byte ^ 0xFF for byte in content[middle : middle + 16])
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.pt", "scheduler.pt"])
+def test_a_checkpoint_with_a_file_changed_in_place_is_named_and_not_resumed_from(tmp_path, finished, data, damaged):
+    """A torch file damaged in place with its size kept (a bad sector, a copy gone wrong) is found by its checksums
+    before training starts, not in torch.load's traceback: an explicit resume names the file and the checkpoint before
+    it, and `last` passes the checkpoint over with a warning."""
+    output_dir = copy_of(finished, tmp_path)
+    path = output_dir / "checkpoint-4" / damaged
+    change_in_place(path)
+    resume = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--resume_from_checkpoint"]
+    refused = quick_run(data, output_dir, *resume, str(output_dir / "checkpoint-4"))
+    assert error_line(refused) == (
+        f"error: --resume_from_checkpoint: {path} is cut short or damaged; resume from {output_dir / 'checkpoint-2'}"
+    )
+    result = quick_run(data, output_dir, *resume, "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipping")]
+    assert warnings == [f"warning: skipping {output_dir / 'checkpoint-4'}: its {damaged} is cut short or damaged"]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.parametrize("earlier", [True, False], ids=["with-an-earlier-checkpoint", "alone"])
+def test_resuming_from_a_checkpoint_without_its_state_says_what_to_do_instead(tmp_path, finished, data, earlier):
+    """A checkpoint whose trainer_state.json is cut short is refused in one line that names the checkpoint to resume
+    from instead, or, with none beside it, says to move it away and train from the start."""
+    output_dir = copy_of(finished, tmp_path)
+    checkpoint = output_dir / "checkpoint-4"
+    state = checkpoint / "trainer_state.json"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    if not earlier:
+        shutil.rmtree(output_dir / "checkpoint-2")
+    refused = quick_run(data, output_dir, "--max_steps", "6", "--resume_from_checkpoint", str(checkpoint))
+    instead = (
+        f"resume from {output_dir / 'checkpoint-2'}"
+        if earlier
+        else f"no other checkpoint beside it is complete: move {checkpoint} away to train from the start"
+    )
+    assert error_line(refused) == (
+        f"error: --resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no readable trainer_state.json, "
+        f"which Trainer writes last); {instead}"
+    )
 
 
 def test_overwrite_refuses_to_delete_an_unfinished_run(tmp_path, killed_recipe_run):
