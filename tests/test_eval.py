@@ -37,7 +37,7 @@ import vanilla_translation
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_ctranslate2 import source_fingerprint
-from vanilla_files import lock_file, unlock_file, write_folder_atomically
+from vanilla_files import check_output_files, lock_file, unlock_file, write_folder_atomically
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding
 
 # Sources of different lengths, so that sorting by length reorders them; references are their German words.
@@ -814,6 +814,26 @@ def test_an_output_file_that_would_overwrite_the_data_or_the_model_is_refused(
     assert_usage_error(result, message.format(test=test, out=tmp_path / "out.txt", model=model, other=other))
     assert {**tree(model), "test.jsonl": test.read_bytes()} == before and tree(other) == others_before
     assert not (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--predictions_file", "--results_file", "--attention_file"])
+def test_no_output_file_takes_the_place_of_any_file_a_checkpoint_holds(trained_run, flag):
+    """Every file train.py's Trainer wrote into a real checkpoint (the model, and the optimizer, scheduler, RNG, loss
+    and batching state a resume reads) is refused as an output, whichever flag names it."""
+    checkpoint = trained_run / "checkpoint-4"
+    names = sorted(path.name for path in checkpoint.iterdir() if path.is_file())
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "loss_total.json"} <= set(names)
+    assert [name for name in names if not refuses_output(flag, checkpoint / name)] == []
+
+
+def refuses_output(flag: str, path: Path) -> bool:
+    """Whether eval.py refuses `path` as the output file of `flag`."""
+    try:
+        check_output_files({flag: path}, {})
+    except UsageError:
+        return True
+    return False
 
 
 @pytest.mark.slow
