@@ -310,11 +310,26 @@ def complete_checkpoints(run: Path) -> list[Path]:
             print(
                 f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
             )
+        elif missing_rng_states(folder):
+            print(
+                f"warning: skipping {folder}: an incomplete checkpoint (no {missing_rng_states(folder)[0]}, which a "
+                "process writes beside the main one's trainer state)",
+                file=sys.stderr,
+            )
         elif damaged is not None:
             warn_skipping_damaged(folder, damaged)
         else:
             complete.append(folder)
     return complete
+
+
+def missing_rng_states(folder: Path) -> list[str]:
+    """The random-number states of a checkpoint saved by several processes (its BATCHING_RECORD counts them) that
+    are not in it: each process writes its own, and the main one may write its trainer state before another's."""
+    record = read_json(folder / BATCHING_RECORD)
+    processes = record.get("processes", 1) if isinstance(record, dict) else 1
+    names = [f"rng_state_{rank}.pth" for rank in range(processes)] if processes > 1 else []
+    return [name for name in names if not (folder / name).is_file()]
 
 
 def newest_whole_checkpoint(run: Path) -> Path | None:

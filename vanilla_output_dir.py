@@ -23,6 +23,7 @@ from vanilla_files import (
     damaged_file,
     is_model_folder_file,
     lock_file,
+    missing_rng_states,
     newest_whole_checkpoint,
     probe_write,
     read_json,
@@ -82,6 +83,14 @@ def finished_with(output_dir: Path, checkpoint: Path) -> bool:
     """Whether output_dir holds the model a run that ended at `checkpoint` saves: its own, or its best checkpoint's."""
     best = best_checkpoint(checkpoint)
     return saved_from(output_dir, checkpoint) or (best is not None and saved_from(output_dir, best))
+
+
+def saved_after(output_dir: Path, checkpoint: Path) -> bool:
+    """Whether output_dir holds a model saved at a later step than `checkpoint`'s: the end of a run that stopped
+    between checkpoints (--max_train_seconds), or saved none at its end (--save_at_seconds's alone)."""
+    final, last = trainer_state(output_dir), trainer_state(checkpoint)
+    exists = (output_dir / "config.json").is_file() and final is not None and last is not None
+    return exists and final["global_step"] > last["global_step"]
 
 
 def saved_from(output_dir: Path, checkpoint: Path) -> bool:
@@ -231,7 +240,8 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
             "pass --overwrite_output_dir to replace it or --resume_from_checkpoint to continue it"
         )
     newest = checkpoints[-1] if checkpoints else None
-    if newest is not None and (trainer_state(newest) is None or not finished_with(output_dir, newest)):
+    finished = newest is not None and (finished_with(output_dir, newest) or saved_after(output_dir, newest))
+    if newest is not None and (trainer_state(newest) is None or not finished):
         raise UsageError(
             f"output_dir {output_dir} holds the checkpoints of an unfinished run (the newest: {checkpoints[-1].name}), "
             "and --overwrite_output_dir only replaces a finished model: continue the run with "
@@ -272,6 +282,8 @@ def check_resumable(checkpoint: Path) -> None:
     part, or with a file cut short or damaged (each read to the end), naming the file and what to resume from."""
     if trainer_state(checkpoint) is None:
         problem = f"{checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, which Trainer writes last)"
+    elif missing := missing_rng_states(checkpoint):
+        problem = f"{checkpoint} is not a complete checkpoint (no {missing[0]}: a process stopped while saving it)"
     elif (damaged := damaged_file(checkpoint, read_all=True)) is not None:
         problem = f"{damaged} is cut short or damaged"
     else:
@@ -285,7 +297,10 @@ def resume_instead(checkpoint: Path) -> str:
     others = [
         path
         for path in checkpoint_folders(checkpoint.parent)
-        if path != checkpoint and trainer_state(path) is not None and damaged_file(path) is None
+        if path != checkpoint
+        and trainer_state(path) is not None
+        and not missing_rng_states(path)
+        and damaged_file(path) is None
     ]
     if others:
         return f"resume from {others[-1]}"

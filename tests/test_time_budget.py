@@ -82,6 +82,23 @@ def test_a_kept_model_is_replaced_only_with_overwrite_and_a_resumed_run_keeps_it
     assert (kept / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow
+def test_a_run_stopped_by_its_budget_between_checkpoints_counts_as_finished(tmp_path):
+    """Stopped by --max_train_seconds after its last checkpoint (here the one --save_at_seconds forced), the run's
+    model is newer than every checkpoint: --overwrite_output_dir replaces it as a finished model."""
+    output_dir = tmp_path / "model"
+    args = [*TINY, *QUICK, "--output_dir", str(output_dir), "--max_steps", "100000", "--save_strategy", "steps"]
+    args += ["--save_steps", "100000", "--max_train_seconds", "3", "--save_at_seconds", "1"]
+    assert run_train(*args).returncode == 0
+    checkpoints = sorted(output_dir.glob("checkpoint-*"))
+    final = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    assert (
+        len(checkpoints) == 1 and json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"] < final
+    )
+    again = run_train(*args, "--overwrite_output_dir")
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

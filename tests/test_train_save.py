@@ -247,6 +247,23 @@ def test_resuming_from_a_checkpoint_without_its_state_says_what_to_do_instead(tm
     )
 
 
+def test_a_checkpoint_missing_a_processs_random_state_is_incomplete(tmp_path, finished, data):
+    """Under DDP each process writes its rng_state_<rank>.pth, and the main one may write trainer_state.json first: a
+    process killed then leaves a checkpoint that resumes with another random stream. It is incomplete."""
+    output_dir = copy_of(finished, tmp_path)
+    checkpoint = output_dir / "checkpoint-4"
+    (checkpoint / "rng_state.pth").rename(checkpoint / "rng_state_0.pth")  # as rank 0 of two names its state
+    record = json.loads((checkpoint / "batching.json").read_text())
+    (checkpoint / "batching.json").write_text(json.dumps({**record, "processes": 2}))
+    assert complete_checkpoints(output_dir) == [output_dir / "checkpoint-2"]
+    resume = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--resume_from_checkpoint"]
+    refused = quick_run(data, output_dir, *resume, str(checkpoint))
+    assert error_line(refused) == (
+        f"error: --resume_from_checkpoint: {checkpoint} is not a complete checkpoint (no rng_state_1.pth: a process "
+        f"stopped while saving it); resume from {output_dir / 'checkpoint-2'}"
+    )
+
+
 def test_overwrite_refuses_to_delete_an_unfinished_run(tmp_path, killed_recipe_run):
     run, args = killed_recipe_run
     output_dir = copy_of(run, tmp_path)
