@@ -11,6 +11,7 @@
 """
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +21,15 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, GenerationConfig
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_batching import batching_record, resumed_batching_warning
-from vanilla_cli import UsageError, avoid_cudnn_attention, exit_on_usage_error, first_line, given_flags
+from vanilla_cli import (
+    Terminated,
+    UsageError,
+    avoid_cudnn_attention,
+    exit_on_usage_error,
+    first_line,
+    given_flags,
+    sigterm_as_interrupt,
+)
 from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record, resume_data
 from vanilla_files import BATCHING_RECORD, trainer_state
@@ -80,12 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir)
     new_folder = not output_dir.exists()
     try:
-        checkpoint = check_output_dir(args)
-        train_and_save(model_args, data_args, args, checkpoint, given_flags(argument_parser(), argv))
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            checkpoint = check_output_dir(args)
+            train_and_save(model_args, data_args, args, checkpoint, given_flags(argument_parser(), argv))
+    except KeyboardInterrupt as stop:
         if args.process_index == 0:
             print(f"interrupted: {last_checkpoint_phrase(output_dir)}", file=sys.stderr, flush=True)
-        sys.exit(130)
+        sys.exit(128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT))
     finally:
         release_output_dir(output_dir)
         if new_folder and args.process_index == 0:

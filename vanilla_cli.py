@@ -2,6 +2,7 @@
 
 import argparse
 import codecs
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -13,7 +14,7 @@ import signal
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +25,24 @@ RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
 
 class UsageError(Exception):
     """Bad input from the user (a missing file, a language not in the data, ...): reported in one line, exit code 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what torchrun, Slurm and Kubernetes send to stop a job), taken as Ctrl-C is: the run stops cleanly."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises Terminated, so that cleanup (finally, atexit) runs as after Ctrl-C."""
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class UsageErrorParser:

@@ -652,7 +652,9 @@ def test_a_held_output_dir_is_given_up_with_its_lock_file_and_can_be_held_again(
     release_output_dir(output_dir)  # giving up a folder not held does nothing
 
 
-def test_sigint_during_training_names_the_last_checkpoint_and_exits_130(tmp_path, data):
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+def test_a_signal_during_training_names_the_last_checkpoint_and_exits_128_plus_it(tmp_path, data, stop, code):
+    """Ctrl-C, and SIGTERM as torchrun, Slurm or Kubernetes stop a job: the same clean stop, with the signal's code."""
     output_dir = tmp_path / "run"
     args = [*TINY, *QUICK, "--train_file", str(data), *LANGS, "--output_dir", str(output_dir)]
     args += ["--max_steps", "100000", "--save_strategy", "steps", "--save_steps", "2"]
@@ -672,9 +674,9 @@ def test_sigint_during_training_names_the_last_checkpoint_and_exits_130(tmp_path
     while not (output_dir / "checkpoint-2" / "trainer_state.json").exists() and time.monotonic() < deadline:
         assert process.poll() is None
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.startswith("interrupted: ")]
     newest = complete_checkpoints(output_dir)[-1]
