@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, GenerationConfig
 
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
-from vanilla_batching import batching_record, resumed_batching_warning
+from vanilla_batching import batching_record, resumed_batching_warning, resumed_stream_warning
 from vanilla_cli import (
     Terminated,
     UsageError,
@@ -203,6 +203,9 @@ def train_and_save(
             batching = f"--max_tokens {args.max_tokens}"
         print(f"padding: {padding:.1%} of the tokens in an epoch's batches ({batching})")
     warning = resumed_batching_warning(Path(checkpoint), batched_by) if checkpoint is not None else None
+    if warning is not None and trainer.is_world_process_zero():
+        print(warning, file=sys.stderr)
+    warning = resumed_stream_warning(Path(checkpoint)) if checkpoint is not None and args.streaming else None
     if warning is not None and trainer.is_world_process_zero():
         print(warning, file=sys.stderr)
     resumed = trainer_state(Path(checkpoint)) if checkpoint is not None else {"global_step": 0}

@@ -189,6 +189,20 @@ def resumed_batching_warning(checkpoint: Path, record: dict) -> str | None:
     )
 
 
+def resumed_stream_warning(checkpoint: Path) -> str | None:
+    """A warning when a --streaming run resumes after a whole pass over its stream: a stream's length is unknown, so
+    Trainer counts the run as one epoch and skips the trained batches from the stream's start, which ends the first
+    pass; the run then trains the next pass from its start, not from where the checkpoint stopped inside it."""
+    passes = int((trainer_state(checkpoint) or {}).get("epoch") or 0)  # a stream's epoch: its passes, then a fraction
+    if passes < 1:
+        return None
+    return (
+        f"warning: {checkpoint} stopped after {passes} whole pass(es) over the --streaming data; the resumed run "
+        "trains the next pass from its start, not from where the checkpoint stopped inside it, so the rest of the run "
+        "sees its pairs in another order than an uninterrupted run"
+    )
+
+
 class TokenCounter:
     """The training batches' real (not padding) and padded source + target tokens, and the rates they were trained at.
 

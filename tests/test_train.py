@@ -905,6 +905,21 @@ def test_streaming_trains_for_max_steps_reading_the_data_as_it_goes(tmp_path, so
     assert not list(cache.rglob("*.arrow"))  # read as it was consumed, never converted into a cached Arrow table
 
 
+@pytest.mark.slow
+def test_resuming_a_stream_after_a_whole_pass_warns_that_the_order_is_not_continued(tmp_path):
+    """A stream's length is unknown: Trainer skips the trained batches from its start, which ends the first pass, and
+    the run goes on at the next pass' start. Inside the first pass the skip is exact, and nothing is said."""
+    data = ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 21))), "--source_lang", "en"]
+    args = [*TINY, *QUICK, *data, "--target_lang", "de", "--output_dir", str(tmp_path / "model"), "--streaming"]
+    args += ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "3"]  # 20 pairs, 4 a batch: 5 a pass
+    assert run_train(*args).returncode == 0
+    for checkpoint, warned in (("checkpoint-3", False), ("checkpoint-6", True)):
+        result = run_train(*args, "--resume_from_checkpoint", str(tmp_path / "model" / checkpoint))
+        assert result.returncode == 0, result.stderr[-3000:]
+        expected = "stopped after 1 whole pass(es) over the --streaming data; the resumed run trains the next pass"
+        assert (expected in result.stderr) == warned, result.stderr[-3000:]
+
+
 class WideFeedForwardConfig(VanillaConfig):
     """VanillaConfig with one more field, as a user adding a hyper-parameter would write it.
 
