@@ -305,18 +305,18 @@ def complete_checkpoints(run: Path) -> list[Path]:
     warning."""
     complete = []
     for folder in checkpoint_folders(run):
-        damaged = damaged_file(folder)
+        missing = missing_rng_states(folder)
         if trainer_state(folder) is None:
             print(
                 f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
             )
-        elif missing_rng_states(folder):
+        elif missing:
             print(
-                f"warning: skipping {folder}: an incomplete checkpoint (no {missing_rng_states(folder)[0]}, which a "
-                "process writes beside the main one's trainer state)",
+                f"warning: skipping {folder}: an incomplete checkpoint (no {missing[0]}, which a process writes beside "
+                "the main one's trainer state)",
                 file=sys.stderr,
             )
-        elif damaged is not None:
+        elif (damaged := damaged_file(folder)) is not None:
             warn_skipping_damaged(folder, damaged)
         else:
             complete.append(folder)
