@@ -300,26 +300,24 @@ def trainer_state(folder: Path) -> dict | None:
     return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
 
 
-def complete_checkpoints(run: Path) -> list[Path]:
-    """The checkpoints of a run that were saved to the end and are whole, oldest first; the others are named in a
-    warning."""
+def complete_checkpoints(run: Path, warn: bool = True) -> list[Path]:
+    """The checkpoints of a run that were saved to the end and are whole, oldest first; with `warn`, the others are
+    named in a warning."""
     complete = []
     for folder in checkpoint_folders(run):
         missing = missing_rng_states(folder)
         if trainer_state(folder) is None:
-            print(
-                f"warning: skipping {folder}: an incomplete checkpoint (no readable {TRAINER_STATE})", file=sys.stderr
-            )
+            skipped = f"an incomplete checkpoint (no readable {TRAINER_STATE})"
         elif missing:
-            print(
-                f"warning: skipping {folder}: an incomplete checkpoint (no {missing[0]}, which a process writes beside "
-                "the main one's trainer state)",
-                file=sys.stderr,
-            )
+            beside = "which a process writes beside the main one's trainer state"
+            skipped = f"an incomplete checkpoint (no {missing[0]}, {beside})"
         elif (damaged := damaged_file(folder)) is not None:
-            warn_skipping_damaged(folder, damaged)
+            skipped = f"its {damaged.name} is cut short or damaged"
         else:
             complete.append(folder)
+            continue
+        if warn:
+            print(f"warning: skipping {folder}: {skipped}", file=sys.stderr)
     return complete
 
 
@@ -339,13 +337,8 @@ def newest_whole_checkpoint(run: Path) -> Path | None:
         damaged = damaged_file(folder, read_all=True)
         if damaged is None:
             return folder
-        warn_skipping_damaged(folder, damaged)
+        print(f"warning: skipping {folder}: its {damaged.name} is cut short or damaged", file=sys.stderr)
     return None
-
-
-def warn_skipping_damaged(folder: Path, damaged: Path) -> None:
-    """The warning that a checkpoint is passed over for its damaged file."""
-    print(f"warning: skipping {folder}: its {damaged.name} is cut short or damaged", file=sys.stderr)
 
 
 def damaged_file(folder: Path, read_all: bool = False) -> Path | None:

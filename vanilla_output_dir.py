@@ -294,14 +294,7 @@ def check_resumable(checkpoint: Path) -> None:
 def resume_instead(checkpoint: Path) -> str:
     """What to do in place of resuming from a damaged `checkpoint`: resume from the newest complete checkpoint beside
     it, or, with none, train from the start."""
-    others = [
-        path
-        for path in checkpoint_folders(checkpoint.parent)
-        if path != checkpoint
-        and trainer_state(path) is not None
-        and not missing_rng_states(path)
-        and damaged_file(path) is None
-    ]
+    others = [path for path in complete_checkpoints(checkpoint.parent, warn=False) if path != checkpoint]
     if others:
         return f"resume from {others[-1]}"
     return f"no other checkpoint beside it is complete: move {checkpoint} away to train from the start"
