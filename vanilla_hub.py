@@ -182,6 +182,12 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def eval_reports(folder: Path) -> dict[Path, dict]:
+    """eval.py's reports in a folder by path, in name order: the eval_results_*.json files that is_report takes."""
+    reports = {path: read_json(path) for path in sorted(folder.glob(EVAL_RESULTS)) if path.is_file()}
+    return {path: report for path, report in reports.items() if is_report(report)}
+
+
 def is_report(report) -> bool:
     """Whether a file named like eval.py's report is one (another tool's eval_results_*.json is left out)."""
     keys = ("data", "split", "bleu", "chrf", "sacrebleu_signature", "chrf_signature")
@@ -202,7 +208,6 @@ def folder_card(folder: Path, presets: dict[str, dict]) -> ModelCard | None:
     if CARD_TAG not in (old.data.tags or []) or found is None:
         return None
     metrics = (read_json(folder / TRAIN_RESULTS) if (folder / TRAIN_RESULTS).is_file() else None) or {}
-    reports = [read_json(path) for path in sorted(folder.glob(EVAL_RESULTS))]
-    reports = [report for report in reports if is_report(report)]
+    reports = list(eval_reports(folder).values())
     config, record = read_json(folder / "config.json"), read_json(folder / DATA_RECORD)
     return model_card(config, record, metrics, reports, found.group(1), presets)

@@ -26,12 +26,11 @@ from vanilla_files import (
     missing_rng_states,
     newest_whole_checkpoint,
     probe_write,
-    read_json,
     trainer_state,
     unlock_file,
     write_file_atomically,
 )
-from vanilla_hub import EVAL_RESULTS, PREDICTIONS, REPORT_FILES, is_report
+from vanilla_hub import PREDICTIONS, REPORT_FILES, eval_reports
 from vanilla_time_budget import kept_models
 from vanilla_train_arguments import TrainingArguments
 
@@ -132,8 +131,7 @@ def old_model_files(folder: Path) -> list[Path]:
 def own_reports(folder: Path) -> list[Path]:
     """eval.py's reports in `folder` (eval_results_*.json that is_report recognises) and the predictions files they
     name; another tool's eval_results_*.json, and predictions_*.txt that no such report names, are not."""
-    reports = {path: read_json(path) for path in folder.glob(EVAL_RESULTS) if path.is_file()}
-    reports = {path: report for path, report in reports.items() if is_report(report)}
+    reports = eval_reports(folder)
     named = {Path(str(report.get("predictions_file", ""))).name for report in reports.values()}
     predictions = [path for path in folder.glob(PREDICTIONS) if path.is_file() and path.name in named]
     return sorted([*reports, *predictions])
