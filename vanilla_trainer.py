@@ -30,7 +30,7 @@ from vanilla_files import LOSS_TOTAL, TRAINER_STATE
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_metrics import score
 from vanilla_output_dir import fault_point
-from vanilla_translation import MAX_LENGTH_OFFSET, position_limit
+from vanilla_translation import MAX_LENGTH_OFFSET, output_limit, position_limit
 
 
 class RunEvents(TrainerCallback):
@@ -362,7 +362,7 @@ def paper_max_length(model, attention_mask: torch.Tensor) -> int:
     """Sec. 6.1's output limit for a batch, as eval.py sets it: its longest input + 50 tokens (within a learned
     position table), after the decoder start token."""
     longest = int(attention_mask.sum(dim=1).max())
-    return min(longest + MAX_LENGTH_OFFSET, position_limit(model) or math.inf) + 1
+    return output_limit(longest, MAX_LENGTH_OFFSET, position_limit(model)) + 1
 
 
 def translation_metrics(tokenizer, metrics: dict) -> Callable[[EvalPrediction], dict[str, float]]:

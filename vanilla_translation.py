@@ -139,18 +139,21 @@ COMPILED_DECODING = {"cache_implementation": "static", "disable_compile": True}
 def generation_arguments(args: "EvalArguments", input_length: int, positions: int | None = None) -> dict:
     """Sec. 6.1's beam search, output limited to input length + offset (replacing the model's saved max_length), and
     to the model's `positions` where its position table ends (learned embeddings)."""
-    max_new_tokens = input_length + args.max_length_offset
-    if max_new_tokens < 1:
+    if input_length + args.max_length_offset < 1:
         raise UsageError(
             f"--max_length_offset {args.max_length_offset} leaves no room for an output after an input of "
             f"{input_length} tokens; expected at least {1 - input_length}"
         )
-    if positions is not None:
-        max_new_tokens = min(max_new_tokens, positions)
+    max_new_tokens = output_limit(input_length, args.max_length_offset, positions)
     settings = {"num_beams": args.num_beams, "max_new_tokens": max_new_tokens, "max_length": None}
     if args.num_beams > 1:  # greedy search ranks no hypotheses: generate() warns that it ignores a length penalty
         settings["length_penalty"] = args.length_penalty
     return settings
+
+
+def output_limit(input_length: int, offset: int, positions: int | None) -> int:
+    """The most tokens an output may have: input length + offset (sec. 6.1), within a position table's `positions`."""
+    return input_length + offset if positions is None else min(input_length + offset, positions)
 
 
 def position_limit(model) -> int | None:
