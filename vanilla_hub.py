@@ -6,7 +6,6 @@ shows how to load the model, whose code ships beside its weights (`trust_remote_
 """
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -15,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
 from vanilla_corpus import DATA_FORMATS
-from vanilla_files import CARD, DATA_RECORD, RESUME_FILES
+from vanilla_files import CARD, DATA_RECORD, RESUME_FILES, read_json
 
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
 TRAIN_RESULTS = "all_results.json"  # train.py's metrics, in Trainer.save_metrics' format
@@ -174,14 +173,6 @@ def model_card(
     )
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON file's content; None for one that is not JSON text."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 def eval_reports(folder: Path) -> dict[Path, dict]:
     """eval.py's reports in a folder by path, in name order: the eval_results_*.json files that is_report takes."""
     reports = {path: read_json(path) for path in sorted(folder.glob(EVAL_RESULTS)) if path.is_file()}
@@ -207,7 +198,7 @@ def folder_card(folder: Path, presets: dict[str, dict]) -> ModelCard | None:
     found = REPO_ID.search(old.text)
     if CARD_TAG not in (old.data.tags or []) or found is None:
         return None
-    metrics = (read_json(folder / TRAIN_RESULTS) if (folder / TRAIN_RESULTS).is_file() else None) or {}
+    metrics = read_json(folder / TRAIN_RESULTS) or {}
     reports = list(eval_reports(folder).values())
     config, record = read_json(folder / "config.json"), read_json(folder / DATA_RECORD)
     return model_card(config, record, metrics, reports, found.group(1), presets)
