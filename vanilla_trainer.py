@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, Seq2SeqTrainer, TrainerCallback
 from transformers.integrations.neftune import neftune_post_forward_hook
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import HubStrategy, SaveStrategy, has_length
 from transformers.utils.hub import PushInProgress, hf_api
 
@@ -50,6 +51,23 @@ class RunEvents(TrainerCallback):
             self.trainer.epoch_sampler.set_epoch(math.floor(state.epoch))  # a resumed run: the epoch it is in
 
 
+class StreamPasses(TrainerCallback, ExportableState):
+    """The optimizer steps of one pass over a training stream (an IterableDataset, whose length is unknown until a
+    pass ends), kept in each checkpoint's trainer state: a run resumed in a later pass finds its place in that pass."""
+
+    def __init__(self, steps: int | None = None):
+        self.steps = steps
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # A stream's epoch ends where the stream does, or where training stops inside it (max_steps, a time budget);
+        # the first pass is epoch 0 (Trainer counts a stream's epoch fraction in max_steps, so it stays below 1).
+        if self.steps is None and state.epoch < 1 and not control.should_training_stop:
+            self.steps = state.global_step
+
+    def state(self) -> dict:
+        return {"args": {"steps": self.steps}, "attributes": {}}
+
+
 class VanillaTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer whose length-grouped sampler sees the length column (see `tokenize`), and whose checkpoints
     keep the training loss summed over the whole run, so that a resumed run reports the whole run's mean, and the
@@ -69,6 +87,9 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.failed_pushes = []  # the checkpoints whose push to the Hub failed, in order
         self.first_step = 0  # the step this run began at (a resumed run: its checkpoint's)
         self.add_callback(RunEvents(self))
+        self.stream_passes = None if has_length(self.train_dataset) else StreamPasses()
+        if self.stream_passes is not None:
+            self.add_callback(self.stream_passes)
         if self.neftune_noise_alpha is not None:  # Trainer would hook get_input_embeddings(), the encoder's alone
             self.add_neftune_noise(self.neftune_noise_alpha)
             self.neftune_noise_alpha = None
@@ -104,6 +125,22 @@ class VanillaTrainer(Seq2SeqTrainer):
         else:
             return super()._get_train_sampler(dataset)
         return self.epoch_sampler
+
+    def _init_training_state(self, *args, **kwargs) -> tuple[int, int]:
+        # A stream's length is unknown, so Trainer counts a run on it as one epoch and skips a resumed run's trained
+        # batches from the stream's start: past the first pass that ends the pass and starts the next one from its
+        # start. Where the checkpoint knows a pass' steps, the run resumes in its pass, at its batch.
+        epochs_trained, batches_trained = super()._init_training_state(*args, **kwargs)
+        if self.stream_passes is None:
+            return epochs_trained, batches_trained
+        # The resumed checkpoint's record; one saved without it gets ours (Trainer's save expects the key).
+        saved = self.state.stateful_callbacks.setdefault(type(self.stream_passes).__name__, self.stream_passes.state())
+        self.stream_passes.steps = saved["args"]["steps"]
+        step = self.state.global_step
+        if self.stream_passes.steps is None or step >= self.state.max_steps or self.args.ignore_data_skip:
+            return epochs_trained, batches_trained
+        passes, steps = divmod(step, self.stream_passes.steps)
+        return passes, steps * self.args.gradient_accumulation_steps
 
     def training_step(self, model, inputs, *args, **kwargs) -> torch.Tensor:
         # This process's loss, divided so that the gradient accumulation steps of one optimizer step sum to its loss.

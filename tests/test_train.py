@@ -906,18 +906,28 @@ def test_streaming_trains_for_max_steps_reading_the_data_as_it_goes(tmp_path, so
 
 
 @pytest.mark.slow
-def test_resuming_a_stream_after_a_whole_pass_warns_that_the_order_is_not_continued(tmp_path):
-    """A stream's length is unknown: Trainer skips the trained batches from its start, which ends the first pass, and
-    the run goes on at the next pass' start. Inside the first pass the skip is exact, and nothing is said."""
+def test_a_stream_resumed_in_a_later_pass_saves_the_uninterrupted_runs_model(tmp_path):
+    """A stream's length is unknown until its first pass ends; the checkpoints after it record that pass' steps, and a
+    run resumed from one continues inside its pass, at its batch. A checkpoint without the record (an older one) is
+    resumed as Trainer does, from the next pass' start, with a warning."""
     data = ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 21))), "--source_lang", "en"]
-    args = [*TINY, *QUICK, *data, "--target_lang", "de", "--output_dir", str(tmp_path / "model"), "--streaming"]
+    args = [*TINY, *QUICK, *data, "--target_lang", "de", "--streaming"]
     args += ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "3"]  # 20 pairs, 4 a batch: 5 a pass
-    assert run_train(*args).returncode == 0
-    for checkpoint, warned in (("checkpoint-3", False), ("checkpoint-6", True)):
-        result = run_train(*args, "--resume_from_checkpoint", str(tmp_path / "model" / checkpoint))
+    whole = tmp_path / "whole"
+    assert run_train(*args, "--output_dir", str(whole)).returncode == 0
+    unrecorded = tmp_path / "unrecorded-6"
+    shutil.copytree(whole / "checkpoint-6", unrecorded)
+    state = json.loads((unrecorded / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"].pop("StreamPasses") == {"args": {"steps": 5}, "attributes": {}}
+    (unrecorded / "trainer_state.json").write_text(json.dumps(state))
+    warning = "stopped after 1 whole pass(es) over the --streaming data; the resumed run trains the next pass"
+    for checkpoint, exact in ((whole / "checkpoint-3", True), (whole / "checkpoint-6", True), (unrecorded, False)):
+        resumed = tmp_path / f"from-{checkpoint.name}"
+        result = run_train(*args, "--output_dir", str(resumed), "--resume_from_checkpoint", str(checkpoint))
         assert result.returncode == 0, result.stderr[-3000:]
-        expected = "stopped after 1 whole pass(es) over the --streaming data; the resumed run trains the next pass"
-        assert (expected in result.stderr) == warned, result.stderr[-3000:]
+        assert (warning in result.stderr) != exact, result.stderr[-3000:]
+        same = (resumed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+        assert same == exact, checkpoint
 
 
 class WideFeedForwardConfig(VanillaConfig):
