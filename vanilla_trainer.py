@@ -86,6 +86,7 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.non_embedding_parameters = None  # for floating_point_ops, counted once
         self.failed_pushes = []  # the checkpoints whose push to the Hub failed, in order
         self.first_step = 0  # the step this run began at (a resumed run: its checkpoint's)
+        self.sentence_losses = None  # while evaluating: each batch's loss summed per sentence (see evaluation_loop)
         self.add_callback(RunEvents(self))
         self.stream_passes = None if has_length(self.train_dataset) else StreamPasses()
         if self.stream_passes is not None:
@@ -163,10 +164,22 @@ class VanillaTrainer(Seq2SeqTrainer):
         # A training step uses the model's loss alone: the output layer projects only the positions that have a
         # label. Not under torch.compile, where the mask's data-dependent shape would split the graph, nor where
         # Trainer computes the loss from the logits itself (label_smoothing_factor, compute_loss_func).
-        own_loss = self.label_smoother is None and self.compute_loss_func is None
-        if not return_outputs and "labels" in inputs and own_loss and not self.args.torch_compile:
+        if not return_outputs and "labels" in inputs and self.own_loss() and not self.args.torch_compile:
             inputs = {**inputs, "logits_to_keep": inputs["labels"] != -100}
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.sentence_losses is not None and return_outputs:  # an evaluation step: see evaluation_loop
+            self.record_sentence_losses(result[1].logits, inputs["labels"])
+        return result
+
+    def own_loss(self) -> bool:
+        """Whether the loss Trainer computes is the model's own: no label_smoothing_factor, no compute_loss_func."""
+        return self.label_smoother is None and self.compute_loss_func is None
+
+    def record_sentence_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keeps an evaluation batch's loss summed per sentence, all processes' sentences, the ones DDP repeats to
+        fill the last batch dropped (`gather_for_metrics`)."""
+        sums = summed_nll_per_sentence(logits, labels, self.model.config.label_smoothing)
+        self.sentence_losses.append(self.accelerator.gather_for_metrics(sums))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         # With predict_with_generate, Seq2SeqTrainer writes every generation default (min_length 0, top_k 50, ...)
@@ -174,16 +187,24 @@ class VanillaTrainer(Seq2SeqTrainer):
         # (and generate() would warn that min_length and max_length were set beside min/max_new_tokens). The step
         # generates with a copy; the model's own settings stay as they were. Its output limit is sec. 6.1's, as
         # eval.py's, unless --generation_max_length sets one.
+        generating = self.args.predict_with_generate and not prediction_loss_only
         own = self.model.generation_config
         self.model.generation_config = copy.deepcopy(own)
-        if not prediction_loss_only and self.args.predict_with_generate and self.args.generation_max_length is None:
+        if generating and self.args.generation_max_length is None:
             self.model.generation_config.max_length = paper_max_length(self.model, inputs["attention_mask"])
         try:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+            step = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         finally:
             self.model.generation_config = own
+        if generating and self.sentence_losses is not None and "labels" in inputs:
+            # The generating step takes its loss from a forward pass whose logits it drops: one more, for the sums.
+            with torch.no_grad(), self.compute_loss_context_manager():
+                self.compute_loss(model, self._prepare_inputs(inputs), return_outputs=True)
+        return step
 
-    def evaluation_loop(self, *args, **kwargs):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         # Seq2SeqTrainer gathers with plain `gather` for the sake of num_return_sequences > 1 (transformers #25231),
         # which also keeps the sentences DDP's sampler repeats to give every process as many batches. One output a
         # sentence: `gather_for_metrics`, Trainer's own, drops them, so every sentence is scored once.
@@ -195,7 +216,21 @@ class VanillaTrainer(Seq2SeqTrainer):
             self.gather_function = partial(
                 self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object
             )
-        return super().evaluation_loop(*args, **kwargs)
+        # Trainer's loss gives each sentence its batch's per-token mean: a figure that moves with the batch size and
+        # the process count, and with it the best checkpoint. The model's own loss is summed per sentence instead,
+        # every sentence once, and divided by the split's target tokens.
+        self.sentence_losses = [] if self.own_loss() else None
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        finally:
+            sums, self.sentence_losses = self.sentence_losses, None
+        name = f"{metric_key_prefix}_loss"
+        if sums and name in output.metrics:
+            total, tokens = torch.cat(sums).sum(dim=0, dtype=torch.float64)
+            output.metrics[name] = (total / tokens).item()
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "train_runtime" in logs:  # the run's summary: its rates over Trainer's runtime
@@ -356,12 +391,17 @@ def train_loss_metrics(trainer: VanillaTrainer, resumed_step: int) -> dict:
     return {f"train_loss_steps_{resumed_step + 1}_to_{steps}": resumed_mean}
 
 
-def summed_nll_per_sentence(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
-    """Each evaluated sentence as (sum of its target tokens' plain cross-entropy, their count): (batch, 2).
+def summed_nll_per_sentence(
+    logits: torch.Tensor | tuple, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Each evaluated sentence as (sum of its target tokens' plain cross-entropy, their count): (batch, 2); with
+    `label_smoothing`, the sum of the model's label-smoothed loss (sec. 5.4) instead.
 
     Trainer's `preprocess_logits_for_metrics`: evaluation gathers two numbers per sentence instead of the logits."""
     logits = logits[0] if isinstance(logits, tuple) else logits  # (batch, tgt_len, vocab), then encoder outputs
-    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, label_smoothing=label_smoothing, reduction="none"
+    )
     return torch.stack((nll.sum(dim=-1), labels.ne(-100).sum(dim=-1).float()), dim=-1)
 
 
