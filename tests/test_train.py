@@ -812,7 +812,7 @@ def test_do_predict_scores_the_test_split_and_leaves_the_runs_settings_as_they_w
     output_dir = tmp_path / "out"
     train.main([*TINY, *QUICK, "--max_steps", "2", "--do_predict", "true", "--output_dir", str(output_dir)])
     results = json.loads((output_dir / "all_results.json").read_text())
-    assert {"test_bleu", "test_chrf", "test_gen_len", "test_exact_match"} <= set(results)
+    assert {"test_loss", "test_bleu", "test_chrf", "test_gen_len", "test_exact_match"} <= set(results)
     assert "test split (99 sentences): BLEU " in capsys.readouterr().out
     saved = torch.load(output_dir / "training_args.bin", weights_only=False)
     assert saved.predict_with_generate is False  # as the run was trained, not as the test split was translated
