@@ -103,45 +103,67 @@ class LockHeld(Exception):
     """Another process holds the lock file; the message names it (process id and host), as it wrote them in."""
 
 
-def lock_file(path: Path, wait: bool = True) -> TextIO:
-    """An exclusive flock on the file `path` (created if missing), this process's id and host written in: the open
-    handle, which holds it until unlock_file. Held by another process: wait for it, or raise LockHeld (wait False).
+def lock_file(path: Path, wait: bool = True, shared: bool = False, waiting_for: str | None = None) -> TextIO:
+    """An flock on the file `path` (created if missing), exclusive (this process's id and host written in) or `shared`
+    with other shared holders: the open handle, which holds it until unlock_file. Held by another process in a way
+    that excludes this one: wait for it (saying so on stderr once, as "note: waiting for `waiting_for`", if given),
+    or raise LockHeld (wait False).
 
-    The kernel drops the lock when the process ends, however it ends. A holder removes the file before it lets go
-    (unlock_file), so a process that waited on a removed file locks the one now there instead."""
+    The kernel drops the lock when the process ends, however it ends. The last holder removes the file before it lets
+    go (unlock_file), so a process that waited on a removed file locks the one now there instead."""
+    operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    told = False
     while True:
         handle = open(path, "a+", encoding="utf-8")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            raise LockHeld(holder) from None
+            if not wait:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.close()
+                raise LockHeld(holder) from None
+            if waiting_for and not told:
+                print(f"note: waiting for {waiting_for}", file=sys.stderr)
+                told = True
+            fcntl.flock(handle, operation)
         try:
             if os.path.samestat(os.fstat(handle.fileno()), path.stat()):
                 break
         except FileNotFoundError:
             pass
         handle.close()
-    handle.truncate(0)
-    handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
+    if not shared:
+        handle.truncate(0)
+        handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
     return handle
 
 
+def share_lock(handle: TextIO) -> None:
+    """Turns an exclusive lock_file into a shared one: other shared holders may come in, an exclusive one may not."""
+    fcntl.flock(handle, fcntl.LOCK_SH)
+
+
 def unlock_file(handle: TextIO) -> None:
-    """Gives up a lock_file: the file is removed while still locked, then closed."""
+    """Gives up a lock_file: the last holder removes the file while it still holds it, then closes it."""
+    try:
+        # Exclusive at once only when no other process holds it (a failed attempt gives up this one's shared lock).
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()  # others hold it shared: the last of them removes it
+        return
     Path(handle.name).unlink(missing_ok=True)
     handle.close()
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Holds the lock file `path` for the block, waiting for another process that holds it (lock_file)."""
-    handle = lock_file(path)
+def locked(path: Path, shared: bool = False, waiting_for: str | None = None) -> Iterator[TextIO]:
+    """Holds the lock file `path` for the block, exclusive or `shared`, waiting for the processes it excludes
+    (lock_file); the block gets the handle."""
+    handle = lock_file(path, shared=shared, waiting_for=waiting_for)
     try:
-        yield
+        yield handle
     finally:
         unlock_file(handle)
 

@@ -37,7 +37,7 @@ import vanilla_translation
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_ctranslate2 import source_fingerprint
-from vanilla_files import check_output_files, lock_file, unlock_file, write_folder_atomically
+from vanilla_files import LockHeld, check_output_files, lock_file, unlock_file, write_folder_atomically
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding
 
 # Sources of different lengths, so that sorting by length reorders them; references are their German words.
@@ -718,6 +718,37 @@ def test_two_evaluations_averaging_one_run_at_once_make_one_average_and_keep_bot
     assert marker["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
     AutoModelForSeq2SeqLM.from_pretrained(averaged, trust_remote_code=True)  # a whole model, no half-written folder
     assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no lock or temporary folder left
+
+
+def test_a_shared_lock_file_admits_other_shared_holders_and_the_last_to_go_removes_it(tmp_path):
+    path = tmp_path / ".averaged.lock"
+    first = lock_file(path, shared=True)
+    second = lock_file(path, wait=False, shared=True)  # not kept waiting by the first
+    for holder in (first, second):
+        with pytest.raises(LockHeld):
+            lock_file(path, wait=False)
+        assert path.exists()
+        unlock_file(holder)
+    assert not path.exists()
+    exclusive = lock_file(path, wait=False)
+    with pytest.raises(LockHeld):
+        lock_file(path, wait=False, shared=True)
+    unlock_file(exclusive)
+    assert not path.exists()
+
+
+def test_a_wait_for_a_lock_file_is_said_once(tmp_path, capsys):
+    path = tmp_path / ".averaged.lock"
+    exclusive = lock_file(path)
+    waiting = threading.Thread(target=lambda: unlock_file(lock_file(path, shared=True, waiting_for="the writer")))
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive()
+    unlock_file(exclusive)  # the file goes: the waiter takes the new one without waiting again
+    waiting.join(timeout=10)
+    assert not waiting.is_alive()
+    assert capsys.readouterr().err == "note: waiting for the writer\n"
+    assert not path.exists()
 
 
 @pytest.mark.slow
