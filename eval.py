@@ -15,13 +15,15 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Literal
 
 from transformers import HfArgumentParser
 
 import vanilla_ctranslate2
-from vanilla_averaging import average_checkpoints
+from vanilla_averaging import average_checkpoints, reading_averaged_model
 from vanilla_cli import (
     UsageError,
     UsageErrorParser,
@@ -289,11 +291,13 @@ def print_table(report: dict, results_file: Path) -> None:
         print(f"{name:<10}{value}")
 
 
-def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
+def translate_stdin(args: EvalArguments, max_source_length: int, loaded: Callable[[], object]) -> None:
     """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty). Piped input is
-    read whole and translated in batches of similar lengths; on a terminal each line is translated as it is entered."""
+    read whole and translated in batches of similar lengths; on a terminal each line is translated as it is entered.
+    `loaded` is called once the model is in memory: nothing is read from its folder after that."""
     if sys.stdin.isatty():
         model, tokenizer = load_translation_model(args)
+        loaded()
         print("translating each line as it is entered; end with Ctrl-D", file=sys.stderr)
         for number, data in enumerate(sys.stdin.buffer, start=1):
             line = stdin_text(data, number).strip()
@@ -303,6 +307,7 @@ def translate_stdin(args: EvalArguments, max_source_length: int) -> None:
     data = sys.stdin.buffer.read()
     lines = [line.strip() for line in text_lines(stdin_text(data))]
     model, tokenizer = load_translation_model(args)
+    loaded()
     texts = [line for line in lines if line]
     translations = iter(translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else [])
     for line in lines:
@@ -317,6 +322,22 @@ def stdin_text(data: bytes, first_line: int = 1) -> str:
     except UnicodeDecodeError as error:
         line = first_line + data[: error.start].count(b"\n")
         raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None
+
+
+@contextmanager
+def model_held(args: EvalArguments) -> Iterator[None]:
+    """--model held for the block, from loading it to writing the last report: an averaged folder (with
+    --average_last, the run's average, made first) is not replaced by another eval.py meanwhile."""
+    if args.average_last is None:
+        with reading_averaged_model(Path(args.model)):
+            yield
+        return
+    run = Path(args.model)
+    output = Path(args.averaged_model_dir or run / f"averaged-last-{args.average_last}")
+    with average_checkpoints(run, args.average_last, output):
+        args.model = str(output)
+        print(f"averaged the last {args.average_last} checkpoints of {run} into {args.model}", file=sys.stderr)
+        yield
 
 
 class EvalParser(UsageErrorParser, HfArgumentParser):
@@ -344,18 +365,15 @@ def main(argv: list[str] | None = None) -> None:
     # With --average_last, the data of the run's checkpoints: their record goes into the averaged folder.
     record = model_data_record(Path(args.model)) if args.average_last is None else run_data_record(Path(args.model))
     resolve_data(data, given_flags(parser, argv), record, args.model, args.split if scores_data else None)
-    if args.average_last is not None:
-        run = Path(args.model)
-        output = Path(args.averaged_model_dir or run / f"averaged-last-{args.average_last}")
-        args.model = str(average_checkpoints(run, args.average_last, output))
-        print(f"averaged the last {args.average_last} checkpoints of {run} into {args.model}", file=sys.stderr)
     avoid_cudnn_attention()  # batches of many shapes
-    if extra.mode == "translate":
-        translate_stdin(args, data.max_source_length)
-    elif not scores_data:
-        plot_cross_attention(args, data.max_source_length)
-    else:
-        evaluate_split(args, data, record)
+    with ExitStack() as held:
+        held.enter_context(model_held(args))
+        if extra.mode == "translate":
+            translate_stdin(args, data.max_source_length, loaded=held.close)  # no report: held while loading
+        elif not scores_data:
+            plot_cross_attention(args, data.max_source_length)
+        else:
+            evaluate_split(args, data, record)
 
 
 if __name__ == "__main__":

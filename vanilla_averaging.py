@@ -1,7 +1,10 @@
 """Checkpoint averaging (sec. 6.1): the mean of a run's last N checkpoints, saved as a model of its own."""
 
+import errno
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,9 +17,12 @@ from vanilla_files import (
     checkpoint_folders,
     complete_checkpoints,
     finish_gone_writes_in,
+    lock_file,
     locked,
     read_json,
     sha256_of,
+    share_lock,
+    unlock_file,
     write_folder_atomically,
 )
 from vanilla_translation import load_model, load_model_and_tokenizer
@@ -26,8 +32,7 @@ if TYPE_CHECKING:
 
 
 def check_averaged_model_dir(output: Path) -> None:
-    """Only a new folder, or one holding nothing but an earlier averaged model (its AVERAGED_MARKER) and the
-    CTranslate2 conversions eval.py cached in it, is written."""
+    """Only a new folder, or one holding an earlier averaged model (its AVERAGED_MARKER), is written."""
     if not output.exists():
         check_writable(output / AVERAGED_MARKER, "--averaged_model_dir")
         return
@@ -38,6 +43,14 @@ def check_averaged_model_dir(output: Path) -> None:
             f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
             f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
         )
+    check_writable(output.parent / AVERAGED_MARKER, "--averaged_model_dir")
+
+
+def check_nothing_else_in(output: Path) -> None:
+    """An averaged folder is replaced only while it holds nothing but the model and the CTranslate2 conversions
+    eval.py cached in it (checked under the exclusive lock: no conversion is under way then)."""
+    if not output.is_dir():
+        return
     finish_gone_writes_in(output)  # a conversion killed midway left a temporary folder: no reason to refuse
     folders = sorted(path.name for path in output.iterdir() if path.is_dir() and not is_cached_conversion(path))
     if folders:
@@ -45,16 +58,28 @@ def check_averaged_model_dir(output: Path) -> None:
             f"--averaged_model_dir {output} holds folders besides an averaged model ({', '.join(folders)}); "
             "refusing to replace it: name a new folder"
         )
-    check_writable(output.parent / AVERAGED_MARKER, "--averaged_model_dir")
 
 
-def average_checkpoints(run: Path, last: int, output: Path) -> Path:
+def reading_lock(folder: Path) -> Path:
+    """The lock file beside an averaged folder: held shared to read the folder, exclusive to replace it."""
+    return folder.parent / f".{folder.name}.lock"
+
+
+def making_lock(folder: Path) -> Path:
+    """The lock file beside an averaged folder that eval.py holds while it makes the average (or finds it made)."""
+    return folder.parent / f".{folder.name}.making.lock"
+
+
+@contextmanager
+def average_checkpoints(run: Path, last: int, output: Path) -> Iterator[Path]:
     """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
 
     Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
     with AVERAGED_MARKER (the run and the checkpoints averaged) and the data record of the newest checkpoint (else
-    of the run). A lock file beside `output` is held while the average is made and swapped in: another eval.py
-    averaging into it (a split each) is waited for, then its average taken, or made anew if the checkpoints changed.
+    of the run), and holds it for the block (reading_lock, shared): no other eval.py replaces it while the block
+    scores it. An average of the same checkpoints there already is kept and read alongside its other readers; a new
+    one waits for them to end. Another eval.py averaging into `output` is waited for (making_lock), then its average
+    taken, or made anew if the checkpoints changed.
     """
     if last < 1:
         raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
@@ -62,19 +87,60 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Path:
         raise UsageError(f"{run}: no such run folder")
     check_averaged_model_dir(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with locked(output.parent / f".{output.name}.lock"):
-        chosen = last_checkpoints(run, last)
-        sources = {
-            "run": str(run.resolve()),
-            "checkpoints": [path.name for path in chosen],
-            "sha256": {path.name: weight_digests(path) for path in chosen},
-        }
-        if read_json(output / AVERAGED_MARKER) == sources:  # a damaged marker: averaged again
-            note = "holds the average of these checkpoints already: kept, with its reports"
-            print(f"note: {output} {note}", file=sys.stderr)
-        else:
-            write_average(run, chosen, sources, output)
-    return output
+    with ExitStack() as held:
+        # Averaging takes turns on a lock of its own, let go once the average is made or found: one of the same
+        # checkpoints waits for it to be swapped in, not for its scoring too (an exclusive wait on the reading lock
+        # would not end when its holder turns shared).
+        with locked(making_lock(output), waiting_for=f"another eval.py averaging into {output}"):
+            chosen, sources = checkpoints_to_average(run, last)
+            current = is_average_of(output, sources)
+            replacing = None if current else f"the eval.py runs reading {output} to end before replacing it"
+            # Shared at once when current: only a holder of the making lock holds it exclusive.
+            handle = held.enter_context(locked(reading_lock(output), shared=current, waiting_for=replacing))
+            if not current:
+                check_nothing_else_in(output)
+                write_average(run, chosen, sources, output)
+                share_lock(handle)  # others may read it now; none replaces it before the block ends
+        yield output
+
+
+def checkpoints_to_average(run: Path, last: int) -> tuple[list[Path], dict]:
+    """The run's last `last` complete checkpoints (last_checkpoints) and the AVERAGED_MARKER of their average."""
+    chosen = last_checkpoints(run, last)
+    sources = {
+        "run": str(run.resolve()),
+        "checkpoints": [path.name for path in chosen],
+        "sha256": {path.name: weight_digests(path) for path in chosen},
+    }
+    return chosen, sources
+
+
+def is_average_of(output: Path, sources: dict) -> bool:
+    """Whether `output` holds the average of `sources` already (a note says it is kept); a damaged marker: not."""
+    if read_json(output / AVERAGED_MARKER) != sources:
+        return False
+    print(f"note: {output} holds the average of these checkpoints already: kept, with its reports", file=sys.stderr)
+    return True
+
+
+@contextmanager
+def reading_averaged_model(folder: Path) -> Iterator[None]:
+    """Holds an averaged folder (one with AVERAGED_MARKER) for the block, its reading_lock shared: eval.py
+    --average_last replaces it only once the block has read it. Any other folder or Hub id: nothing to hold."""
+    if not (folder / AVERAGED_MARKER).is_file():
+        yield
+        return
+    try:
+        handle = lock_file(reading_lock(folder), shared=True, waiting_for=f"another eval.py averaging into {folder}")
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        handle = None  # nothing beside it can be written, the lock file neither: read as it is
+    try:
+        yield
+    finally:
+        if handle is not None:
+            unlock_file(handle)
 
 
 def last_checkpoints(run: Path, last: int) -> list[Path]:

@@ -182,7 +182,8 @@ def test_averaging_identical_checkpoints_gives_the_checkpoint(trained_run, tmp_p
     run = tmp_path / "run"
     for step in (10, 20, 30):
         shutil.copytree(trained_run / "checkpoint-2", run / f"checkpoint-{step}")
-    averaged = average_checkpoints(run, 3, tmp_path / "averaged")
+    with average_checkpoints(run, 3, tmp_path / "averaged") as averaged:
+        pass
     original = load_file(trained_run / "checkpoint-2" / "model.safetensors")
     result = load_file(averaged / "model.safetensors")
     assert set(result) == set(original)
@@ -718,6 +719,167 @@ def test_two_evaluations_averaging_one_run_at_once_make_one_average_and_keep_bot
     assert marker["checkpoints"] == ["checkpoint-2", "checkpoint-4"]
     AutoModelForSeq2SeqLM.from_pretrained(averaged, trust_remote_code=True)  # a whole model, no half-written folder
     assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no lock or temporary folder left
+
+
+def start_eval_until_it_waits(flags: tuple[str, ...], log: Path) -> subprocess.Popen:
+    """eval.py with `flags` in a child process (stderr to `log`), once it waits for a lock file or has ended."""
+    with log.open("w") as stderr:
+        command = [sys.executable, str(ROOT / "eval.py"), *flags]
+        other = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=environment()
+        )
+    while other.poll() is None and not waits_for_a_lock(other.pid):
+        time.sleep(0.05)
+    return other
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "scored, engine",
+    [("--average_last", "transformers"), ("averaged-folder", "transformers"), ("averaged-folder", "ctranslate2")],
+)
+def test_an_average_being_scored_is_replaced_only_once_its_report_is_written(
+    trained_run, tmp_path, monkeypatch, scored, engine
+):
+    """eval.py scores a run's average (made by it, or given as --model; translated, or converted to CTranslate2 in the
+    folder) when the run saves a checkpoint, and another eval.py averages the new last two: that one waits for the
+    scoring to end before it replaces the folder, so no report describes other weights than the folder's."""
+    import eval as eval_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    averaged = run / "averaged-last-2"
+    decoding = ("--num_beams", "1", "--max_length_offset", str(OFFSET))
+    averaging = ("--model", str(run), "--average_last", "2", *decoding)
+    if scored == "--average_last":
+        flags = averaging
+    else:
+        result = run_cli("eval.py", "translate", *averaging, stdin="")
+        assert result.returncode == 0, result.stderr[-3000:]
+        flags = ("--model", str(averaged), *decoding)
+    log = tmp_path / "other.stderr"
+    others = []
+
+    def another_averages() -> None:
+        """The run saves checkpoint-6; another eval.py averages checkpoints 4 and 6, until it waits or ends."""
+        shutil.copytree(run / "checkpoint-2", run / "checkpoint-6")
+        others.append(start_eval_until_it_waits((*averaging, "--split", "test"), log))
+
+    if engine == "transformers":
+        translate = eval_cli.translate
+
+        def translate_while_another_averages(*args, **kwargs):
+            another_averages()
+            return translate(*args, **kwargs)
+
+        monkeypatch.setattr(eval_cli, "translate", translate_while_another_averages)
+    else:
+        convert = vanilla_ctranslate2.conversion
+
+        def convert_while_another_averages(*args):
+            write = convert(*args)
+            # The conversion is written into its temporary folder in the averaged folder, not yet swapped in.
+            return lambda target: write(target) or another_averages()
+
+        monkeypatch.setattr(vanilla_ctranslate2, "conversion", convert_while_another_averages)
+    eval_cli.main([*flags, "--split", "validation", "--engine", engine])
+    assert others[0].wait(timeout=300) == 0, log.read_text()[-3000:]
+    marker = json.loads((averaged / "averaged_from.json").read_text())
+    assert marker["checkpoints"] == ["checkpoint-4", "checkpoint-6"]
+    for report in sorted(averaged.glob("eval_results_*.json")):
+        assert json.loads(report.read_text())["averaged_from"] == marker, f"{report.name} is of other weights"
+    # The validation report, of the average of checkpoints 2 and 4, went with it.
+    assert sorted(path.name for path in averaged.glob("eval_results_*.json")) == ["eval_results_test.json"]
+    assert f"note: waiting for the eval.py runs reading {averaged} to end before replacing it\n" in log.read_text()
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no lock or temporary folder left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("other", ["--average_last", "averaged-folder"])
+def test_two_evaluations_of_one_average_score_it_at_once(trained_run, tmp_path, monkeypatch, other):
+    """eval.py --average_last scoring its average, and another eval.py of the same average started meanwhile (of the
+    same checkpoints, or of the folder): neither waits for the other."""
+    import eval as eval_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    averaged = run / "averaged-last-2"
+    decoding = ("--num_beams", "1", "--max_length_offset", str(OFFSET))
+    averaging = ("--model", str(run), "--average_last", "2", *decoding)
+    flags = averaging if other == "--average_last" else ("--model", str(averaged), *decoding)
+    log = tmp_path / "other.stderr"
+    others = []
+    translate = eval_cli.translate
+
+    def translate_while_another_scores(*args, **kwargs):
+        others.append(start_eval_until_it_waits((*flags, "--split", "test"), log))
+        return translate(*args, **kwargs)
+
+    monkeypatch.setattr(eval_cli, "translate", translate_while_another_scores)
+    try:
+        eval_cli.main([*averaging, "--split", "validation"])
+        assert others[0].poll() == 0, log.read_text()[-3000:]  # it ended while this one scored
+    finally:
+        if others[0].poll() is None:
+            others[0].kill()
+    assert "note: waiting for" not in log.read_text()
+    marker = json.loads((averaged / "averaged_from.json").read_text())
+    for split in ("validation", "test"):
+        assert json.loads((averaged / f"eval_results_{split}.json").read_text())["averaged_from"] == marker
+
+
+@pytest.mark.slow
+def test_translating_with_an_averaged_folder_waits_while_another_eval_replaces_it(trained_run, tmp_path):
+    """eval.py translate --model <run>/averaged-last-2 started while another eval.py swaps in a new average waits
+    for the swap (and says so) rather than load half of one folder and half of the other."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    averaged = run / "averaged-last-2"
+    result = run_cli("eval.py", "translate", "--model", str(run), "--average_last", "2", stdin="")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = tmp_path / "translate.stderr"
+    replacing = lock_file(run / ".averaged-last-2.lock")  # the other eval.py's, while it swaps its average in
+    try:
+        translating = start_eval_until_it_waits(("translate", "--model", str(averaged)), log)
+        assert translating.poll() is None, log.read_text()[-3000:]
+    finally:
+        unlock_file(replacing)
+    assert translating.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert f"note: waiting for another eval.py averaging into {averaged}\n" in log.read_text()
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no lock file left
+
+
+@pytest.mark.slow
+def test_evaluations_averaging_together_make_the_average_once_and_read_it_at_once(trained_run, tmp_path, monkeypatch):
+    """Two eval.py --average_last of one run started together (a split each) find no average: one makes it while the
+    other waits, which then takes it and reads it alongside the first, not after the first's scoring."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    averaged = run / "averaged-last-2"
+    reading = threading.Barrier(2, timeout=10)
+    read, written, others = [], [], []
+
+    def evaluate() -> None:
+        with vanilla_averaging.average_checkpoints(run, 2, averaged) as folder:
+            reading.wait()  # the scoring: both at once, or the wait times out
+            read.append(json.loads((folder / "averaged_from.json").read_text())["checkpoints"])
+
+    choose, write = vanilla_averaging.last_checkpoints, vanilla_averaging.write_average
+
+    def choose_while_another_starts(*args):
+        if not others:  # the first look: the other evaluation starts, and looks too or waits for a lock
+            others.append(threading.Thread(target=evaluate))
+            others[0].start()
+            while others[0].is_alive() and not waits_for_a_lock(os.getpid()):
+                time.sleep(0.05)
+        return choose(*args)
+
+    monkeypatch.setattr(vanilla_averaging, "last_checkpoints", choose_while_another_starts)
+    monkeypatch.setattr(vanilla_averaging, "write_average", lambda *args: written.append(args) or write(*args))
+    evaluate()
+    others[0].join(timeout=10)
+    assert read == [["checkpoint-2", "checkpoint-4"]] * 2 and len(written) == 1
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no lock file left
 
 
 def test_a_shared_lock_file_admits_other_shared_holders_and_the_last_to_go_removes_it(tmp_path):
