@@ -269,7 +269,7 @@ def converted_model(
     if not damaged and is_current_conversion(output, fingerprint):
         return output, None
     try:
-        with locked(folder / f".{output.name}.lock"):
+        with locked(folder / f".{output.name}.lock", waiting_for=f"another eval.py converting {folder} into {output}"):
             if damaged or not is_current_conversion(output, fingerprint, warn=False):  # or another process's
                 write_folder_atomically(output, conversion(folder, quantization, fingerprint))
         return output, None

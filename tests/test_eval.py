@@ -1542,9 +1542,9 @@ def test_a_model_folder_that_cannot_be_written_is_converted_for_the_run_only(
 
 
 @pytest.mark.slow
-def test_a_conversion_under_way_in_another_process_is_waited_for_and_taken(trained_run, tmp_path, monkeypatch):
-    """Two eval.py runs on one model (a split each) convert it once: the second waits for the first's lock, then
-    loads its conversion instead of converting again and swapping the folder under the first."""
+def test_a_conversion_under_way_in_another_process_is_waited_for_and_taken(trained_run, tmp_path, monkeypatch, capsys):
+    """Two eval.py runs on one model (a split each) convert it once: the second waits for the first's lock (and says
+    so), then loads its conversion instead of converting again and swapping the folder under the first."""
     model = model_copy(trained_run, tmp_path / "model")
     output = model / "ctranslate2-float32"
     converted = []
@@ -1561,6 +1561,7 @@ def test_a_conversion_under_way_in_another_process_is_waited_for_and_taken(train
     unlock_file(other)
     waiting.join(timeout=60)
     assert found == [(output, None)] and converted == []
+    assert capsys.readouterr().err == f"note: waiting for another eval.py converting {model} into {output}\n"
     assert not [path.name for path in model.iterdir() if path.name.startswith(".")]
 
 
