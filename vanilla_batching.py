@@ -214,6 +214,7 @@ class TokenCounter:
     def __init__(self):
         self.real, self.padded = None, 0  # this process's, since the run began
         self.last = (0, 0, None)  # all processes' real and padded tokens at the last log, and its time.time()
+        self.paused = 0.0  # seconds since the last log spent evaluating and saving checkpoints, not training
 
     def count(self, inputs: dict) -> None:
         real = inputs["attention_mask"].sum() + inputs["labels"].ne(-100).sum()
@@ -221,17 +222,18 @@ class TokenCounter:
         self.padded += inputs["input_ids"].numel() + inputs["labels"].numel()
 
     def rates(self, accelerator, start_time: float, runtime: float | None = None) -> dict[str, float]:
-        """Tokens per second of all processes since the last log (or `start_time`); with `runtime`, of the run."""
+        """Tokens per second of all processes over the training time since the last log (or `start_time`); with
+        `runtime`, over the run's runtime."""
         real = self.real if self.real is not None else torch.zeros((), device=accelerator.device)
         totals = torch.stack([real.to(torch.float64), torch.tensor(float(self.padded), device=real.device)])
         real, padded = accelerator.reduce(totals, reduction="sum").tolist()
         now = time.time()
         if runtime is not None:
             return {"train_tokens_per_second": real / runtime, "train_padded_tokens_per_second": padded / runtime}
-        seconds = now - (self.last[2] or start_time)
+        seconds = now - (self.last[2] or start_time) - self.paused
         rates = {
             "tokens_per_second": (real - self.last[0]) / seconds,
             "padded_tokens_per_second": (padded - self.last[1]) / seconds,
         }
-        self.last = (real, padded, now)
+        self.last, self.paused = (real, padded, now), 0.0
         return rates

@@ -4,6 +4,7 @@ import copy
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
@@ -149,6 +150,13 @@ class VanillaTrainer(Seq2SeqTrainer):
         self.loss_since = loss.detach() if self.loss_since is None else self.loss_since + loss.detach()
         self.tokens.count(inputs)
         return loss
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs) -> None:
+        # The evaluation and checkpoint save that follow a step are not training: the next log's tokens per second
+        # leaves their time out (a log made here marks its own time; what follows it is the pause).
+        began = time.time()
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+        self.tokens.paused += time.time() - max(began, self.tokens.last[2] or began)
 
     def floating_point_ops(self, inputs: dict) -> int:
         # Trainer's estimate, 6 x input tokens x non-embedding parameters, with the parameters counted once: Trainer

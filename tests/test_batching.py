@@ -213,6 +213,23 @@ def test_cli_reports_real_and_padded_tokens_per_second_in_the_log_and_results(tm
     assert "tokens_per_second" in state["log_history"][0]
 
 
+@pytest.mark.slow
+def test_logged_tokens_per_second_leaves_out_the_evaluations_between_logs(tmp_path):
+    output_dir = tmp_path / "model"
+    args = [*TINY, *QUICK, "--max_tokens", "300", "--max_steps", "6", "--logging_steps", "2", "--output_dir"]
+    args += [str(output_dir), "--eval_strategy", "steps", "--eval_steps", "2", "--predict_with_generate"]
+    result = run_train(*args, "--generation_max_length", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    evaluated = sum(entry["eval_runtime"] for entry in history if "eval_runtime" in entry)
+    runtime = next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
+    assert evaluated > runtime / 2  # the evaluations (beam search over the validation split) take most of the run
+    # The reference: the run's rate over its runtime, evaluations included; training alone runs more than twice as fast.
+    summary = next(entry["train_tokens_per_second"] for entry in history if "train_runtime" in entry)
+    after_evaluations = [entry["tokens_per_second"] for entry in history if "loss" in entry][1:]
+    assert after_evaluations and min(after_evaluations) > 2 * summary
+
+
 def test_bf16_trains_on_the_cpu_where_no_gpu_has_it():
     _, _, args = parse_arguments(["--output_dir", "unused", "--bf16", "true"])
     assert args.use_cpu == (not is_torch_bf16_gpu_available())
