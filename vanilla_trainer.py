@@ -210,6 +210,13 @@ class VanillaTrainer(Seq2SeqTrainer):
                 self.compute_loss(model, self._prepare_inputs(inputs), return_outputs=True)
         return step
 
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        # Iterating a DataLoader draws its seed from torch's CPU random stream: without the fork, every evaluation
+        # during training would shift the dropout of the steps after it, and the trained model would move with
+        # --eval_steps.
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(*args, **kwargs)
+
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):

@@ -430,6 +430,18 @@ def test_resume_after_sigkill_continues_the_step_count(tmp_path):
     assert_loads_and_translates(output_dir)
 
 
+@pytest.mark.slow
+def test_evaluations_during_training_leave_the_trained_model_unchanged(tmp_path):
+    args = [*TINY, *QUICK, "--max_tokens", "300", "--max_steps", "6"]
+    plain = run_train(*args, "--output_dir", str(tmp_path / "plain"))
+    evaluated = run_train(
+        *args, "--eval_strategy", "steps", "--eval_steps", "2", "--output_dir", str(tmp_path / "evaluated")
+    )
+    assert plain.returncode == 0 and evaluated.returncode == 0, (plain.stderr + evaluated.stderr)[-3000:]
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("plain", "evaluated")]
+    assert weights[0] == weights[1]  # dropout drew the same masks with and without the three evaluations
+
+
 def bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     good = write_jsonl(tmp_path / "good.jsonl", range(1, 9))
     no_column = tmp_path / "no_column.jsonl"
