@@ -158,6 +158,11 @@ class VanillaTrainer(Seq2SeqTrainer):
         super()._maybe_log_save_evaluate(*args, **kwargs)
         self.tokens.paused += time.time() - max(began, self.tokens.last[2] or began)
 
+    def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
+        # Under --save_strategy best Trainer saves after an evaluation only where it finds a new best, and drops a
+        # save asked for at that step (--save_at_seconds' model, vanilla_time_budget): that one is saved too.
+        return super()._determine_best_metric(metrics, trial) or self.control.should_save
+
     def floating_point_ops(self, inputs: dict) -> int:
         # Trainer's estimate, 6 x input tokens x non-embedding parameters, with the parameters counted once: Trainer
         # counts them every step, walking every module (0.3 ms a step at the small preset, 0.9 ms at base, on one

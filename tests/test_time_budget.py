@@ -115,3 +115,19 @@ def test_time_budgets_that_keep_nothing_are_refused_in_one_line(tmp_path, flags,
     assert result.returncode == 2
     assert result.stderr.strip() == message
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.slow
+def test_save_at_seconds_keeps_its_model_under_save_strategy_best(tmp_path):
+    """Trainer's --save_strategy best saves after an evaluation only at a new best; the model at 0.5 s is saved even
+    so (here only the first evaluation is a best: the loss falls and a higher one counts as better)."""
+    output_dir = tmp_path / "model"
+    args = [*TINY, *QUICK, "--output_dir", str(output_dir), "--max_steps", "100000", "--save_strategy", "best"]
+    args += ["--eval_strategy", "steps", "--eval_steps", "1", "--metric_for_best_model", "eval_loss"]
+    args += ["--greater_is_better", "true", "--max_train_seconds", "2", "--save_at_seconds", "0.5"]
+    result = run_train(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = model_at_folder(output_dir, 0.5)
+    kept_step = json.loads((kept / "trainer_state.json").read_text())["global_step"]
+    assert kept_step > 1  # the step the 0.5 s came at, not the best checkpoint's (step 1)
+    assert f"saved the model at 0.5 s of training (step {kept_step})" in result.stdout
