@@ -313,6 +313,11 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             "--max_tokens sorts the whole training split by length, which --streaming never holds: give one of them "
             "(with --streaming, --per_device_train_batch_size sets the batch)"
         )
+    if args.train_sampling_strategy == "random" and args.max_tokens is not None:
+        raise UsageError(
+            "--max_tokens batches pairs of similar lengths (sec. 5.1), which --train_sampling_strategy random would "
+            "not: drop one of them"
+        )
     if args.auto_find_batch_size and args.max_tokens is not None:  # Trainer's retry would rebuild the same batches
         raise UsageError(
             "--auto_find_batch_size retries with a smaller --per_device_train_batch_size, which --max_tokens batches "

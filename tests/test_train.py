@@ -733,6 +733,10 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
             "--preprocessing_num_workers tokenizes the corpus before training, and --streaming",
         ),
         (["--streaming", "--max_steps", "2", "--max_tokens", "64"], "--max_tokens sorts the whole training split"),
+        (
+            ["--train_sampling_strategy", "random", "--max_tokens", "64"],
+            "--max_tokens batches pairs of similar lengths",
+        ),
         (["--auto_find_batch_size", "--max_tokens", "64"], "--auto_find_batch_size retries with a smaller --per_devi"),
         (["--streaming"], "--streaming reads the data without knowing its size, so epochs cannot be counted: give the"),
         (["--config_overrides", "d_ff=48,colour=red"], "--config_overrides d_ff=48,colour=red: colour is not a field"),
