@@ -328,6 +328,11 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             "--preprocessing_num_workers tokenizes the corpus before training, and --streaming tokenizes it as "
             "training reads it: drop one of them"
         )
+    if args.save_strategy == "best" and args.metric_for_best_model is None:  # Trainer would refuse it after tokenizing
+        raise UsageError(
+            "--save_strategy best saves a checkpoint where --metric_for_best_model improves: name one (loss, or bleu "
+            "with --predict_with_generate)"
+        )
     if args.metric_for_best_model is not None:  # Trainer would raise a KeyError at the first evaluation
         reported = GENERATION_METRICS if args.predict_with_generate else EVALUATION_METRICS
         if args.prediction_loss_only:
