@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, GenerationConfig
 
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
-from vanilla_batching import batching_record, resumed_batching_warning, resumed_stream_warning
+from vanilla_batching import batching_record, resumed_batching_warning
 from vanilla_cli import (
     Terminated,
     UsageError,
@@ -67,6 +67,7 @@ from vanilla_trainer import (
     nll_metrics,
     padding_fraction,
     predict_metrics,
+    resumed_stream_warning,
     summed_nll_per_sentence,
     train_loss_metrics,
     translation_metrics,

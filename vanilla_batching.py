@@ -189,23 +189,6 @@ def resumed_batching_warning(checkpoint: Path, record: dict) -> str | None:
     )
 
 
-def resumed_stream_warning(checkpoint: Path) -> str | None:
-    """A warning when a --streaming run resumes after a whole pass over its stream from a checkpoint that does not
-    record a pass' steps (vanilla_trainer.StreamPasses; saved before it was kept): Trainer skips the trained batches
-    from the stream's start, which ends the first pass, and the run trains the next pass from its start, not from
-    where the checkpoint stopped inside it."""
-    state = trainer_state(checkpoint) or {}
-    passes = int(state.get("epoch") or 0)  # a stream's epoch: its passes, then a fraction
-    recorded = (state.get("stateful_callbacks") or {}).get("StreamPasses", {}).get("args", {}).get("steps")
-    if passes < 1 or recorded is not None:
-        return None
-    return (
-        f"warning: {checkpoint} stopped after {passes} whole pass(es) over the --streaming data; the resumed run "
-        "trains the next pass from its start, not from where the checkpoint stopped inside it, so the rest of the run "
-        "sees its pairs in another order than an uninterrupted run"
-    )
-
-
 class TokenCounter:
     """The training batches' real (not padding) and padded source + target tokens, and the rates they were trained at.
 

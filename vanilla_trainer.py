@@ -28,7 +28,7 @@ from vanilla_batching import (
 )
 from vanilla_cli import UsageError, first_line
 from vanilla_data_record import DATA_RECORD
-from vanilla_files import LOSS_TOTAL, TRAINER_STATE
+from vanilla_files import LOSS_TOTAL, TRAINER_STATE, trainer_state
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_metrics import score
 from vanilla_output_dir import fault_point
@@ -67,6 +67,23 @@ class StreamPasses(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {"args": {"steps": self.steps}, "attributes": {}}
+
+
+def resumed_stream_warning(checkpoint: Path) -> str | None:
+    """A warning when a --streaming run resumes after a whole pass over its stream from a checkpoint that does not
+    record a pass' steps (StreamPasses; saved before it was kept): Trainer skips the trained batches from the
+    stream's start, which ends the first pass, and the run trains the next pass from its start, not from where the
+    checkpoint stopped inside it."""
+    state = trainer_state(checkpoint) or {}
+    passes = int(state.get("epoch") or 0)  # a stream's epoch: its passes, then a fraction
+    recorded = (state.get("stateful_callbacks") or {}).get(StreamPasses.__name__, {}).get("args", {}).get("steps")
+    if passes < 1 or recorded is not None:
+        return None
+    return (
+        f"warning: {checkpoint} stopped after {passes} whole pass(es) over the --streaming data; the resumed run "
+        "trains the next pass from its start, not from where the checkpoint stopped inside it, so the rest of the run "
+        "sees its pairs in another order than an uninterrupted run"
+    )
 
 
 class VanillaTrainer(Seq2SeqTrainer):
