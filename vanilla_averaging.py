@@ -130,8 +130,12 @@ def reading_averaged_model(folder: Path) -> Iterator[None]:
     if not (folder / AVERAGED_MARKER).is_file():
         yield
         return
+    waiting_for = f"another eval.py averaging into {folder}"
     try:
-        handle = lock_file(reading_lock(folder), shared=True, waiting_for=f"another eval.py averaging into {folder}")
+        # Through the making lock, which a replacement holds while it waits for the readers to end: readers that
+        # come after it wait for it (flock does not queue waiters, so overlapping readers would hold it off for good).
+        with locked(making_lock(folder), shared=True, waiting_for=waiting_for):
+            handle = lock_file(reading_lock(folder), shared=True, waiting_for=waiting_for)
     except OSError as error:
         if error.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise

@@ -850,6 +850,34 @@ def test_translating_with_an_averaged_folder_waits_while_another_eval_replaces_i
 
 
 @pytest.mark.slow
+def test_evaluations_of_an_average_started_while_a_replacement_waits_come_after_it(trained_run, tmp_path):
+    """eval.py --average_last waiting to replace an average that another eval.py reads is not passed by evaluations of
+    the folder started meanwhile: they wait for the new average, so readers that keep overlapping cannot hold the
+    replacement off."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    averaged = run / "averaged-last-2"
+    averaging = ("translate", "--model", str(run), "--average_last", "2")
+    result = run_cli("eval.py", *averaging, stdin="")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reading = lock_file(run / ".averaged-last-2.lock", shared=True)  # an eval.py scoring the average
+    try:
+        shutil.copytree(run / "checkpoint-2", run / "checkpoint-6")  # the run saves a checkpoint
+        replacing = start_eval_until_it_waits(averaging, tmp_path / "replacing.stderr")
+        assert replacing.poll() is None, (tmp_path / "replacing.stderr").read_text()[-3000:]
+        later = start_eval_until_it_waits(("translate", "--model", str(averaged)), tmp_path / "later.stderr")
+        assert later.poll() is None, "an evaluation started after the replacement read the folder first"
+    finally:
+        unlock_file(reading)
+    assert replacing.wait(timeout=300) == 0, (tmp_path / "replacing.stderr").read_text()[-3000:]
+    assert later.wait(timeout=300) == 0, (tmp_path / "later.stderr").read_text()[-3000:]
+    assert f"note: waiting for another eval.py averaging into {averaged}\n" in (tmp_path / "later.stderr").read_text()
+    marker = json.loads((averaged / "averaged_from.json").read_text())
+    assert marker["checkpoints"] == ["checkpoint-4", "checkpoint-6"]
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no lock file left
+
+
+@pytest.mark.slow
 def test_evaluations_averaging_together_make_the_average_once_and_read_it_at_once(trained_run, tmp_path, monkeypatch):
     """Two eval.py --average_last of one run started together (a split each) find no average: one makes it while the
     other waits, which then takes it and reads it alongside the first, not after the first's scoring."""
