@@ -61,7 +61,12 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
 
 
 def wrap_tokenizer(tokenizer):
-    """A `tokenizers.Tokenizer` with the special tokens above as a PreTrainedTokenizerFast that VanillaConfig fits."""
+    """A `tokenizers.Tokenizer` with the special tokens above as a PreTrainedTokenizerFast that VanillaConfig fits.
+
+    A sentence that holds "</s>", "<pad>", "<unk>" or "<s>" is encoded as that text (split_special_tokens, saved in
+    tokenizer_config.json): read as the control token, "</s>" ended a source early and taught the model to stop
+    mid-sentence, and decoding dropped all four from the output. The special ids come only from the post-processor
+    and from generate()."""
     from transformers import PreTrainedTokenizerFast
 
     pad, bos, eos, unk = SPECIAL_TOKENS
@@ -72,6 +77,7 @@ def wrap_tokenizer(tokenizer):
         eos_token=eos,
         unk_token=unk,
         model_input_names=["input_ids", "attention_mask"],
+        split_special_tokens=True,
     )
 
 

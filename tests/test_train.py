@@ -166,6 +166,17 @@ def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
     assert len(tokenizer) == 150
 
 
+def test_bpe_tokenizer_reads_special_token_names_in_a_sentence_as_text(tmp_path):
+    text = "x <pad> y <unk> z <s> w </s> v"
+    train_bpe_tokenizer([text, "a b c"] * 20, vocab_size=60).save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)  # as eval.py loads a trained model's
+    for encoded in (tokenizer(text), tokenizer(text_target=text)):
+        ids = encoded["input_ids"]
+        assert ids[-1] == configuration_vanilla.EOS_TOKEN_ID
+        assert not set(ids[:-1]) & set(range(len(SPECIAL_TOKENS))), tokenizer.convert_ids_to_tokens(ids)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
 def test_bpe_tokenizer_splits_punctuation_from_words():
     texts = ['Ein Mann (im T-Shirt) sagt: "Hallo!"', "A man on the street.", "The street, at night."] * 50
     tokenizer = train_bpe_tokenizer(texts, vocab_size=120)
