@@ -31,7 +31,8 @@ class DataArguments:
     Args:
         dataset_name: A dataset on the Hub (or a local dataset dir).
         dataset_config_name: Its configuration, e.g. 'de-en'.
-        train_file: JSON lines or Parquet with a 'translation' column, or CSV/TSV with a column per language.
+        train_file: JSON lines (or one JSON array) or Parquet with a 'translation' column, or CSV/TSV with a column
+            per language.
         validation_file: Same format as --train_file.
         test_file: Same format as --train_file.
         source_lang: Source language code (embedded task: en).
@@ -209,25 +210,16 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
     if suffix == ".parquet":
         return _read_parquet(path)
     text = read_text(path)
-    lines = text_lines(text)
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise UsageError(f"{path}: line {number} is empty")
-    if not lines:
-        raise UsageError(f"{path}: the file is empty")
     if suffix in (".json", ".jsonl"):
-        rows = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{path}: line {number} is not JSON ({error.msg})") from None
+        rows, unit = _json_rows(path, text)
+        for number, row in enumerate(rows, start=1):
             if not isinstance(row, dict) or not isinstance(row.get("translation"), dict):
-                raise UsageError(f"{path}: line {number} has no 'translation' column holding {{language: sentence}}")
-            rows.append(row["translation"])
+                raise UsageError(f"{path}: {unit} {number} has no 'translation' column holding {{language: sentence}}")
+        rows = [row["translation"] for row in rows]
         languages = sorted(set().union(*rows))
         columns = {language: [row.get(language) for row in rows] for language in languages}
     else:
+        _check_lines(path, text_lines(text))
         columns = _read_table(path, text, delimiter="\t" if suffix == ".tsv" else ",")
         languages = list(columns)
     for language in (args.source_lang, args.target_lang):
@@ -236,7 +228,7 @@ def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
     if not args.source_lang or not args.target_lang:
         return datasets.Dataset.from_dict({"translation": []})  # load_raw_datasets reports the missing languages
     if suffix in (".json", ".jsonl"):
-        _check_json_sentences(path, rows, (args.source_lang, args.target_lang))
+        _check_json_sentences(path, rows, (args.source_lang, args.target_lang), unit)
     source, target = columns[args.source_lang], columns[args.target_lang]
     _check_counts(path, args.source_lang, source, args.target_lang, target)
     pairs = [{args.source_lang: s, args.target_lang: t} for s, t in zip(source, target, strict=True)]
@@ -272,16 +264,47 @@ def _read_table(path: str, text: str, delimiter: str) -> dict[str, list[str | No
     return columns
 
 
-def _check_json_sentences(path: str, rows: list[dict], languages: tuple[str, str]) -> None:
-    """Each JSON line holds a sentence, a string, in both languages; the error names the line."""
+def _check_lines(path: str, lines: list[str]) -> None:
+    """A line-based file has lines, none of them empty; the error names the line."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise UsageError(f"{path}: line {number} is empty")
+    if not lines:
+        raise UsageError(f"{path}: the file is empty")
+
+
+def _json_rows(path: str, text: str) -> tuple[list, str]:
+    """The rows of a JSON file and what an error calls one: JSON lines ("line"), or a file holding one JSON array
+    ("item"), which `datasets`' JSON builder (run_translation.py's, and --streaming's) reads as well."""
+    if not text.lstrip().startswith("["):
+        lines = text_lines(text)
+        _check_lines(path, lines)
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{path}: line {number} is not JSON ({error.msg})") from None
+        return rows, "line"
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
+    if not rows:
+        raise UsageError(f"{path}: the JSON array is empty")
+    return rows, "item"
+
+
+def _check_json_sentences(path: str, rows: list[dict], languages: tuple[str, str], unit: str) -> None:
+    """Each JSON row holds a sentence, a string, in both languages; the error names the row (its line or item)."""
     for number, row in enumerate(rows, start=1):
         for language in languages:
             if language not in row:
-                raise UsageError(f"{path}: line {number} has no {language!r} sentence")
+                raise UsageError(f"{path}: {unit} {number} has no {language!r} sentence")
             sentence = row[language]
             if not isinstance(sentence, str):
                 raise UsageError(
-                    f"{path}: line {number}: the {language!r} sentence is {json.dumps(sentence)}; expected a string"
+                    f"{path}: {unit} {number}: the {language!r} sentence is {json.dumps(sentence)}; expected a string"
                 )
 
 

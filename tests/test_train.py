@@ -676,6 +676,23 @@ def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it
         load_raw_datasets(DataArguments(train_file=str(tmp_path / "plain.parquet"), source_lang="en", target_lang="de"))
 
 
+def test_a_json_file_holding_one_array_loads_as_its_json_lines_twin_as_datasets_reads_it(tmp_path):
+    twin = write_jsonl(tmp_path / "pairs.jsonl", range(1, 6))
+    rows = [json.loads(line) for line in twin.read_text().splitlines()]
+    array = tmp_path / "pairs.json"
+    array.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    data = {
+        path.suffix: DataArguments(train_file=str(path), source_lang="en", target_lang="de") for path in (array, twin)
+    }
+    expected = load_raw_datasets(data[".jsonl"])["train"]["translation"]
+    assert load_raw_datasets(data[".json"])["train"]["translation"] == expected
+    assert [row["translation"] for row in stream_raw_datasets(data[".json"])["train"]] == expected
+    rows[3]["translation"]["de"] = None
+    array.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    with pytest.raises(UsageError, match="pairs.json: item 4: the 'de' sentence is null; expected a string"):
+        load_raw_datasets(data[".json"])
+
+
 @pytest.mark.parametrize(
     "bad, expected",
     [
