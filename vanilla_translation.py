@@ -167,9 +167,20 @@ def position_limit(model) -> int | None:
 def encode(
     tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int, positions: int | None = None
 ) -> list[list[int]]:
-    """Token ids, cut at max_source_length and at the model's `positions` (position_limit) where it has a limit."""
+    """Token ids, cut at max_source_length and at the model's `positions` (position_limit) where it has a limit; a
+    warning on stderr says how many sources were cut, whose translations then miss their ends."""
     limit = max_source_length if positions is None else min(max_source_length, positions)
-    return tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+    # One token more than the limit tells a source that was cut from one that fits exactly.
+    longer = tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]
+    cut = sum(len(ids) > limit for ids in longer)
+    if cut:
+        why = "--max_source_length" if positions is None or max_source_length <= positions else "the position table"
+        print(
+            f"warning: {cut} of {len(texts)} sources are longer than {limit} tokens ({why}) and are cut to them: "
+            "their translations miss the rest",
+            file=sys.stderr,
+        )
+    return tokenizer(texts, truncation=True, max_length=limit)["input_ids"] if cut else longer
 
 
 def translate(

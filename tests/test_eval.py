@@ -518,6 +518,23 @@ def test_split_validation_scores_the_recorded_validation_file(trained_run, test_
 
 
 @pytest.mark.slow
+def test_sources_cut_at_max_source_length_are_counted_in_a_warning(trained_run, test_file, tmp_path):
+    _, tokenizer = load(trained_run)
+    lengths = [len(tokenizer(source)["input_ids"]) for source, _ in PAIRS]
+    limit = sorted(lengths)[len(lengths) // 2]
+    cut = sum(length > limit for length in lengths)
+    assert 0 < cut < len(PAIRS)
+    outputs = ("--predictions_file", str(tmp_path / "hyp.txt"), "--results_file", str(tmp_path / "report.json"))
+    evaluation = ("--model", str(trained_run), "--test_file", str(test_file), "--max_length_offset", str(OFFSET))
+    for max_source_length, warned in ((limit, cut), (max(lengths), 0)):
+        result = run_cli("eval.py", *evaluation, *outputs, "--max_source_length", str(max_source_length))
+        assert result.returncode == 0, result.stderr[-3000:]
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+        expected = f"warning: {cut} of {len(PAIRS)} sources are longer than {limit} tokens (--max_source_length)"
+        assert [line.startswith(expected) for line in warnings] == [True] * bool(warned), result.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_a_test_file_alone_takes_the_recorded_languages(trained_run, test_file, tmp_path):
     model = model_copy(
         trained_run, tmp_path / "model", data_record(train_file="train.jsonl", source_lang="de", target_lang="en")
@@ -1779,6 +1796,7 @@ def test_translations_stop_where_the_models_position_table_ends(trained_run, tmp
     result = run_cli("eval.py", *flags, "--model", str(learned), stdin=f"{long_line}\nseven\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.splitlines()) == 2
+    assert "warning: 1 of 2 sources are longer than 12 tokens (the position table)" in result.stderr
 
     short = model_copy(trained_run, tmp_path / "sinusoids")
     config = json.loads((short / "config.json").read_text())
