@@ -332,6 +332,10 @@ def _check_pairs(dataset: datasets.Dataset, origin: str, source_lang: str, targe
     for language in languages:
         if language not in found:
             raise UsageError(f"{origin}: language {language!r} is not in the data (found: {', '.join(found)})")
+    for language in languages:
+        row = _first_not_utf8(pyarrow.compute.struct_field(pairs, language))
+        if row is not None:
+            raise UsageError(f"{origin}: pair {row + 1}: the {language} sentence is not UTF-8; expected UTF-8 text")
     unusable = [_first_unusable(pyarrow.compute.struct_field(pairs, language)) for language in languages]
     index = min((row for row in unusable if row is not None), default=None)
     if index is None:
@@ -345,6 +349,21 @@ def _check_pairs(dataset: datasets.Dataset, origin: str, source_lang: str, targe
             raise UsageError(f"{origin}: pair {index + 1}: the {language} sentence is {sentence!r}; expected a string")
         if not sentence.strip():
             raise UsageError(f"{origin}: pair {index + 1} has an empty {language} sentence")
+
+
+def _first_not_utf8(sentences: pyarrow.ChunkedArray) -> int | None:
+    """The row of the first sentence whose bytes are not UTF-8, which `datasets`' JSON reader stores as they are (and
+    pyarrow's string functions then mangle or refuse); None if there is none."""
+    try:
+        sentences.validate(full=True)
+        return None
+    except pyarrow.ArrowInvalid:
+        for row, sentence in enumerate(sentences.cast(pyarrow.binary()).to_pylist()):
+            try:
+                (sentence or b"").decode("utf-8")
+            except UnicodeDecodeError:
+                return row
+        raise  # invalid for another reason: pyarrow's own error
 
 
 def _first_unusable(sentences: pyarrow.ChunkedArray) -> int | None:

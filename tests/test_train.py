@@ -711,6 +711,16 @@ def test_the_first_unusable_pair_of_a_parquet_file_is_named(tmp_path, bad, expec
         load_raw_datasets(DataArguments(train_file=str(tmp_path / "pairs.parquet"), source_lang="en", target_lang="de"))
 
 
+def test_a_dataset_folder_with_bytes_that_are_not_utf8_is_refused_naming_the_pair(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    lines = write_jsonl(folder / "train.jsonl", range(1, 6)).read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"three", "thr\u00e9e".encode("latin-1"))
+    (folder / "train.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(UsageError, match=r"corpus \[train\]: pair 3: the en sentence is not UTF-8; expected UTF-8"):
+        load_raw_datasets(DataArguments(dataset_name=str(folder), source_lang="en", target_lang="de"))
+
+
 def test_a_parquet_file_of_numbers_is_refused_at_its_first_pair(tmp_path):
     Dataset.from_dict({"translation": [{"en": n, "de": n} for n in range(1, 4)]}).to_parquet(tmp_path / "n.parquet")
     with pytest.raises(UsageError, match="n.parquet: pair 1: the en sentence is 1; expected a string"):
