@@ -102,20 +102,22 @@ def streamed_texts(stream: datasets.IterableDataset, source_lang: str, target_la
 def build_tokenizer(
     model_args: "ModelArguments", raw, data_args: DataArguments, args: "TrainingArguments"
 ) -> PreTrainedTokenizerBase:
-    """--tokenizer_name, or a joint BPE learned on the training split by the main process and sent to the others."""
+    """--tokenizer_name, or a joint BPE learned on the training split by the main process and sent to the others;
+    either truncates to --max_source_length, the length the model is trained on, once saved with it."""
     if model_args.tokenizer_name:
         try:
-            return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+            tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name)
         except (OSError, ValueError) as error:
             raise UsageError(f"cannot load tokenizer {model_args.tokenizer_name!r}: {error}") from None
-    texts = tokenizer_texts(raw, data_args, args)
-    vocab_size = default_vocab_size(texts) if model_args.vocab_size is None else model_args.vocab_size
-    serialized = [
-        train_bpe_tokenizer(texts, vocab_size).backend_tokenizer.to_str() if args.process_index == 0 else None
-    ]
-    if args.world_size > 1:
-        torch.distributed.broadcast_object_list(serialized, src=0)
-    tokenizer = wrap_tokenizer(Tokenizer.from_str(serialized[0]))
+    else:
+        texts = tokenizer_texts(raw, data_args, args)
+        vocab_size = default_vocab_size(texts) if model_args.vocab_size is None else model_args.vocab_size
+        serialized = [
+            train_bpe_tokenizer(texts, vocab_size).backend_tokenizer.to_str() if args.process_index == 0 else None
+        ]
+        if args.world_size > 1:
+            torch.distributed.broadcast_object_list(serialized, src=0)
+        tokenizer = wrap_tokenizer(Tokenizer.from_str(serialized[0]))
     tokenizer.model_max_length = data_args.max_source_length  # what truncation=True cuts to: the trained length
     return tokenizer
 

@@ -198,6 +198,22 @@ def test_bpe_tokenizer_takes_stray_whitespace_as_one_word_boundary():
         assert tokenizer(text)["input_ids"] == plain, text
 
 
+def test_a_model_trained_with_tokenizer_name_saves_it_truncating_at_the_trained_length(tmp_path):
+    named = tmp_path / "tokenizer"
+    train_bpe_tokenizer([num2words(n, lang=lang) for n in range(1, 100) for lang in ("en", "de")], 60).save_pretrained(
+        named
+    )
+    assert AutoTokenizer.from_pretrained(named).model_max_length > 10**6  # no limit of its own
+    output_dir = tmp_path / "model"
+    flags = ["--tokenizer_name", str(named), "--max_source_length", "12", "--max_target_length", "12"]
+    result = run_train(*TINY, *QUICK, *flags, "--max_steps", "1", "--output_dir", str(output_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = AutoTokenizer.from_pretrained(output_dir)
+    assert saved.get_vocab() == AutoTokenizer.from_pretrained(named).get_vocab()
+    assert saved.model_max_length == 12
+    assert len(saved(" ".join(["twenty-three"] * 20), truncation=True).input_ids) == 12
+
+
 def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("preset: small\nnum_train_epochs: 8\nlearning_rate: 0.001\nsource_lang: de\n")
