@@ -429,6 +429,11 @@ class VanillaDecoder(VanillaStack):
         """
         if encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (the encoder's output)")
+        if self.training and torch.is_grad_enabled() and any(layer.gradient_checkpointing for layer in self.layers):
+            # A layer recomputed in the backward pass would extend the cache a second time: training under activation
+            # checkpointing keeps none, as Marian's decoder (transformers before 5.2x hands a `cache` argument on to
+            # the layers). Without gradients nothing is recomputed: generate() in training mode keeps its cache.
+            use_cache = False
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         elif cache is not None and not isinstance(cache, EncoderDecoderCache):  # a decoder-only cache: its self-

@@ -898,6 +898,32 @@ def test_activation_checkpointing_recomputes_the_chosen_layers_and_gives_the_sam
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_training_under_activation_checkpointing_without_labels_keeps_no_decoder_cache():
+    """A forward without labels (a loss of the user's own) while training under activation checkpointing, the
+    config's use_cache on: the decoder keeps no cache, as Marian's, and the gradients are those without checkpointing
+    (a cache kept would be extended again when a layer is recomputed); generate() keeps its cache."""
+    plain = model_for().train()
+    checkpointed = model_for().train()
+    checkpointed.load_state_dict(plain.state_dict())
+    enable = getattr(checkpointed, "activation_checkpointing_enable", None)  # before 5.24: gradient_checkpointing_
+    (enable or checkpointed.gradient_checkpointing_enable)()
+    ids, mask = source_batch()
+    decoder_ids = torch.randint(3, 40, (3, 6))
+    caches = []
+    for model in (plain, checkpointed):
+        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+        out.logits.logsumexp(-1).sum().backward()
+        caches.append(out.get("cache", out.get("past_key_values")))  # named past_key_values before 5.2x
+    assert plain.config.use_cache and caches[0] is not None
+    assert caches[1] is None
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+    # generate() from the model in training mode runs without gradients: nothing is recomputed, the cache is kept.
+    settings = dict(max_new_tokens=5, min_new_tokens=5, output_logits=True, return_dict_in_generate=True)
+    generated = [model.generate(ids, attention_mask=mask, **settings).logits for model in (plain, checkpointed)]
+    torch.testing.assert_close(torch.stack(generated[1]), torch.stack(generated[0]), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_torch_compile_gives_the_same_loss_and_gradients():
     model = model_for()
