@@ -1,6 +1,7 @@
 import copy
 import json
 import math
+import shutil
 import subprocess
 import sys
 import warnings
@@ -965,25 +966,40 @@ def test_tiny_model_learns_to_copy_and_greedy_decoding_reproduces_the_targets():
 
 @pytest.mark.slow
 def test_remote_code_loads_in_a_fresh_process_where_the_project_is_not_importable(tmp_path):
+    """A saved folder copied elsewhere: its config, model, tokenizer and decoding defaults load through the auto
+    classes and GenerationConfig, and translate as the model did before saving."""
+    from vanilla_tokenizer import train_bpe_tokenizer
+
     model = model_for()
     model.config.register_for_auto_class()
     model.register_for_auto_class("AutoModelForSeq2SeqLM")
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
+    model.generation_config.update(num_beams=2, max_new_tokens=6)  # the decoding defaults the folder carries
+    tokenizer = train_bpe_tokenizer(["one two three four five", "eins zwei drei vier fünf"], vocab_size=40)
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    folder = shutil.copytree(tmp_path / "saved", tmp_path / "elsewhere" / "model")
     saved = {p.name for p in folder.iterdir()}
-    assert {"modeling_vanilla.py", "configuration_vanilla.py", "model.safetensors"} <= saved
+    assert {"modeling_vanilla.py", "configuration_vanilla.py", "model.safetensors", "tokenizer.json"} <= saved
     assert model.config.auto_map["AutoModelForSeq2SeqLM"] == "modeling_vanilla.VanillaForConditionalGeneration"
-    ids, mask = source_batch()
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
-    torch.save({"ids": ids, "mask": mask, "expected": expected}, tmp_path / "inputs.pt")
+    texts = ["one two", "three five four one"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    expected = model.generate(**batch)
+    assert expected.shape[1] <= 7
+    torch.save({"batch": dict(batch), "expected": expected}, tmp_path / "inputs.pt")
     script = f"""
 import torch
-from transformers import AutoModelForSeq2SeqLM
-model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+folder = {str(folder)!r}
+assert type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__ == "VanillaConfig"
+model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
 assert type(model).__name__ == "VanillaForConditionalGeneration"
 assert model.lm_head.weight is model.model.shared.weight
+generation_config = GenerationConfig.from_pretrained(folder)
+assert (generation_config.num_beams, generation_config.max_new_tokens) == (2, 6), generation_config
 data = torch.load({str(tmp_path / "inputs.pt")!r})
-out = model.generate(input_ids=data["ids"], attention_mask=data["mask"], max_new_tokens=6, num_beams=2)
+batch = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)({texts!r}, return_tensors="pt", padding=True)
+assert all(torch.equal(batch[name], data["batch"][name]) for name in ("input_ids", "attention_mask")), batch
+out = model.generate(**batch)
 assert torch.equal(out, data["expected"]), (out, data["expected"])
 print("loaded")
 """
