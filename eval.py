@@ -119,6 +119,10 @@ class EvalArguments:
             raise UsageError("--plot_attention translates one sentence with eager attention; leave out --compile")
         if self.compile_mode is not None and not self.compile:
             raise UsageError(f"--compile_mode {self.compile_mode} applies to --compile; pass both")
+        if self.attention_file is not None and self.plot_attention is None:
+            raise UsageError("--attention_file names the plot of --plot_attention; pass both")
+        if self.averaged_model_dir is not None and self.average_last is None:
+            raise UsageError("--averaged_model_dir names the folder --average_last N averages into; pass both")
         if self.compile and self.compile_mode is None:
             self.compile_mode = "reduce-overhead"
 
@@ -133,6 +137,18 @@ def check_engine_arguments(args: EvalArguments) -> None:
         vanilla_ctranslate2.import_ctranslate2()
     elif args.quantization is not None:
         raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
+
+
+SCORING_FLAGS = ("split", "predictions_file", "results_file", "hub_metrics")  # what only scoring a split reads
+
+
+def check_mode_arguments(mode: str, args: EvalArguments, given: set[str]) -> None:
+    """UsageError for a flag of scoring a split given where nothing is scored (translate, --plot_attention): it
+    would be left unread, its file never written."""
+    where = "eval.py translate" if mode == "translate" else "--plot_attention" if args.plot_attention else None
+    unread = [f"--{name}" for name in SCORING_FLAGS if name in given]
+    if where and unread:
+        raise UsageError(f"{', '.join(unread)} applies to scoring a split, which {where} does not; leave it out")
 
 
 def averaged_from(marker: Path) -> dict | None:
@@ -359,12 +375,14 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:  # arguments it does not know
         raise UsageError(first_line(error)) from None
     scores_data = extra.mode == "evaluate" and args.plot_attention is None
+    given = given_flags(parser, argv)
+    check_mode_arguments(extra.mode, args, given)
     check_engine_arguments(args)
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
     # With --average_last, the data of the run's checkpoints: their record goes into the averaged folder.
     record = model_data_record(Path(args.model)) if args.average_last is None else run_data_record(Path(args.model))
-    resolve_data(data, given_flags(parser, argv), record, args.model, args.split if scores_data else None)
+    resolve_data(data, given, record, args.model, args.split if scores_data else None)
     avoid_cudnn_attention()  # batches of many shapes
     with ExitStack() as held:
         held.enter_context(model_held(args))

@@ -1796,6 +1796,40 @@ def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (("--attention_file", "plot.png"), "--attention_file names the plot of --plot_attention; pass both"),
+        (("--averaged_model_dir", "averaged"), "--averaged_model_dir names the folder --average_last N averages into"),
+        (("translate", "--results_file", "report.json"), "--results_file applies to scoring a split"),
+        (("translate", "--split", "validation"), "--split applies to scoring a split, which eval.py translate does"),
+        (
+            ("--plot_attention", "seven", "--attention_file", "plot.png", "--predictions_file", "hypotheses.txt"),
+            "--predictions_file applies to scoring a split, which --plot_attention does not",
+        ),
+    ],
+    ids=[
+        "attention-file-without-a-plot",
+        "averaged-dir-without-averaging",
+        "translate-report",
+        "translate-split",
+        "plot-predictions",
+    ],
+)
+def test_a_flag_left_unread_by_the_other_flags_is_a_usage_error(trained_run, tmp_path, flags, fragment):
+    """A flag that another flag, or the mode, leaves unread would be dropped without a word: the plot or the
+    averaged model it names never made, the report never written."""
+    model = model_copy(trained_run, tmp_path / "model", data_record())
+    before = tree(model)
+    work = tmp_path / "work"
+    work.mkdir()
+    flags = ("--model", str(model), *flags, "--max_length_offset", "1", "--num_beams", "1")
+    result = run_cli("eval.py", *flags, stdin="seven\n", cwd=work)
+    assert_usage_error(result, fragment)
+    assert tree(model) == before and list(work.iterdir()) == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
 def test_translations_stop_where_the_models_position_table_ends(trained_run, tmp_path, engine):
     """Learned positions: a source past the table is cut to it, and the output limit (input + offset) stops at it.
