@@ -13,6 +13,8 @@ torch, the model classes, evaluate and matplotlib are imported where used, so th
 
 import json
 import math
+import os
+import select
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -308,33 +310,51 @@ def print_table(report: dict, results_file: Path) -> None:
 
 
 def translate_stdin(args: EvalArguments, max_source_length: int, loaded: Callable[[], object]) -> None:
-    """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty). Piped input is
-    read whole and translated in batches of similar lengths; on a terminal each line is translated as it is entered.
-    `loaded` is called once the model is in memory: nothing is read from its folder after that."""
-    if sys.stdin.isatty():
-        model, tokenizer = load_translation_model(args)
-        loaded()
-        print("translating each line as it is entered; end with Ctrl-D", file=sys.stderr)
-        for number, data in enumerate(sys.stdin.buffer, start=1):
-            line = stdin_text(data, number).strip()
-            print(translate(model, tokenizer, [line], args, max_source_length, progress=False)[0] if line else "")
-            sys.stdout.flush()
-        return
-    data = sys.stdin.buffer.read()
-    lines = [line.strip() for line in text_lines(stdin_text(data))]
+    """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty). The lines are
+    translated in chunks, each all that has arrived when the input pauses or ends (stdin_chunks), and each chunk's
+    translations are flushed at once: a line typed at a terminal, or written by a program that waits for its
+    translation, is answered, and a file piped in is read whole. `loaded` is called once the model is in memory:
+    nothing is read from its folder after that."""
     model, tokenizer = load_translation_model(args)
     loaded()
-    texts = [line for line in lines if line]
-    translations = iter(translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else [])
-    for line in lines:
-        print(next(translations) if line else "")
+    if sys.stdin.isatty():
+        print("translating each line as it is entered; end with Ctrl-D", file=sys.stderr)
+    number = 1  # of the chunk's first line
+    for data in stdin_chunks(sys.stdin.fileno()):
+        lines = [line.strip() for line in text_lines(stdin_text(data, number))]
+        texts = [line for line in lines if line]
+        translations = iter(
+            translate(model, tokenizer, texts, args, max_source_length, progress=False) if texts else []
+        )
+        for line in lines:
+            print(next(translations) if line else "")
+        sys.stdout.flush()
+        number += len(lines)
+
+
+STDIN_PAUSE_S = 0.1  # input that stops this long is translated: a writer waits on it, or a typist
+
+
+def stdin_chunks(fd: int) -> Iterator[bytes]:
+    """The bytes of `fd` in whole lines, a chunk once the input pauses (STDIN_PAUSE_S) or ends; the last line may
+    lack its newline. A writer faster than the pause (a file, a decompressor) gives one chunk: its sentences are
+    batched together."""
+    pending = bytearray()
+    while data := os.read(fd, 1 << 16):
+        pending += data
+        end = pending.rfind(b"\n") + 1
+        if end and not select.select([fd], [], [], STDIN_PAUSE_S)[0]:
+            yield bytes(pending[:end])
+            del pending[:end]
+    if pending:
+        yield bytes(pending)
 
 
 def stdin_text(data: bytes, first_line: int = 1) -> str:
-    """stdin's bytes (from line `first_line` on) as text, a byte-order mark dropped; UsageError naming a line that is
-    not UTF-8."""
+    """stdin's bytes (from line `first_line` on) as text, a byte-order mark at its start dropped; UsageError naming
+    a line that is not UTF-8."""
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
     except UnicodeDecodeError as error:
         line = first_line + data[: error.start].count(b"\n")
         raise UsageError(f"stdin: line {line} is not UTF-8 text; expected sentences, one a line") from None

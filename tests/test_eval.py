@@ -1151,9 +1151,14 @@ def test_translate_reads_past_a_byte_order_mark_and_stops_quietly_when_its_reade
 
 
 @pytest.mark.slow
-def test_translate_at_a_terminal_answers_each_line_as_it_is_entered(trained_run):
-    """Typed at a terminal, each line is translated at once; read whole, the input would wait for Ctrl-D."""
-    typing, terminal = pty.openpty()
+@pytest.mark.parametrize("stdin", ["terminal", "pipe"])
+def test_translate_answers_each_line_as_it_is_entered_at_a_terminal_or_written_into_a_pipe(trained_run, stdin):
+    """Typed at a terminal, or written by a program that waits for its translation, each line is translated at
+    once; read whole, the input would wait for its end (Ctrl-D, the pipe closed)."""
+    if stdin == "terminal":
+        typing, terminal = pty.openpty()
+    else:
+        terminal, typing = os.pipe()
     command = [sys.executable, str(ROOT / "eval.py"), "translate", "--model", str(trained_run)]
     command += ["--max_length_offset", str(OFFSET)]
     process = subprocess.Popen(
@@ -1170,14 +1175,20 @@ def test_translate_at_a_terminal_answers_each_line_as_it_is_entered(trained_run)
     try:
         sentences = ["three hundred and forty-five", "seven"]
         answers = [answer(b"three hundred and forty-five\n"), answer(b"\n"), answer(b"seven\n")]
-        os.write(typing, b"\x04")  # Ctrl-D
+        if stdin == "terminal":
+            os.write(typing, b"\x04")  # Ctrl-D
+        else:
+            os.close(typing)
+            typing = None
         assert process.wait(timeout=120) == 0, process.stderr.read().decode()[-3000:]
     finally:
         process.kill()
-        os.close(typing)
+        if typing is not None:
+            os.close(typing)
     expected = one_by_one(trained_run, sentences)
     assert answers == [f"{expected[0]}\n", "\n", f"{expected[1]}\n"]
-    assert "translating each line as it is entered; end with Ctrl-D" in process.stderr.read().decode()
+    note = "translating each line as it is entered; end with Ctrl-D"
+    assert (note in process.stderr.read().decode()) == (stdin == "terminal")
 
 
 @pytest.mark.slow
