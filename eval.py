@@ -25,7 +25,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 import vanilla_ctranslate2
-from vanilla_averaging import average_checkpoints, reading_averaged_model
+from vanilla_averaging import average_checkpoints, check_run_path, reading_averaged_model
 from vanilla_cli import (
     UsageError,
     UsageErrorParser,
@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     check_engine_arguments(args)
     if args.average_last is None:
         check_model_path(args.model)  # before the data and the heavy imports: a typo fails at once
+    else:
+        check_run_path(Path(args.model), args.average_last)
     # With --average_last, the data of the run's checkpoints: their record goes into the averaged folder.
     record = model_data_record(Path(args.model)) if args.average_last is None else run_data_record(Path(args.model))
     resolve_data(data, given, record, args.model, args.split if scores_data else None)

@@ -664,6 +664,24 @@ def test_decoding_arguments_that_allow_no_output_are_usage_errors(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "folder, message",
+    [
+        ("run/checkpoint-4", "--average_last 2: {folder} is a checkpoint, not a run: pass the run folder"),
+        ("no-such-run", "--average_last 2: {folder}: no such run folder"),
+    ],
+    ids=["a-checkpoint", "missing"],
+)
+def test_average_last_of_a_folder_that_is_no_run_is_a_usage_error(trained_run, tmp_path, folder, message):
+    shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint-2"))
+    folder = tmp_path / folder
+    before = tree(tmp_path)
+    result = run_cli("eval.py", "--model", str(folder), "--average_last", "2")
+    assert_usage_error(result, message.format(folder=folder))
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("differ", ["tokenizer.json", "data_args.json"])
 def test_averaging_checkpoints_of_two_runs_is_a_usage_error(trained_run, tmp_path, differ):
     """Same shapes, but another tokenizer (its ids mean other tokens) or other training data: not one run's."""
