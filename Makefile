@@ -8,15 +8,17 @@ export TOKENIZERS_PARALLELISM := false
 # The project's folder first; a PYTHONPATH already set (packages installed with pip --target) is kept after it.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: demo test test-fast test-oldest lint setup multi30k multi30k-cpu gpu-check gpu-profile docs-figures docs-trained
+.PHONY: demo test test-fast test-oldest test-lowest lint setup multi30k multi30k-cpu gpu-check gpu-profile docs-figures docs-trained
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-		print('\n'.join(p['dependencies'] + p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
+	$(PY) -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		extras = p['optional-dependencies']; \
+		pinned = (lambda r: re.sub(r'>=([^,]+).*', r'==\1', r)) if '$(LOWEST)' else (lambda r: r); \
+		print('\n'.join([pinned(r) for r in p['dependencies'] + extras['fast']] + extras['dev']))" > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt $(if $(TRANSFORMERS),"transformers==$(TRANSFORMERS)")
 	$(PY) -m pip install -q --no-deps -e .  # the modules and the vanilla-train / vanilla-eval console scripts
 	touch $@
@@ -38,6 +40,11 @@ test-fast: setup
 OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 test-oldest:
 	$(MAKE) test VENV=.venv-oldest TRANSFORMERS="$(OLDEST_TRANSFORMERS).*"
+
+# The suite on the lowest release of every dependency pyproject.toml names (torch's floor comes from PyPI as a CUDA
+# build of several GB, so CI does not run it), in its own venv: the floors are tested, not guessed.
+test-lowest:
+	$(MAKE) test VENV=.venv-lowest LOWEST=1
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

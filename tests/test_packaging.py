@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,26 @@ def test_every_top_level_module_is_installed_and_bench_and_docs_import_without_p
     assert sorted(modules) == sorted(path.stem for path in ROOT.glob("*.py"))
     for script in [*ROOT.glob("bench/*.py"), *ROOT.glob("docs/*.py")]:
         assert "sys.path" not in script.read_text(), script
+
+
+def test_dependency_floors_are_at_least_what_transformers_itself_needs():
+    """pyproject.toml's lowest torch, accelerate, tokenizers and safetensors are ones the installed transformers runs
+    with: it does not declare torch or accelerate, turns PyTorch off below its own floor ("PyTorch was not found") and
+    its Trainer refuses an older accelerate; the floors are tested together by `make test-lowest`."""
+    from packaging.version import Version
+    from transformers.dependency_versions_table import deps
+    from transformers.utils.import_utils import ACCELERATE_MIN_VERSION
+
+    floors = {}
+    for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name, floor = re.fullmatch(r"([\w-]+)>=([\d.]+).*", requirement).groups()
+        floors[name] = Version(floor)
+    needed = {
+        name: Version(re.search(r">=([\d.]+)", deps[name]).group(1)) for name in ("torch", "tokenizers", "safetensors")
+    }
+    needed["accelerate"] = Version(ACCELERATE_MIN_VERSION)
+    for name, version in needed.items():
+        assert floors[name] >= version, f"{name}>={floors[name]} in pyproject.toml; transformers needs {version}"
 
 
 @pytest.mark.slow
