@@ -92,6 +92,11 @@ def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
 
     Fills in args.source_lang/target_lang for the embedded task (en -> de) when they are not given.
     """
+    if args.dataset_config_name is not None and not args.dataset_name:
+        raise UsageError(
+            f"--dataset_config_name {args.dataset_config_name!r} names a configuration of --dataset_name; "
+            "data files and the embedded task have none (leave it out)"
+        )
     if args.uses_embedded_task:
         args.source_lang = args.source_lang or EMBEDDED_LANGS[0]
         args.target_lang = args.target_lang or EMBEDDED_LANGS[1]

@@ -330,6 +330,16 @@ def test_test_file_without_the_languages_is_a_usage_error(trained_run, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_dataset_configuration_without_a_dataset_is_a_usage_error(trained_run, tmp_path):
+    """--dataset_config_name with a test file was ignored, yet recorded in the report as the data's configuration."""
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"translation": {"en": "seven", "de": "sieben"}}) + "\n")
+    flags = ("--test_file", str(test), "--source_lang", "en", "--target_lang", "de", "--dataset_config_name", "de-en")
+    result = run_cli("eval.py", "--model", str(trained_run), *flags)
+    assert_usage_error(result, "--dataset_config_name 'de-en'", "names a configuration of --dataset_name")
+
+
+@pytest.mark.slow
 def test_empty_test_set_is_a_usage_error(trained_run, tmp_path):
     empty = tmp_path / "test.jsonl"
     empty.write_text("")

@@ -489,6 +489,10 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "mismatched pair counts": (["--train_file", str(mismatched), *lang], "mismatched pair counts"),
         "unknown preset": (["--preset", "huge"], "unknown preset 'huge'"),
         "output dir holds a model": (["--output_dir", str(held)], "already holds a model"),
+        "config name without a dataset name": (
+            ["--train_file", str(good), *lang, "--dataset_config_name", "de-en"],
+            "--dataset_config_name 'de-en' names a configuration of --dataset_name",
+        ),
     }
 
 
@@ -503,6 +507,7 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "mismatched pair counts",
         "unknown preset",
         "output dir holds a model",
+        "config name without a dataset name",
     ],
 )
 def test_bad_input_is_one_line_on_stderr_with_exit_code_2_and_writes_nothing(tmp_path, case):
