@@ -131,7 +131,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
         adam_beta2: Sec. 5.3: beta_2 = 0.98.
         adam_epsilon: Sec. 5.3: epsilon = 1e-9.
         train_sampling_strategy: Batches of similar lengths cut padding (sec. 5.1).
-        overwrite_output_dir: Train into an output_dir that already holds a model or checkpoints.
+        overwrite_output_dir: Train into an output_dir that holds a finished model: its checkpoints go once the data
+            is read, the model when the new one is saved. An unfinished run's checkpoints are refused: resume them.
         ddp_find_unused_parameters: DDP's find_unused_parameters: False, as every parameter of the model takes part in
             each step (True walks the autograd graph every step looking for unused ones, and warns that there are none).
         max_train_seconds: Stop training after this many seconds (evaluations and saves included).
