@@ -397,7 +397,7 @@ class VanillaEncoder(VanillaStack):
 
 
 class VanillaDecoder(VanillaStack):
-    """Sec. 3.1: a stack of N decoder layers; position i attends only to positions before i (masked self-attention)."""
+    """Sec. 3.1: a stack of N decoder layers; position i attends only to positions up to i (masked self-attention)."""
 
     _can_record_outputs = {
         "hidden_states": layer_outputs(VanillaDecoderLayer, "decoder_layers"),
