@@ -66,8 +66,7 @@ class EvalArguments:
         length_penalty: Length penalty alpha (default: generation_config's; train.py saves 0.6, sec. 6.1's alpha,
             applied as generate()'s length^alpha rather than the paper's ((5 + length) / 6)^alpha).
         max_length_offset: Maximum output length = input length + this, in tokens (sec. 6.1: 50).
-        batch_size: At most this many sentences a batch (one generate() or CTranslate2 call); a batch holds sentences
-            of one output limit, so the hypotheses do not depend on it.
+        batch_size: Sentences per generate() call.
         predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model).
         results_file: The JSON report (default: eval_results_<split>.json beside the model).
         hub_metrics: Load sacrebleu and chrf from the Hub instead of the local vanilla_metrics/.

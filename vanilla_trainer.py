@@ -473,8 +473,8 @@ def decoded(tokenizer, ids: np.ndarray) -> list[str]:
 
 
 def paper_max_length(model, attention_mask: torch.Tensor) -> int:
-    """Sec. 6.1's output limit for a batch of Trainer's: its longest input + 50 tokens (within a learned position
-    table), after the decoder start token; eval.py batches sentences of one limit."""
+    """Sec. 6.1's output limit for a batch, as eval.py sets it: its longest input + 50 tokens (within a learned
+    position table), after the decoder start token."""
     longest = int(attention_mask.sum(dim=1).max())
     return output_limit(longest, MAX_LENGTH_OFFSET, position_limit(model)) + 1
 

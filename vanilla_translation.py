@@ -1,6 +1,5 @@
 """A trained model and its tokenizer loaded for decoding (torch or CTranslate2), and beam search over a corpus."""
 
-import itertools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,18 +183,6 @@ def encode(
     return tokenizer(texts, truncation=True, max_length=limit)["input_ids"] if cut else longer
 
 
-def batches_of_one_limit(lengths: list[int], batch_size: int, offset: int, positions: int | None) -> list[list[int]]:
-    """Sentence indices, longest first, in batches of at most batch_size whose sentences share one output limit
-    (output_limit): generate() and CTranslate2 take one limit a batch, and each sentence stops at its own input
-    length + offset (sec. 6.1), so the hypotheses do not depend on the batch size."""
-    order = sorted(range(len(lengths)), key=lambda index: lengths[index], reverse=True)
-    batches = []
-    for _, group in itertools.groupby(order, key=lambda index: output_limit(lengths[index], offset, positions)):
-        indices = list(group)
-        batches += [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
-    return batches
-
-
 def translate(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerBase",
@@ -204,14 +191,18 @@ def translate(
     max_source_length: int,
     progress: bool = True,
 ) -> list[str]:
-    """Beam search over batches of sources of one output limit (longest first); hypotheses come back in input order."""
+    """Beam search over batches of sources of similar length (longest first); hypotheses come back in input order.
+
+    The output limit is the batch's longest input + max_length_offset; sorting keeps that close to each sentence's.
+    """
     import torch
     from tqdm.auto import tqdm
 
     positions = position_limit(model)
     input_ids = encode(tokenizer, texts, max_source_length, positions)
+    order = sorted(range(len(texts)), key=lambda index: len(input_ids[index]), reverse=True)
     hypotheses: list[str] = [""] * len(texts)
-    batches = batches_of_one_limit([len(ids) for ids in input_ids], args.batch_size, args.max_length_offset, positions)
+    batches = [order[start : start + args.batch_size] for start in range(0, len(order), args.batch_size)]
     generation = [generation_arguments(args, len(input_ids[indices[0]]), positions) for indices in batches]  # checked
     for indices, settings in tqdm(
         list(zip(batches, generation, strict=True)), desc="translating", unit="batch", disable=not progress

@@ -1162,8 +1162,8 @@ def test_evaluation_with_generate_leaves_the_models_generation_config_as_it_was(
 
 @pytest.mark.parametrize("generation_max_length", [None, 20])
 def test_evaluation_with_generate_limits_the_output_to_the_input_plus_50_as_eval_py(tmp_path, generation_max_length):
-    """Sec. 6.1: "maximum output length during inference to input length + 50", per batch (its longest input);
-    not the saved max_length (max_target_length + 1). --generation_max_length still sets its own."""
+    """Sec. 6.1: "maximum output length during inference to input length + 50", per batch (its longest input), as
+    eval.py decodes; not the saved max_length (max_target_length + 1). --generation_max_length still sets its own."""
     tokenizer, rows = number_rows((3, 21, 117, 40, 999, 7))
     model = one_layer_model(tokenizer).eval()
     model.generation_config = GenerationConfig(
