@@ -145,8 +145,10 @@ SCORING_FLAGS = ("split", "predictions_file", "results_file", "hub_metrics")  # 
 
 
 def check_mode_arguments(mode: str, args: EvalArguments, given: set[str]) -> None:
-    """UsageError for a flag of scoring a split given where nothing is scored (translate, --plot_attention): it
-    would be left unread, its file never written."""
+    """UsageError for a flag of scoring a split given where nothing is scored (translate, --plot_attention), and for
+    --max_target_length, which no mode reads: it would be left unread, its file never written."""
+    if "max_target_length" in given:
+        raise UsageError("--max_target_length applies to training; eval.py scores against whole references")
     where = "eval.py translate" if mode == "translate" else "--plot_attention" if args.plot_attention else None
     unread = [f"--{name}" for name in SCORING_FLAGS if name in given]
     if where and unread:

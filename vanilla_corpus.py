@@ -96,8 +96,8 @@ def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
     """
     if args.dataset_config_name is not None and not args.dataset_name:
         raise UsageError(
-            f"--dataset_config_name {args.dataset_config_name!r} names a configuration of --dataset_name; "
-            "data files and the embedded task have none (leave it out)"
+            f"--dataset_config_name {args.dataset_config_name!r} names a configuration of --dataset_name; pass "
+            "--dataset_name too (data files and the embedded task have none)"
         )
     if args.uses_embedded_task:
         args.source_lang = args.source_lang or EMBEDDED_LANGS[0]

@@ -1834,6 +1834,7 @@ def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, 
             ("--plot_attention", "seven", "--attention_file", "plot.png", "--predictions_file", "hypotheses.txt"),
             "--predictions_file applies to scoring a split, which --plot_attention does not",
         ),
+        (("--max_target_length", "8"), "--max_target_length applies to training"),
     ],
     ids=[
         "attention-file-without-a-plot",
@@ -1841,6 +1842,7 @@ def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, 
         "translate-report",
         "translate-split",
         "plot-predictions",
+        "target-length",
     ],
 )
 def test_a_flag_left_unread_by_the_other_flags_is_a_usage_error(trained_run, tmp_path, flags, fragment):
