@@ -13,7 +13,6 @@ from vanilla_ctranslate2 import is_cached_conversion
 from vanilla_data_record import DATA_RECORD, TRAIN_FILE_DIGEST, TRAINING_DATA_KEYS, read_data_record
 from vanilla_files import (
     AVERAGED_MARKER,
-    TRAINER_STATE,
     check_writable,
     checkpoint_folders,
     complete_checkpoints,
@@ -152,7 +151,7 @@ def check_run_path(run: Path, last: int) -> None:
     """Cheap checks of --average_last's run folder, before the data is read: one that exists, and not a checkpoint."""
     if not run.is_dir():
         raise UsageError(f"--average_last {last}: {run}: no such run folder")
-    if (run / TRAINER_STATE).is_file() and not checkpoint_folders(run):
+    if run in checkpoint_folders(run.parent):
         raise UsageError(
             f"--average_last {last}: {run} is a checkpoint, not a run: pass the run folder that holds its "
             f"checkpoint-* folders ({run.parent})"

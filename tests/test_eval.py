@@ -664,11 +664,14 @@ def test_decoding_arguments_that_allow_no_output_are_usage_errors(
     [
         ("run/checkpoint-4", "--average_last 2: {folder} is a checkpoint, not a run: pass the run folder"),
         ("no-such-run", "--average_last 2: {folder}: no such run folder"),
+        ("run-saving-no-checkpoints", "--average_last 2: {folder} has 0 complete checkpoint-* folders"),
     ],
-    ids=["a-checkpoint", "missing"],
+    ids=["a-checkpoint", "missing", "a-run-without-checkpoints"],
 )
 def test_average_last_of_a_folder_that_is_no_run_is_a_usage_error(trained_run, tmp_path, folder, message):
     shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoint-2"))
+    # A finished run trained with --save_strategy no: its trainer_state.json, no checkpoint.
+    shutil.copytree(trained_run, tmp_path / "run-saving-no-checkpoints", ignore=shutil.ignore_patterns("checkpoint-*"))
     folder = tmp_path / folder
     before = tree(tmp_path)
     result = run_cli("eval.py", "--model", str(folder), "--average_last", "2")
