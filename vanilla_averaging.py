@@ -83,8 +83,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Iterator[Path]:
     """
     if last < 1:
         raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
-    if not run.is_dir():
-        raise UsageError(f"{run}: no such run folder")
+    check_run_path(run, last)
     check_averaged_model_dir(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as held:
