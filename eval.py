@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import field
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +49,7 @@ from vanilla_files import (
     write_text_atomically,
 )
 from vanilla_hub import CARD, REPORT_FILES, card_text, folder_card, is_card_as_written
-from vanilla_metrics import load_metrics, score
+from vanilla_metrics import BLEU_TOKENIZERS, load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import MAX_LENGTH_OFFSET, check_model_path, load_translation_model, translate
 
@@ -70,6 +71,8 @@ class EvalArguments:
         predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model).
         results_file: The JSON report (default: eval_results_<split>.json beside the model).
         hub_metrics: Load sacrebleu and chrf from the Hub instead of the local vanilla_metrics/.
+        bleu_tokenize: sacreBLEU's tokenizer for BLEU (default: sacreBLEU's choice for the target language: zh,
+            ja-mecab or ko-mecab for those languages, else 13a).
         average_last: Average the weights of the last N checkpoint-* folders of --model first.
         averaged_model_dir: Where the averaged model is written (default: <run>/averaged-last-N).
         plot_attention: Only plot the last layer's cross-attention while translating this sentence.
@@ -91,6 +94,7 @@ class EvalArguments:
     predictions_file: str | None = None
     results_file: str | None = None
     hub_metrics: bool = False
+    bleu_tokenize: str | None = field(default=None, metadata={"choices": BLEU_TOKENIZERS})
     average_last: int | None = None
     averaged_model_dir: str | None = None
     plot_attention: str | None = None
@@ -141,7 +145,8 @@ def check_engine_arguments(args: EvalArguments) -> None:
         raise UsageError("--quantization applies to --engine ctranslate2; the transformers engine takes --dtype")
 
 
-SCORING_FLAGS = ("split", "predictions_file", "results_file", "hub_metrics")  # what only scoring a split reads
+# What only scoring a split reads.
+SCORING_FLAGS = ("split", "predictions_file", "results_file", "hub_metrics", "bleu_tokenize")
 
 
 def check_mode_arguments(mode: str, args: EvalArguments, given: set[str]) -> None:
@@ -191,7 +196,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
         raise UsageError(f"{origin}: no {args.split!r} split (found: {', '.join(raw)})")
     sources = sentences(raw[args.split], data.source_lang)
     references = sentences(raw[args.split], data.target_lang)
-    metrics = load_metrics(args.hub_metrics)
+    metrics = load_metrics(args.hub_metrics, data.target_lang, args.bleu_tokenize)
     model, tokenizer = load_translation_model(args)
 
     start = time.perf_counter()

@@ -118,6 +118,9 @@ def train_and_save(
             "--do_predict translates the test split, and the data has none: pass --test_file (or a dataset with a "
             "'test' split), or drop --do_predict"
         )
+    scoring = None  # sacreBLEU and chrF, loaded before training: a tokenizer that cannot load fails now, not after it
+    if args.predict_with_generate or args.do_predict:
+        scoring = load_metrics(target_lang=data_args.target_lang, bleu_tokenize=args.bleu_tokenize)
     strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
     if strategy != "no" and "validation" not in raw:
         raise UsageError(
@@ -168,7 +171,7 @@ def train_and_save(
     before = loss_before(checkpoint)
     pad_to_multiple_of = 8 if args.torch_compile else None
     batched_by = batching_record(args, pad_to_multiple_of)
-    compute_metrics = translation_metrics(tokenizer, load_metrics()) if args.predict_with_generate else nll_metrics
+    compute_metrics = translation_metrics(tokenizer, scoring) if args.predict_with_generate else nll_metrics
     try:
         trainer = VanillaTrainer(
             model=model,
@@ -251,7 +254,7 @@ def train_and_save(
     if "validation" in tokenized:
         metrics.update(trainer.evaluate())
     if args.do_predict:
-        metrics.update(predict_metrics(trainer, tokenized["test"], load_metrics()))
+        metrics.update(predict_metrics(trainer, tokenized["test"], scoring))
     # Results only: Trainer's evaluation of a model that it has not trained adds the time it took to set it up.
     metrics = {
         name: value

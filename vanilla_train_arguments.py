@@ -41,6 +41,7 @@ from vanilla_cli import (
     read_recipe,
 )
 from vanilla_corpus import DataArguments
+from vanilla_metrics import BLEU_TOKENIZERS
 from vanilla_tokenizer import train_bpe_tokenizer
 
 # VanillaConfig arguments that are no flag: the tokenizer fixes the vocabulary and the special ids (--vocab_size sizes
@@ -143,6 +144,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             too large to load (or to wait for); needs a --max_steps budget.
         preprocessing_num_workers: Processes that tokenize the corpus before training (datasets' map, num_proc);
             default: this process alone.
+        bleu_tokenize: sacreBLEU's tokenizer for --predict_with_generate's and --do_predict's BLEU (default:
+            sacreBLEU's choice for --target_lang: zh, ja-mecab or ko-mecab for those languages, else 13a).
     """
 
     learning_rate: float | None = None
@@ -158,6 +161,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     max_tokens: int | None = None
     streaming: bool = False
     preprocessing_num_workers: int | None = None
+    bleu_tokenize: str | None = field(default=None, metadata={"choices": BLEU_TOKENIZERS})
 
     def __post_init__(self):
         if self.bf16 or self.bf16_full_eval:
@@ -349,6 +353,11 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             )
         if metric == "perplexity":  # Trainer takes lower as better only for names ending in "loss"
             args.greater_is_better = False
+    if args.bleu_tokenize is not None and not (args.predict_with_generate or args.do_predict):
+        raise UsageError(
+            f"--bleu_tokenize {args.bleu_tokenize} applies to the BLEU of --predict_with_generate or --do_predict; "
+            "pass one of them, or drop it"
+        )
     if not args.eval_do_concat_batches:
         raise UsageError(
             "--eval_do_concat_batches false hands the metrics one list per batch; train.py's metrics take the "

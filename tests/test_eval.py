@@ -38,6 +38,7 @@ from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_ctranslate2 import source_fingerprint
 from vanilla_files import LockHeld, check_output_files, lock_file, unlock_file, write_folder_atomically
+from vanilla_metrics import load_metrics, score
 from vanilla_translation import COMPILED_DECODING, compile_for_decoding
 
 # Sources of different lengths, so that sorting by length reorders them; references are their German words.
@@ -173,6 +174,50 @@ def test_offline_metrics_equal_sacrebleu(references):
     assert bleu["counts"] == expected_bleu.counts
     assert chrf["score"] == pytest.approx(sacrebleu.corpus_chrf(predictions, streams).score)
     assert bleu["signature"].startswith(f"nrefs:{len(streams)}|")
+
+
+def test_bleu_tokenizes_the_target_language_as_sacrebleu_picks_it():
+    """13a reads an unspaced Chinese sentence as one word: a Chinese target is scored with sacreBLEU's zh tokenizer,
+    whatever form its code takes; other languages keep 13a, and a tokenizer named explicitly wins."""
+    predictions, references = ["我爱北京天安门", "今天天气很好"], ["我爱北京的天安门", "今天天气不错"]
+
+    def bleu(**kwargs) -> dict:
+        return score(load_metrics(**kwargs), predictions, references)["sacrebleu"]
+
+    chinese = sacrebleu.corpus_bleu(predictions, [references], tokenize="zh").score
+    assert chinese != pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score)
+    for code in ("zh", "zh-CN", "zho_Hans"):
+        assert bleu(target_lang=code)["score"] == pytest.approx(chinese)
+        assert "|tok:zh|" in bleu(target_lang=code)["signature"]
+    assert bleu(target_lang="de")["score"] == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score)
+    assert "|tok:13a|" in bleu(target_lang="de")["signature"]
+    explicit = bleu(target_lang="zh", bleu_tokenize="char")
+    assert explicit["score"] == pytest.approx(sacrebleu.corpus_bleu(predictions, [references], tokenize="char").score)
+    assert "|tok:char|" in explicit["signature"]
+
+
+@pytest.mark.slow
+def test_eval_py_scores_a_chinese_target_with_the_chinese_tokenizer_and_names_a_missing_one(trained_run, tmp_path):
+    """The report's signature names the tokenizer chosen for --target_lang; Japanese needs MeCab (sacrebleu[ja]):
+    without it, one error line before anything is translated."""
+    data = {language: tmp_path / f"test_{language}.jsonl" for language in ("zh", "ja")}
+    for language, path in data.items():
+        pairs = [{"en": "seven", language: "七"}, {"en": "twelve", language: "十二"}]
+        path.write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs))
+    flags = ("--model", str(trained_run), "--source_lang", "en", "--max_length_offset", str(OFFSET))
+    results = tmp_path / "report.json"
+    outputs = ("--results_file", str(results), "--predictions_file", str(tmp_path / "hypotheses.txt"))
+    result = run_cli("eval.py", *flags, "--test_file", str(data["zh"]), "--target_lang", "zh", *outputs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "|tok:zh|" in json.loads(results.read_text())["sacrebleu_signature"]
+    no_mecab = tmp_path / "no_mecab"
+    (no_mecab / "MeCab").mkdir(parents=True)
+    (no_mecab / "MeCab" / "__init__.py").write_text("raise ImportError('No module named MeCab')\n")
+    env = environment(PYTHONPATH=f"{no_mecab}{os.pathsep}{ROOT}")
+    outputs = ("--results_file", str(tmp_path / "ja.json"), "--predictions_file", str(tmp_path / "ja.txt"))
+    result = run_cli("eval.py", *flags, "--test_file", str(data["ja"]), "--target_lang", "ja", *outputs, env=env)
+    assert_usage_error(result, "target language 'ja' with 'ja-mecab'", 'pip install "sacrebleu[ja]"', "--bleu_tokenize")
+    assert not (tmp_path / "ja.json").exists() and not (tmp_path / "ja.txt").exists()
 
 
 @pytest.mark.slow

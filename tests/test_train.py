@@ -808,6 +808,8 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
             ["--metric_for_best_model", "eval_perplexity", "--predict_with_generate", "true"],
             "--metric_for_best_model eval_perplexity: an evaluation reports loss, bleu, chrf, gen_len",
         ),
+        (["--bleu_tokenize", "char"], "--bleu_tokenize char applies to the BLEU of --predict_with_generate or --do_p"),
+        (["--bleu_tokenize", "mecab"], "argument --bleu_tokenize/--bleu-tokenize: invalid choice: 'mecab'"),
         (["--lr_scheduler_type", "cosine_with_min_lr"], "--lr_scheduler_type cosine_with_min_lr: One of min_lr"),
         (["--eval_do_concat_batches", "false"], "--eval_do_concat_batches false hands the metrics one list per"),
         (["--batch_eval_metrics", "true"], "--batch_eval_metrics: train.py's metrics score the whole evaluation"),
@@ -1190,6 +1192,26 @@ def test_evaluation_with_generate_limits_the_output_to_the_input_plus_50_as_eval
         limits = [generation_max_length - 1] * 2
     lengths = np.count_nonzero((predictions[:, 1:] >= 0) & (predictions[:, 1:] != tokenizer.pad_token_id), axis=1)
     assert lengths.tolist() == [limits[0]] * 3 + [limits[1]] * 3
+
+
+def test_a_bleu_tokenizer_that_cannot_load_is_refused_before_training(tmp_path):
+    """A Japanese target is scored with ja-mecab, sacreBLEU's choice; without MeCab, train.py says so before it trains
+    (not at the first evaluation, nor after the whole run for --do_predict), and writes nothing."""
+    data = tmp_path / "data.jsonl"
+    pairs = [{"en": "seven", "ja": "七"}, {"en": "twelve", "ja": "十二"}, {"en": "forty", "ja": "四十"}]
+    data.write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs))
+    no_mecab = tmp_path / "no_mecab"
+    (no_mecab / "MeCab").mkdir(parents=True)
+    (no_mecab / "MeCab" / "__init__.py").write_text("raise ImportError('No module named MeCab')\n")
+    env = environment(PYTHONPATH=f"{no_mecab}{os.pathsep}{ROOT}")
+    flags = ("--train_file", str(data), "--test_file", str(data), "--source_lang", "en", "--target_lang", "ja")
+    output_dir = tmp_path / "out"
+    flags = (*flags, "--do_predict", "--max_steps", "1", "--output_dir", str(output_dir))
+    result = run_train(*TINY, *QUICK, *flags, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "target language 'ja' with 'ja-mecab'" in lines[0], result.stderr[-3000:]
+    assert not output_dir.exists()
 
 
 def test_evaluation_with_generate_reports_bleu_chrf_and_length_of_the_generated_translations(tmp_path):
