@@ -114,14 +114,20 @@ def cpu_has_bf16_kernels() -> bool:
 # bf16 on a CPU is for speed: where its matrix products run slower than float32's it is not taken. The CPUs measured so
 # far lie far from 1 (BENCHMARKS.md), so the choice stays the same from run to run.
 CPU_BF16_SLOWER = 1.0
+CPU_BF16_ROUNDS = 10  # timed rounds of cpu_bf16_speed, after 2 untimed ones
 
 
 @functools.cache
 def cpu_bf16_speed() -> float:
-    """How fast a bf16 matrix product runs on this CPU against a float32 one (a 1024 x 512 x 1024 product, best of 10
-    after 2, in each precision); 0 without bf16 matrix kernels. With AVX-512 BF16, bf16 autocast trained 1.2-1.3x
-    faster than float32 on an AMD EPYC (Zen 4), but 0.65x on an Intel Xeon whose AMX is not available, where this
-    product runs at ~0.54x (BENCHMARKS.md)."""
+    """How fast a bf16 matrix product runs on this CPU against a float32 one (a 1024 x 512 x 1024 product), 0 without
+    bf16 matrix kernels. With AVX-512 BF16, bf16 autocast trained 1.2-1.3x faster than float32 on an AMD EPYC (Zen 4),
+    but 0.65x on an Intel Xeon whose AMX is not available, where this product runs at ~0.54x (BENCHMARKS.md).
+
+    Timed on one thread, the two precisions taking turns, as the median of the rounds' ratios: on two threads of
+    cores that other processes share, a product waits for whichever thread was descheduled, and timing one precision
+    after the other measured the load instead (0.4x to 1.3x in five calls beside a training run; on one thread,
+    taking turns, 0.55x to 0.64x, the idle cores' figure)."""
+    import statistics
     import time
 
     import torch
@@ -130,17 +136,21 @@ def cpu_bf16_speed() -> float:
         return 0.0
     generator = torch.Generator().manual_seed(0)
     inputs, weight = torch.randn(1024, 512, generator=generator), torch.randn(1024, 512, generator=generator)
-    best = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, w = inputs.to(dtype), weight.to(dtype)
-        times = []
-        for repeat in range(12):
-            start = time.perf_counter()
-            torch.nn.functional.linear(a, w)
+    operands = {dtype: (inputs.to(dtype), weight.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
+    ratios, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for repeat in range(CPU_BF16_ROUNDS + 2):
+            seconds = {}
+            for dtype, (a, w) in operands.items():
+                start = time.perf_counter()
+                torch.nn.functional.linear(a, w)
+                seconds[dtype] = time.perf_counter() - start
             if repeat >= 2:
-                times.append(time.perf_counter() - start)
-        best[dtype] = min(times)
-    return best[torch.float32] / best[torch.bfloat16]
+                ratios.append(seconds[torch.float32] / seconds[torch.bfloat16])
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(ratios)
 
 
 def cpu_bf16_problem() -> str | None:

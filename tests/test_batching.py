@@ -4,6 +4,7 @@ import json
 import math
 import random
 import shutil
+import time
 
 import datasets
 import pytest
@@ -277,6 +278,32 @@ def test_the_cpu_bf16_speed_is_a_measured_ratio_of_matrix_products():
         assert 0.1 < speed < 10
     else:
         assert speed == 0.0
+
+
+def test_the_cpu_bf16_speed_compares_both_precisions_under_the_same_load(monkeypatch):
+    """Other processes slow the cores for stretches longer than a product: a load that lifts halfway through the
+    measurement must not decide the precision. Products timed on a fake clock, bf16 taking twice float32's time and
+    the first 12 products four times as long: the ratio is the kernels' 0.5, timed on one thread, whose count is put
+    back."""
+    clock, threads = [0.0], []
+
+    def linear(a, w):
+        threads.append(torch.get_num_threads())
+        load = 4.0 if len(threads) <= 12 else 1.0
+        clock[0] += (1.0 if a.dtype == torch.float32 else 2.0) * load * 1e-3
+
+    before = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.nn.functional, "linear", linear)
+            patch.setattr(time, "perf_counter", lambda: clock[0])
+            patch.setattr(vanilla_cli, "cpu_has_bf16_kernels", lambda: True)
+            vanilla_cli.cpu_bf16_speed.cache_clear()
+            speed = vanilla_cli.cpu_bf16_speed()
+    finally:
+        vanilla_cli.cpu_bf16_speed.cache_clear()
+    assert speed == pytest.approx(0.5)
+    assert set(threads) == {1} and torch.get_num_threads() == before
 
 
 def test_bf16_on_a_cpu_trains_with_eager_attention_unless_a_kernel_is_named(monkeypatch):
