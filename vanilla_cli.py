@@ -1,19 +1,23 @@
 """What train.py and eval.py share as command-line tools: usage errors, reading the user's files, recipe files."""
 
 import argparse
+import bz2
 import codecs
 import contextlib
 import dataclasses
 import enum
 import functools
+import gzip
 import inspect
 import json
+import lzma
 import os
 import re
 import signal
 import sys
 import types
 import typing
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +25,12 @@ from typing import NoReturn
 import yaml
 
 RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+# A data file may be compressed (train.jsonl.gz): its last suffix names the stdlib codec, as for `datasets`' JSON and
+# CSV builders, which read a streamed file.
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# What the codecs raise for data cut short (EOFError, bz2's ValueError) or damaged (OSError without an errno, e.g.
+# BadGzipFile; zlib.error; LZMAError).
+DAMAGED_DATA = (EOFError, ValueError, OSError, zlib.error, lzma.LZMAError)
 
 
 class UsageError(Exception):
@@ -163,15 +173,38 @@ def cpu_bf16_problem() -> str | None:
     return None
 
 
+def compression_of(path: str | Path) -> str | None:
+    """The suffix that says how a file is compressed (a key of COMPRESSIONS), or None."""
+    suffix = Path(path).suffix.lower()
+    return suffix if suffix in COMPRESSIONS else None
+
+
+def content_blocks(path: str | Path, compression: str | None) -> Iterator[bytes]:
+    """A file's content a megabyte at a time, decompressed by the codec of `compression` (a COMPRESSIONS key, or None);
+    UsageError naming a compressed file that is cut short or damaged, OSError for a file that cannot be read."""
+    with open(path, "rb") as raw:
+        if compression is None:
+            yield from iter(lambda: raw.read(1 << 20), b"")
+            return
+        try:
+            with COMPRESSIONS[compression](raw, "rb") as file:
+                yield from iter(lambda: file.read(1 << 20), b"")
+        except DAMAGED_DATA as error:
+            if isinstance(error, OSError) and error.errno is not None:  # the disk's error, not the data's
+                raise
+            raise UsageError(f"{path}: cannot decompress it ({error}); expected a whole {compression} file") from None
+
+
 def read_text(path: str) -> str:
-    """The UTF-8 text of a file, without a leading byte-order mark; UsageError saying why a file cannot be read."""
+    """The UTF-8 text of a file (decompressed where its suffix names a codec, COMPRESSIONS), without a leading
+    byte-order mark; UsageError saying why a file cannot be read."""
     file = Path(path)
     if file.is_dir():
         raise UsageError(f"{path} is a folder; expected a file")
     if not file.is_file():
         raise UsageError(f"{path}: no such file")
     try:
-        data = file.read_bytes()
+        data = b"".join(content_blocks(file, compression_of(file)))
     except OSError as error:
         raise UsageError(f"{path}: cannot read the file ({error.strerror})") from None
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):

@@ -6,8 +6,11 @@ A corpus is a `datasets.DatasetDict` with splits "train", "validation" and "test
 
 import csv
 import io
+import itertools
 import json
+import os
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import datasets
@@ -15,7 +18,8 @@ import numpy as np
 import pyarrow
 import pyarrow.compute
 
-from vanilla_cli import UsageError, argument_dataclass, read_text, text_lines
+from vanilla_cli import COMPRESSIONS, UsageError, argument_dataclass, compression_of, read_text, text_lines
+from vanilla_files import sha256_of
 
 SPLITS = ("train", "validation", "test")
 # The embedded task: English number words -> German number words, e.g. "twenty-three" -> "dreiundzwanzig".
@@ -32,7 +36,7 @@ class DataArguments:
         dataset_name: A dataset on the Hub (or a local dataset dir).
         dataset_config_name: Its configuration, e.g. 'de-en'.
         train_file: JSON lines (or one JSON array) or Parquet with a 'translation' column, or CSV/TSV with a column
-            per language.
+            per language; a text format may be compressed (.gz, .bz2, .xz: train.jsonl.gz).
         validation_file: Same format as --train_file.
         test_file: Same format as --train_file.
         source_lang: Source language code (embedded task: en).
@@ -138,6 +142,42 @@ def as_translation_pairs(dataset, languages: tuple[str, str]):
 
 # The data files train.py and eval.py read, by suffix: the `datasets` builder that reads them (streamed or not).
 DATA_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+# The formats a file may hold compressed, its suffix then followed by a COMPRESSIONS one (train.jsonl.gz).
+TEXT_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
+
+
+def data_format(path: str) -> str:
+    """The format of a data file (a DATA_FORMATS key) by its suffix, or by the one before a compression suffix;
+    UsageError listing the formats read for any other."""
+    compression = compression_of(path)
+    suffix = (Path(path).with_suffix("") if compression else Path(path)).suffix.lower()  # train.jsonl.gz: .jsonl
+    if suffix in (TEXT_FORMATS if compression else DATA_FORMATS):
+        return suffix
+    given = suffix + (compression or "")
+    raise UsageError(
+        f"{path}: unknown format {given!r}; expected {' or '.join(DATA_FORMATS)}, or {' or '.join(TEXT_FORMATS)} "
+        f"followed by {' or '.join(COMPRESSIONS)} (e.g. train.jsonl.gz)"
+    )
+
+
+def dataset_folder_files(args: DataArguments) -> dict[str, list[Path]]:
+    """The files of each split of a local --dataset_name folder as `datasets` resolves them (their names, or the
+    splits the folder's README declares); none for a Hub dataset."""
+    if args.dataset_name is None or not os.path.isdir(args.dataset_name):
+        return {}
+    try:
+        splits = datasets.load_dataset_builder(args.dataset_name, args.dataset_config_name).config.data_files
+    except (OSError, ValueError):  # a folder datasets cannot read: loading it names the problem
+        return {}
+    return {split: [Path(path) for path in files] for split, files in (splits or {}).items()}
+
+
+def check_compressed_files(paths: Iterable[Path]) -> None:
+    """Reads each compressed file through, for its content's SHA-256 (which the data record reuses): one cut short or
+    damaged is named now, not by the `datasets` builder reading it, in a traceback, hours into training."""
+    for path in paths:
+        if compression_of(path) is not None:
+            sha256_of(path, decompressed=True)
 
 
 def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
@@ -151,6 +191,7 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
         raise UsageError("--source_lang and --target_lang are required with --dataset_name or data files")
     languages = (args.source_lang, args.target_lang)
     if args.dataset_name:
+        check_compressed_files(itertools.chain(*dataset_folder_files(args).values()))
         try:
             streams = datasets.load_dataset(args.dataset_name, args.dataset_config_name, streaming=True)
         except Exception as error:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
@@ -167,11 +208,10 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
             path = getattr(args, f"{split}_file")
             if path is None:
                 continue
-            suffix = Path(path).suffix.lower()
-            if suffix not in DATA_FORMATS:
-                raise UsageError(f"{path}: unknown format {suffix!r}; expected {', '.join(DATA_FORMATS)}")
+            suffix = data_format(path)
             if not Path(path).is_file():
                 raise UsageError(f"{path}: no such file")
+            check_compressed_files([Path(path)])
             options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}  # as _read_table
             stream = datasets.load_dataset(
                 DATA_FORMATS[suffix], data_files=path, split="train", streaming=True, **options
@@ -197,6 +237,7 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
 
 
 def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
+    check_compressed_files(itertools.chain(*dataset_folder_files(args).values()))
     try:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
     except Exception as error:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
@@ -210,10 +251,9 @@ def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
 
 
 def _load_local_file(path: str, args: DataArguments) -> datasets.Dataset:
-    """One split from JSON lines or Parquet (a 'translation' column) or CSV/TSV (one column per language)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in DATA_FORMATS:
-        raise UsageError(f"{path}: unknown format {suffix!r}; expected .jsonl/.json, .parquet, .csv or .tsv")
+    """One split from JSON lines or Parquet (a 'translation' column) or CSV/TSV (one column per language), the text
+    formats also compressed."""
+    suffix = data_format(path)
     if suffix == ".parquet":
         return _read_parquet(path)
     text = read_text(path)

@@ -6,10 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-import datasets
-
 from vanilla_cli import UsageError, is_main_process
-from vanilla_corpus import DataArguments
+from vanilla_corpus import DataArguments, dataset_folder_files
 from vanilla_files import DATA_RECORD, TRAINER_STATE, complete_checkpoints, sha256_of
 
 # The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
@@ -34,20 +32,16 @@ def local_training_files(data_args: DataArguments) -> list[Path]:
     if data_args.train_file is not None:
         path = Path(data_args.train_file)
         return [path] if path.is_file() else []
-    if data_args.dataset_name is None or not os.path.isdir(data_args.dataset_name):
-        return []
-    try:
-        splits = datasets.load_dataset_builder(data_args.dataset_name, data_args.dataset_config_name).config.data_files
-    except (OSError, ValueError):  # a folder datasets cannot read: loading it names the problem
-        return []
-    return [Path(path) for path in (splits or {}).get("train", [])]
+    return dataset_folder_files(data_args).get("train", [])
 
 
 def training_data_digest(files: list[Path]) -> str | None:
-    """The SHA-256 of one file's content; of several, the SHA-256 of their digests in order."""
-    if len(files) <= 1:
-        return sha256_of(files[0]) if files else None
-    return hashlib.sha256("\n".join(sha256_of(path) for path in files).encode()).hexdigest()
+    """The SHA-256 of one file's content (a compressed file's text, which compressing it anew leaves as it was); of
+    several, the SHA-256 of their digests in order."""
+    digests = [sha256_of(path, decompressed=True) for path in files]
+    if len(digests) <= 1:
+        return digests[0] if digests else None
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def data_record(data_args: DataArguments) -> dict:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from vanilla_cli import UsageError
+from vanilla_cli import UsageError, compression_of, content_blocks
 
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint-<step> folder
 AVERAGED_MARKER = "averaged_from.json"  # in every averaged-last-N folder eval.py makes: the run and checkpoints
@@ -83,19 +83,22 @@ def probe_write(path: Path) -> Path:
     return folder
 
 
-def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file's content, read a megabyte at a time; once per process while the file stays as it was."""
+def sha256_of(path: Path, decompressed: bool = False) -> str:
+    """The SHA-256 of a file's content, read a megabyte at a time (`decompressed`: of the text a compressed data file
+    holds, COMPRESSIONS, which reads it whole or names it as damaged); once per process while the file stays as it
+    was."""
     status = Path(path).stat()
-    return file_sha256(os.path.realpath(path), status.st_ino, status.st_size, status.st_mtime_ns)
+    compression = compression_of(path) if decompressed else None
+    # By the name given, not a link's target's: its suffix says how to read it, and an error names it.
+    return file_sha256(os.path.abspath(path), status.st_ino, status.st_size, status.st_mtime_ns, compression)
 
 
 @functools.lru_cache(maxsize=64)
-def file_sha256(path: str, inode: int, size: int, modified_ns: int) -> str:
+def file_sha256(path: str, inode: int, size: int, modified_ns: int, compression: str | None = None) -> str:
     """sha256_of, remembered by the file's identity, size and modification time."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
+    for block in content_blocks(path, compression):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -1,9 +1,12 @@
 """train.py and the modules it imports: the CLI end to end, the BPE, the schedule, two processes, resume, bad input."""
 
+import bz2
 import codecs
 import csv
+import gzip
 import hashlib
 import json
+import lzma
 import math
 import os
 import shutil
@@ -40,6 +43,7 @@ from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
 from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets, stream_raw_datasets
+from vanilla_data_record import data_record
 from vanilla_files import LOSS_TOTAL, complete_checkpoints
 from vanilla_metrics import load_metrics
 from vanilla_tokenizer import SPECIAL_TOKENS, corpus_texts, tokenize, train_bpe_tokenizer
@@ -660,25 +664,206 @@ AWKWARD_PAIRS = [
 ]
 
 
+def write_pairs(path: Path, pairs: list[dict[str, str]]) -> Path:
+    """en-de pairs as a data file of the format its suffix names: JSON lines, a JSON array, CSV (quoted as the csv
+    module writes it) or TSV (unquoted)."""
+    rows = [("en", "de"), *((pair["en"], pair["de"]) for pair in pairs)]
+    if path.suffix == ".jsonl":
+        lines = [json.dumps({"translation": pair}, ensure_ascii=False) for pair in pairs]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    elif path.suffix == ".json":
+        path.write_text(json.dumps([{"translation": pair} for pair in pairs], ensure_ascii=False), encoding="utf-8")
+    elif path.suffix == ".csv":
+        with path.open("w", encoding="utf-8", newline="") as file:
+            csv.writer(file).writerows(rows)
+    else:
+        path.write_text("".join(f"{en}\t{de}\n" for en, de in rows), encoding="utf-8")
+    return path
+
+
+def read_pairs(data: DataArguments, streaming: bool, split: str = "train") -> list[dict[str, str]]:
+    """The pairs of a split as train.py reads them, loaded whole or streamed."""
+    if streaming:
+        return [row["translation"] for row in stream_raw_datasets(data)[split]]
+    return load_raw_datasets(data)[split]["translation"]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])
 @pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
 def test_sentences_with_line_separators_and_quotation_marks_load_as_written(tmp_path, suffix, streaming):
-    path = tmp_path / f"pairs{suffix}"
-    if suffix == ".jsonl":
-        lines = [json.dumps({"translation": pair}, ensure_ascii=False) for pair in AWKWARD_PAIRS]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    elif suffix == ".csv":
-        with path.open("w", encoding="utf-8", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerows([("en", "de"), *((pair["en"], pair["de"]) for pair in AWKWARD_PAIRS)])
-    else:
-        rows = [("en", "de"), *((pair["en"], pair["de"]) for pair in AWKWARD_PAIRS)]
-        path.write_text("".join(f"{en}\t{de}\n" for en, de in rows), encoding="utf-8")
+    path = write_pairs(tmp_path / f"pairs{suffix}", AWKWARD_PAIRS)
     data = DataArguments(train_file=str(path), source_lang="en", target_lang="de")
-    if streaming:
-        assert [row["translation"] for row in stream_raw_datasets(data)["train"]] == AWKWARD_PAIRS
-    else:
-        assert load_raw_datasets(data)["train"]["translation"] == AWKWARD_PAIRS
+    assert read_pairs(data, streaming) == AWKWARD_PAIRS
+
+
+# The tests' own compressors (the standard library's one-shot functions), by the suffix a compressed file ends in.
+COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+def compressed_copy(source: Path, target: Path) -> Path:
+    """`source` compressed into `target` with the codec its suffix names."""
+    target.write_bytes(COMPRESS[target.suffix.lower()](source.read_bytes()))
+    return target
+
+
+@pytest.mark.parametrize("name", ["pairs.jsonl.gz", "pairs.tsv.bz2", "pairs.csv.xz", "pairs.json.gz", "P.JSONL.BZ2"])
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_a_compressed_data_file_reads_as_its_uncompressed_twin_and_is_recorded_by_its_text(tmp_path, name, streaming):
+    plain = write_pairs(tmp_path / Path(name.lower()).stem, AWKWARD_PAIRS)
+    (tmp_path / "compressed").mkdir()
+    compressed = compressed_copy(plain, tmp_path / "compressed" / name)
+    data = {
+        path: DataArguments(train_file=str(path), source_lang="en", target_lang="de") for path in (plain, compressed)
+    }
+    assert read_pairs(data[compressed], streaming) == read_pairs(data[plain], streaming) == AWKWARD_PAIRS
+    # A resume compares the text's SHA-256, which compressing it anew (another level, time stamp) leaves as it was.
+    assert data_record(data[compressed])["train_file_sha256"] == hashlib.sha256(plain.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        (
+            "latin1.jsonl",
+            '{"translation": {"en": "one", "de": "eins"}}\n{"translation": {"en": "5", "de": "fünf"}}\n',
+            "FILE: line 2 is not UTF-8 (byte 0xfc)",
+        ),
+        (
+            "number.jsonl",
+            '{"translation": {"en": "one", "de": "eins"}}\n{"translation": {"en": 2, "de": "zwei"}}\n',
+            "FILE: line 2: the 'en' sentence is 2;",
+        ),
+        ("empty_line.tsv", "en\tde\none\teins\n\ntwo\tzwei\n", "FILE: line 3 is empty"),
+        ("mismatched.tsv", "en\tde\none\teins\ntwo\n", "FILE: mismatched pair counts: 2 en sentences but 1 de"),
+    ],
+)
+def test_a_compressed_file_is_refused_by_the_checks_and_words_of_its_uncompressed_twin(
+    tmp_path, name, content, expected
+):
+    plain = tmp_path / name
+    plain.write_bytes(content.encode("latin-1" if name.startswith("latin1") else "utf-8"))
+    compressed = compressed_copy(plain, tmp_path / f"{name}.gz")
+    errors = {}
+    for path in (plain, compressed):
+        with pytest.raises(UsageError) as refused:
+            load_raw_datasets(DataArguments(train_file=str(path), source_lang="en", target_lang="de"))
+        errors[path] = str(refused.value).replace(str(path), "FILE")
+    assert errors[compressed] == errors[plain] and errors[plain].startswith(expected)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_a_dataset_folder_of_compressed_files_reads_as_its_uncompressed_twin(tmp_path, streaming):
+    plain, compressed = tmp_path / "plain", tmp_path / "compressed"
+    plain.mkdir()
+    compressed.mkdir()
+    for split, numbers in (("train", range(1, 9)), ("validation", range(20, 24))):
+        compressed_copy(write_jsonl(plain / f"{split}.jsonl", numbers), compressed / f"{split}.jsonl.gz")
+    data = {
+        folder: DataArguments(dataset_name=str(folder), source_lang="en", target_lang="de")
+        for folder in (plain, compressed)
+    }
+    for split, numbers in (("train", range(1, 9)), ("validation", range(20, 24))):
+        expected = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in numbers]
+        assert read_pairs(data[compressed], streaming, split) == read_pairs(data[plain], streaming, split) == expected
+    assert data_record(data[compressed])["train_file_sha256"] == data_record(data[plain])["train_file_sha256"]
+
+
+def damaged_compressed_files(tmp_path: Path) -> dict[str, Path]:
+    """Compressed TSV files that do not decompress whole; 30,000 rows, so that a stream reads its first pairs from
+    the file cut short without an error (its first chunk of rows is whole)."""
+    plain = tmp_path / "pairs.tsv"
+    plain.write_text("en\tde\n" + "one\teins\n" * 30_000, encoding="utf-8")
+    damaged = {}
+    for name, compression, damage in (
+        ("cut short", ".gz", lambda data: data[:-20]),
+        ("a byte changed", ".bz2", lambda data: data[:40] + bytes([data[40] ^ 0xFF]) + data[41:]),
+        ("not compressed", ".xz", lambda data: plain.read_bytes()),
+    ):
+        path = compressed_copy(plain, tmp_path / f"{name.replace(' ', '-')}.tsv{compression}")
+        path.write_bytes(damage(path.read_bytes()))
+        damaged[name] = path
+    return damaged
+
+
+@pytest.mark.parametrize("case", ["cut short", "a byte changed", "not compressed"])
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+@pytest.mark.parametrize("source", ["train_file", "dataset_name"])
+def test_a_compressed_data_file_cut_short_or_damaged_is_named_before_training(tmp_path, case, streaming, source):
+    path = damaged_compressed_files(tmp_path)[case]
+    if source == "dataset_name":
+        folder = tmp_path / "corpus"
+        folder.mkdir()
+        path = path.rename(folder / f"train.tsv{path.suffix}")
+    data = DataArguments(**{source: str(path.parent if source == "dataset_name" else path)})
+    data.source_lang, data.target_lang = "en", "de"
+    with pytest.raises(UsageError) as refused:
+        (stream_raw_datasets if streaming else load_raw_datasets)(data)
+    assert str(refused.value).startswith(f"{path}: cannot decompress it (")
+    assert str(refused.value).endswith(f"); expected a whole {path.suffix} file")
+
+
+@pytest.mark.slow
+def test_a_streamed_compressed_file_cut_short_is_one_error_line_before_training(tmp_path):
+    """A validation file, which the data record does not read through for its digest as it does the training file."""
+    path = damaged_compressed_files(tmp_path)["cut short"]
+    argv = [*TINY, *QUICK, "--max_steps", "1", "--streaming", "--source_lang", "en", "--target_lang", "de"]
+    argv += ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 9))), "--validation_file", str(path)]
+    argv += ["--output_dir", str(tmp_path / "out")]
+    assert_usage_error(tmp_path, argv, f"{path}: cannot decompress it (Compressed file ended before the end")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_compressed_files_train_and_score_as_their_uncompressed_twins(tmp_path, streaming):
+    """train.py on a .jsonl.gz training and .tsv.bz2 validation and test files trains the model it trains on them
+    uncompressed, and eval.py scores the test file the model's data record names as it scores the plain one."""
+    numbers = {"train": range(1, 33), "validation": range(40, 46), "test": range(50, 56)}
+    names = {"train": "train.jsonl.gz", "validation": "validation.tsv.bz2", "test": "test.tsv.bz2"}
+    files = {"plain": {}, "compressed": {}}
+    for kind in files:
+        (tmp_path / kind).mkdir()
+    for split, name in names.items():
+        pairs = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in numbers[split]]
+        files["plain"][split] = write_pairs(tmp_path / "plain" / Path(name).stem, pairs)
+        files["compressed"][split] = compressed_copy(files["plain"][split], tmp_path / "compressed" / name)
+    for kind, data in files.items():
+        argv = [*TINY, *QUICK, "--max_steps", "3", "--source_lang", "en", "--target_lang", "de"]
+        argv += [item for split, path in data.items() for item in (f"--{split}_file", str(path))]
+        argv += ["--output_dir", str(tmp_path / kind / "model"), *(["--streaming"] if streaming else [])]
+        result = run_train(*argv)
+        assert result.returncode == 0, result.stderr[-3000:]
+        result = run_cli("eval.py", "--model", str(tmp_path / kind / "model"), "--max_length_offset", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+    plain, compressed = (tmp_path / kind / "model" for kind in files)
+    assert (compressed / "model.safetensors").read_bytes() == (plain / "model.safetensors").read_bytes()
+    trained = [json.loads((model / "all_results.json").read_text())["eval_loss"] for model in (plain, compressed)]
+    assert trained[0] == trained[1]
+    records = [json.loads((model / "data_args.json").read_text()) for model in (plain, compressed)]
+    assert records[1]["test_file"] == str(files["compressed"]["test"])
+    assert records[1]["train_file_sha256"] == records[0]["train_file_sha256"]
+    reports = [json.loads((model / "eval_results_test.json").read_text()) for model in (plain, compressed)]
+    assert reports[1]["data"] == str(files["compressed"]["test"]) and reports[1]["num_sentences"] == 6
+    for name in ("num_sentences", "bleu", "chrf", "bleu_details"):
+        assert reports[1][name] == reports[0][name], name
+    predictions = [(model / "predictions_test.txt").read_text() for model in (plain, compressed)]
+    assert predictions[1] == predictions[0]
+
+
+@pytest.mark.parametrize(
+    "name, format",
+    [("p.parquet.gz", ".parquet.gz"), ("p.gz", ".gz"), ("p.jsonl.zip", ".zip"), ("p.txt.bz2", ".txt.bz2")],
+)
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_an_unknown_data_format_is_refused_listing_the_formats_read(tmp_path, name, format, streaming):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    expected = (
+        f"{path}: unknown format {format!r}; expected .json or .jsonl or .parquet or .csv or .tsv, "
+        "or .json or .jsonl or .csv or .tsv followed by .gz or .bz2 or .xz (e.g. train.jsonl.gz)"
+    )
+    with pytest.raises(UsageError) as refused:
+        read_pairs(DataArguments(train_file=str(path), source_lang="en", target_lang="de"), streaming)
+    assert str(refused.value) == expected
 
 
 def test_a_parquet_data_file_loads_as_its_json_lines_twin_and_is_checked_like_it(tmp_path):
