@@ -37,7 +37,7 @@ from vanilla_cli import (
     given_flags,
     text_lines,
 )
-from vanilla_corpus import SPLITS, DataArguments, load_raw_datasets, sentences
+from vanilla_corpus import SPLITS, DataArguments, dataset_folder_files, load_raw_datasets, sentences
 from vanilla_data_record import model_data_record, resolve_data, run_data_record
 from vanilla_files import (
     AVERAGED_MARKER,
@@ -160,6 +160,13 @@ def check_mode_arguments(mode: str, args: EvalArguments, given: set[str]) -> Non
         raise UsageError(f"{', '.join(unread)} applies to scoring a split, which {where} does not; leave it out")
 
 
+def folder_files(name: str | None, config: str | None, named: str) -> dict[str, str]:
+    """The files of a local --dataset_name folder (none for a Hub dataset), each named by its split, as
+    check_output_files takes them."""
+    files = dataset_folder_files(DataArguments(dataset_name=name, dataset_config_name=config))
+    return {f"{split} file {path.name} of the {named}": str(path) for split, paths in files.items() for path in paths}
+
+
 def averaged_from(marker: Path) -> dict | None:
     """An averaged model's AVERAGED_MARKER (the run, the checkpoints and their weights' SHA-256), or None for a model
     that is not one; UsageError for a damaged marker, which eval.py --average_last rewrites."""
@@ -173,7 +180,8 @@ def averaged_from(marker: Path) -> dict | None:
 
 def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None = None) -> dict:
     """Translate the split, score it, write the hypotheses and the report; returns the report. No output may replace
-    a data file given, or one the model's data record (`record`) names: its run's training data among them."""
+    a data file given (or one of a --dataset_name folder's), or one the model's data record (`record`) names: its
+    run's training data among them."""
     predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
     results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
     check_writable(predictions_file, "--predictions_file")
@@ -182,7 +190,12 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
         f"{split}_file the model was trained with ({DATA_RECORD})": (record or {}).get(f"{split}_file")
         for split in SPLITS
     }
-    data_files = {**recorded, **{f"--{split}_file": getattr(data, f"{split}_file") for split in SPLITS}}
+    if record is not None:
+        trained = f"dataset_name the model was trained with ({DATA_RECORD})"
+        recorded |= folder_files(record["dataset_name"], record["dataset_config_name"], trained)
+    given = {f"--{split}_file": getattr(data, f"{split}_file") for split in SPLITS}
+    given |= folder_files(data.dataset_name, data.dataset_config_name, f"--dataset_name {data.dataset_name}")
+    data_files = {**recorded, **given}  # a file both name: the flag given names it
     check_output_files({"--predictions_file": predictions_file, "--results_file": results_file}, data_files)
     for flag, path in (("--predictions_file", predictions_file), ("--results_file", results_file)):
         check_not_another_models_report(flag, path, Path(args.model))

@@ -4,6 +4,7 @@ import copy
 import errno
 import functools
 import gc
+import gzip
 import hashlib
 import json
 import os
@@ -1075,6 +1076,26 @@ def test_an_output_file_over_the_data_the_model_was_trained_on_is_refused(traine
         result = run_cli("eval.py", "--model", str(model), *flags, output, str(path))
         assert_usage_error(result, f"{output} {path} is also the {named}")
         assert path.read_bytes() == test_file.read_bytes()
+
+
+@pytest.mark.slow
+def test_an_output_file_over_a_file_of_a_dataset_folder_is_refused(trained_run, test_file, tmp_path):
+    """The files of a --dataset_name folder are data files too: the folder given, or the one the model's
+    data_args.json names; a compressed file among them as any other."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(test_file, corpus / "train.jsonl")
+    (corpus / "test.jsonl.gz").write_bytes(gzip.compress(test_file.read_bytes()))
+    before = tree(corpus)
+    model = model_copy(trained_run, tmp_path / "model", data_record(dataset_name=str(corpus)))
+    for output, path, flags, named in (
+        ("--predictions_file", "test.jsonl.gz", ["--dataset_name", str(corpus)], f"--dataset_name {corpus}"),
+        ("--results_file", "train.jsonl", ["--test_file", str(test_file)], "dataset_name the model was trained with"),
+    ):
+        result = run_cli("eval.py", "--model", str(model), *flags, output, str(corpus / path))
+        split = path.split(".")[0]
+        assert_usage_error(result, f"{output} {corpus / path} is also the {split} file {path} of the {named}")
+        assert tree(corpus) == before
 
 
 @pytest.mark.slow
