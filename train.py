@@ -11,6 +11,7 @@
 """
 
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -225,7 +226,7 @@ def train_and_save(
                 if args.do_predict:
                     print(
                         f"note: --do_predict scores a run's model as it finishes; score this one with: python eval.py "
-                        f"--model {output_dir}",
+                        f"--model {shlex.quote(str(output_dir))}",
                         file=sys.stderr,
                     )
             return
@@ -285,7 +286,7 @@ def train_and_save(
             )
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")
-        print(f"evaluate it with: python eval.py --model {args.output_dir}")
+        print(f"evaluate it with: python eval.py --model {shlex.quote(args.output_dir)}")  # a command to paste
     if args.push_to_hub:
         commit = trainer.push_to_hub()
         if trainer.is_world_process_zero():

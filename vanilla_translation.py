@@ -1,5 +1,6 @@
 """A trained model and its tokenizer loaded for decoding (torch or CTranslate2), and beam search over a corpus."""
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,8 @@ def check_model_path(name: str) -> None:
             checkpoints = checkpoint_folders(folder)
             hint = ""
             if checkpoints:  # a run killed or still training before its final save
-                hint = f"; it holds a run's checkpoints: pass --model {checkpoints[-1]}, or --average_last N"
+                newest = shlex.quote(str(checkpoints[-1]))
+                hint = f"; it holds a run's checkpoints: pass --model {newest}, or --average_last N"
             raise UsageError(f"{name}: not a model folder (no config.json){hint}")
         if not any((folder / file).is_file() for file in TOKENIZER_FILES):
             raise UsageError(f"{name}: the model has no tokenizer (no {' or '.join(TOKENIZER_FILES)})")

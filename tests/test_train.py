@@ -9,6 +9,7 @@ import json
 import lzma
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -93,7 +94,7 @@ def assert_loads_and_translates(folder: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_model(tmp_path):
-    output_dir = tmp_path / "model"
+    output_dir = tmp_path / "my model"  # the command printed to evaluate it quotes the space
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"output_dir: {output_dir}\npreset: tiny\nd_model: 32\nnum_heads: 2\nmax_steps: 3\nlogging_steps: 1\n"
@@ -117,7 +118,8 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_nll_loss"]), rel=1e-4)
     assert f"model saved to {output_dir}" in result.stdout
-    assert f"python eval.py --model {output_dir}" in result.stdout
+    command = next(line for line in result.stdout.splitlines() if line.startswith("evaluate it with: "))
+    assert shlex.split(command.removeprefix("evaluate it with: ")) == ["python", "eval.py", "--model", str(output_dir)]
     assert "padding:" in result.stdout
     assert_loads_and_translates(output_dir)
     # The saved tokenizer truncates to the length the model was trained on, as a Hub tokenizer does to its model's.
