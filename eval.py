@@ -178,10 +178,10 @@ def averaged_from(marker: Path) -> dict | None:
     return sources
 
 
-def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None = None) -> dict:
+def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None, given: set[str]) -> dict:
     """Translate the split, score it, write the hypotheses and the report; returns the report. No output may replace
     a data file given (or one of a --dataset_name folder's), or one the model's data record (`record`) names: its
-    run's training data among them."""
+    run's training data among them. A data flag the user gave (`given`) names its files; the record names the rest."""
     predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
     results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
     check_writable(predictions_file, "--predictions_file")
@@ -193,9 +193,10 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     if record is not None:
         trained = f"dataset_name the model was trained with ({DATA_RECORD})"
         recorded |= folder_files(record["dataset_name"], record["dataset_config_name"], trained)
-    given = {f"--{split}_file": getattr(data, f"{split}_file") for split in SPLITS}
-    given |= folder_files(data.dataset_name, data.dataset_config_name, f"--dataset_name {data.dataset_name}")
-    data_files = {**recorded, **given}  # a file both name: the flag given names it
+    flags = {f"--{split}_file": getattr(data, f"{split}_file") for split in SPLITS if f"{split}_file" in given}
+    if "dataset_name" in given:
+        flags |= folder_files(data.dataset_name, data.dataset_config_name, f"--dataset_name {data.dataset_name}")
+    data_files = {**recorded, **flags}  # a file both name: the flag given names it
     check_output_files({"--predictions_file": predictions_file, "--results_file": results_file}, data_files)
     for flag, path in (("--predictions_file", predictions_file), ("--results_file", results_file)):
         check_not_another_models_report(flag, path, Path(args.model))
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         elif not scores_data:
             plot_cross_attention(args, data.max_source_length)
         else:
-            evaluate_split(args, data, record)
+            evaluate_split(args, data, record, given)
 
 
 if __name__ == "__main__":

@@ -1071,7 +1071,8 @@ def test_an_output_file_over_the_data_the_model_was_trained_on_is_refused(traine
     model = model_copy(trained_run, tmp_path / "model", record)
     for output, path, flags, named in (
         ("--predictions_file", train, ["--test_file", str(test_file)], "train_file the model was trained with"),
-        ("--results_file", validation, ["--split", "validation"], "--validation_file"),  # the recorded split scored
+        # The recorded split scored: its file is the record's, not a --validation_file the user gave.
+        ("--results_file", validation, ["--split", "validation"], "validation_file the model was trained with"),
     ):
         result = run_cli("eval.py", "--model", str(model), *flags, output, str(path))
         assert_usage_error(result, f"{output} {path} is also the {named}")
@@ -1091,6 +1092,7 @@ def test_an_output_file_over_a_file_of_a_dataset_folder_is_refused(trained_run, 
     for output, path, flags, named in (
         ("--predictions_file", "test.jsonl.gz", ["--dataset_name", str(corpus)], f"--dataset_name {corpus}"),
         ("--results_file", "train.jsonl", ["--test_file", str(test_file)], "dataset_name the model was trained with"),
+        ("--predictions_file", "test.jsonl.gz", [], "dataset_name the model was trained with"),  # no flag given
     ):
         result = run_cli("eval.py", "--model", str(model), *flags, output, str(corpus / path))
         split = path.split(".")[0]
