@@ -391,7 +391,8 @@ def model_held(args: EvalArguments) -> Iterator[None]:
         return
     run = Path(args.model)
     output = Path(args.averaged_model_dir or run / f"averaged-last-{args.average_last}")
-    with average_checkpoints(run, args.average_last, output):
+    named = "--averaged_model_dir" if args.averaged_model_dir else "the averaged folder"  # the default: no flag typed
+    with average_checkpoints(run, args.average_last, output, named):
         args.model = str(output)
         print(f"averaged the last {args.average_last} checkpoints of {run} into {args.model}", file=sys.stderr)
         yield

@@ -31,22 +31,23 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def check_averaged_model_dir(output: Path) -> None:
-    """Only a new folder, or one holding an earlier averaged model (its AVERAGED_MARKER), is written."""
+def check_averaged_model_dir(output: Path, named: str) -> None:
+    """Only a new folder, or one holding an earlier averaged model (its AVERAGED_MARKER), is written; `named` names
+    `output` in errors."""
     if not output.exists():
-        check_writable(output / AVERAGED_MARKER, "--averaged_model_dir")
+        check_writable(output / AVERAGED_MARKER, named)
         return
     if not output.is_dir():
-        raise UsageError(f"--averaged_model_dir {output} is a file; expected a new folder or an earlier averaged model")
+        raise UsageError(f"{named} {output} is a file; expected a new folder or an earlier averaged model")
     if not (output / AVERAGED_MARKER).is_file():
         raise UsageError(
-            f"--averaged_model_dir {output} already exists and holds no averaged model written by eval.py (no "
+            f"{named} {output} already exists and holds no averaged model written by eval.py (no "
             f"{AVERAGED_MARKER}); refusing to replace it: name a new folder with --averaged_model_dir"
         )
-    check_writable(output.parent / AVERAGED_MARKER, "--averaged_model_dir")
+    check_writable(output.parent / AVERAGED_MARKER, named)
 
 
-def check_nothing_else_in(output: Path) -> None:
+def check_nothing_else_in(output: Path, named: str) -> None:
     """An averaged folder is replaced only while it holds nothing but the model and the CTranslate2 conversions
     eval.py cached in it (checked under the exclusive lock: no conversion is under way then)."""
     if not output.is_dir():
@@ -55,7 +56,7 @@ def check_nothing_else_in(output: Path) -> None:
     folders = sorted(path.name for path in output.iterdir() if path.is_dir() and not is_cached_conversion(path))
     if folders:
         raise UsageError(
-            f"--averaged_model_dir {output} holds folders besides an averaged model ({', '.join(folders)}); "
+            f"{named} {output} holds folders besides an averaged model ({', '.join(folders)}); "
             "refusing to replace it: name a new folder"
         )
 
@@ -71,7 +72,7 @@ def making_lock(folder: Path) -> Path:
 
 
 @contextmanager
-def average_checkpoints(run: Path, last: int, output: Path) -> Iterator[Path]:
+def average_checkpoints(run: Path, last: int, output: Path, named: str = "--averaged_model_dir") -> Iterator[Path]:
     """Sec. 6.1: "for the base models, we used a single model obtained by averaging the last 5 checkpoints".
 
     Writes the averaged model (with the newest checkpoint's config, tokenizer and generation config) to `output`,
@@ -79,12 +80,12 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Iterator[Path]:
     of the run), and holds it for the block (reading_lock, shared): no other eval.py replaces it while the block
     scores it. An average of the same checkpoints there already is kept and read alongside its other readers; a new
     one waits for them to end. Another eval.py averaging into `output` is waited for (making_lock), then its average
-    taken, or made anew if the checkpoints changed.
+    taken, or made anew if the checkpoints changed. `named` names `output` in errors: the flag given, or what it is.
     """
     if last < 1:
         raise UsageError(f"--average_last ({last}) must be a positive number of checkpoints")
     check_run_path(run, last)
-    check_averaged_model_dir(output)
+    check_averaged_model_dir(output, named)
     output.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as held:
         # Averaging takes turns on a lock of its own, let go once the average is made or found: one of the same
@@ -97,7 +98,7 @@ def average_checkpoints(run: Path, last: int, output: Path) -> Iterator[Path]:
             # Shared at once when current: only a holder of the making lock holds it exclusive.
             handle = held.enter_context(locked(reading_lock(output), shared=current, waiting_for=replacing))
             if not current:
-                check_nothing_else_in(output)
+                check_nothing_else_in(output, named)
                 write_average(run, chosen, sources, output)
                 share_lock(handle)  # others may read it now; none replaces it before the block ends
         yield output

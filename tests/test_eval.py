@@ -424,7 +424,8 @@ def test_averaged_model_dir_holding_anything_else_is_refused_and_kept(trained_ru
         *("--model", str(run), "--average_last", "2", *flags),
         *("--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"),
     )
-    assert_usage_error(result, str(folder), "averaged_from.json")
+    named = "--averaged_model_dir" if flags else "the averaged folder"  # no flag given: none named as typed
+    assert_usage_error(result, f"error: {named} {folder} ", "averaged_from.json")
     assert tree(folder) == before
 
 
