@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import vanilla_ctranslate2
 from vanilla_cli import UsageError, cpu_bf16_problem, first_line
-from vanilla_files import checkpoint_folders
+from vanilla_files import complete_checkpoints
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,9 +22,10 @@ def check_model_path(name: str) -> None:
     folder = Path(name)
     if folder.is_dir():
         if not (folder / "config.json").is_file():
-            checkpoints = checkpoint_folders(folder)
+            # A run killed or still training before its final save; a checkpoint it was saving may not load.
+            checkpoints = complete_checkpoints(folder, warn=False)
             hint = ""
-            if checkpoints:  # a run killed or still training before its final save
+            if checkpoints:
                 newest = shlex.quote(str(checkpoints[-1]))
                 hint = f"; it holds a run's checkpoints: pass --model {newest}, or --average_last N"
             raise UsageError(f"{name}: not a model folder (no config.json){hint}")

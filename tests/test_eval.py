@@ -343,6 +343,21 @@ def test_a_run_folder_without_its_final_model_names_its_newest_checkpoint(traine
 
 
 @pytest.mark.slow
+def test_a_run_folder_without_its_final_model_names_its_newest_complete_checkpoint(trained_run, tmp_path):
+    """A checkpoint the run was killed saving (no trainer state, its weights cut short) does not load: the command
+    suggested names the newest one that does."""
+    run = tmp_path / "run"
+    for checkpoint in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(trained_run / checkpoint, run / checkpoint)
+    (run / "checkpoint-4" / "trainer_state.json").unlink()
+    os.truncate(run / "checkpoint-4" / "model.safetensors", 1000)
+    result = run_cli("eval.py", "--model", str(run))
+    assert_usage_error(result, f"pass --model {run / 'checkpoint-2'}, or --average_last N")
+    translated = run_cli("eval.py", "translate", "--model", str(run / "checkpoint-2"), stdin="seven\n")
+    assert translated.returncode == 0 and translated.stdout.strip(), translated.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_model_without_a_tokenizer_is_a_usage_error(trained_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("tokenizer*", "checkpoint-*"))
