@@ -224,9 +224,11 @@ def train_and_save(
             if trainer.is_world_process_zero():
                 print(f"{message}; its model is saved in {output_dir}")
                 if args.do_predict:
+                    # The saved data_args.json may name another test file, or none: name the one given.
+                    test = ("--test_file", data_args.test_file) if data_args.test_file else ()
                     print(
-                        f"note: --do_predict scores a run's model as it finishes; score this one with: python eval.py "
-                        f"--model {shlex.quote(str(output_dir))}",
+                        "note: --do_predict scores a run's model as it finishes; score this one with: "
+                        f"{eval_command(output_dir, *test)}",
                         file=sys.stderr,
                     )
             return
@@ -286,7 +288,7 @@ def train_and_save(
             )
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")
-        print(f"evaluate it with: python eval.py --model {shlex.quote(args.output_dir)}")  # a command to paste
+        print(end_of_run_command(args.output_dir, raw))
     if args.push_to_hub:
         commit = trainer.push_to_hub()
         if trainer.is_world_process_zero():
@@ -297,6 +299,21 @@ def train_and_save(
                     f"{', '.join(trainer.failed_pushes)} failed (above)",
                     file=sys.stderr,
                 )
+
+
+def eval_command(model: str | Path, *flags: str) -> str:
+    """`python eval.py --model <model> <flags>` as a command to paste into a shell, each word quoted."""
+    return shlex.join(["python", "eval.py", "--model", str(model), *flags])
+
+
+def end_of_run_command(output_dir: str, raw: dict) -> str:
+    """The line that says how to use the saved model: score it on the test split of its data_args.json, else on the
+    validation split; with neither, eval.py has nothing to score, and translates what it is given."""
+    if "test" in raw:
+        return f"evaluate it with: {eval_command(output_dir)}"
+    if "validation" in raw:
+        return f"evaluate it with: {eval_command(output_dir, '--split', 'validation')}"
+    return f"translate with: {shlex.join(['python', 'eval.py', 'translate', '--model', output_dir])}"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import filecmp
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -467,10 +468,41 @@ def test_resuming_a_complete_run_trains_no_further(tmp_path, finished, data):
     result = quick_run(data, output_dir, "--max_steps", "4", "--resume_from_checkpoint", "last", *predict)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "completed the run (step 4 of 4): nothing to train" in result.stdout
-    note = "note: --do_predict scores a run's model as it finishes; score this one with: python eval.py --model "
-    assert note + str(output_dir) in result.stderr
+    note = "note: --do_predict scores a run's model as it finishes; score this one with: "
+    command = next(line for line in result.stderr.splitlines() if line.startswith(note)).removeprefix(note)
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert snapshot(output_dir) == before
+    # The run was trained without test data: the command names the test file --do_predict was given.
+    assert_command_scores(command, output_dir, "test", data)
+
+
+def assert_command_scores(command: str, model: Path, split: str, data: Path) -> None:
+    """A printed `python eval.py ...` command, run as a shell splits it, scores `model` on `split` of `data`."""
+    words = shlex.split(command)
+    assert words[:4] == ["python", "eval.py", "--model", str(model)], command
+    result = run_cli("eval.py", *words[2:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / f"eval_results_{split}.json").read_text())
+    assert (report["data"], report["split"]) == (str(data), split)
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_the_command_printed_after_a_run_without_test_data_works_as_pasted(tmp_path, data, validation):
+    """eval.py scores the test split data_args.json names: a run without one is scored on its validation split, and
+    one with neither is pointed at translating."""
+    output_dir = tmp_path / "my run"
+    extra = ["--validation_file", str(data)] if validation else []
+    result = quick_run(data, output_dir, "--max_steps", "1", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    if validation:
+        assert_command_scores(line.removeprefix("evaluate it with: "), output_dir, "validation", data)
+        return
+    words = shlex.split(line.removeprefix("translate with: "))
+    assert words[:3] == ["python", "eval.py", "translate"], line
+    translated = run_cli("eval.py", *words[2:], stdin="seven\neight\n")
+    assert translated.returncode == 0, translated.stderr[-3000:]
+    assert len(translated.stdout.splitlines()) == 2
 
 
 def test_resuming_a_complete_run_killed_before_its_final_save_saves_the_last_checkpoint(tmp_path, data):
