@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 STREAMED_TOKENIZER_PAIRS = 100_000  # with --streaming and no --tokenizer_name: the BPE's sample of the training split
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, given: bool = True):
     """A joint source+target BPE (sec. 5.1) as a PreTrainedTokenizerFast; SPECIAL_TOKENS take the first ids.
 
     Words are split at whitespace and marked with a leading "▁" (Metaspace), so decoding restores the text, and
     punctuation is split off, so "street." and "street" share one subword instead of taking two vocabulary entries
     (on Multi30k, 1,243 of 8,000 entries were words glued to punctuation). Every encoded sentence ends with </s>;
     the decoder starts from <s> (VanillaConfig.decoder_start_token_id). A vocab_size below the special tokens plus
-    the text's distinct characters, which a BPE must all hold, is a UsageError that names that minimum.
+    the text's distinct characters, which a BPE must all hold, is a UsageError that names that minimum (and, for a
+    size not `given` as --vocab_size, the default_vocab_size, the flag to pass).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -50,9 +51,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     tokenizer.train_from_iterator(texts, trainer=trainer)
     if tokenizer.get_vocab_size() > vocab_size:  # the trainer keeps every character, whatever the size asked for
         minimum = tokenizer.get_vocab_size()
+        size = f"--vocab_size {vocab_size}" if given else f"the default vocabulary size, {vocab_size},"
         raise UsageError(
-            f"--vocab_size {vocab_size} is too small for this text; expected at least {minimum}: the "
-            f"{len(SPECIAL_TOKENS)} special tokens and its {minimum - len(SPECIAL_TOKENS)} distinct characters"
+            f"{size} is too small for this text; expected at least {minimum}: the {len(SPECIAL_TOKENS)} special "
+            f"tokens and its {minimum - len(SPECIAL_TOKENS)} distinct characters"
+            + ("" if given else f"; pass --vocab_size {minimum} or more")
         )
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, EOS_TOKEN_ID)]
@@ -111,9 +114,12 @@ def build_tokenizer(
             raise UsageError(f"cannot load tokenizer {model_args.tokenizer_name!r}: {error}") from None
     else:
         texts = tokenizer_texts(raw, data_args, args)
-        vocab_size = default_vocab_size(texts) if model_args.vocab_size is None else model_args.vocab_size
+        given = model_args.vocab_size is not None
+        vocab_size = model_args.vocab_size if given else default_vocab_size(texts)
         serialized = [
-            train_bpe_tokenizer(texts, vocab_size).backend_tokenizer.to_str() if args.process_index == 0 else None
+            train_bpe_tokenizer(texts, vocab_size, given).backend_tokenizer.to_str()
+            if args.process_index == 0
+            else None
         ]
         if args.world_size > 1:
             torch.distributed.broadcast_object_list(serialized, src=0)

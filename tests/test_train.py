@@ -559,6 +559,12 @@ def bad_file_and_argument_cases(tmp_path: Path) -> dict[str, tuple[list[str], st
     folder.mkdir()
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("preset: tiny\nmax_steps: 1\n", encoding="utf-16")
+    # 300 distinct characters in 30 words: the default size (a quarter of the words, at least 128) cannot hold them.
+    pairs = [{"en": f"n{i}", "zh": "".join(chr(0x4E00 + i * 10 + j) for j in range(10))} for i in range(30)]
+    characters = tmp_path / "characters.jsonl"
+    characters.write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs), encoding="utf-8")
+    text = "".join(sentence for pair in pairs for sentence in pair.values())
+    needed = len(SPECIAL_TOKENS) + len(set(text) | {"▁"})  # each word starts with the word marker
     out = ["--output_dir", str(tmp_path / "out")]
     data = [*TINY, "--max_steps", "1", "--source_lang", "en", "--target_lang", "de", *out, "--train_file"]
     arguments = [*TINY, "--max_steps", "1", *out]
@@ -584,6 +590,22 @@ def bad_file_and_argument_cases(tmp_path: Path) -> dict[str, tuple[list[str], st
         "vocab_size 1": (
             [*arguments, "--vocab_size", "1"],
             f"--vocab_size 1 is too small for this text; expected at least {minimum}",
+        ),
+        "default vocab_size too small": (
+            [
+                *TINY,
+                "--max_steps",
+                "1",
+                *out,
+                "--train_file",
+                str(characters),
+                "--source_lang",
+                "en",
+                "--target_lang",
+                "zh",
+            ],
+            f"error: the default vocabulary size, 128, is too small for this text; expected at least {needed}: the 4 "
+            f"special tokens and its {needed - 4} distinct characters; pass --vocab_size {needed} or more",
         ),
         "max_source_length 0": (
             [*arguments, "--max_source_length", "0"],
@@ -617,6 +639,7 @@ def bad_file_and_argument_cases(tmp_path: Path) -> dict[str, tuple[list[str], st
         "negative learning rate",
         "vocab_size 0",
         "vocab_size 1",
+        "default vocab_size too small",
         "max_source_length 0",
         "max_target_length 0",
         "no epochs",
