@@ -162,11 +162,14 @@ def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
         )
     recorded, current = record.get(TRAIN_FILE_DIGEST), now[TRAIN_FILE_DIGEST]
     if recorded and current and current != recorded:  # (a file that is gone: the loader names it)
+        # Named by its flag where given; else it is the record's.
         if now["train_file"]:
-            changed = f"--train_file {now['train_file']} has"
+            flag = "--train_file" if "train_file" in given else "the training file"
+            changed = f"{flag} {now['train_file']} has"
         else:
             files = ", ".join(map(str, local_training_files(data)))
-            changed = f"the train split of --dataset_name {now['dataset_name']} ({files}) has"
+            flag = "--dataset_name" if "dataset_name" in given else "the dataset"
+            changed = f"the train split of {flag} {now['dataset_name']} ({files}) has"
         raise UsageError(
             f"{changed} changed since {checkpoint} was trained on it (its SHA-256 is not the one in {DATA_RECORD}); "
             "put the data back as it was to resume, or train on the new data in a new run (another --output_dir)"

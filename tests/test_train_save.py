@@ -818,8 +818,9 @@ def test_resume_refuses_a_dataset_folder_whose_training_split_changed(tmp_path):
         data = DataArguments(dataset_name=str(corpus) if given_now else None, source_lang="en", target_lang="de")
         with pytest.raises(UsageError) as refused:
             resume_data(data, given_now, checkpoint)
+        named = "--dataset_name" if given_now else "the dataset"  # not given: the record's, no flag typed
         assert str(refused.value) == (
-            f"the train split of --dataset_name {corpus} ({first}, {second}) has changed since {checkpoint} was "
+            f"the train split of {named} {corpus} ({first}, {second}) has changed since {checkpoint} was "
             "trained on it (its SHA-256 is not the one in data_args.json); put the data back as it was to resume, or "
             "train on the new data in a new run (another --output_dir)"
         )
@@ -904,8 +905,9 @@ def test_resume_refuses_a_training_file_whose_content_changed_since_the_checkpoi
     resume = ["--max_steps", "4", "--resume_from_checkpoint", "last"]
     for given in ([], ["--train_file", str(train_file)]):
         line = error_line(run_train(*TINY, *QUICK, *given, "--output_dir", str(output_dir), *resume))
+        named = "--train_file" if given else "the training file"  # not given: the record's, no flag typed
         assert line == (
-            f"error: --train_file {train_file} has changed since {output_dir / 'checkpoint-2'} was trained on it (its "
+            f"error: {named} {train_file} has changed since {output_dir / 'checkpoint-2'} was trained on it (its "
             "SHA-256 is not the one in data_args.json); put the data back as it was to resume, or train on the new "
             "data in a new run (another --output_dir)"
         )
