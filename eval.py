@@ -44,6 +44,7 @@ from vanilla_files import (
     DATA_RECORD,
     check_output_files,
     check_writable,
+    output_label,
     output_path,
     read_json,
     write_text_atomically,
@@ -184,8 +185,12 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     run's training data among them. A data flag the user gave (`given`) names its files; the record names the rest."""
     predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
     results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
-    check_writable(predictions_file, "--predictions_file")
-    check_writable(results_file, "--results_file")
+    outputs = {
+        output_label("--predictions_file", args.predictions_file): predictions_file,
+        output_label("--results_file", args.results_file): results_file,
+    }
+    for label, path in outputs.items():
+        check_writable(path, label)
     recorded = {
         f"{split}_file the model was trained with ({DATA_RECORD})": (record or {}).get(f"{split}_file")
         for split in SPLITS
@@ -197,9 +202,9 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     if "dataset_name" in given:
         flags |= folder_files(data.dataset_name, data.dataset_config_name, f"--dataset_name {data.dataset_name}")
     data_files = {**recorded, **flags}  # a file both name: the flag given names it
-    check_output_files({"--predictions_file": predictions_file, "--results_file": results_file}, data_files)
-    for flag, path in (("--predictions_file", predictions_file), ("--results_file", results_file)):
-        check_not_another_models_report(flag, path, Path(args.model))
+    check_output_files(outputs, data_files)
+    for label, path in outputs.items():
+        check_not_another_models_report(label, path, Path(args.model))
     averaged = averaged_from(Path(args.model) / AVERAGED_MARKER)  # an averaged model: its run and checkpoints
     raw = load_raw_datasets(data)
     if data.uses_embedded_task:

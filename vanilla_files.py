@@ -283,6 +283,11 @@ def output_path(given: str | None, model: str, default_name: str) -> Path:
     return (folder if folder.is_dir() else Path.cwd()) / default_name
 
 
+def output_label(flag: str, given: str | None) -> str:
+    """How errors name an output file: by its flag where the user gave it, else as that flag's default (output_path)."""
+    return flag if given else f"{flag}'s default"
+
+
 def is_stream(path: Path) -> bool:
     """Whether `path` is there and neither a file nor a folder: a terminal, a pipe, a device."""
     return path.exists() and not path.is_file() and not path.is_dir()

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vanilla_files import check_output_files, check_writable, output_path, write_file_atomically
+from vanilla_files import check_output_files, check_writable, output_label, output_path, write_file_atomically
 from vanilla_translation import (
     encode,
     generation_arguments,
@@ -26,8 +26,9 @@ def plot_cross_attention(args: "EvalArguments", max_source_length: int) -> Path:
     import matplotlib.pyplot as plt
 
     path = output_path(args.attention_file, args.model, "attention.png")
-    check_writable(path, "--attention_file")
-    check_output_files({"--attention_file": path}, {})
+    label = output_label("--attention_file", args.attention_file)
+    check_writable(path, label)
+    check_output_files({label: path}, {})
     # Only the eager implementation returns attention weights.
     model, tokenizer = load_model_and_tokenizer(args.model, attn_implementation="eager", dtype=args.dtype)
     take_decoding_defaults(args, model.generation_config)

@@ -1170,6 +1170,29 @@ def test_an_output_file_that_would_overwrite_the_data_or_the_model_is_refused(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("case", ["predictions-beside-the-model", "attention-beside-the-model", "hub-model-in-a-model"])
+def test_an_output_file_not_given_is_named_as_its_flags_default(trained_run, test_file, tmp_path, case):
+    """An output file the user did not name is the default (beside the model, or in the working folder for a Hub
+    id): errors name it as that, not as a flag the user typed."""
+    model = model_copy(trained_run, tmp_path / "model")
+    data = ["--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"]
+    argv, cwd = ["--model", str(model), *data], tmp_path
+    if case == "predictions-beside-the-model":
+        (model / "predictions_test.txt").mkdir()
+        expected = f"error: --predictions_file's default {model / 'predictions_test.txt'} is a folder"
+    elif case == "attention-beside-the-model":
+        (model / "attention.png").mkdir()
+        argv = ["--model", str(model), "--plot_attention", "seven"]
+        expected = f"error: --attention_file's default {model / 'attention.png'} is a folder"
+    else:  # a Hub id's reports go into the working folder, here another model's
+        argv, cwd = ["--model", "org/name", *data], model
+        expected = f"error: --predictions_file's default {model / 'predictions_test.txt'} would read as a report of"
+    before = tree(model)
+    assert_usage_error(run_cli("eval.py", *argv, cwd=cwd), expected)
+    assert tree(model) == before
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--predictions_file", "--results_file", "--attention_file"])
 def test_no_output_file_takes_the_place_of_any_file_a_checkpoint_holds(trained_run, flag):
     """Every file train.py's Trainer wrote into a real checkpoint (the model, and the optimizer, scheduler, RNG, loss
