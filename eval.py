@@ -204,7 +204,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     data_files = {**recorded, **flags}  # a file both name: the flag given names it
     check_output_files(outputs, data_files)
     for label, path in outputs.items():
-        check_not_another_models_report(label, path, Path(args.model))
+        check_not_another_models_report(label, path, Path(args.model), args.average_last is not None)
     averaged = averaged_from(Path(args.model) / AVERAGED_MARKER)  # an averaged model: its run and checkpoints
     raw = load_raw_datasets(data)
     if data.uses_embedded_task:
@@ -264,14 +264,16 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     return report
 
 
-def check_not_another_models_report(flag: str, path: Path, model: Path) -> None:
+def check_not_another_models_report(flag: str, path: Path, model: Path, averaged: bool) -> None:
     """UsageError for an output named like eval.py's reports (REPORT_FILES) in the folder of a model other than the
-    one scored: that model's card and overwrite would take the report as its own."""
+    one scored (`averaged`: the average --average_last made of the run given): that model's card and overwrite would
+    take the report as its own."""
     folder = path.parent.resolve()
     ours = model.is_dir() and folder == model.resolve()
     if not ours and (folder / "config.json").is_file() and any(path.match(name) for name in REPORT_FILES):
+        scored = "the averaged model" if averaged else "--model"  # --model named the run, not its average
         raise UsageError(
-            f"{flag} {path} would read as a report of the model in {folder}, not of --model {model}: name a file "
+            f"{flag} {path} would read as a report of the model in {folder}, not of {scored} {model}: name a file "
             "outside that folder, or another file name"
         )
 

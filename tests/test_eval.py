@@ -1193,6 +1193,19 @@ def test_an_output_file_not_given_is_named_as_its_flags_default(trained_run, tes
 
 
 @pytest.mark.slow
+def test_a_report_in_another_models_folder_names_the_average_scored_not_a_model_flag(trained_run, test_file, tmp_path):
+    """With --average_last, --model names the run: the model scored is its average."""
+    run, other = tmp_path / "run", model_copy(trained_run, tmp_path / "other")
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("averaged-*"))
+    data = ["--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de"]
+    output = ["--predictions_file", str(other / "predictions_test.txt")]
+    result = run_cli("eval.py", "--model", str(run), "--average_last", "2", *data, *output)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]  # after the averaging's progress
+    assert f"in {other}, not of the averaged model {run / 'averaged-last-2'}: name a file" in error
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--predictions_file", "--results_file", "--attention_file"])
 def test_no_output_file_takes_the_place_of_any_file_a_checkpoint_holds(trained_run, flag):
     """Every file train.py's Trainer wrote into a real checkpoint (the model, and the optimizer, scheduler, RNG, loss
