@@ -235,7 +235,7 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
     if held and not args.overwrite_output_dir:
         raise UsageError(
             f"output_dir {output_dir} already holds a model or checkpoints (or a model kept by --save_at_seconds); "
-            "pass --overwrite_output_dir to replace it or --resume_from_checkpoint to continue it"
+            "pass --overwrite_output_dir to replace it or --resume_from_checkpoint last to continue it"
         )
     newest = checkpoints[-1] if checkpoints else None
     finished = newest is not None and (finished_with(output_dir, newest) or saved_after(output_dir, newest))

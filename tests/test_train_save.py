@@ -828,6 +828,19 @@ def test_resume_refuses_a_dataset_folder_whose_training_split_changed(tmp_path):
     resume_data(DataArguments(source_lang="en", target_lang="de"), set(), checkpoint)
 
 
+def test_the_flags_suggested_for_an_output_dir_holding_a_model_work_as_written(tmp_path, finished, data):
+    """Each flag the refusal names, added to the command as written, continues the run or replaces it."""
+    output_dir = copy_of(finished, tmp_path)
+    line = error_line(quick_run(data, output_dir, "--max_steps", "4"))
+    replace, resume = line.split("; pass ")[1].removesuffix(" to continue it").split(" to replace it or ")
+    assert (replace, resume) == ("--overwrite_output_dir", "--resume_from_checkpoint last")
+    resumed = quick_run(data, output_dir, "--max_steps", "4", *shlex.split(resume))
+    assert resumed.returncode == 0 and "completed the run (step 4 of 4)" in resumed.stdout, resumed.stderr[-3000:]
+    replaced = quick_run(data, output_dir, "--max_steps", "1", *shlex.split(replace))
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 1
+
+
 def test_resuming_a_checkpoint_from_elsewhere_checks_output_dir_as_a_new_run_does(tmp_path, finished, data):
     """--resume_from_checkpoint PATH outside output_dir starts that folder's run: a folder holding another model, or
     files the final save would replace, is refused as without the flag; a new folder takes the run."""
