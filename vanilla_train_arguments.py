@@ -38,6 +38,7 @@ from vanilla_cli import (
     cpu_bf16_problem,
     documented_arguments,
     first_line,
+    given_flags,
     read_recipe,
 )
 from vanilla_corpus import DataArguments
@@ -200,18 +201,22 @@ def argument_parser() -> HfArgumentParser:
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Command-line flags, optionally after a JSON/YAML file holding flags (the command line wins)."""
     parser = argument_parser()
+    flags = argv
     if argv and argv[0].endswith(RECIPE_SUFFIXES):
         parser.set_defaults(**read_recipe(argv[0], parser))
-        argv = argv[1:]
-    on_cpus = data_parallel_on_cpus(parser, argv)
+        flags = argv[1:]
+    on_cpus = data_parallel_on_cpus(parser, flags)
     try:
-        model_args, data_args, args = parser.parse_args_into_dataclasses(argv)
+        model_args, data_args, args = parser.parse_args_into_dataclasses(flags)
     except ValueError as error:  # a Trainer flag combination it refuses
         raise UsageError(str(error)) from None
     if launched_processes() > 1 and args.parallel_mode != ParallelMode.DISTRIBUTED:
+        # Only the flags given: on CPUs, gloo is train.py's default (data_parallel_on_cpus).
+        given = given_flags(argument_parser(), argv)
+        named = [f"--{name} {getattr(args, name)}" for name in ("use_cpu", "ddp_backend") if name in given]
         raise UsageError(
             f"launched as {launched_processes()} processes, but Trainer would not train them data-parallel "
-            f"(--use_cpu {args.use_cpu}, --ddp_backend {args.ddp_backend}); drop those flags"
+            f"({', '.join(named)}); drop {'it' if len(named) == 1 else 'those flags'}"
         )
     if on_cpus and args.process_index == 0:
         print(f"no GPU: {args.world_size} processes train data-parallel (DDP) on the CPUs with the gloo backend")

@@ -411,6 +411,17 @@ def test_launch_that_cannot_be_data_parallel_on_cpus_is_one_error_line(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.multiprocess
+def test_a_torchrun_launch_that_cannot_be_data_parallel_names_only_the_flags_given(tmp_path):
+    """On CPUs gloo is train.py's own default, no flag given: the refusal names --use_cpu false alone, to drop."""
+    args = data_parallel_args(tmp_path, 4, "out")
+    result = run_train(*args, "--use_cpu", "false", launcher=torchrun())
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].endswith("would not train them data-parallel (--use_cpu False); drop it"), errors[0]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.multiprocess
 @pytest.mark.skipif(
