@@ -204,8 +204,8 @@ def train_and_save(
         batching = (
             f"train_sampling_strategy={args.train_sampling_strategy}, batch size {args.per_device_train_batch_size}"
         )
-        if args.max_tokens is not None:
-            batching = f"--max_tokens {args.max_tokens}"
+        if args.max_tokens is not None:  # given as a flag, or in a recipe: named as its setting, as the others
+            batching = f"max_tokens={args.max_tokens}"
         print(f"padding: {padding:.1%} of the tokens in an epoch's batches ({batching})")
     warning = resumed_batching_warning(Path(checkpoint), batched_by) if checkpoint is not None else None
     if warning is not None and trainer.is_world_process_zero():

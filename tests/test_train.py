@@ -93,6 +93,16 @@ def assert_loads_and_translates(folder: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_padding_line_names_a_recipes_max_tokens_as_a_setting_not_a_flag_typed(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"max_tokens: 200\noutput_dir: {tmp_path / 'out'}\n")
+    result = run_train(str(recipe), *TINY, "--max_steps", "1", "--warmup_steps", "2", "--save_strategy", "no")
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("padding: "))
+    assert line.endswith(" of the tokens in an epoch's batches (max_tokens=200)"), line
+
+
+@pytest.mark.slow
 def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_model(tmp_path):
     output_dir = tmp_path / "my model"  # the command printed to evaluate it quotes the space
     recipe = tmp_path / "recipe.yaml"
