@@ -8,6 +8,7 @@ shows how to load the model, whose code ships beside its weights (`trust_remote_
 import hashlib
 import os
 import re
+import shlex
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -62,8 +63,10 @@ inputs = tokenizer(["{{ example }}"], return_tensors="pt")
 print(tokenizer.batch_decode(model.generate(**inputs), skip_special_tokens=True))
 ```
 
-Evaluate: `python eval.py --model {{ repo_id }}` (BLEU and chrF with sacreBLEU).
-"""
+{% if embedded %}Translate with vanilla-transformer's eval.py: `{{ command }}`.
+{% else %}Score it with vanilla-transformer's eval.py (BLEU and chrF with sacreBLEU): `{{ command }}`{% if own_data %},
+`test.jsonl` holding JSON lines `{"translation": {"{{ source_lang }}": "...", "{{ target_lang }}": "..."}}`{% endif %}.
+{% endif %}"""
 REPO_ID = re.compile(r'AutoModelForSeq2SeqLM\.from_pretrained\("([^"]+)"')
 # The last line of a card written here: the SHA-256 of the text above it, in a comment the Hub does not show. The card
 # is as written while its text keeps that digest, whatever reports came beside it since; an edit makes it the user's.
@@ -170,7 +173,25 @@ def model_card(
         rows=rows,
         repo_id=repo_id,
         example="twenty-three" if record["embedded_task"] else f"A sentence in {record['source_lang']}.",
+        embedded=record["embedded_task"],
+        command=eval_command(record, repo_id),
+        own_data=datasets is None,  # local data: the command reads the reader's own test file
     )
+
+
+def eval_command(record: dict, repo_id: str) -> str:
+    """The card's eval.py command. The Hub holds no data record (NOT_PUSHED), so it names the data: a Hub dataset by
+    its id, local data by a test file of the reader's own; the embedded task's model is shown translating."""
+    if record["embedded_task"]:
+        return f'echo "twenty-three" | {shlex.join(["python", "eval.py", "translate", "--model", repo_id])}'
+    if record["dataset_name"] and not is_local(record["dataset_name"]):
+        data = ["--dataset_name", record["dataset_name"]]
+        if record.get("dataset_config_name"):
+            data += ["--dataset_config_name", record["dataset_config_name"]]
+    else:
+        data = ["--test_file", "test.jsonl"]
+    languages = ["--source_lang", record["source_lang"], "--target_lang", record["target_lang"]]
+    return shlex.join(["python", "eval.py", "--model", repo_id, *data, *languages])
 
 
 def eval_reports(folder: Path) -> dict[Path, dict]:

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -186,6 +187,43 @@ def test_model_card_metadata_round_trips_and_its_snippet_loads_the_pushed_repo(p
     result = run("-c", snippet.replace("standin-user/en-de", str(tmp_path / "repo")), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("['") and "Traceback" not in result.stderr
+
+
+def card_command(card: str, repo: Path) -> tuple[list[str], str | None]:
+    """The card's eval.py command as an argv (this interpreter, this eval.py, `repo` for its repo id), and what it
+    pipes in."""
+    line = re.search(r"vanilla-transformer's eval\.py[^`]*`([^`]+)`", card).group(1)
+    piped, _, command = line.rpartition(" | ")
+    argv = [str(repo) if word == "standin-user/en-de" else word for word in shlex.split(command)]
+    assert argv[:2] == ["python", "eval.py"]
+    stdin = subprocess.check_output(piped, shell=True, text=True) if piped else None
+    return [sys.executable, str(ROOT / "eval.py"), *argv[2:]], stdin
+
+
+def test_the_cards_eval_py_command_runs_on_the_pushed_files(pushed, tmp_path):
+    """The Hub holds no data_args.json, so the card's command names the data: the embedded task's model translates;
+    one trained on local files is scored on a test.jsonl of the reader's own, which the card describes."""
+    from vanilla_hub import model_card
+
+    repo = tmp_path / "repo"
+    shutil.copytree(pushed[1] / "revision-4", repo, ignore=shutil.ignore_patterns("checkpoint-*"))
+    assert not (repo / "data_args.json").exists()
+    argv, piped = card_command((repo / "README.md").read_text(), repo)
+    result = subprocess.run(argv, input=piped, cwd=tmp_path, env=environment(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert piped == "twenty-three\n" and len(result.stdout.splitlines()) == 1
+
+    record = {"embedded_task": False, "dataset_name": None, "train_file": str(tmp_path / "train.jsonl")}
+    record |= {"dataset_config_name": None, "source_lang": "en", "target_lang": "de"}
+    config = json.loads((repo / "config.json").read_text())
+    card = str(model_card(config, record, {}, [], "standin-user/en-de", {}))
+    assert '`test.jsonl` holding JSON lines `{"translation": {"en": "...", "de": "..."}}`' in card
+    pairs = [{"en": "seven", "de": "sieben"}, {"en": "twelve", "de": "zwölf"}]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs))
+    argv, piped = card_command(card, repo)
+    result = subprocess.run(argv, cwd=tmp_path, env=environment(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((repo / "eval_results_test.json").read_text())["num_sentences"] == 2
 
 
 def test_eval_py_puts_bleu_and_chrf_into_the_cards_model_index(pushed, tmp_path):
