@@ -123,7 +123,7 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     assert (config["d_ff"], config["encoder_layers"]) == (PRESETS["tiny"]["d_ff"], 2)
     generation = json.loads((output_dir / "generation_config.json").read_text())
     assert (generation["num_beams"], generation["length_penalty"]) == (4, 0.6)
-    assert "python eval.py --model" in (output_dir / "README.md").read_text()
+    assert "python eval.py translate --model" in (output_dir / "README.md").read_text()  # the embedded task
     assert not (output_dir / ".saving").exists()
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_nll_loss"]), rel=1e-4)
