@@ -11,7 +11,6 @@
 """
 
 import json
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from vanilla_cli import (
     Terminated,
     UsageError,
     avoid_cudnn_attention,
+    eval_command,
     exit_on_usage_error,
     first_line,
     given_flags,
@@ -228,7 +228,7 @@ def train_and_save(
                     test = ("--test_file", data_args.test_file) if data_args.test_file else ()
                     print(
                         "note: --do_predict scores a run's model as it finishes; score this one with: "
-                        f"{eval_command(output_dir, *test)}",
+                        f"{eval_command('--model', output_dir, *test)}",
                         file=sys.stderr,
                     )
             return
@@ -301,19 +301,14 @@ def train_and_save(
                 )
 
 
-def eval_command(model: str | Path, *flags: str) -> str:
-    """`python eval.py --model <model> <flags>` as a command to paste into a shell, each word quoted."""
-    return shlex.join(["python", "eval.py", "--model", str(model), *flags])
-
-
 def end_of_run_command(output_dir: str, raw: dict) -> str:
     """The line that says how to use the saved model: score it on the test split of its data_args.json, else on the
     validation split; with neither, eval.py has nothing to score, and translates what it is given."""
     if "test" in raw:
-        return f"evaluate it with: {eval_command(output_dir)}"
+        return f"evaluate it with: {eval_command('--model', output_dir)}"
     if "validation" in raw:
-        return f"evaluate it with: {eval_command(output_dir, '--split', 'validation')}"
-    return f"translate with: {shlex.join(['python', 'eval.py', 'translate', '--model', output_dir])}"
+        return f"evaluate it with: {eval_command('--model', output_dir, '--split', 'validation')}"
+    return f"translate with: {eval_command('translate', '--model', output_dir)}"
 
 
 if __name__ == "__main__":

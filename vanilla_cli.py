@@ -13,6 +13,7 @@ import json
 import lzma
 import os
 import re
+import shlex
 import signal
 import sys
 import types
@@ -66,6 +67,11 @@ class UsageErrorParser:
 def first_line(error: Exception) -> str:
     """An exception's message cut to its first line (its name where it has none), for an `error:` line."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def eval_command(*arguments: str | Path) -> str:
+    """`python eval.py <arguments>`, each word quoted for a shell: a command to paste, as printed or in a card."""
+    return shlex.join(["python", "eval.py", *map(str, arguments)])
 
 
 def is_main_process() -> bool:

@@ -8,12 +8,12 @@ shows how to load the model, whose code ships beside its weights (`trust_remote_
 import hashlib
 import os
 import re
-import shlex
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError
 
+from vanilla_cli import eval_command
 from vanilla_corpus import DATA_FORMATS
 from vanilla_files import CARD, DATA_RECORD, RESUME_FILES, read_json
 
@@ -174,16 +174,16 @@ def model_card(
         repo_id=repo_id,
         example="twenty-three" if record["embedded_task"] else f"A sentence in {record['source_lang']}.",
         embedded=record["embedded_task"],
-        command=eval_command(record, repo_id),
+        command=card_eval_command(record, repo_id),
         own_data=datasets is None,  # local data: the command reads the reader's own test file
     )
 
 
-def eval_command(record: dict, repo_id: str) -> str:
+def card_eval_command(record: dict, repo_id: str) -> str:
     """The card's eval.py command. The Hub holds no data record (NOT_PUSHED), so it names the data: a Hub dataset by
     its id, local data by a test file of the reader's own; the embedded task's model is shown translating."""
     if record["embedded_task"]:
-        return f'echo "twenty-three" | {shlex.join(["python", "eval.py", "translate", "--model", repo_id])}'
+        return f'echo "twenty-three" | {eval_command("translate", "--model", repo_id)}'
     if record["dataset_name"] and not is_local(record["dataset_name"]):
         data = ["--dataset_name", record["dataset_name"]]
         if record.get("dataset_config_name"):
@@ -191,7 +191,7 @@ def eval_command(record: dict, repo_id: str) -> str:
     else:
         data = ["--test_file", "test.jsonl"]
     languages = ["--source_lang", record["source_lang"], "--target_lang", record["target_lang"]]
-    return shlex.join(["python", "eval.py", "--model", repo_id, *data, *languages])
+    return eval_command("--model", repo_id, *data, *languages)
 
 
 def eval_reports(folder: Path) -> dict[Path, dict]:
