@@ -155,7 +155,7 @@ def test_cli_resumed_mid_epoch_saves_the_uninterrupted_runs_model(tmp_path, batc
     common += ["--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "2"]
     whole = run_train(*common, "--output_dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    assert ("--max_tokens 120" if flags else "train_sampling_strategy=group_by_length") in whole.stdout
+    assert ("max_tokens=120" if flags else "train_sampling_strategy=group_by_length") in whole.stdout
     steps_per_epoch = round(11 / json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["epoch"])
     assert 6 > steps_per_epoch and 6 % steps_per_epoch != 0  # checkpoint-6 is in the middle of a later epoch
     killed_dir = tmp_path / "killed"
