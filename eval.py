@@ -69,15 +69,16 @@ class EvalArguments:
             applied as generate()'s length^alpha rather than the paper's ((5 + length) / 6)^alpha).
         max_length_offset: Maximum output length = input length + this, in tokens (sec. 6.1: 50).
         batch_size: Sentences per generate() call.
-        predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model).
-        results_file: The JSON report (default: eval_results_<split>.json beside the model).
+        predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model; for a Hub id,
+            in the working folder).
+        results_file: The JSON report (default: eval_results_<split>.json beside the model, as the hypotheses).
         hub_metrics: Load sacrebleu and chrf from the Hub instead of the local vanilla_metrics/.
         bleu_tokenize: sacreBLEU's tokenizer for BLEU (default: sacreBLEU's choice for the target language: zh,
             ja-mecab or ko-mecab for those languages, else 13a).
         average_last: Average the weights of the last N checkpoint-* folders of --model first.
         averaged_model_dir: Where the averaged model is written (default: <run>/averaged-last-N).
         plot_attention: Only plot the last layer's cross-attention while translating this sentence.
-        attention_file: The attention plot (default: attention.png beside the model).
+        attention_file: The attention plot (default: attention.png beside the model, as the hypotheses).
         engine: transformers' generate(), or CTranslate2 (converted once, cached beside the model).
         quantization: CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ...
         dtype: transformers engine: run the model in this dtype (default: as saved).
