@@ -165,7 +165,7 @@ def check_mode_arguments(mode: str, args: EvalArguments, given: set[str]) -> Non
 def folder_files(name: str | None, config: str | None, named: str) -> dict[str, str]:
     """The files of a local --dataset_name folder (none for a Hub dataset), each named by its split, as
     check_output_files takes them."""
-    files = dataset_folder_files(DataArguments(dataset_name=name, dataset_config_name=config))
+    files = dataset_folder_files(name, config)
     return {f"{split} file {path.name} of the {named}": str(path) for split, paths in files.items() for path in paths}
 
 

@@ -160,13 +160,13 @@ def data_format(path: str) -> str:
     )
 
 
-def dataset_folder_files(args: DataArguments) -> dict[str, list[Path]]:
-    """The files of each split of a local --dataset_name folder as `datasets` resolves them (their names, or the
-    splits the folder's README declares); none for a Hub dataset."""
-    if args.dataset_name is None or not os.path.isdir(args.dataset_name):
+def dataset_folder_files(name: str | None, config: str | None) -> dict[str, list[Path]]:
+    """The files of each split of a local --dataset_name folder (`name`, its configuration `config`) as `datasets`
+    resolves them (their names, or the splits the folder's README declares); none for a Hub dataset."""
+    if name is None or not os.path.isdir(name):
         return {}
     try:
-        splits = datasets.load_dataset_builder(args.dataset_name, args.dataset_config_name).config.data_files
+        splits = datasets.load_dataset_builder(name, config).config.data_files
     except (OSError, ValueError):  # a folder datasets cannot read: loading it names the problem
         return {}
     return {split: [Path(path) for path in files] for split, files in (splits or {}).items()}
@@ -191,7 +191,8 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
         raise UsageError("--source_lang and --target_lang are required with --dataset_name or data files")
     languages = (args.source_lang, args.target_lang)
     if args.dataset_name:
-        check_compressed_files(itertools.chain(*dataset_folder_files(args).values()))
+        folder = dataset_folder_files(args.dataset_name, args.dataset_config_name)
+        check_compressed_files(itertools.chain(*folder.values()))
         try:
             streams = datasets.load_dataset(args.dataset_name, args.dataset_config_name, streaming=True)
         except Exception as error:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
@@ -237,7 +238,8 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
 
 
 def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:
-    check_compressed_files(itertools.chain(*dataset_folder_files(args).values()))
+    folder = dataset_folder_files(args.dataset_name, args.dataset_config_name)
+    check_compressed_files(itertools.chain(*folder.values()))
     try:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
     except Exception as error:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)

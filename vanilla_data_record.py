@@ -32,7 +32,7 @@ def local_training_files(data_args: DataArguments) -> list[Path]:
     if data_args.train_file is not None:
         path = Path(data_args.train_file)
         return [path] if path.is_file() else []
-    return dataset_folder_files(data_args).get("train", [])
+    return dataset_folder_files(data_args.dataset_name, data_args.dataset_config_name).get("train", [])
 
 
 def training_data_digest(files: list[Path]) -> str | None:
