@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 from transformers import HfArgumentParser
 
@@ -54,6 +54,7 @@ from vanilla_metrics import BLEU_TOKENIZERS, load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import MAX_LENGTH_OFFSET, check_model_path, load_translation_model, translate
 
+STDOUT = "-"  # an output flag naming stdout, as sacreBLEU and most tools read it
 OFFSET_LIMIT = 10_000  # tokens past the input: beyond it, a hypothesis grows without meaning, or memory runs out
 
 
@@ -70,8 +71,9 @@ class EvalArguments:
         max_length_offset: Maximum output length = input length + this, in tokens (sec. 6.1: 50).
         batch_size: Sentences per generate() call.
         predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model; for a Hub id,
-            in the working folder).
-        results_file: The JSON report (default: eval_results_<split>.json beside the model, as the hypotheses).
+            in the working folder); `-`: stdout, the printed scores going to stderr.
+        results_file: The JSON report (default: eval_results_<split>.json beside the model, as the hypotheses); `-`:
+            stdout, as --predictions_file.
         hub_metrics: Load sacrebleu and chrf from the Hub instead of the local vanilla_metrics/.
         bleu_tokenize: sacreBLEU's tokenizer for BLEU (default: sacreBLEU's choice for the target language: zh,
             ja-mecab or ko-mecab for those languages, else 13a).
@@ -129,6 +131,8 @@ class EvalArguments:
             raise UsageError(f"--compile_mode {self.compile_mode} applies to --compile; pass both")
         if self.attention_file is not None and self.plot_attention is None:
             raise UsageError("--attention_file names the plot of --plot_attention; pass both")
+        if self.attention_file == STDOUT:
+            raise UsageError("--attention_file -: the plot is an image, and stdout takes text here; name a file")
         if self.averaged_model_dir is not None and self.average_last is None:
             raise UsageError("--averaged_model_dir names the folder --average_last N averages into; pass both")
         if self.compile and self.compile_mode is None:
@@ -184,11 +188,17 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     """Translate the split, score it, write the hypotheses and the report; returns the report. No output may replace
     a data file given (or one of a --dataset_name folder's), or one the model's data record (`record`) names: its
     run's training data among them. A data flag the user gave (`given`) names its files; the record names the rest."""
+    if args.predictions_file == STDOUT and args.results_file == STDOUT:
+        raise UsageError("--predictions_file and --results_file are both - (stdout): name a file for one of them")
     predictions_file = output_path(args.predictions_file, args.model, f"predictions_{args.split}.txt")
     results_file = output_path(args.results_file, args.model, f"eval_results_{args.split}.json")
     outputs = {
-        output_label("--predictions_file", args.predictions_file): predictions_file,
-        output_label("--results_file", args.results_file): results_file,
+        output_label(flag, given): path
+        for flag, given, path in [
+            ("--predictions_file", args.predictions_file, predictions_file),
+            ("--results_file", args.results_file, results_file),
+        ]
+        if given != STDOUT
     }
     for label, path in outputs.items():
         check_writable(path, label)
@@ -254,15 +264,40 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
         "device": str(model.device),
         "wall_time_s": wall_time,
         "sentences_per_second": len(sources) / wall_time,
-        "predictions_file": str(predictions_file),
+        "predictions_file": output_name(args.predictions_file, predictions_file),
     }
-    refresh = card_to_refresh(Path(args.model), results_file)  # read before the report changes what it shows
-    write_text_atomically(predictions_file, "".join(f"{hypothesis}\n" for hypothesis in hypotheses))
-    write_text_atomically(results_file, json.dumps(report, indent=2) + "\n")
+    refresh = args.results_file != STDOUT and card_to_refresh(Path(args.model), results_file)  # before the report
+    write_output(args.predictions_file, predictions_file, "".join(f"{hypothesis}\n" for hypothesis in hypotheses))
+    write_output(args.results_file, results_file, json.dumps(report, indent=2) + "\n")
     if refresh:
         refresh_card(Path(args.model))
-    print_table(report, results_file)
+    to_stdout = is_stdout(args.predictions_file, predictions_file) or is_stdout(args.results_file, results_file)
+    print_table(report, output_name(args.results_file, results_file), sys.stderr if to_stdout else sys.stdout)
     return report
+
+
+def output_name(given: str | None, path: Path) -> str:
+    """How the report names an output: its path, or `<stdout>` for `-`."""
+    return "<stdout>" if given == STDOUT else str(path)
+
+
+def is_stdout(given: str | None, path: Path) -> bool:
+    """Whether an output is stdout: `-`, or a path to it (/dev/stdout); the scores table then goes to stderr."""
+    if given == STDOUT:
+        return True
+    try:
+        return os.path.samestat(path.stat(), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file, or a stdout without a descriptor
+        return False
+
+
+def write_output(given: str | None, path: Path, text: str) -> None:
+    """`text` on stdout for `-`, else written atomically into `path`."""
+    if given == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text_atomically(path, text)
 
 
 def check_not_another_models_report(flag: str, path: Path, model: Path, averaged: bool) -> None:
@@ -312,7 +347,7 @@ def refresh_card(folder: Path) -> None:
     write_text_atomically(folder / CARD, card_text(folder_card(folder, PRESETS)))
 
 
-def print_table(report: dict, results_file: Path) -> None:
+def print_table(report: dict, results_file: str, stream: TextIO) -> None:
     decoding = report["decoding"]
     rows = [
         ("model", report["model"]),
@@ -335,7 +370,7 @@ def print_table(report: dict, results_file: Path) -> None:
     if report["bleu_details"]["totals"][-1] == 0:
         rows.insert(4, ("note", "no hypothesis has 4 tokens, so BLEU is 0 by definition; chrF still measures it"))
     for name, value in rows:
-        print(f"{name:<10}{value}")
+        print(f"{name:<10}{value}", file=stream)
 
 
 def translate_stdin(args: EvalArguments, max_source_length: int, loaded: Callable[[], object]) -> None:

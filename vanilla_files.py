@@ -180,6 +180,18 @@ def write_file_atomically(path: Path, write: Callable[[Path], None]) -> None:
         except OSError as error:
             raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
         return
+    descriptor = open_descriptor(path)
+    if descriptor is not None:  # /dev/stdout redirected to a file: written through it, never replaced nor truncated
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                write(Path(scratch) / f"output{path.suffix}")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                with open(os.dup(descriptor), "wb") as target:  # the descriptor's own offset, after what it wrote
+                    target.write((Path(scratch) / f"output{path.suffix}").read_bytes())
+            except OSError as error:
+                raise UsageError(f"cannot write {path} ({error.strerror or error})") from None
+        return
     temporary = own_sibling(path, path.stem, "tmp", path.suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,12 +305,28 @@ def is_stream(path: Path) -> bool:
     return path.exists() and not path.is_file() and not path.is_dir()
 
 
+def open_descriptor(path: Path) -> int | None:
+    """The descriptor number when `path` names one of this process's open files (/dev/stdout, /dev/fd/N,
+    /proc/self/fd/N), else None. Opening such a path opens the file again, at its start: written through the
+    descriptor, it goes after what the process already wrote there."""
+    descriptors = Path(f"/proc/{os.getpid()}/fd")
+    try:
+        if path.parent.resolve() != descriptors and path.is_symlink():
+            path = path.parent / os.readlink(path)
+        if path.parent.resolve() == descriptors and path.name.isdigit():
+            return int(path.name)
+    except OSError:
+        pass
+    return None
+
+
 def check_writable(path: Path, what: str) -> None:
     """UsageError unless a file `path` can be written: not a folder, and its folder (or the nearest existing folder
-    above it) takes a real write (probe_write); a stream (is_stream), if it may be opened for writing."""
+    above it) takes a real write (probe_write); a stream (is_stream) or an open file (open_descriptor), if it may be
+    opened for writing."""
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; expected a file name")
-    if is_stream(path):
+    if is_stream(path) or open_descriptor(path) is not None:
         if not os.access(path, os.W_OK):
             raise UsageError(f"{what} {path}: cannot write to it")
         return

@@ -154,6 +154,37 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run,
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in result.stdout
 
 
+@pytest.mark.slow
+def test_an_output_named_dash_is_stdout_and_the_scores_go_to_stderr(trained_run, test_file, tmp_path):
+    """`--predictions_file -` (or `--results_file -`) writes to stdout, as sacreBLEU and most tools read `-`: the
+    hypotheses (or the JSON report) alone, so stdout pipes on; the scores table goes to stderr; no file named `-`.
+    /dev/stdout is stdout too."""
+    data = ("--model", str(trained_run), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    data += ("--max_length_offset", str(OFFSET))
+    report_file, hypotheses_file = tmp_path / "report.json", tmp_path / "hypotheses.txt"
+    to_stdout = run_cli("eval.py", *data, "--predictions_file", "-", "--results_file", str(report_file), cwd=tmp_path)
+    assert to_stdout.returncode == 0, to_stdout.stderr[-3000:]
+    to_file = run_cli("eval.py", *data, "--predictions_file", str(hypotheses_file), "--results_file", "-", cwd=tmp_path)
+    assert to_file.returncode == 0, to_file.stderr[-3000:]
+
+    assert to_stdout.stdout == hypotheses_file.read_text(encoding="utf-8")
+    assert len(to_stdout.stdout.splitlines()) == len(PAIRS)
+    report = json.loads(report_file.read_text())
+    assert report["predictions_file"] == "<stdout>"
+    printed = json.loads(to_file.stdout)  # the report alone on stdout
+    assert printed["predictions_file"] == str(hypotheses_file) and printed["bleu"] == report["bleu"]
+    assert f"written   <stdout>, {report_file}" in to_stdout.stderr
+    assert f"written   {hypotheses_file}, <stdout>" in to_file.stderr
+    assert "BLEU" not in to_stdout.stdout and "tok:13a" in to_file.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hypotheses.txt", "report.json"]
+    by_path = run_cli("eval.py", *data, "--predictions_file", "/dev/stdout", "--results_file", str(report_file))
+    assert by_path.returncode == 0, by_path.stderr[-3000:]
+    assert by_path.stdout == to_stdout.stdout and "written   /dev/stdout" in by_path.stderr
+
+    both = run_cli("eval.py", *data, "--predictions_file", "-", "--results_file", "-", cwd=tmp_path)
+    assert_usage_error(both, "--predictions_file and --results_file are both - (stdout)")
+
+
 @pytest.mark.parametrize(
     "references",
     [
@@ -1459,6 +1490,29 @@ def test_an_output_that_is_a_pipe_is_written_into_and_kept(tmp_path, stream):
     assert sorted(p.name for p in tmp_path.iterdir()) == (["fifo"] if stream == "named-pipe" else [])
 
 
+def test_an_output_that_is_an_open_file_is_appended_through_it(tmp_path):
+    """/dev/stdout (or /dev/fd/N) redirected to a file names an open file, not a place to put one: the output goes
+    through the descriptor, after what the process wrote there, and /dev (where the rename would land) is left as
+    it is. Replacing it would swap the /dev/stdout link for a file, as root."""
+    from vanilla_files import check_writable, open_descriptor, write_text_atomically
+
+    redirected = tmp_path / "redirected.txt"
+    descriptor = os.open(redirected, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(descriptor, b"printed before\n")
+        path = Path(f"/dev/fd/{descriptor}")
+        assert open_descriptor(path) == descriptor and open_descriptor(Path("/dev/stdout")) == 1
+        assert open_descriptor(redirected) is None
+        check_writable(path, "--predictions_file")
+        write_text_atomically(path, "hypotheses\n")
+        os.write(descriptor, b"printed after\n")
+    finally:
+        os.close(descriptor)
+    assert redirected.read_text() == "printed before\nhypotheses\nprinted after\n"
+    assert sorted(tmp_path.iterdir()) == [redirected]
+    assert Path("/dev/stdout").is_symlink() and not list(Path("/dev").glob(f".*.{os.getpid()}.tmp*"))
+
+
 @pytest.mark.slow
 def test_checkpoint_discovery_skips_checkpoints_without_trainer_state(trained_run, tmp_path, capsys):
     from vanilla_files import complete_checkpoints
@@ -1925,6 +1979,7 @@ def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_err
         (("--engine", "ctranslate2", "--quantization", "float16"), "CTranslate2 on cpu supports"),
         (("--plot_attention", " "), "--plot_attention: expected a sentence to translate, got an empty one"),
         (("--plot_attention", "seven", "--compile"), "leave out --compile"),
+        (("--plot_attention", "seven", "--attention_file", "-"), "--attention_file -: the plot is an image"),
     ],
     ids=[
         "quantization-without-ctranslate2",
@@ -1934,6 +1989,7 @@ def test_ctranslate2_that_sees_a_gpu_but_lacks_its_cuda_libraries_is_a_usage_err
         "unsupported-on-cpu",
         "plot-of-no-sentence",
         "plot-compiled",
+        "plot-to-stdout",
     ],
 )
 def test_engine_flag_mismatches_are_usage_errors(trained_run, test_file, flags, fragment):
