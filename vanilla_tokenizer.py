@@ -44,7 +44,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, given: bool = Tru
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation(behavior="isolated")]
     )
-    tokenizer.decoder = decoders.Metaspace()
+    # "▁" marks a word's start (Metaspace); a dropped <unk> leaves its "▁" piece alone, so runs of them read as one
+    # space and none at either end, as the normalizer gave the text (decoders.Strip fails on an empty sequence).
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Fuse(), decoders.Replace(Regex("▁+"), " "), decoders.Replace(Regex("^ | $"), "")]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=max(vocab_size, 0), special_tokens=list(SPECIAL_TOKENS), show_progress=False
     )

@@ -193,6 +193,29 @@ def test_bpe_tokenizer_reads_special_token_names_in_a_sentence_as_text(tmp_path)
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
+def test_bpe_tokenizer_decodes_a_dropped_unknown_character_as_one_word_boundary(tmp_path):
+    """A character the BPE never saw is "▁" + <unk>: skipping the <unk> must not leave a doubled, leading or trailing
+    space (the normalizer makes every encoded text one space between words, none at the ends)."""
+    train_bpe_tokenizer(["A man on the street.", "Ein Mann auf der Straße."] * 50, vocab_size=80).save_pretrained(
+        tmp_path
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    for text, expected in [
+        ("A man \u4e00 on the street.", "A man on the street."),
+        ("\u4e00 A man", "A man"),
+        ("A man \u4e00", "A man"),
+        ("A \u4e00 \u4e01 man", "A man"),
+        ("\u4e00", ""),
+        ("A man on the street.", "A man on the street."),
+    ]:
+        ids = tokenizer(text)["input_ids"]
+        assert (configuration_vanilla.UNK_TOKEN_ID in ids) == ("\u4e00" in text)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == expected, tokenizer.convert_ids_to_tokens(ids)
+    assert tokenizer.decode([]) == ""
+    unknown = tokenizer("A man \u4e00 on")["input_ids"]
+    assert tokenizer.decode(unknown, skip_special_tokens=False) == "A man <unk> on</s>"
+
+
 def test_bpe_tokenizer_splits_punctuation_from_words():
     texts = ['Ein Mann (im T-Shirt) sagt: "Hallo!"', "A man on the street.", "The street, at night."] * 50
     tokenizer = train_bpe_tokenizer(texts, vocab_size=120)
