@@ -175,15 +175,19 @@ def encode(
     limit = max_source_length if positions is None else min(max_source_length, positions)
     # One token more than the limit tells a source that was cut from one that fits exactly.
     longer = tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]
-    cut = sum(len(ids) > limit for ids in longer)
+    cut = [index for index, ids in enumerate(longer) if len(ids) > limit]
     if cut:
         why = "--max_source_length" if positions is None or max_source_length <= positions else "the position table"
         print(
-            f"warning: {cut} of {len(texts)} sources are longer than {limit} tokens ({why}) and are cut to them: "
-            "their translations miss the rest",
+            f"warning: {len(cut)} of {len(texts)} sources are longer than {limit} tokens ({why}) and are cut to "
+            "them: their translations miss the rest",
             file=sys.stderr,
         )
-    return tokenizer(texts, truncation=True, max_length=limit)["input_ids"] if cut else longer
+        # Encoded again at the limit, not sliced: the tokenizer's truncation keeps the closing </s>.
+        shorter = tokenizer([texts[index] for index in cut], truncation=True, max_length=limit)["input_ids"]
+        for index, ids in zip(cut, shorter, strict=True):
+            longer[index] = ids
+    return longer
 
 
 def translate(

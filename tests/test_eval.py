@@ -637,6 +637,25 @@ def test_sources_cut_at_max_source_length_are_counted_in_a_warning(trained_run, 
         assert [line.startswith(expected) for line in warnings] == [True] * bool(warned), result.stderr[-3000:]
 
 
+def test_encode_cuts_only_the_long_sources_and_each_keeps_its_closing_eos(tmp_path, capsys):
+    """Sources over the limit are encoded again at it (the tokenizer keeps </s> last); the others are encoded once."""
+    from vanilla_tokenizer import train_bpe_tokenizer
+
+    train_bpe_tokenizer([source for source, _ in PAIRS] * 5, vocab_size=120).save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    texts = [source for source, _ in PAIRS]
+    lengths = [len(tokenizer(text)["input_ids"]) for text in texts]
+    limit = sorted(lengths)[len(lengths) // 2]
+    calls = []
+    counting = lambda batch, **kwargs: calls.append(list(batch)) or tokenizer(batch, **kwargs)  # noqa: E731
+    ids = vanilla_translation.encode(counting, texts, max_source_length=limit)
+    assert ids == [tokenizer(text, truncation=True, max_length=limit)["input_ids"] for text in texts]
+    assert all(row[-1] == tokenizer.eos_token_id and len(row) <= limit for row in ids)
+    long = [text for text, length in zip(texts, lengths, strict=True) if length > limit]
+    assert calls == [texts, long] and 0 < len(long) < len(texts)
+    assert f"warning: {len(long)} of {len(texts)} sources are longer than {limit} tokens" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_test_file_alone_takes_the_recorded_languages(trained_run, test_file, tmp_path):
     model = model_copy(
