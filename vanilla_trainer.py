@@ -302,14 +302,21 @@ class VanillaTrainer(Seq2SeqTrainer):
             fault_point(Path(output_dir).name)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Trainer's save of the model, tokenizer and training_args.bin, less two things they would carry: the
+        """Trainer's save of the model, tokenizer and training_args.bin, less three things they would carry: the
         truncation a fast tokenizer keeps from its last call (in tokenizer.json, where the `tokenizers` library and
-        the engines reading the file apply it) and --hub_token (pickled into training_args.bin, which is pushed)."""
+        the engines reading the file apply it), --hub_token (pickled into training_args.bin, which is pushed), and
+        the training's `use_cache: false` (Trainer sets it from --use_cache): the saved model decodes with its cache,
+        in generate() and in a loop of the user's own."""
         backend = getattr(self.processing_class, "backend_tokenizer", None)
         if backend is not None:
             backend.no_truncation()
             backend.no_padding()
-        super()._save(output_dir, state_dict)
+        config = self.accelerator.unwrap_model(self.model).config
+        training_use_cache, config.use_cache = config.use_cache, True
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            config.use_cache = training_use_cache
         if self.args.hub_token is not None:
             arguments = copy.copy(self.args)
             arguments.hub_token = None

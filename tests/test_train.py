@@ -1331,6 +1331,26 @@ def one_layer_model(tokenizer, **overrides) -> VanillaForConditionalGeneration:
     return VanillaForConditionalGeneration(config)
 
 
+def test_a_saved_model_keeps_its_decoder_cache_while_training_runs_without(tmp_path):
+    """Trainer sets config.use_cache from --use_cache (False) for training; the saved config.json says true, as a
+    model made for decoding does, so the loaded model's forward returns its cache; the training model's stays off."""
+    tokenizer, rows = number_rows((3, 21, 117, 40))
+    model = one_layer_model(tokenizer)
+    args = Seq2SeqTrainingArguments(tmp_path / "run", max_steps=1, save_steps=1, report_to=[], use_cpu=True)
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    data = Dataset.from_list(rows)
+    trainer = VanillaTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, data_collator=collator)
+    assert model.config.use_cache is False  # Trainer's, for training
+    trainer.train()
+    trainer.save_model()
+    assert model.config.use_cache is False
+    for folder in (tmp_path / "run", tmp_path / "run" / "checkpoint-1"):
+        assert json.loads((folder / "config.json").read_text())["use_cache"] is True
+        loaded = AutoModelForSeq2SeqLM.from_pretrained(folder)
+        outputs = loaded(input_ids=torch.tensor([rows[0]["input_ids"]]), decoder_input_ids=torch.tensor([[1]]))
+        assert outputs.past_key_values is not None
+
+
 def test_evaluation_reports_the_plain_cross_entropy_and_perplexity_beside_the_smoothed_loss(tmp_path):
     # Targets of different lengths, so batches carry padding and the mean must be over tokens, not sentences.
     tokenizer, rows = number_rows((3, 21, 117, 40, 1999, 8))
