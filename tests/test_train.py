@@ -1338,8 +1338,13 @@ def test_a_saved_model_keeps_its_decoder_cache_while_training_runs_without(tmp_p
     model = one_layer_model(tokenizer)
     args = Seq2SeqTrainingArguments(tmp_path / "run", max_steps=1, save_steps=1, report_to=[], use_cpu=True)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
-    data = Dataset.from_list(rows)
-    trainer = VanillaTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, data_collator=collator)
+    trainer = VanillaTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=collator,
+    )
     assert model.config.use_cache is False  # Trainer's, for training
     trainer.train()
     trainer.save_model()
