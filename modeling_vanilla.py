@@ -451,7 +451,9 @@ class VanillaDecoder(VanillaStack):
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
-        for layer in self.layers:
+        # Early-exit drafting (generate(assistant_early_exit=k)) lowers config.decoder_layers for a while: the decoder
+        # then runs its first k layers, as many as the cache that generate() sizes by the config holds.
+        for layer in self.layers[: self.config.decoder_layers]:
             hidden_states = layer(hidden_states, causal_mask, encoder_hidden_states, cross_mask, cache=cache, **kwargs)
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=self.normalize(hidden_states), **{CACHE_FIELD: cache}

@@ -538,6 +538,20 @@ def test_a_decoder_only_cache_is_taken_as_the_self_attention_cache(cache_class):
     assert torch.equal(model.generate(**settings, cache=cache_class(config=model.config, **extra)), expected)
 
 
+def test_early_exit_drafts_with_the_first_decoder_layers_and_keeps_the_greedy_tokens():
+    """generate(assistant_early_exit=k) drafts with the decoder's first k layers (transformers lowers
+    config.num_hidden_layers, the decoder's layer count, while drafting) and checks the drafts with all of them."""
+    model = model_for()
+    ids, _ = source_batch(batch=1)
+    settings = dict(input_ids=ids, max_new_tokens=12, min_new_tokens=12)
+    expected = model.generate(**settings)
+    calls = [0] * len(model.model.decoder.layers)
+    for index, layer in enumerate(model.model.decoder.layers):
+        layer.register_forward_hook(lambda *args, index=index: calls.__setitem__(index, calls[index] + 1))
+    assert torch.equal(model.generate(**settings, assistant_early_exit=1), expected)
+    assert calls[0] > calls[1] == calls[2] > 0  # the drafting steps ran the first layer alone
+
+
 @torch.no_grad()
 def test_past_key_values_argument_is_the_deprecated_name_of_cache():
     """transformers 5.2x calls the decoder cache `cache` and deprecates `past_key_values`; before, it is the name."""
