@@ -538,6 +538,51 @@ def test_a_decoder_only_cache_is_taken_as_the_self_attention_cache(cache_class):
     assert torch.equal(model.generate(**settings, cache=cache_class(config=model.config, **extra)), expected)
 
 
+@torch.no_grad()
+def test_beam_scores_are_the_sequences_log_probabilities_over_length_to_the_penalty():
+    """Beam search's sequences_scores and transition scores (its hypotheses' caches reordered by _reorder_cache) are
+    the log-probabilities a teacher-forced forward pass gives the returned sequences, summed and over length**alpha."""
+    model = model_for()
+    ids, mask = source_batch()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=8,
+        num_beams=3,
+        num_return_sequences=2,
+        length_penalty=1.3,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    transition = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices)
+    generated = out.beam_indices >= 0  # the positions each hypothesis generated, before its padding
+    logits = model(
+        input_ids=ids.repeat_interleave(2, 0),
+        attention_mask=mask.repeat_interleave(2, 0),
+        decoder_input_ids=out.sequences[:, :-1],
+    ).logits
+    log_probs = logits.log_softmax(-1).gather(-1, out.sequences[:, 1:, None])[..., 0]
+    log_probs = log_probs.masked_fill(~generated[:, : log_probs.shape[1]], 0)
+    lengths = generated.sum(-1)
+    assert lengths.min() >= 4 and lengths.unique().numel() > 1  # reordered over several steps, of several lengths
+    torch.testing.assert_close(transition.sum(-1), log_probs.sum(-1))
+    torch.testing.assert_close(out.sequences_scores, log_probs.sum(-1) / lengths**1.3)
+
+
+@pytest.mark.parametrize("assistant", ["smaller model", "prompt lookup"])
+def test_assisted_decoding_gives_the_greedy_tokens(assistant):
+    """Drafts checked against the model, the rejected ones cropped from its cache, leave greedy decoding's tokens."""
+    model = model_for()
+    ids, _ = source_batch(batch=1)
+    settings = dict(input_ids=ids, max_new_tokens=12, min_new_tokens=12)
+    expected = model.generate(**settings)
+    if assistant == "smaller model":
+        drafting = dict(assistant_model=model_for(encoder_layers=1, decoder_layers=1))
+    else:
+        drafting = dict(prompt_lookup_num_tokens=2)
+    assert torch.equal(model.generate(**settings, **drafting), expected)
+
+
 def test_early_exit_drafts_with_the_first_decoder_layers_and_keeps_the_greedy_tokens():
     """generate(assistant_early_exit=k) drafts with the decoder's first k layers (transformers lowers
     config.num_hidden_layers, the decoder's layer count, while drafting) and checks the drafts with all of them."""
