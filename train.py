@@ -31,7 +31,7 @@ from vanilla_cli import (
     given_flags,
     sigterm_as_interrupt,
 )
-from vanilla_corpus import DataArguments, load_raw_datasets, stream_raw_datasets
+from vanilla_corpus import TrainDataArguments, first_samples, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record, resume_data
 from vanilla_files import BATCHING_RECORD, trainer_state
 from vanilla_hub import CARD, card_text, model_card
@@ -105,12 +105,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train_and_save(
-    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, checkpoint: str | None, given: set
+    model_args: ModelArguments,
+    data_args: TrainDataArguments,
+    args: TrainingArguments,
+    checkpoint: str | None,
+    given: set,
 ) -> None:
     """Trains (or continues `checkpoint`'s run) and saves the model, its card and its data record into output_dir."""
     if checkpoint is not None:
         resume_data(data_args, given, Path(checkpoint))
-    raw = stream_raw_datasets(data_args) if args.streaming else load_raw_datasets(data_args)
+    raw = first_samples(stream_raw_datasets(data_args) if args.streaming else load_raw_datasets(data_args), data_args)
     record = data_record(data_args)  # once loaded: the embedded task's languages are filled in
     if "train" not in raw:
         raise UsageError("no training split: pass --train_file or a dataset with a 'train' split")
@@ -118,6 +122,16 @@ def train_and_save(
         raise UsageError(
             "--do_predict translates the test split, and the data has none: pass --test_file (or a dataset with a "
             "'test' split), or drop --do_predict"
+        )
+    if data_args.max_predict_samples is not None and not args.do_predict:
+        raise UsageError(
+            f"--max_predict_samples {data_args.max_predict_samples} cuts the test split that --do_predict translates: "
+            "pass --do_predict, or drop it"
+        )
+    if data_args.max_eval_samples is not None and "validation" not in raw:
+        raise UsageError(
+            f"--max_eval_samples {data_args.max_eval_samples} cuts the validation split, and the data has none: pass "
+            "--validation_file (or a dataset with a 'validation' split), or drop it"
         )
     scoring = None  # sacreBLEU and chrF, loaded before training: a tokenizer that cannot load fails now, not after it
     if args.predict_with_generate or args.do_predict:

@@ -67,6 +67,43 @@ class DataArguments:
         return not (self.dataset_name or self.train_file or self.validation_file or self.test_file)
 
 
+# The flags that cut a split to its first pairs, as transformers' run_translation.py names them.
+SAMPLE_LIMITS = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
+
+
+@argument_dataclass
+class TrainDataArguments(DataArguments):
+    """train.py's data arguments: DataArguments, and how much of each split it reads.
+
+    Args:
+        max_train_samples: Train on the first N pairs of the training split (a quick run; the BPE is learned from
+            them too).
+        max_eval_samples: Evaluate on the first N pairs of the validation split.
+        max_predict_samples: --do_predict translates and scores the first N pairs of the test split.
+    """
+
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_predict_samples: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in SAMPLE_LIMITS.values():
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name} is {getattr(self, name)}; expected at least 1 (pairs of the split)")
+
+
+def first_samples(raw, data_args: TrainDataArguments):
+    """Each split cut to its --max_*_samples (SAMPLE_LIMITS): its first N pairs, all of them where it has fewer."""
+    for split, name in SAMPLE_LIMITS.items():
+        limit = getattr(data_args, name)
+        if limit is None or split not in raw:
+            continue
+        pairs = raw[split]
+        raw[split] = pairs.take(limit if isinstance(pairs, datasets.IterableDataset) else min(limit, len(pairs)))
+    return raw
+
+
 def embedded_number_task() -> datasets.DatasetDict:
     """The built-in task: 1..999 written out in English -> German words, split 80/10/10 by a fixed shuffle.
 

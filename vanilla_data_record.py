@@ -13,8 +13,10 @@ from vanilla_files import DATA_RECORD, TRAINER_STATE, complete_checkpoints, sha2
 # The DataArguments a model folder's DATA_RECORD holds (file paths made absolute), and "embedded_task".
 DATA_SOURCE_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file")
 DATA_RECORD_KEYS = (*DATA_SOURCE_ARGS, "source_lang", "target_lang", "max_source_length", "max_target_length")
+# Also in the record: --max_train_samples (absent from the records of older train.py runs: none).
+TRAIN_SAMPLES = "max_train_samples"
 # The keys that fix what a run trains on (the validation and test files only evaluate it).
-TRAINING_DATA_KEYS = tuple(key for key in DATA_RECORD_KEYS if key not in ("validation_file", "test_file"))
+TRAINING_DATA_KEYS = (*(key for key in DATA_RECORD_KEYS if key not in ("validation_file", "test_file")), TRAIN_SAMPLES)
 # Also in the record: the SHA-256 of the training data, the --train_file or the train split's files of a local
 # --dataset_name folder (absent from the records of older train.py runs; None for a Hub dataset).
 TRAIN_FILE_DIGEST = "train_file_sha256"
@@ -52,6 +54,7 @@ def data_record(data_args: DataArguments) -> dict:
         if record[name] is not None:
             record[name] = os.path.abspath(record[name])
     record["embedded_task"] = data_args.uses_embedded_task
+    record[TRAIN_SAMPLES] = getattr(data_args, TRAIN_SAMPLES, None)  # train.py's TrainDataArguments
     record[TRAIN_FILE_DIGEST] = training_data_digest(local_training_files(data_args))
     return record
 
@@ -126,11 +129,11 @@ def resolve_data(data: DataArguments, given: set[str], record: dict | None, mode
 
 def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
     """A resumed run trains on its checkpoint's data (the DATA_RECORD in it): each data argument not given is the
-    record's, and a given one that changes the training data (the corpus, the languages, the lengths) is refused by
-    name, as is a training file whose content changed since, since Trainer would go on skipping the epoch's trained
-    batches in other data. The validation and test files may change. A checkpoint without a record (of an older
-    train.py, or from the Hub, where the record is not pushed) leaves the data arguments as given; given none, that
-    is the embedded task, which a warning names."""
+    record's, and a given one that changes the training data (the corpus, the languages, the lengths, the pairs
+    read) is refused by name, as is a training file whose content changed since, since Trainer would go on skipping
+    the epoch's trained batches in other data. The validation and test files may change. A checkpoint without a
+    record (of an older train.py, or from the Hub, where the record is not pushed) leaves the data arguments as
+    given; given none, that is the embedded task, which a warning names."""
     record = read_data_record(checkpoint)
     if record is None:
         if not given & set(DATA_SOURCE_ARGS) and is_main_process():
@@ -140,18 +143,19 @@ def resume_data(data: DataArguments, given: set[str], checkpoint: Path) -> None:
                 file=sys.stderr,
             )
         return
-    record = {**record, "dataset_name": dataset_location(record["dataset_name"])}  # older records: as given
-    for name in DATA_RECORD_KEYS:
+    record = {TRAIN_SAMPLES: None, **record, "dataset_name": dataset_location(record["dataset_name"])}  # older ones
+    for name in (*DATA_RECORD_KEYS, TRAIN_SAMPLES):
         if name not in given:
             setattr(data, name, record[name])
     now = data_record(data)
 
-    def shown(value, embedded: bool) -> str:
-        return str(value) if value is not None else "none, the embedded task" if embedded else "none"
+    def shown(name: str, values: dict) -> str:
+        if values[name] is not None:
+            return str(values[name])
+        return "none, the embedded task" if values["embedded_task"] and name in DATA_SOURCE_ARGS else "none"
 
     differ = [
-        f"--{name} {shown(now[name], now['embedded_task'])} (the checkpoint's: "
-        f"{shown(record[name], record['embedded_task'])})"
+        f"--{name} {shown(name, now)} (the checkpoint's: {shown(name, record)})"
         for name in TRAINING_DATA_KEYS
         if now[name] != record[name]
     ]

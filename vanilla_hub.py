@@ -146,6 +146,8 @@ def model_card(
         data, datasets = record["dataset_name"], [record["dataset_name"]]
     else:
         data, datasets = dataset_of(record["train_file"] or "local data files"), None
+    if record.get("max_train_samples"):  # absent from older records
+        data += f" (at most the first {record['max_train_samples']:,} pairs of its training split)"
     results = eval_results(reports)
     card_data = ModelCardData(
         language=[record["source_lang"], record["target_lang"]],

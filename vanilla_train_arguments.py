@@ -41,7 +41,7 @@ from vanilla_cli import (
     given_flags,
     read_recipe,
 )
-from vanilla_corpus import DataArguments
+from vanilla_corpus import TrainDataArguments
 from vanilla_metrics import BLEU_TOKENIZERS
 from vanilla_tokenizer import train_bpe_tokenizer
 
@@ -195,10 +195,10 @@ class ArgumentParser(UsageErrorParser, HfArgumentParser):
 
 def argument_parser() -> HfArgumentParser:
     """train.py's flags: the model's, the data's and Trainer's."""
-    return ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return ArgumentParser((ModelArguments, TrainDataArguments, TrainingArguments))
 
 
-def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, TrainDataArguments, TrainingArguments]:
     """Command-line flags, optionally after a JSON/YAML file holding flags (the command line wins)."""
     parser = argument_parser()
     flags = argv

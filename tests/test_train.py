@@ -43,7 +43,14 @@ import vanilla_files
 from configuration_vanilla import PRESETS
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
-from vanilla_corpus import DataArguments, embedded_number_task, load_raw_datasets, stream_raw_datasets
+from vanilla_corpus import (
+    DataArguments,
+    TrainDataArguments,
+    embedded_number_task,
+    first_samples,
+    load_raw_datasets,
+    stream_raw_datasets,
+)
 from vanilla_data_record import data_record
 from vanilla_files import LOSS_TOTAL, complete_checkpoints
 from vanilla_metrics import load_metrics
@@ -763,6 +770,24 @@ def test_sentences_with_line_separators_and_quotation_marks_load_as_written(tmp_
     path = write_pairs(tmp_path / f"pairs{suffix}", AWKWARD_PAIRS)
     data = DataArguments(train_file=str(path), source_lang="en", target_lang="de")
     assert read_pairs(data, streaming) == AWKWARD_PAIRS
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_max_samples_keep_the_first_pairs_of_each_split(tmp_path, streaming):
+    pairs = [{"en": f"pair {n}", "de": f"Paar {n}"} for n in range(6)]
+    files = {split: str(write_pairs(tmp_path / f"{split}.jsonl", pairs)) for split in ("train", "validation", "test")}
+    data = TrainDataArguments(
+        train_file=files["train"],
+        validation_file=files["validation"],
+        test_file=files["test"],
+        source_lang="en",
+        target_lang="de",
+        max_train_samples=4,
+        max_eval_samples=10,  # more than the split holds: all of it
+    )
+    raw = first_samples(stream_raw_datasets(data) if streaming else load_raw_datasets(data), data)
+    kept = {split: [row["translation"] for row in raw[split]] for split in raw}
+    assert kept == {"train": pairs[:4], "validation": pairs, "test": pairs}
 
 
 # The tests' own compressors (the standard library's one-shot functions), by the suffix a compressed file ends in.

@@ -767,6 +767,45 @@ def test_resuming_without_data_flags_continues_on_the_checkpoints_data(tmp_path,
     assert (output_dir / "data_args.json").read_text() == record
 
 
+def test_max_samples_cut_each_split_and_a_resume_keeps_the_runs_training_pairs(tmp_path, data):
+    """run_translation.py's --max_train_samples / --max_eval_samples / --max_predict_samples: the first N pairs of
+    each split. The training cut is part of the run's data (data_args.json, the card): a resume without the flag
+    keeps it, one with another value is refused by name."""
+    output_dir = tmp_path / "run"
+    cut = ["--max_train_samples", "8", "--validation_file", str(data), "--max_eval_samples", "5"]
+    cut += ["--test_file", str(data), "--do_predict", "--max_predict_samples", "3", "--save_steps", "2"]
+    result = quick_run(data, output_dir, *cut, "--max_steps", "4", "--save_strategy", "steps")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["epoch"] == 2.0  # 8 pairs in batches of 4: 2 steps an epoch (the file's 16 pairs take 4)
+    assert "test split (3 sentences)" in result.stdout
+    record = json.loads((output_dir / "data_args.json").read_text())
+    assert record["max_train_samples"] == 8
+    assert "(at most the first 8 pairs of its training split)" in (output_dir / "README.md").read_text()
+
+    resume = ["--max_steps", "6", "--resume_from_checkpoint", "last", "--save_strategy", "no"]
+    resumed = quick_run(data, output_dir, *resume)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["epoch"] == 3.0  # still 8 pairs an epoch
+    line = error_line(quick_run(data, output_dir, *resume, "--max_train_samples", "10"))
+    assert "--max_train_samples 10 (the checkpoint's: 8)" in line
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--max_train_samples", "0"], "--max_train_samples is 0; expected at least 1"),
+        (["--max_predict_samples", "3"], "--max_predict_samples 3 cuts the test split that --do_predict translates"),
+        (["--max_eval_samples", "3"], "--max_eval_samples 3 cuts the validation split, and the data has none"),
+    ],
+    ids=["zero", "predict-without-do-predict", "eval-without-validation"],
+)
+def test_a_max_samples_flag_that_cannot_apply_is_refused(tmp_path, data, flags, fragment):
+    line = error_line(quick_run(data, tmp_path / "run", "--max_steps", "1", *flags))
+    assert fragment in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_resuming_a_checkpoint_without_a_data_record_and_no_data_flags_names_the_embedded_task(tmp_path, finished):
     """A checkpoint from the Hub (whose data record is not pushed) or an older train.py cannot say its data."""
     output_dir = copy_of(finished, tmp_path)
