@@ -201,6 +201,13 @@ def content_blocks(path: str | Path, compression: str | None) -> Iterator[bytes]
             raise UsageError(f"{path}: cannot decompress it ({error}); expected a whole {compression} file") from None
 
 
+def no_such_file(path: str) -> UsageError:
+    """The error for a file that is not there; a relative path also names the folder it was looked for in (the
+    working folder: a recipe's paths are read from where train.py runs, not from the recipe's folder)."""
+    where = "" if Path(path).is_absolute() else f" (looked for in the working folder {Path.cwd()})"
+    return UsageError(f"{path}: no such file{where}")
+
+
 def read_text(path: str) -> str:
     """The UTF-8 text of a file (decompressed where its suffix names a codec, COMPRESSIONS), without a leading
     byte-order mark; UsageError saying why a file cannot be read."""
@@ -208,7 +215,7 @@ def read_text(path: str) -> str:
     if file.is_dir():
         raise UsageError(f"{path} is a folder; expected a file")
     if not file.is_file():
-        raise UsageError(f"{path}: no such file")
+        raise no_such_file(path)
     try:
         data = b"".join(content_blocks(file, compression_of(file)))
     except OSError as error:

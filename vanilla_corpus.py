@@ -18,7 +18,15 @@ import numpy as np
 import pyarrow
 import pyarrow.compute
 
-from vanilla_cli import COMPRESSIONS, UsageError, argument_dataclass, compression_of, read_text, text_lines
+from vanilla_cli import (
+    COMPRESSIONS,
+    UsageError,
+    argument_dataclass,
+    compression_of,
+    no_such_file,
+    read_text,
+    text_lines,
+)
 from vanilla_files import sha256_of
 
 SPLITS = ("train", "validation", "test")
@@ -248,7 +256,7 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
                 continue
             suffix = data_format(path)
             if not Path(path).is_file():
-                raise UsageError(f"{path}: no such file")
+                raise no_such_file(path)
             check_compressed_files([Path(path)])
             options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}  # as _read_table
             stream = datasets.load_dataset(
@@ -325,7 +333,7 @@ def _read_parquet(path: str) -> datasets.Dataset:
     """The 'translation' column of a Parquet file ({language: sentence} a row), read by the builder --streaming uses;
     its pairs are checked with every split's (`_check_pairs`)."""
     if not Path(path).is_file():
-        raise UsageError(f"{path}: no such file")
+        raise no_such_file(path)
     try:
         dataset = datasets.load_dataset("parquet", data_files=path, split="train")
     except Exception as error:  # pyarrow's errors for a file that is not Parquet

@@ -773,6 +773,20 @@ def test_sentences_with_line_separators_and_quotation_marks_load_as_written(tmp_
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_missing_relative_data_file_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch, streaming, suffix):
+    """A recipe's relative paths are read from the working folder: the error says which, as an absolute path needs
+    no such note."""
+    monkeypatch.chdir(tmp_path)
+    for path, where in ((f"data/train{suffix}", f" (looked for in the working folder {tmp_path})"), ("", "")):
+        path = path or str(tmp_path / f"train{suffix}")
+        data = DataArguments(train_file=path, source_lang="en", target_lang="de")
+        with pytest.raises(UsageError) as raised:
+            read_pairs(data, streaming)
+        assert str(raised.value) == f"{path}: no such file{where}"
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
 def test_max_samples_keep_the_first_pairs_of_each_split(tmp_path, streaming):
     pairs = [{"en": f"pair {n}", "de": f"Paar {n}"} for n in range(6)]
     files = {split: str(write_pairs(tmp_path / f"{split}.jsonl", pairs)) for split in ("train", "validation", "test")}
