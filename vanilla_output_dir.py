@@ -277,7 +277,14 @@ def last_checkpoint(output_dir: Path) -> Path:
 
 def check_resumable(checkpoint: Path) -> None:
     """UsageError for a checkpoint given to --resume_from_checkpoint that Trainer could not load: one saved only in
-    part, or with a file cut short or damaged (each read to the end), naming the file and what to resume from."""
+    part, or with a file cut short or damaged (each read to the end), naming the file and what to resume from; and
+    for a path that is no folder (a typo), which has nothing beside it to name."""
+    if not checkpoint.is_dir():
+        what = "is a file" if checkpoint.exists() else "does not exist"
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint} {what}; expected a checkpoint-* folder, or last (the newest "
+            "complete checkpoint in --output_dir)"
+        )
     if trainer_state(checkpoint) is None:
         problem = f"{checkpoint} is not a complete checkpoint (no readable {TRAINER_STATE}, which Trainer writes last)"
     elif missing := missing_rng_states(checkpoint):

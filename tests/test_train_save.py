@@ -248,6 +248,21 @@ def test_resuming_from_a_checkpoint_without_its_state_says_what_to_do_instead(tm
     )
 
 
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_resuming_from_a_path_that_is_no_folder_says_so(tmp_path, finished, data, kind):
+    """A mistyped checkpoint path is named as missing (or a file), not as a checkpoint to move away."""
+    output_dir = copy_of(finished, tmp_path)
+    checkpoint = output_dir / "checkpoint-5"
+    if kind == "file":
+        checkpoint.write_text("")
+    refused = quick_run(data, output_dir, "--max_steps", "6", "--resume_from_checkpoint", str(checkpoint))
+    what = "is a file" if kind == "file" else "does not exist"
+    assert error_line(refused) == (
+        f"error: --resume_from_checkpoint {checkpoint} {what}; expected a checkpoint-* folder, or last (the newest "
+        "complete checkpoint in --output_dir)"
+    )
+
+
 def test_a_checkpoint_missing_a_processs_random_state_is_incomplete(tmp_path, finished, data):
     """Under DDP each process writes its rng_state_<rank>.pth, and the main one may write trainer_state.json first: a
     process killed then leaves a checkpoint that resumes with another random stream. It is incomplete."""
