@@ -124,7 +124,8 @@ ModelArguments = model_arguments()
 
 @argument_dataclass
 class TrainingArguments(Seq2SeqTrainingArguments):
-    """Trainer's arguments with the paper's recipe (sec. 5.3) as defaults, and --overwrite_output_dir.
+    """Trainer's arguments with the paper's recipe (sec. 5.3) as defaults, --overwrite_output_dir, and the help of
+    the Trainer flags that train.py reads its own way.
 
     Args:
         learning_rate: Peak learning rate; default (d_model * warmup_steps)^-0.5, the paper's.
@@ -147,6 +148,15 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             default: this process alone.
         bleu_tokenize: sacreBLEU's tokenizer for --predict_with_generate's and --do_predict's BLEU (default:
             sacreBLEU's choice for --target_lang: zh, ja-mecab or ko-mecab for those languages, else 13a).
+        resume_from_checkpoint: A checkpoint-* folder to continue the run from, or last: the newest complete
+            checkpoint in output_dir.
+        generation_max_length: The output limit of --predict_with_generate, in tokens (default: sec. 6.1's, as
+            eval.py's: the batch's longest input + 50).
+        label_smoothing_factor: Must stay 0: the model's own loss is smoothed (--label_smoothing, sec. 5.4), and
+            Trainer would smooth it again.
+        do_train: Not read: train.py always trains.
+        do_eval: Not read: train.py evaluates on the validation split whenever there is one (after training, and as
+            --eval_strategy says).
     """
 
     learning_rate: float | None = None
@@ -163,6 +173,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     streaming: bool = False
     preprocessing_num_workers: int | None = None
     bleu_tokenize: str | None = field(default=None, metadata={"choices": BLEU_TOKENIZERS})
+    # Trainer's fields that train.py reads its own way: redeclared only for their help.
+    resume_from_checkpoint: str | None = None
+    generation_max_length: int | None = None
+    label_smoothing_factor: float = 0.0
+    do_train: bool = False
+    do_eval: bool = False
 
     def __post_init__(self):
         if self.bf16 or self.bf16_full_eval:

@@ -65,6 +65,7 @@ from vanilla_train_arguments import (
     parse_arguments,
 )
 from vanilla_trainer import VanillaTrainer, nll_metrics, summed_nll_per_sentence, translation_metrics
+from vanilla_translation import MAX_LENGTH_OFFSET
 
 # An experiment tracker Trainer reports to whose library this machine lacks.
 UNINSTALLED_REPORTER = next(
@@ -1338,6 +1339,17 @@ def test_a_flags_help_is_its_docstring_entry_with_the_lines_indented_below_it():
         "25000 + 25000), in place of --per_device_train_batch_size sentences."
     )
     assert helps["test_file"] == "Same format as --train_file."
+
+
+def test_the_help_of_trainer_flags_that_train_py_reads_its_own_way_says_how():
+    """Trainer's own help would misstate train.py for these: `last` resumes, the output limit is sec. 6.1's, the model
+    smooths its own loss, and train.py trains and evaluates without --do_train / --do_eval."""
+    helps = {action.dest: action.help for action in argument_parser()._actions}
+    assert "or last: the newest complete checkpoint" in helps["resume_from_checkpoint"]
+    assert f"longest input + {MAX_LENGTH_OFFSET})" in helps["generation_max_length"]
+    assert helps["label_smoothing_factor"].startswith("Must stay 0")
+    assert helps["do_train"] == "Not read: train.py always trains."
+    assert helps["do_eval"].startswith("Not read: train.py evaluates on the validation split whenever there is one")
 
 
 def test_config_overrides_set_fields_over_the_preset_and_named_flags_win_over_them():
