@@ -56,9 +56,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's `(default: X)` after each flag's help, except where the help says its default itself: there X is
+    only the value that stands for it (None for "the model's generation_config")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
 class UsageErrorParser:
     """For an argparse parser class (before it in the bases): a bad flag or value is a UsageError, one `error:` line
-    and exit code 2, in place of argparse's whole usage text before its error."""
+    and exit code 2, in place of argparse's whole usage text before its error; --help states each default once."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)

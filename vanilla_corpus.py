@@ -49,10 +49,10 @@ class DataArguments:
         test_file: Same format as --train_file.
         source_lang: Source language code (embedded task: en).
         target_lang: Target language code (embedded task: de).
-        max_source_length: Source sentences are truncated to this many tokens (eval.py: by default the length the
-            model was trained on, from its data_args.json).
+        max_source_length: Source sentences are truncated to this many tokens (default: %(default)s; eval.py's
+            default: the length the model was trained on, from its data_args.json).
         max_target_length: Target sentences are truncated to this many tokens in training (eval.py scores against
-            the whole references and does not read it).
+            the whole references and refuses it).
     """
 
     dataset_name: str | None = None

@@ -37,6 +37,7 @@ import vanilla_ctranslate2
 import vanilla_translation
 from modeling_vanilla import VanillaConfig, VanillaForConditionalGeneration
 from vanilla_cli import UsageError
+from vanilla_corpus import DataArguments
 from vanilla_ctranslate2 import source_fingerprint
 from vanilla_files import LockHeld, check_output_files, lock_file, unlock_file, write_folder_atomically
 from vanilla_metrics import load_metrics, score
@@ -342,6 +343,28 @@ def test_translate_mode_passes_generate_only_the_settings_of_its_search(trained_
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.splitlines()) == 2
     assert "generation flags" not in result.stderr and "[transformers]" not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_help_states_each_default_once_and_the_source_length_eval_py_takes():
+    """A flag whose help says its default gets no argparse `(default: None)` after it, and --max_source_length's
+    help gives eval.py's default (the recorded training length) beside the dataclass' 256, not only the 256."""
+    result = run_cli("eval.py", "--help")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = " ".join(result.stdout.split())
+
+    def help_of(flag: str, next_flag: str) -> str:
+        return re.search(rf" --{flag} \S+, --\S+ \S+ (.*?) --{next_flag} ", text).group(1)
+
+    assert (
+        help_of("num_beams", "length_penalty")
+        == "Beam size (default: generation_config's; train.py saves 4, sec. 6.1)."
+    )
+    assert help_of("max_source_length", "max_target_length") == (
+        f"Source sentences are truncated to this many tokens (default: {DataArguments().max_source_length}; eval.py's "
+        "default: the length the model was trained on, from its data_args.json)."
+    )
+    assert help_of("batch_size", "predictions_file") == "Sentences per generate() call. (default: 64)"
 
 
 @pytest.mark.slow
