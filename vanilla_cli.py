@@ -254,9 +254,10 @@ def text_lines(text: str) -> list[str]:
 
 
 def read_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
-    """The flags held by a JSON or YAML file, refusing keys that are no flag of the parser (an HfArgumentParser) and
-    values whose type the flag's field does not take. A string goes through the flag's conversion as on the command
-    line (argparse converts a string default); other values reach the dataclass as they are."""
+    """The flags held by a JSON or YAML file, refusing keys that are no flag of the parser (an HfArgumentParser),
+    values whose type the flag's field does not take, and strings that are not one of the flag's choices (argparse
+    checks a default's type, not its choices). A string goes through the flag's conversion as on the command line
+    (argparse converts a string default); other values reach the dataclass as they are."""
     text = read_text(path)
     try:
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
@@ -270,11 +271,15 @@ def read_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
     hints = {}
     for cls in getattr(parser, "dataclass_types", ()):
         hints.update(typing.get_type_hints(cls))
+    choices = {action.dest: action.choices for action in parser._actions if action.choices is not None}
     for name, value in values.items():
         if name in hints and not isinstance(value, str) and not fits(value, hints[name]):
             hint = type_name(hints[name])
             yaml_word = " (YAML reads no, yes, on, off as booleans: quote them)" if isinstance(value, bool) else ""
             raise UsageError(f"{path}: {name}: {json.dumps(value)} is not a value of type {hint}{yaml_word}")
+        allowed = [str(choice) for choice in choices.get(name, ())]
+        if isinstance(value, str) and allowed and value not in allowed:
+            raise UsageError(f"{path}: {name}: {json.dumps(value)} is not one of {', '.join(allowed)}")
     return values
 
 

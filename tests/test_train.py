@@ -286,6 +286,8 @@ def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
         ("bf16: 1", "bf16: 1 is not a value of type bool"),
         ("save_strategy: no", "save_strategy: false is not a value of type SaveStrategy | str (YAML reads no, yes"),
         ("max_steps: abc", "argument --max_steps/--max-steps: invalid int value: 'abc'"),
+        ("train_sampling_strategy: sorted", 'train_sampling_strategy: "sorted" is not one of random, group_by_length'),
+        ("save_strategy: sometimes", 'save_strategy: "sometimes" is not one of no, steps, epoch, best'),
     ],
 )
 def test_a_recipe_value_of_another_type_than_its_flag_is_a_usage_error(tmp_path, line, expected):
