@@ -82,7 +82,8 @@ class EvalArguments:
         plot_attention: Only plot the last layer's cross-attention while translating this sentence.
         attention_file: The attention plot (default: attention.png beside the model, as the hypotheses).
         engine: transformers' generate(), or CTranslate2 (converted once, cached beside the model).
-        quantization: CTranslate2 weight and compute type: float32 (default), int8, int8_float32, bfloat16, ...
+        quantization: CTranslate2 weight and compute type: float32 (default), int8, int8_float32, int16; on a GPU
+            also float16, bfloat16, int8_float16, int8_bfloat16.
         dtype: transformers engine: run the model in this dtype (default: as saved).
         compile: transformers engine: decode with a static cache and torch.compile.
         compile_mode: --compile's torch.compile mode (default: reduce-overhead, transformers' own for generate(): on a

@@ -1,8 +1,13 @@
+import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
+
+from eval import EvalArguments
+from vanilla_ctranslate2 import QUANTIZATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +47,12 @@ def test_the_learning_curve_is_read_from_the_last_complete_checkpoint(tmp_path, 
     figure = make_figures.learning_curve_figure(run)
     assert figure == tmp_path / "figures" / "learning_curve_run.png" and figure.read_bytes().startswith(b"\x89PNG")
     assert sorted(path.name for path in figure.parent.iterdir()) == ["learning_curve_run.png"]
+
+
+def test_the_readme_and_eval_help_name_every_quantization_eval_py_takes():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    listed = re.search(r"`--quantization` is CTranslate2's weight and compute type: (.*?)\. ", readme).group(1)
+    assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(QUANTIZATIONS)
+    (quantization,) = [field for field in dataclasses.fields(EvalArguments) if field.name == "quantization"]
+    listed = re.findall(r"\b\w*(?:int|float)\d+\w*\b", quantization.metadata["help"])
+    assert sorted(listed) == sorted(QUANTIZATIONS)
