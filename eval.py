@@ -446,12 +446,18 @@ class EvalParser(UsageErrorParser, HfArgumentParser):
     """HfArgumentParser whose errors are usage errors."""
 
 
-@exit_on_usage_error
-def main(argv: list[str] | None = None) -> None:
+def argument_parser() -> EvalParser:
+    """eval.py's flags (the decoding's and outputs', the data's) and its mode."""
     parser = EvalParser((EvalArguments, DataArguments), description=__doc__.splitlines()[0])
     parser.add_argument(
         "mode", nargs="?", default="evaluate", choices=("evaluate", "translate"), help="translate: stdin to stdout."
     )
+    return parser
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
     # An unknown flag's value would be read as the mode: name the flag first.
     for token in sys.argv[1:] if argv is None else argv:
         if token.startswith("--") and token.split("=")[0] not in parser._option_string_actions:

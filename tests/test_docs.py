@@ -2,12 +2,15 @@ import dataclasses
 import importlib.util
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from eval import EvalArguments
+from eval import argument_parser as eval_parser
 from vanilla_ctranslate2 import QUANTIZATIONS
+from vanilla_train_arguments import parse_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +59,32 @@ def test_the_readme_and_eval_help_name_every_quantization_eval_py_takes():
     (quantization,) = [field for field in dataclasses.fields(EvalArguments) if field.name == "quantization"]
     listed = re.findall(r"\b\w*(?:int|float)\d+\w*\b", quantization.metadata["help"])
     assert sorted(listed) == sorted(QUANTIZATIONS)
+
+
+def documented_commands(*docs: str) -> list[tuple[str, list[str]]]:
+    """Each train.py or eval.py command in the docs' bash blocks: the script and its arguments, without the `...`
+    that stands for the reader's own and without what a pipe or a comment adds."""
+    commands = []
+    for doc in docs:
+        for block in re.findall(r"```bash\n(.*?)```", (ROOT / doc).read_text(), re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                script = next((word for word in words if word in ("train.py", "eval.py")), None)
+                if script is not None:
+                    arguments = words[words.index(script) + 1 :]
+                    arguments = arguments[: arguments.index("|")] if "|" in arguments else arguments
+                    commands.append((script, [word for word in arguments if word != "..."]))
+    return commands
+
+
+COMMANDS = documented_commands("README.md", "docs/transformer-networks.md")
+
+
+@pytest.mark.parametrize("script, arguments", COMMANDS, ids=[" ".join([script, *words]) for script, words in COMMANDS])
+def test_every_documented_command_parses_as_its_cli_reads_it(script, arguments, monkeypatch):
+    """A flag the docs spell otherwise than the CLI, or a recipe they name that is not there, fails here."""
+    monkeypatch.chdir(ROOT)  # the docs' commands run from the repository root
+    if script == "train.py":
+        parse_arguments(arguments)
+    else:
+        eval_parser().parse_args_into_dataclasses(args=arguments)
