@@ -1115,7 +1115,9 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
         ),
         (["--max_steps", "abc"], "argument --max_steps/--max-steps: invalid int value: 'abc'"),  # argparse's, alone
         (["--save_strategy", "sometimes"], "argument --save_strategy/--save-strategy: invalid choice: 'sometimes'"),
-        (["--no_such_flag", "1"], "not used by the HfArgumentParser: ['--no_such_flag', '1']"),
+        (["--no_such_flag", "1"], "error: unknown flag --no_such_flag (python train.py --help lists them)"),
+        (["--no_such_flag=1"], "error: unknown flag --no_such_flag (python train.py --help lists them)"),
+        (["recipe.txt"], "error: unexpected argument recipe.txt: expected --flag value pairs, after a recipe file"),
     ],
 )
 def test_argument_checks_run_before_the_data_is_loaded(tmp_path, capsys, flags, expected):
