@@ -33,8 +33,8 @@ from vanilla_cli import (
     argument_dataclass,
     avoid_cudnn_attention,
     exit_on_usage_error,
-    first_line,
     given_flags,
+    refuse_unknown_arguments,
     text_lines,
 )
 from vanilla_corpus import SPLITS, DataArguments, dataset_folder_files, load_raw_datasets, sentences
@@ -462,10 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     for token in sys.argv[1:] if argv is None else argv:
         if token.startswith("--") and token.split("=")[0] not in parser._option_string_actions:
             raise UsageError(f"unknown flag {token.split('=')[0]} (python eval.py --help lists them)")
-    try:
-        args, data, extra = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # arguments it does not know
-        raise UsageError(first_line(error)) from None
+    refuse_unknown_arguments(parser, argv, "eval.py", "--flag value pairs and at most one mode (evaluate, translate)")
+    args, data, extra = parser.parse_args_into_dataclasses(args=argv)
     scores_data = extra.mode == "evaluate" and args.plot_attention is None
     given = given_flags(parser, argv)
     check_mode_arguments(extra.mode, args, given)

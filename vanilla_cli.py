@@ -331,6 +331,18 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[
     return given | {name for name, value in vars(namespace).items() if value is not unset}
 
 
+def refuse_unknown_arguments(parser: argparse.ArgumentParser, argv: list[str], script: str, expected: str) -> None:
+    """UsageError naming the first word of `argv` that is no argument of the CLI `script` nor a flag's value (an
+    HfArgumentParser would list every such word as "not used by the HfArgumentParser"); `expected` says what is."""
+    _, unknown = parser.parse_known_args(argv)
+    if not unknown:
+        return
+    word = unknown[0].split("=")[0]
+    if word.startswith("-"):
+        raise UsageError(f"unknown flag {word} (python {script} --help lists them)")
+    raise UsageError(f"unexpected argument {word}: expected {expected}")
+
+
 def documented_arguments(cls: type) -> dict[str, str]:
     """Each `name: text` entry of the Args section of the class's docstring (and its parents'); a text runs on over
     the lines indented below its first."""

@@ -40,6 +40,7 @@ from vanilla_cli import (
     first_line,
     given_flags,
     read_recipe,
+    refuse_unknown_arguments,
 )
 from vanilla_corpus import TrainDataArguments
 from vanilla_metrics import BLEU_TOKENIZERS
@@ -221,7 +222,8 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, TrainDataArguments
     if argv and argv[0].endswith(RECIPE_SUFFIXES):
         parser.set_defaults(**read_recipe(argv[0], parser))
         flags = argv[1:]
-    refuse_unknown_arguments(parser, flags)
+    recipe = f"a recipe file ({', '.join(RECIPE_SUFFIXES)})"
+    refuse_unknown_arguments(parser, flags, "train.py", f"--flag value pairs, after {recipe} if any")
     on_cpus = data_parallel_on_cpus(parser, flags)
     try:
         model_args, data_args, args = parser.parse_args_into_dataclasses(flags)
@@ -238,21 +240,6 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, TrainDataArguments
     if on_cpus and args.process_index == 0:
         print(f"no GPU: {args.world_size} processes train data-parallel (DDP) on the CPUs with the gloo backend")
     return model_args, data_args, args
-
-
-def refuse_unknown_arguments(parser: HfArgumentParser, flags: list[str]) -> None:
-    """UsageError naming the first word of `flags` that is no flag of train.py nor a flag's value (HfArgumentParser
-    would list every such word as "not used by the HfArgumentParser")."""
-    _, unknown = parser.parse_known_args(flags)
-    if not unknown:
-        return
-    word = unknown[0].split("=")[0]
-    if word.startswith("-"):
-        raise UsageError(f"unknown flag {word} (python train.py --help lists them)")
-    raise UsageError(
-        f"unexpected argument {word}: expected --flag value pairs, after a recipe file ({', '.join(RECIPE_SUFFIXES)}) "
-        "if any"
-    )
 
 
 def launched_processes() -> int:

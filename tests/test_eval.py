@@ -368,6 +368,13 @@ def test_help_states_each_default_once_and_the_source_length_eval_py_takes():
 
 
 @pytest.mark.slow
+def test_a_word_that_is_no_argument_is_named_with_what_eval_py_takes(trained_run):
+    result = run_cli("eval.py", "translate", "--model", str(trained_run), "extra", stdin="seven\n")
+    expected = "unexpected argument extra: expected --flag value pairs and at most one mode (evaluate, translate)"
+    assert_usage_error(result, expected)
+
+
+@pytest.mark.slow
 def test_missing_model_path_is_a_usage_error(tmp_path):
     assert_usage_error(run_cli("eval.py", "--model", str(tmp_path / "no-such-model")), "no-such-model")
 
