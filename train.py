@@ -26,6 +26,7 @@ from vanilla_cli import (
     UsageError,
     avoid_cudnn_attention,
     eval_command,
+    eval_launcher,
     exit_on_usage_error,
     first_line,
     given_flags,
@@ -242,7 +243,7 @@ def train_and_save(
                     test = ("--test_file", data_args.test_file) if data_args.test_file else ()
                     print(
                         "note: --do_predict scores a run's model as it finishes; score this one with: "
-                        f"{eval_command('--model', output_dir, *test)}",
+                        f"{eval_command('--model', output_dir, *test, launcher=eval_launcher())}",
                         file=sys.stderr,
                     )
             return
@@ -318,11 +319,12 @@ def train_and_save(
 def end_of_run_command(output_dir: str, raw: dict) -> str:
     """The line that says how to use the saved model: score it on the test split of its data_args.json, else on the
     validation split; with neither, eval.py has nothing to score, and translates what it is given."""
+    launcher = eval_launcher()
     if "test" in raw:
-        return f"evaluate it with: {eval_command('--model', output_dir)}"
+        return f"evaluate it with: {eval_command('--model', output_dir, launcher=launcher)}"
     if "validation" in raw:
-        return f"evaluate it with: {eval_command('--model', output_dir, '--split', 'validation')}"
-    return f"translate with: {eval_command('translate', '--model', output_dir)}"
+        return f"evaluate it with: {eval_command('--model', output_dir, '--split', 'validation', launcher=launcher)}"
+    return f"translate with: {eval_command('translate', '--model', output_dir, launcher=launcher)}"
 
 
 if __name__ == "__main__":

@@ -82,9 +82,20 @@ def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def eval_command(*arguments: str | Path) -> str:
-    """`python eval.py <arguments>`, each word quoted for a shell: a command to paste, as printed or in a card."""
-    return shlex.join(["python", "eval.py", *map(str, arguments)])
+def eval_command(*arguments: str | Path, launcher: tuple[str, ...] = ("python", "eval.py")) -> str:
+    """`python eval.py <arguments>` (or another `launcher`), each word quoted for a shell: a command to paste."""
+    return shlex.join([*launcher, *map(str, arguments)])
+
+
+def eval_launcher() -> tuple[str, ...]:
+    """How to run eval.py from here, as train.py was run: `vanilla-eval` after `vanilla-train` (the installed
+    commands), else `python` and the eval.py beside the train.py run (`python ../vanilla/eval.py`)."""
+    program = Path(sys.argv[0])
+    if program.name == "vanilla-train":
+        return ("vanilla-eval",)
+    if program.name == "train.py":
+        return ("python", str(program.with_name("eval.py")))
+    return ("python", "eval.py")
 
 
 def is_main_process() -> bool:

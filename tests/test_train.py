@@ -137,7 +137,8 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_nll_loss"]), rel=1e-4)
     assert f"model saved to {output_dir}" in result.stdout
     command = next(line for line in result.stdout.splitlines() if line.startswith("evaluate it with: "))
-    assert shlex.split(command.removeprefix("evaluate it with: ")) == ["python", "eval.py", "--model", str(output_dir)]
+    expected = ["python", str(ROOT / "eval.py"), "--model", str(output_dir)]  # the eval.py beside the train.py run
+    assert shlex.split(command.removeprefix("evaluate it with: ")) == expected
     assert "padding:" in result.stdout
     assert_loads_and_translates(output_dir)
     # The saved tokenizer truncates to the length the model was trained on, as a Hub tokenizer does to its model's.
@@ -170,6 +171,22 @@ def test_train_and_eval_leave_cudnn_attention_out_unless_pytorchs_variable_asks_
     evaluation = ("--model", str(model), "--max_length_offset", "2", "--results_file", str(tmp_path / "report.json"))
     assert run("eval.py", *evaluation) == "False"
     assert run("eval.py", *evaluation, TORCH_CUDNN_SDPA_PREFERRED="1") == "True"
+
+
+@pytest.mark.parametrize(
+    "program, launcher",
+    [
+        ("train.py", ["python", "eval.py"]),
+        ("../vanilla/train.py", ["python", "../vanilla/eval.py"]),
+        ("/opt/venv/bin/vanilla-train", ["vanilla-eval"]),
+    ],
+)
+def test_the_printed_eval_command_runs_eval_py_as_train_py_was_run(monkeypatch, program, launcher):
+    """`python eval.py` works only beside eval.py: the command train.py prints names the eval.py beside the train.py
+    that ran, or the installed vanilla-eval after vanilla-train."""
+    monkeypatch.setattr(sys, "argv", [program, "--output_dir", "run"])
+    line = train.end_of_run_command("my run", {"test": None})
+    assert shlex.split(line.removeprefix("evaluate it with: ")) == [*launcher, "--model", "my run"]
 
 
 def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():

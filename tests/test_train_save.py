@@ -494,7 +494,7 @@ def test_resuming_a_complete_run_trains_no_further(tmp_path, finished, data):
 def assert_command_scores(command: str, model: Path, split: str, data: Path) -> None:
     """A printed `python eval.py ...` command, run as a shell splits it, scores `model` on `split` of `data`."""
     words = shlex.split(command)
-    assert words[:4] == ["python", "eval.py", "--model", str(model)], command
+    assert words[:4] == ["python", str(ROOT / "eval.py"), "--model", str(model)], command  # beside the train.py run
     result = run_cli("eval.py", *words[2:])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((model / f"eval_results_{split}.json").read_text())
@@ -514,7 +514,7 @@ def test_the_command_printed_after_a_run_without_test_data_works_as_pasted(tmp_p
         assert_command_scores(line.removeprefix("evaluate it with: "), output_dir, "validation", data)
         return
     words = shlex.split(line.removeprefix("translate with: "))
-    assert words[:3] == ["python", "eval.py", "translate"], line
+    assert words[:3] == ["python", str(ROOT / "eval.py"), "translate"], line
     translated = run_cli("eval.py", *words[2:], stdin="seven\neight\n")
     assert translated.returncode == 0, translated.stderr[-3000:]
     assert len(translated.stdout.splitlines()) == 2
