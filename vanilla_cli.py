@@ -68,10 +68,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class UsageErrorParser:
     """For an argparse parser class (before it in the bases): a bad flag or value is a UsageError, one `error:` line
-    and exit code 2, in place of argparse's whole usage text before its error; --help states each default once."""
+    and exit code 2, in place of argparse's whole usage text before its error; --help states each default once. A
+    flag is its whole name: argparse would read `--max_step` as --max_steps, and a flag added later could change
+    what a shortened one means."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+        super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
@@ -283,6 +285,7 @@ def read_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
     for cls in getattr(parser, "dataclass_types", ()):
         hints.update(typing.get_type_hints(cls))
     choices = {action.dest: action.choices for action in parser._actions if action.choices is not None}
+    conversions = {action.dest: action.type for action in parser._actions if callable(action.type)}
     for name, value in values.items():
         if name in hints and not isinstance(value, str) and not fits(value, hints[name]):
             hint = type_name(hints[name])
@@ -291,6 +294,12 @@ def read_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
         allowed = [str(choice) for choice in choices.get(name, ())]
         if isinstance(value, str) and allowed and value not in allowed:
             raise UsageError(f"{path}: {name}: {json.dumps(value)} is not one of {', '.join(allowed)}")
+        if isinstance(value, str) and name in conversions:  # as the command line would convert it
+            try:
+                conversions[name](value)
+            except (ValueError, TypeError, argparse.ArgumentTypeError):
+                hint = type_name(hints[name]) if name in hints else conversions[name].__name__
+                raise UsageError(f"{path}: {name}: {json.dumps(value)} is not a value of type {hint}") from None
     return values
 
 

@@ -206,13 +206,19 @@ def paper_peak_learning_rate(d_model: int, warmup_steps: float) -> float:
     return (d_model * max(warmup_steps, 1)) ** -0.5
 
 
+DESCRIPTION = (
+    "Train the Transformer on a parallel corpus with Seq2SeqTrainer, with the paper's recipe (sec. 5) by default; "
+    "the flags may come from a JSON or YAML recipe file given first, those after it taking precedence."
+)
+
+
 class ArgumentParser(UsageErrorParser, HfArgumentParser):
     """HfArgumentParser whose errors are usage errors."""
 
 
 def argument_parser() -> HfArgumentParser:
     """train.py's flags: the model's, the data's and Trainer's."""
-    return ArgumentParser((ModelArguments, TrainDataArguments, TrainingArguments))
+    return ArgumentParser((ModelArguments, TrainDataArguments, TrainingArguments), description=DESCRIPTION)
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, TrainDataArguments, TrainingArguments]:
