@@ -357,8 +357,9 @@ def ctranslate2_models(models: dict, shape: Shape, folder: str, device: torch.de
     def ours(quantization: str) -> str:
         ours_dir = os.path.join(folder, f"ours-{quantization}")
         os.makedirs(ours_dir)
-        # A copy: quantizing the spec rewrites its arrays in place, which would be our model's own parameters.
-        weights = {name: tensor.detach().clone() for name, tensor in models["ours"].state_dict().items()}
+        # A copy on the CPU: quantizing the spec rewrites its arrays in place, which would be our model's own
+        # parameters, and CTranslate2 reads a spec's tensors through NumPy or their host address, which a GPU's lack.
+        weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in models["ours"].state_dict().items()}
         spec = model_spec(models["ours"].config, weights, tokens)
         spec.validate()
         spec.optimize(quantization=quantization)
