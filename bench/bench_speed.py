@@ -330,6 +330,14 @@ def compiled_static_decoder(
     return None, None, agreement, notes
 
 
+def compile_modes(device: torch.device, backend: str) -> list[str | None]:
+    """The modes compiled_static_decoder tries: reduce-overhead (eval.py --compile's), then on a GPU default (no CUDA
+    graphs) should that fail; a backend other than inductor, whose modes these are, takes none (None)."""
+    if backend != "inductor":
+        return [None]
+    return ["reduce-overhead", "default"] if device.type == "cuda" else ["reduce-overhead"]
+
+
 def bench_tokens(vocab_size: int) -> list[str]:
     """Token strings for CTranslate2, which speaks tokens, not ids: the special ones, then placeholders."""
     return ["<pad>", "<s>", "</s>", *(f"<t{index}>" for index in range(3, vocab_size))]
@@ -617,14 +625,13 @@ def main():
         for name in bf16_decoders:
             decoders[f"{name}, bf16"] = (copy.deepcopy(models[name]).to(torch.bfloat16), contextlib.nullcontext, {})
         if compiled:  # eval.py --compile: static cache, the decoding forward compiled
-            modes = ["reduce-overhead", "default"] if device.type == "cuda" else ["reduce-overhead"]
             static, mode, agreement, notes = compiled_static_decoder(
                 models["ours"],
                 source,
                 shape.new_tokens,
                 autocast,
                 args.compile_backend,
-                modes if args.compile_backend == "inductor" else [None],  # modes are inductor's
+                compile_modes(device, args.compile_backend),
                 decode_dtype,
             )
             if static is not None:

@@ -2,6 +2,7 @@
 
     python bench/profile_speed.py [--model marian] [--bf16] [--rows 25] [--threads 2] [--skip-generation]
     python bench/profile_speed.py --device cuda    # base shape, bf16 autocast, plus the compiled step and decoding
+    python bench/profile_speed.py --compile        # CPU, plus the compiled step and decoding (--compile-backend)
 
 Uses bench_speed.py's inputs (the small shape on CPU, the base shape on CUDA; --shape picks another). Each profiled
 call gets one summary line: its wall time, and on CUDA the time its kernels kept the GPU busy (the sum of their
@@ -14,8 +15,8 @@ a flag back from the GPU, so its time includes the wait for the step's kernels.
 
 On CUDA it first times a training step at batch shapes met for the first time against the same shapes again, with
 SDPA free to use cuDNN's attention and without it (`--new-shapes N`): what each new shape of token-budget batches
-costs. On CUDA the training step also runs compiled, and the decoding as bench_speed.py's: eager under autocast, then
-eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
+costs. On CUDA (on CPU with --compile) the training step also runs compiled, and the decoding as bench_speed.py's:
+eager under autocast, then eval.py --compile's (static cache, the decoding step compiled, in bf16 weights).
 """
 
 import argparse
@@ -31,6 +32,7 @@ from bench_speed import (  # the script's folder is on the path
     bench_inputs,
     build_marian,
     build_ours,
+    compile_modes,
     compiled_static_decoder,
     generation_call,
     random_batch,
@@ -200,7 +202,11 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="profiled calls of each")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (always on CUDA)")
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="on CPU, the compiled step and decoding too")
     parser.add_argument("--no-compile", action="store_true", help="on CUDA, no compiled training step or decoding")
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend; eager traces the same graphs, quickly"
+    )
     parser.add_argument(
         "--new-shapes", type=int, default=None, help="batch shapes timed at their first call (default: 6 on CUDA, 0)"
     )
@@ -221,31 +227,27 @@ def main():
     if new_shapes and args.model == "ours":  # first, before any other call has met a shape
         new_shape_cost(model.train(), shape, device, autocast, new_shapes)
     show("training step", training_step(model.train(), args.model, batch, autocast), args.rows, args.steps, device)
-    if device.type == "cuda" and not args.no_compile:  # bench_speed.py's compiled row: Trainer's --torch_compile
-        compiled = training_step(torch.compile(model), args.model, batch, autocast, every_position=True)
-        show("training step, compiled", compiled, args.rows, args.steps, device)
+    compiled = (device.type == "cuda" or args.compile) and not args.no_compile  # as bench_speed.py's rows
+    if compiled:  # bench_speed.py's compiled row: Trainer's --torch_compile
+        model_compiled = torch.compile(model, backend=args.compile_backend)
+        step = training_step(model_compiled, args.model, batch, autocast, every_position=True)
+        show("training step, compiled", step, args.rows, args.steps, device)
     if args.skip_generation:
         return
     model.eval()
     decoding = generation_call(model, source, 4, shape.new_tokens, autocast)
     show("beam-4 generation", decoding, args.rows, args.steps, device, parts_of=model)
-    if device.type == "cuda" and args.model == "ours" and not args.no_compile:
-        modes = ["reduce-overhead", "default"]
+    if compiled and args.model == "ours":
+        modes = compile_modes(device, args.compile_backend)
         static, mode, _, notes = compiled_static_decoder(
-            model, source, shape.new_tokens, autocast, "inductor", modes, torch.bfloat16
+            model, source, shape.new_tokens, autocast, args.compile_backend, modes, torch.bfloat16
         )
         if static is None:
             print("\n".join(notes))
             return
-        compiled = generation_call(static, source, 4, shape.new_tokens, contextlib.nullcontext, **COMPILED_DECODING)
-        show(
-            f"beam-4 generation, compiled static, bf16 ({mode})",
-            compiled,
-            args.rows,
-            args.steps,
-            device,
-            parts_of=static,
-        )
+        decoding = generation_call(static, source, 4, shape.new_tokens, contextlib.nullcontext, **COMPILED_DECODING)
+        title = f"beam-4 generation, compiled static, bf16 ({mode or args.compile_backend})"
+        show(title, decoding, args.rows, args.steps, device, parts_of=static)
 
 
 if __name__ == "__main__":

@@ -281,17 +281,24 @@ def test_bench_speed_times_bf16_training_on_a_cpu_only_where_it_has_bf16_kernels
 
 
 def test_the_profile_prints_a_summary_line_and_an_operator_table_for_each_call():
-    result = run_cli("bench/profile_speed.py", "--shape", "tiny", "--steps", "1", "--new-shapes", "2")
+    """Every call `make gpu-profile` profiles, the compiled ones too (with dynamo's graphs run eagerly on a CPU)."""
+    flags = ["--shape", "tiny", "--steps", "1", "--new-shapes", "2", "--compile", "--compile-backend", "eager"]
+    result = run_cli("bench/profile_speed.py", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     costs = re.findall(r"^(True|False) +([\d.]+) +([\d.]+) +(-?[\d.]+)$", result.stdout, re.M)
     assert [row[0] for row in costs] == ["True", "False"] and all(float(row[1]) > 0 for row in costs)
     summaries = re.findall(r"=== (.+) \(1 calls\): ([\d.]+) ms a call \(wall\) ===", result.stdout)
-    assert [title for title, _ in summaries] == ["training step", "beam-4 generation"]
+    assert [title for title, _ in summaries] == [
+        "training step",
+        "training step, compiled",
+        "beam-4 generation",
+        "beam-4 generation, compiled static, bf16 (eager)",
+    ]
     assert all(float(ms) > 0 for _, ms in summaries)
-    assert result.stdout.count("Self CPU time total") == 2 and "aten::addmm" in result.stdout
-    parts = dict(re.findall(r"^(forward|_reorder_cache|logits processors) +1\.0 +([\d.]+)$", result.stdout, re.M))
-    assert set(parts) == {"forward", "_reorder_cache", "logits processors"}, result.stdout[-3000:]
-    assert all(float(us) > 0 for us in parts.values())
+    assert result.stdout.count("Self CPU time total") == 4 and "aten::addmm" in result.stdout
+    parts = re.findall(r"^(forward|_reorder_cache|logits processors) +1\.0 +([\d.]+)$", result.stdout, re.M)
+    assert sorted(name for name, _ in parts) == sorted(["forward", "_reorder_cache", "logits processors"] * 2)
+    assert all(float(us) > 0 for _, us in parts), result.stdout[-3000:]
 
 
 def test_the_parts_of_a_decoding_step_are_marked_inside_the_block_and_restored_after_it():
