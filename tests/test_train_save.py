@@ -1016,6 +1016,7 @@ def test_model_records_the_data_it_was_trained_on(tmp_path, finished, data):
         "max_source_length": 256,
         "max_target_length": 256,
         "embedded_task": False,
+        "max_train_samples": None,
         "train_file_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
     }
     output_dir = tmp_path / "embedded"
