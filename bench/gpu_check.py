@@ -349,7 +349,7 @@ def measure(out: Path, plan: Plan) -> dict:
     early_state = read_json(early_model(out, plan) / "trainer_state.json") or {}
     early_seconds, early_step, early_eval = plan.early_seconds, early_state.get("global_step"), early
     if finished_before_early(train, out, plan):  # the recipe's own model is the one trained within the 90 s
-        early_seconds, early_step, early_eval = train["train_seconds"], train["steps"], final
+        early_seconds, early_step, early_eval = min(train["train_seconds"], plan.early_seconds), train["steps"], final
     return {
         "train_seconds": train.get("train_seconds"),
         "train_stopped_by_budget": train.get("stopped_by_budget"),
@@ -404,9 +404,11 @@ def early_model(out: Path, plan: Plan) -> Path:
 
 
 def finished_before_early(train: dict, out: Path, plan: Plan) -> bool:
-    """Whether the recipe ran to its end within --save_at_seconds, so that no model was kept at that time."""
-    within = train.get("train_seconds") is not None and train["train_seconds"] <= plan.early_seconds
-    return within and not train["stopped_by_budget"] and not (early_model(out, plan) / "config.json").is_file()
+    """Whether the recipe ran to its end within --save_at_seconds, so that no model was kept at that time: its last
+    step ended before then (the model is kept at the first step that ends after), though the last evaluation and
+    save may take train_runtime past it."""
+    finished = train.get("train_seconds") is not None and not train["stopped_by_budget"]
+    return finished and not (early_model(out, plan) / "config.json").is_file()
 
 
 def step_commands(out: Path, data: Path, plan: Plan, ctranslate2: bool) -> dict[str, Callable[[], list[str] | str]]:

@@ -267,6 +267,12 @@ def test_a_recipe_that_ends_within_the_early_seconds_is_judged_by_its_final_mode
     assert gpu_check.TARGETS[0].evaluate(measurements)["met"] is True
     assert "finished within 90 s" in gpu_check.step_commands(out, tmp_path, plan, ctranslate2=False)["eval-early"]()
 
+    # Its last step ended before 90 s (else the model at 90 s would be kept), its last evaluation and save after it.
+    (run / "all_results.json").write_text(json.dumps({"train_runtime": 93.5, "train_tokens_per_second": 1e5}))
+    measurements = gpu_check.measure(out, plan)
+    assert (measurements["bleu_early"], measurements["early_seconds"], measurements["early_step"]) == (40.5, 90, 1380)
+    assert gpu_check.TARGETS[0].evaluate(measurements)["met"] is True
+
     # A run that stopped short of its steps did not produce the recipe's model: no stand-in for the 90 s one.
     state = {"global_step": 900, "max_steps": 1380, "epoch": 7.8}
     (run / "trainer_state.json").write_text(json.dumps(state))
