@@ -642,9 +642,13 @@ def main():
             record["notes"] += notes
         translators = {}
         folder = tempfile.TemporaryDirectory()
+        ctranslate2 = None
         if not args.no_ctranslate2:
-            import ctranslate2
-
+            try:
+                import ctranslate2
+            except (ImportError, OSError) as error:  # a wheel built against libraries this machine lacks
+                record["notes"].append(f"no CTranslate2 rows: importing ctranslate2 failed ({first_line(error)})")
+        if ctranslate2 is not None:
             if device.type == "cpu" or ctranslate2.get_cuda_device_count() > 0:
                 quantizations = ("float32", "int8") if device.type == "cpu" else ("bfloat16", "int8_bfloat16")
                 translators, notes = ctranslate2_models(models, shape, folder.name, device, quantizations)

@@ -255,6 +255,24 @@ def test_bench_speed_leaves_out_an_engine_that_fails_at_its_first_batch_and_time
     assert record["notes"] == [f"{row}: no marian, CT2 int8 {error}" for row in ("beam-4 sent/s", "greedy sent/s")]
 
 
+def test_bench_speed_without_an_importable_ctranslate2_times_the_other_engines_and_says_why(tmp_path):
+    """A ctranslate2 wheel that cannot load (a library it was built against is missing) costs its rows only."""
+    (tmp_path / "shim" / "ctranslate2").mkdir(parents=True)
+    (tmp_path / "shim" / "ctranslate2" / "__init__.py").write_text("raise ImportError('libctranslate2.so: missing')\n")
+    rows = tmp_path / "rows.json"
+    command = [sys.executable, str(ROOT / "bench" / "bench_speed.py"), "--shape", "tiny", "--threads", "1"]
+    command += ["--repeats", "1", "--warmup", "1", "--skip-training", "--no-bf16", "--json", str(rows)]
+    env = environment(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{ROOT}")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(rows.read_text())
+    assert {metric: set(values) for metric, values in record["rows"].items()} == {
+        "beam-4 sent/s": {"ours", "marian"},
+        "greedy sent/s": {"ours", "marian"},
+    }
+    assert record["notes"] == ["no CTranslate2 rows: importing ctranslate2 failed (libctranslate2.so: missing)"]
+
+
 @pytest.mark.parametrize("has_kernels", [False, True])
 def test_bench_speed_times_bf16_training_on_a_cpu_only_where_it_has_bf16_kernels(tmp_path, has_kernels):
     """As train.py --bf16 trains in float32 on a CPU without bf16 kernels, the bench leaves out its bf16 rows there

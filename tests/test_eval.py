@@ -1974,13 +1974,28 @@ def test_compiled_decoding_runs_the_first_call_of_each_generation_eagerly_and_th
 
 
 @pytest.mark.slow
-def test_ctranslate2_missing_is_a_usage_error_naming_the_install(trained_run, tmp_path):
-    # A ctranslate2 that fails to import, first on the path, stands in for a machine without the package.
+@pytest.mark.parametrize(
+    "raised, expected",
+    [
+        (
+            "ModuleNotFoundError(\"No module named 'ctranslate2'\", name='ctranslate2')",
+            ["needs the ctranslate2 package: pip install ctranslate2", "pip install .[fast]"],
+        ),
+        (
+            "ImportError('libcublas.so.12: cannot open shared object file: No such file or directory')",
+            ["ctranslate2 is installed but cannot be imported: libcublas.so.12: cannot open shared object file"],
+        ),
+    ],
+    ids=["missing", "installed-but-broken"],
+)
+def test_ctranslate2_that_cannot_be_imported_is_a_usage_error_saying_why(trained_run, tmp_path, raised, expected):
+    """A machine without the package is told how to install it; one whose wheel cannot load (a library it was built
+    against is missing) is told that, not to install what it has. A stand-in first on the path raises either."""
     (tmp_path / "ctranslate2").mkdir()
-    (tmp_path / "ctranslate2" / "__init__.py").write_text("raise ImportError('No module named ctranslate2')\n")
+    (tmp_path / "ctranslate2" / "__init__.py").write_text(f"raise {raised}\n")
     env = environment(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     result = run_cli("eval.py", "--model", str(trained_run), "--engine", "ctranslate2", env=env)
-    assert_usage_error(result, "pip install ctranslate2", "pip install .[fast]")
+    assert_usage_error(result, *expected)
 
 
 @pytest.mark.slow
