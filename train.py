@@ -34,7 +34,7 @@ from vanilla_cli import (
 )
 from vanilla_corpus import TrainDataArguments, first_samples, load_raw_datasets, stream_raw_datasets
 from vanilla_data_record import DATA_RECORD, data_record, resume_data
-from vanilla_files import BATCHING_RECORD, trainer_state
+from vanilla_files import BATCHING_RECORD, TRAINER_STATE, trainer_state
 from vanilla_hub import CARD, card_text, model_card
 from vanilla_metrics import load_metrics
 from vanilla_output_dir import (
@@ -230,6 +230,13 @@ def train_and_save(
         print(warning, file=sys.stderr)
     resumed = trainer_state(Path(checkpoint)) if checkpoint is not None else {"global_step": 0}
     resumed_step = resumed["global_step"]
+    planned = resumed.get("max_steps")
+    if planned and planned != run_steps and trainer.is_world_process_zero():  # Trainer resumes with the flags given
+        print(
+            f"note: {checkpoint}'s run planned {planned} steps ({TRAINER_STATE} in it); with the flags given, training "
+            f"goes to step {run_steps}: pass the run's own flags (its recipe first) to end it as planned",
+            file=sys.stderr,
+        )
     if checkpoint is not None and resumed_step >= run_steps:  # Trainer would take one more step
         run_metrics = {}
         message = f"{checkpoint} completed the run (step {resumed_step} of {run_steps}): nothing to train"

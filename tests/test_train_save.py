@@ -769,6 +769,22 @@ def test_resume_refuses_shape_flags_that_differ_from_the_checkpoint(tmp_path, fi
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
+def test_a_resume_whose_flags_plan_another_number_of_steps_says_so(tmp_path, finished, data):
+    """Trainer resumes with the flags given, not the run's: resumed without them, a run of 4 steps would train on
+    to the default schedule's end. A note names both plans; the run's own flags give none."""
+    output_dir = copy_of(finished, tmp_path)
+    (output_dir / "checkpoint-4").rename(output_dir / "checkpoint-4-moved")  # resume from checkpoint-2
+    note = f"note: {output_dir / 'checkpoint-2'}'s run planned 4 steps (trainer_state.json in it); with the flags"
+    resume = ["--resume_from_checkpoint", "last"]
+    same = quick_run(data, output_dir, "--max_steps", "4", *resume)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "planned" not in same.stderr
+    shutil.rmtree(output_dir / "checkpoint-4", ignore_errors=True)
+    longer = quick_run(data, output_dir, "--max_steps", "6", *resume)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert f"{note} given, training goes to step 6: pass the run's own flags" in longer.stderr
+
+
 def test_resuming_without_data_flags_continues_on_the_checkpoints_data(tmp_path, finished):
     """Not on the embedded task, the data of a run given no data flag: the checkpoint's data_args.json says."""
     output_dir = copy_of(finished, tmp_path)
