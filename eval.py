@@ -49,7 +49,7 @@ from vanilla_files import (
     read_json,
     write_text_atomically,
 )
-from vanilla_hub import CARD, REPORT_FILES, card_text, folder_card, is_card_as_written
+from vanilla_hub import CARD, CARD_DIGEST, REPORT_FILES, card_text, folder_card, is_card_as_written
 from vanilla_metrics import BLEU_TOKENIZERS, load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import MAX_LENGTH_OFFSET, check_model_path, load_translation_model, translate
@@ -336,10 +336,16 @@ def card_to_refresh(folder: Path, results_file: Path) -> bool:
         # The same lines in any order: train.py wrote its table's rows unsorted before all_results.json's order.
         as_written = sorted(text.splitlines()) == sorted(str(card).splitlines())
     if not as_written:
-        print(
-            f"note: {folder / CARD} was edited since it was written; it stays as it is (no new scores)", file=sys.stderr
-        )
+        print(f"note: {folder / CARD} {card_change(text)}; it stays as it is (no new scores)", file=sys.stderr)
     return as_written
+
+
+def card_change(text: str) -> str:
+    """What the note says of a card that is not as written. A card without a digest line may be an older train.py's,
+    unedited: its wording (the decoding line, the eval.py command) is not the one the rebuilt card has now."""
+    if CARD_DIGEST.split("{}")[0] in text:
+        return "was edited since it was written"
+    return "differs from the card train.py writes now (edited, or written by an older train.py)"
 
 
 def refresh_card(folder: Path) -> None:

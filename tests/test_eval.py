@@ -1689,6 +1689,27 @@ def test_a_card_written_before_cards_carried_their_digest_still_takes_the_new_sc
     assert card.content.splitlines()[-1].startswith("<!-- SHA-256 of the card above")
 
 
+def test_a_card_an_older_train_py_wrote_is_not_said_to_be_edited(tmp_path, capsys):
+    """A card from before cards carried their digest line, in an older train.py's wording, is not the card rebuilt
+    now: it stays as it is, and the note says it may be an older train.py's instead of calling it edited."""
+    from eval import card_to_refresh
+    from vanilla_files import DATA_RECORD
+    from vanilla_hub import CARD, model_card
+
+    config = tiny_config().to_dict()
+    record = {"embedded_task": True, "dataset_name": None, "train_file": None, "source_lang": "en", "target_lang": "de"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / DATA_RECORD).write_text(json.dumps(record))
+    rebuilt = str(model_card(config, record, {}, [], "user/model", {}))
+    older = rebuilt.replace("length penalty alpha 0.6", "length penalty 0.6")  # the wording before the digest line
+    assert older != rebuilt
+    (tmp_path / CARD).write_text(older, encoding="utf-8")
+    assert card_to_refresh(tmp_path, tmp_path / "eval_results_test.json") is False
+    note = capsys.readouterr().err
+    assert "written by an older train.py" in note and "was edited" not in note
+    assert (tmp_path / CARD).read_text(encoding="utf-8") == older
+
+
 @pytest.mark.slow
 def test_a_parquet_test_file_is_scored_as_its_json_lines_twin(trained_run, test_file, tmp_path):
     parquet = tmp_path / "test.parquet"
