@@ -54,6 +54,7 @@ from vanilla_metrics import BLEU_TOKENIZERS, load_metrics, score
 from vanilla_plots import plot_cross_attention
 from vanilla_translation import MAX_LENGTH_OFFSET, check_model_path, load_translation_model, translate
 
+MODES = ("evaluate", "translate")
 STDOUT = "-"  # an output flag naming stdout, as sacreBLEU and most tools read it
 OFFSET_LIMIT = 10_000  # tokens past the input: beyond it, a hypothesis grows without meaning, or memory runs out
 
@@ -455,19 +456,24 @@ class EvalParser(UsageErrorParser, HfArgumentParser):
 def argument_parser() -> EvalParser:
     """eval.py's flags (the decoding's and outputs', the data's) and its mode."""
     parser = EvalParser((EvalArguments, DataArguments), description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "mode", nargs="?", default="evaluate", choices=("evaluate", "translate"), help="translate: stdin to stdout."
-    )
+    parser.add_argument("mode", nargs="?", default="evaluate", choices=MODES, help="translate: stdin to stdout.")
     return parser
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     parser = argument_parser()
+    tokens = sys.argv[1:] if argv is None else argv
     # An unknown flag's value would be read as the mode: name the flag first.
-    for token in sys.argv[1:] if argv is None else argv:
+    for token in tokens:
         if token.startswith("--") and token.split("=")[0] not in parser._option_string_actions:
             raise UsageError(f"unknown flag {token.split('=')[0]} (python eval.py --help lists them)")
+    # A flag whose value may be left out (--compile) takes the word after it as its value, the mode too.
+    for flag, word in zip(tokens, tokens[1:], strict=False):
+        if word in MODES and getattr(parser._option_string_actions.get(flag), "nargs", None) == "?":
+            raise UsageError(
+                f"{flag} {word}: {flag} would take the mode as its value; put the mode first: {word} {flag}"
+            )
     refuse_unknown_arguments(parser, argv, "eval.py", "--flag value pairs and at most one mode (evaluate, translate)")
     args, data, extra = parser.parse_args_into_dataclasses(args=argv)
     scores_data = extra.mode == "evaluate" and args.plot_attention is None

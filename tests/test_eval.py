@@ -372,6 +372,11 @@ def test_a_word_that_is_no_argument_is_named_with_what_eval_py_takes(trained_run
     result = run_cli("eval.py", "translate", "--model", str(trained_run), "extra", stdin="seven\n")
     expected = "unexpected argument extra: expected --flag value pairs and at most one mode (evaluate, translate)"
     assert_usage_error(result, expected)
+    # A flag whose value may be left out would take the mode after it as its value.
+    result = run_cli("eval.py", "--model", str(trained_run), "--compile", "translate", stdin="seven\n")
+    assert_usage_error(result, "--compile translate: --compile would take the mode as its value; put the mode first")
+    result = run_cli("eval.py", "--model", str(trained_run), "--num_beams", "1", "translate", stdin="seven\n")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr[-3000:]
 
 
 @pytest.mark.slow
