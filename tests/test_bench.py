@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,18 +236,23 @@ vanilla_ctranslate2.translator = translator
 """
 
 
-def test_bench_speed_leaves_out_an_engine_that_fails_at_its_first_batch_and_times_the_others(tmp_path):
-    """bench_speed.py end to end, decoding, with Marian's int8 CTranslate2 model failing as a wheel without its CUDA
-    libraries does: both rows are timed without it, and the notes say which engine is missing from which row."""
-    (tmp_path / "shim").mkdir()
-    (tmp_path / "shim" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+def bench_decoding(tmp_path: Path) -> dict:
+    """bench_speed.py's decoding rows at the tiny shape (its --json record), with tmp_path/shim first on the path."""
     rows = tmp_path / "rows.json"
     command = [sys.executable, str(ROOT / "bench" / "bench_speed.py"), "--shape", "tiny", "--threads", "1"]
     command += ["--repeats", "1", "--warmup", "1", "--skip-training", "--no-bf16", "--json", str(rows)]
     env = environment(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{ROOT}")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads(rows.read_text())
+    return json.loads(rows.read_text())
+
+
+def test_bench_speed_leaves_out_an_engine_that_fails_at_its_first_batch_and_times_the_others(tmp_path):
+    """bench_speed.py end to end, decoding, with Marian's int8 CTranslate2 model failing as a wheel without its CUDA
+    libraries does: both rows are timed without it, and the notes say which engine is missing from which row."""
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    record = bench_decoding(tmp_path)
     assert list(record["rows"]) == ["beam-4 sent/s", "greedy sent/s"]
     for values in record["rows"].values():
         assert set(values) == {"ours", "marian", "ours, CT2 float32", "marian, CT2 float32", "ours, CT2 int8"}
@@ -259,13 +265,7 @@ def test_bench_speed_without_an_importable_ctranslate2_times_the_other_engines_a
     """A ctranslate2 wheel that cannot load (a library it was built against is missing) costs its rows only."""
     (tmp_path / "shim" / "ctranslate2").mkdir(parents=True)
     (tmp_path / "shim" / "ctranslate2" / "__init__.py").write_text("raise ImportError('libctranslate2.so: missing')\n")
-    rows = tmp_path / "rows.json"
-    command = [sys.executable, str(ROOT / "bench" / "bench_speed.py"), "--shape", "tiny", "--threads", "1"]
-    command += ["--repeats", "1", "--warmup", "1", "--skip-training", "--no-bf16", "--json", str(rows)]
-    env = environment(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{ROOT}")
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads(rows.read_text())
+    record = bench_decoding(tmp_path)
     assert {metric: set(values) for metric, values in record["rows"].items()} == {
         "beam-4 sent/s": {"ours", "marian"},
         "greedy sent/s": {"ours", "marian"},
