@@ -108,8 +108,20 @@ def first_samples(raw, data_args: TrainDataArguments):
         if limit is None or split not in raw:
             continue
         pairs = raw[split]
-        raw[split] = pairs.take(limit if isinstance(pairs, datasets.IterableDataset) else min(limit, len(pairs)))
+        if isinstance(pairs, datasets.IterableDataset):
+            raw[split] = first_pairs_of_stream(pairs, limit)
+        else:
+            raw[split] = pairs.take(min(limit, len(pairs)))
     return raw
+
+
+def first_pairs_of_stream(stream: datasets.IterableDataset, limit: int) -> datasets.IterableDataset:
+    """A stream's first `limit` pairs, as a stream of one shard. Under DDP accelerate shares out a stream of at least
+    as many shards (files) as processes by shard, and `take` then splits its count among them: each process would
+    train on the first pairs of its own files. One shard is read by every process, each keeping its share of every
+    batch, as a one-file stream is."""
+    taken = stream.take(limit)
+    return datasets.IterableDataset.from_generator(taken.__iter__, features=taken.features)
 
 
 def embedded_number_task() -> datasets.DatasetDict:

@@ -455,6 +455,32 @@ def test_streaming_under_torchrun_trains_on_batches_of_different_lengths(tmp_pat
     assert reported == pytest.approx(nll.item(), rel=1e-4)
 
 
+@pytest.mark.multiprocess
+def test_streaming_max_train_samples_under_torchrun_trains_the_first_pairs_like_one_process(tmp_path):
+    """Two training files, one per process: the cut keeps the stream's first 16 pairs (the first file's 12, the
+    second's first 4), which two processes at batch 4 train as one process at batch 8 does."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "train-0.jsonl", range(1, 13))
+    write_jsonl(corpus / "train-1.jsonl", range(13, 33))
+    args = [*TINY, *QUICK, "--dataset_name", str(corpus), "--source_lang", "en", "--target_lang", "de"]
+    args += ["--streaming", "--max_train_samples", "16"]
+    args += ["--max_steps", "2", "--dropout", "0", "--logging_steps", "1"]  # the first update's rate is 0
+    two = run_train(*args, "--output_dir", str(tmp_path / "two"), launcher=torchrun())
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_train(*args, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    # Both steps score the initial weights: each step's loss is that of the pairs it trained on (logged to 4 digits).
+    assert len(logged_losses(tmp_path / "one")) == 2
+    assert logged_losses(tmp_path / "two") == pytest.approx(logged_losses(tmp_path / "one"), abs=2e-4)
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    """The training loss of each log in a run's trainer_state.json."""
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
 @pytest.mark.parametrize(
     "launcher, expected",
     [
