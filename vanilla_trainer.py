@@ -458,8 +458,8 @@ def nll_metrics(prediction: EvalPrediction) -> dict[str, float]:
 
 
 def padding_fraction(trainer: Seq2SeqTrainer, dataloader: DataLoader) -> float:
-    """The share of pad tokens (source and target) in one epoch of this process's training batches (`dataloader`,
-    Trainer's; drawing the epoch's order draws from torch's random stream)."""
+    """The share of pad tokens (source and target) in one epoch of the training batches of all processes (each
+    process's `dataloader`, Trainer's; drawing the epoch's order draws from torch's random stream). A collective."""
     batches = list(dataloader.batch_sampler)
     rows = np.concatenate(batches)  # the epoch's rows, batch after batch
     sizes = np.array([len(batch) for batch in batches])
@@ -470,6 +470,8 @@ def padding_fraction(trainer: Seq2SeqTrainer, dataloader: DataLoader) -> float:
         lengths = sequence_lengths(trainer.train_dataset, side)[rows]
         real += int(lengths.sum())
         padded += int((sizes * padded_length(np.maximum.reduceat(lengths, starts), multiple)).sum())
+    counts = torch.tensor([real, padded], dtype=torch.int64, device=trainer.args.device)
+    real, padded = trainer.accelerator.reduce(counts, reduction="sum").tolist()  # under DDP, every process's batches
     return 1.0 - real / padded
 
 

@@ -195,6 +195,23 @@ def test_torchrun_resumed_in_a_later_epoch_draws_that_epochs_batches(tmp_path, b
         assert (resumed_dir / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
+@pytest.mark.multiprocess
+def test_torchrun_reports_the_padding_of_every_processs_batches(tmp_path):
+    """Two processes train an epoch's token-budget batches between them: the padding reported is that of all of
+    them, as one process training them all reports it."""
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 61))  # 4 batches
+    args = [*TINY, *QUICK, "--train_file", str(train_file), *LANGS, "--max_tokens", "120", "--num_train_epochs", "1"]
+    two = run_train(*args, "--output_dir", str(tmp_path / "two"), launcher=torchrun())
+    one = run_train(*args, "--output_dir", str(tmp_path / "one"))
+    assert two.returncode == 0 and one.returncode == 0, (two.stderr + one.stderr)[-3000:]
+    steps = [json.loads((tmp_path / name / "trainer_state.json").read_text())["global_step"] for name in ("two", "one")]
+    assert 2 * steps[0] == steps[1]  # the processes share out every batch: none is left out
+    reported = [json.loads((tmp_path / name / "all_results.json").read_text()) for name in ("two", "one")]
+    assert reported[0]["train_padding_fraction"] == pytest.approx(reported[1]["train_padding_fraction"], rel=1e-9)
+    padding = [line for line in two.stdout.splitlines() if line.startswith("padding: ")]
+    assert padding == [line for line in one.stdout.splitlines() if line.startswith("padding: ")] and len(padding) == 1
+
+
 @pytest.mark.slow
 def test_cli_reports_real_and_padded_tokens_per_second_in_the_log_and_results(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 41))
