@@ -5,6 +5,7 @@ A corpus is a `datasets.DatasetDict` with splits "train", "validation" and "test
 """
 
 import csv
+import functools
 import io
 import itertools
 import json
@@ -116,12 +117,19 @@ def first_samples(raw, data_args: TrainDataArguments):
 
 
 def first_pairs_of_stream(stream: datasets.IterableDataset, limit: int) -> datasets.IterableDataset:
-    """A stream's first `limit` pairs, as a stream of one shard. Under DDP accelerate shares out a stream of at least
-    as many shards (files) as processes by shard, and `take` then splits its count among them: each process would
-    train on the first pairs of its own files. One shard is read by every process, each keeping its share of every
-    batch, as a one-file stream is."""
+    """A stream's first `limit` pairs, as a stream of one shard. A stream of several shards (files) is shared out by
+    shard, and `take` then splits its count among them: each process under DDP, or each DataLoader worker, would
+    read the first pairs of its own files. One shard is read whole by one worker of every process, each process
+    keeping its share of every batch, as a one-file stream is."""
     taken = stream.take(limit)
-    return datasets.IterableDataset.from_generator(taken.__iter__, features=taken.features)
+    return datasets.IterableDataset.from_generator(functools.partial(rows_of, taken), features=taken.features)
+
+
+def rows_of(stream: datasets.IterableDataset):
+    """Every row of a stream, in its order, also in a DataLoader worker (where iterating the stream itself would read
+    only that worker's shards)."""
+    for batch in stream.iter(batch_size=1):
+        yield {name: values[0] for name, values in batch.items()}
 
 
 def embedded_number_task() -> datasets.DatasetDict:

@@ -851,6 +851,20 @@ def test_max_samples_keep_the_first_pairs_of_each_split(tmp_path, streaming):
     assert kept == {"train": pairs[:4], "validation": pairs, "test": pairs}
 
 
+def test_a_streamed_folders_first_pairs_are_read_in_dataloader_workers_too(tmp_path):
+    """A folder of two training files: with two DataLoader workers (--dataloader_num_workers), each reading its own
+    file, the cut still gives the stream's first pairs, each once."""
+    pairs = [{"en": f"pair {n}", "de": f"Paar {n}"} for n in range(12)]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_pairs(folder / "train-0.jsonl", pairs[:8])
+    write_pairs(folder / "train-1.jsonl", pairs[8:])
+    data = TrainDataArguments(dataset_name=str(folder), source_lang="en", target_lang="de", max_train_samples=10)
+    stream = first_samples(stream_raw_datasets(data), data)["train"]
+    loader = torch.utils.data.DataLoader(stream, batch_size=3, num_workers=2, collate_fn=list)
+    assert [row["translation"] for batch in loader for row in batch] == pairs[:10]
+
+
 # The tests' own compressors (the standard library's one-shot functions), by the suffix a compressed file ends in.
 COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 
