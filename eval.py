@@ -296,10 +296,17 @@ def is_stdout(given: str | None, path: Path) -> bool:
 def write_output(given: str | None, path: Path, text: str) -> None:
     """`text` on stdout for `-`, else written atomically into `path`."""
     if given == STDOUT:
+        stdout_in_utf8()
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
         write_text_atomically(path, text)
+
+
+def stdout_in_utf8() -> None:
+    """Text on stdout in UTF-8, as stdin is read and files are written, whatever the locale (PYTHONIOENCODING) says:
+    the next program in the pipe (sacrebleu) reads UTF-8."""
+    sys.stdout.reconfigure(encoding="utf-8")
 
 
 def check_not_another_models_report(flag: str, path: Path, model: Path, averaged: bool) -> None:
@@ -389,6 +396,7 @@ def translate_stdin(args: EvalArguments, max_source_length: int, loaded: Callabl
     nothing is read from its folder after that."""
     model, tokenizer = load_translation_model(args)
     loaded()
+    stdout_in_utf8()
     if sys.stdin.isatty():
         print("translating each line as it is entered; end with Ctrl-D", file=sys.stderr)
     number = 1  # of the chunk's first line

@@ -6,6 +6,7 @@ import functools
 import gc
 import gzip
 import hashlib
+import io
 import json
 import os
 import pty
@@ -1413,6 +1414,36 @@ def test_translate_answers_each_line_as_it_is_entered_at_a_terminal_or_written_i
     assert answers == [f"{expected[0]}\n", "\n", f"{expected[1]}\n"]
     note = "translating each line as it is entered; end with Ctrl-D"
     assert (note in process.stderr.read().decode()) == (stdin == "terminal")
+
+
+def test_translate_writes_utf8_on_stdout_whatever_the_locale(monkeypatch):
+    """stdin is read as UTF-8, so stdout is written in it too: under an ASCII locale (PYTHONIOENCODING=ascii) a
+    translation with an umlaut would stop eval.py with a traceback, and under Latin-1 reach sacrebleu as bad UTF-8."""
+    import eval as eval_cli
+
+    monkeypatch.setattr(eval_cli, "load_translation_model", lambda args: (None, None))
+    # The model's part stands aside: each sentence comes back upper-cased, non-ASCII letters and all.
+    monkeypatch.setattr(
+        eval_cli, "translate", lambda model, tokenizer, texts, *rest, **options: [text.upper() for text in texts]
+    )
+    reading, writing = os.pipe()
+    os.write(writing, "grüße\n\nzwölf\n".encode())
+    os.close(writing)
+    output = io.BytesIO()
+    monkeypatch.setattr(sys, "stdin", open(reading, encoding="utf-8"))
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding="ascii"))
+    eval_cli.translate_stdin(eval_cli.EvalArguments(model="unused"), 256, loaded=lambda: None)
+    assert output.getvalue().decode("utf-8") == "GRÜSSE\n\nZWÖLF\n"
+
+
+def test_predictions_on_stdout_are_utf8_whatever_the_locale(monkeypatch):
+    """--predictions_file - feeds sacrebleu, which reads UTF-8, under any locale."""
+    import eval as eval_cli
+
+    output = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding="latin-1"))
+    eval_cli.write_output("-", Path("unused"), "zwölf\n二十\n")
+    assert output.getvalue() == "zwölf\n二十\n".encode()
 
 
 @pytest.mark.slow
