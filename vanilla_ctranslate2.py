@@ -84,11 +84,10 @@ def import_ctranslate2():
     """The ctranslate2 module, or a UsageError saying how to install it (it is an optional dependency)."""
     try:
         import ctranslate2
-    except ModuleNotFoundError as error:
-        if error.name != "ctranslate2":  # installed, and one of its own imports is missing
-            raise UsageError(f"ctranslate2 is installed but cannot be imported: {first_line(error)}") from None
-        raise UsageError(f"--engine ctranslate2 needs the ctranslate2 package: {INSTALL_HINT}") from None
-    except (ImportError, OSError) as error:  # a wheel built against libraries this machine lacks
+    except (ImportError, OSError) as error:
+        if isinstance(error, ModuleNotFoundError) and error.name == "ctranslate2":
+            raise UsageError(f"--engine ctranslate2 needs the ctranslate2 package: {INSTALL_HINT}") from None
+        # Installed, and one of its own imports or the libraries its wheel was built against are missing.
         raise UsageError(f"ctranslate2 is installed but cannot be imported: {first_line(error)}") from None
     return ctranslate2
 
