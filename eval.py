@@ -14,8 +14,9 @@ torch, the model classes, evaluate and matplotlib are imported where used, so th
 import json
 import math
 import os
-import select
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -390,17 +391,17 @@ def print_table(report: dict, results_file: str, stream: TextIO) -> None:
 
 def translate_stdin(args: EvalArguments, max_source_length: int, loaded: Callable[[], object]) -> None:
     """Sentences on stdin, one a line; translations on stdout, one a line (an empty line stays empty). The lines are
-    translated in chunks, each all that has arrived when the input pauses or ends (stdin_chunks), and each chunk's
+    translated in chunks, each what arrived while the chunk before was translated (stdin_chunks), and each chunk's
     translations are flushed at once: a line typed at a terminal, or written by a program that waits for its
-    translation, is answered, and a file piped in is read whole. `loaded` is called once the model is in memory:
-    nothing is read from its folder after that."""
+    translation, is answered at once, and a file piped in is translated many batches at a time. `loaded` is called
+    once the model is in memory: nothing is read from its folder after that."""
     model, tokenizer = load_translation_model(args)
     loaded()
     stdout_in_utf8()
     if sys.stdin.isatty():
         print("translating each line as it is entered; end with Ctrl-D", file=sys.stderr)
     number = 1  # of the chunk's first line
-    for data in stdin_chunks(sys.stdin.fileno()):
+    for data in stdin_chunks(sys.stdin.fileno(), most_lines=CHUNK_BATCHES * args.batch_size):
         lines = [line.strip() for line in text_lines(stdin_text(data, number))]
         texts = [line for line in lines if line]
         translations = iter(
@@ -412,22 +413,55 @@ def translate_stdin(args: EvalArguments, max_source_length: int, loaded: Callabl
         number += len(lines)
 
 
-STDIN_PAUSE_S = 0.1  # input that stops this long is translated: a writer waits on it, or a typist
+CHUNK_BATCHES = 16  # a chunk of stdin is at most this many --batch_size batches, sorted by length among themselves
 
 
-def stdin_chunks(fd: int) -> Iterator[bytes]:
-    """The bytes of `fd` in whole lines, a chunk once the input pauses (STDIN_PAUSE_S) or ends; the last line may
-    lack its newline. A writer faster than the pause (a file, a decompressor) gives one chunk: its sentences are
-    batched together."""
+def stdin_chunks(fd: int, most_lines: int) -> Iterator[bytes]:
+    """The bytes of `fd` in whole lines, each chunk all the whole lines that have arrived (at least one, at most
+    `most_lines`); the last line may lack its newline. A thread reads on while a chunk is translated, so a writer
+    is never held up, and one that writes all its input before reading the answers cannot deadlock on a full pipe."""
+    arrived: queue.SimpleQueue[bytes | OSError] = queue.SimpleQueue()
+    threading.Thread(target=read_all, args=(fd, arrived), daemon=True).start()
     pending = bytearray()
-    while data := os.read(fd, 1 << 16):
-        pending += data
-        end = pending.rfind(b"\n") + 1
-        if end and not select.select([fd], [], [], STDIN_PAUSE_S)[0]:
-            yield bytes(pending[:end])
-            del pending[:end]
-    if pending:
-        yield bytes(pending)
+    ended = False
+    while True:
+        while not ended:
+            try:  # wait only for a line's end; then take what is there
+                data = arrived.get(block=b"\n" not in pending)
+            except queue.Empty:
+                break
+            if isinstance(data, OSError):
+                raise data
+            pending += data
+            ended = not data
+        if not pending:
+            return
+        end = line_ends(pending, most_lines)
+        if ended and end == 0:
+            end = len(pending)
+        yield bytes(pending[:end])
+        del pending[:end]
+
+
+def read_all(fd: int, arrived: "queue.SimpleQueue[bytes | OSError]") -> None:
+    """Put what `fd` gives into `arrived` as it comes, an empty bytes at its end (or the error that stopped it)."""
+    try:
+        while data := os.read(fd, 1 << 16):
+            arrived.put(data)
+        arrived.put(b"")
+    except OSError as error:
+        arrived.put(error)
+
+
+def line_ends(data: bytearray, most_lines: int) -> int:
+    """The length of `data`'s first `most_lines` whole lines (all of them where fewer; 0 where none)."""
+    end = 0
+    for _ in range(most_lines):
+        found = data.find(b"\n", end)
+        if found < 0:
+            break
+        end = found + 1
+    return end
 
 
 def stdin_text(data: bytes, first_line: int = 1) -> str:

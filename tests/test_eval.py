@@ -1416,24 +1416,77 @@ def test_translate_answers_each_line_as_it_is_entered_at_a_terminal_or_written_i
     assert (note in process.stderr.read().decode()) == (stdin == "terminal")
 
 
-def test_translate_writes_utf8_on_stdout_whatever_the_locale(monkeypatch):
-    """stdin is read as UTF-8, so stdout is written in it too: under an ASCII locale (PYTHONIOENCODING=ascii) a
-    translation with an umlaut would stop eval.py with a traceback, and under Latin-1 reach sacrebleu as bad UTF-8."""
+@pytest.fixture
+def upper_casing(monkeypatch):
+    """eval.py's translate_stdin with the model's part standing aside: each sentence comes back upper-cased."""
     import eval as eval_cli
 
     monkeypatch.setattr(eval_cli, "load_translation_model", lambda args: (None, None))
-    # The model's part stands aside: each sentence comes back upper-cased, non-ASCII letters and all.
     monkeypatch.setattr(
         eval_cli, "translate", lambda model, tokenizer, texts, *rest, **options: [text.upper() for text in texts]
     )
+    return lambda: eval_cli.translate_stdin(eval_cli.EvalArguments(model="unused"), 256, loaded=lambda: None)
+
+
+def test_translate_writes_utf8_on_stdout_whatever_the_locale(monkeypatch, upper_casing):
+    """stdin is read as UTF-8, so stdout is written in it too: under an ASCII locale (PYTHONIOENCODING=ascii) a
+    translation with an umlaut would stop eval.py with a traceback, and under Latin-1 reach sacrebleu as bad UTF-8."""
     reading, writing = os.pipe()
     os.write(writing, "grüße\n\nzwölf\n".encode())
     os.close(writing)
     output = io.BytesIO()
     monkeypatch.setattr(sys, "stdin", open(reading, encoding="utf-8"))
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding="ascii"))
-    eval_cli.translate_stdin(eval_cli.EvalArguments(model="unused"), 256, loaded=lambda: None)
+    upper_casing()
     assert output.getvalue().decode("utf-8") == "GRÜSSE\n\nZWÖLF\n"
+
+
+def test_translate_answers_a_writer_that_never_pauses_while_it_writes(monkeypatch, upper_casing):
+    """A program writing a line every 20 ms gets its first answers while it still writes, not once it stops."""
+    stdin, feeding = os.pipe()
+    answers, stdout = os.pipe()
+    monkeypatch.setattr(sys, "stdin", open(stdin, encoding="utf-8"))
+    monkeypatch.setattr(sys, "stdout", open(stdout, "w", encoding="utf-8"))
+    translating = threading.Thread(target=upper_casing)
+    translating.start()
+    written = 0
+    with open(answers, "rb") as reading:
+        while not select.select([reading], [], [], 0)[0] and written < 200:
+            os.write(feeding, b"seven\n")
+            written += 1
+            time.sleep(0.02)
+        os.close(feeding)
+        translating.join(timeout=30)
+        sys.stdout.close()
+        output = reading.read()
+    assert written < 200, "no answer while the input kept coming"
+    assert output == b"SEVEN\n" * written
+
+
+def test_translate_keeps_reading_while_its_answers_wait_to_be_read(monkeypatch, upper_casing):
+    """A program that writes all its input before reading any answer: eval.py answers chunk by chunk, and with its
+    answers filling stdout's pipe it still takes in the rest of the input, so neither side waits for the other."""
+    stdin, feeding = os.pipe()
+    answers, stdout = os.pipe()
+    monkeypatch.setattr(sys, "stdin", open(stdin, encoding="utf-8"))
+    monkeypatch.setattr(sys, "stdout", open(stdout, "w", encoding="utf-8"))
+    translating = threading.Thread(target=upper_casing, daemon=True)
+    translating.start()
+    lines = [f"sentence {number}\n".encode() for number in range(100_000)]  # 1.5 MB in, as much out
+    writing = threading.Thread(target=lambda: (os.write(feeding, b"".join(lines)), os.close(feeding)), daemon=True)
+    writing.start()
+    writing.join(timeout=60)
+    assert not writing.is_alive(), "the input was not taken in while the answers waited"
+    with open(answers, "rb") as reading:
+        received = bytearray()
+        while translating.is_alive() or select.select([reading], [], [], 0)[0]:
+            if select.select([reading], [], [], 1)[0]:
+                received += os.read(reading.fileno(), 1 << 16)
+            elif not translating.is_alive():
+                break
+        sys.stdout.close()
+        received += reading.read()
+    assert received == b"".join(lines).upper()
 
 
 def test_predictions_on_stdout_are_utf8_whatever_the_locale(monkeypatch):
