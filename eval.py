@@ -36,6 +36,7 @@ from vanilla_cli import (
     exit_on_usage_error,
     given_flags,
     refuse_unknown_arguments,
+    sigterm_as_interrupt,
     text_lines,
 )
 from vanilla_corpus import SPLITS, DataArguments, dataset_folder_files, load_raw_datasets, sentences
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     record = model_data_record(Path(args.model)) if args.average_last is None else run_data_record(Path(args.model))
     resolve_data(data, given, record, args.model, args.split if scores_data else None)
     avoid_cudnn_attention()  # batches of many shapes
-    with ExitStack() as held:
+    with sigterm_as_interrupt(), ExitStack() as held:
         held.enter_context(model_held(args))
         if extra.mode == "translate":
             translate_stdin(args, data.max_source_length, loaded=held.close)  # no report: held while loading

@@ -107,7 +107,8 @@ def is_main_process() -> bool:
 
 def exit_on_usage_error(main: Callable) -> Callable:
     """Decorator for a CLI's main(): a UsageError becomes `error: <message>` on one stderr line and exit code 2; a
-    closed stdout ends quietly (exit 141, as SIGPIPE), Ctrl-C with one line (exit 130).
+    closed stdout ends quietly (exit 141, as SIGPIPE), Ctrl-C with one line (exit 130), as does SIGTERM within
+    sigterm_as_interrupt (exit 143).
 
     Of a multi-process launch (torchrun), only the main process prints: every process refuses the same input."""
 
@@ -123,9 +124,9 @@ def exit_on_usage_error(main: Callable) -> Callable:
         except BrokenPipeError:  # the reader of stdout stopped (`| head`): end quietly, as a filter ends on SIGPIPE
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
             sys.exit(128 + signal.SIGPIPE)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             print("interrupted", file=sys.stderr, flush=True)
-            sys.exit(130)
+            sys.exit(128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT))
 
     return wrapper
 

@@ -1500,7 +1500,9 @@ def test_predictions_on_stdout_are_utf8_whatever_the_locale(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_translation_is_one_line_and_exit_130(trained_run):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_a_translation_is_one_line_and_exit_128_plus_the_signal(trained_run, stop):
+    """Ctrl-C, or SIGTERM as a job scheduler or `timeout` sends it: one line, the signal's exit code (130, 143)."""
     command = [sys.executable, str(ROOT / "eval.py"), "translate", "--model", str(trained_run)]
     process = subprocess.Popen(
         command,
@@ -1514,8 +1516,8 @@ def test_ctrl_c_during_a_translation_is_one_line_and_exit_130(trained_run):
     process.stdin.write(b"three hundred and forty-five\n" * 200_000)  # more than it translates in a minute
     process.stdin.close()
     time.sleep(8)  # loading, then translating
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 130
+    process.send_signal(stop)
+    assert process.wait(timeout=120) == 128 + stop
     stderr = process.stderr.read().decode()
     assert stderr.splitlines()[-1:] == ["interrupted"] and "Traceback" not in stderr, stderr[-3000:]
 
