@@ -433,13 +433,13 @@ class VanillaDecoder(VanillaStack):
             # A layer recomputed in the backward pass would extend the cache a second time: training under activation
             # checkpointing keeps none, as Marian's decoder (transformers before 5.2x hands a `cache` argument on to
             # the layers). Without gradients nothing is recomputed: generate() in training mode keeps its cache.
-            use_cache = False
+            use_cache, cache = False, None
+        # use_cache=False (as with labels) starts no cache, but one passed in is attended to, as in Marian's decoder:
+        # prefix tuning (peft) passes its learned keys and values as the cache of every training step.
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         elif cache is not None and not isinstance(cache, EncoderDecoderCache):  # a decoder-only cache: its self-
             cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))  # attention's, and the cross's beside
-        if not use_cache:
-            cache = None
 
         past_length = cache.get_seq_length() if cache is not None else 0
         hidden_states = self.embed(input_ids, inputs_embeds, past_length, left_padding(attention_mask))

@@ -958,6 +958,30 @@ def test_activation_checkpointing_recomputes_the_chosen_layers_and_gives_the_sam
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_a_cache_passed_with_labels_is_attended_to_and_trained():
+    """Prefix tuning (peft) passes learned decoder keys and values as the cache of a training step, where labels turn
+    use_cache off: the decoder attends to them as a decoding step does, as Marian's, and the loss reaches them."""
+    model = model_for()
+    ids, mask = source_batch()
+    labels = torch.randint(3, 40, (3, 5))
+    keys, values = (torch.randn(3, 4, 2, 4, requires_grad=True) for _ in range(2))  # (batch, heads, prefix, d_k)
+
+    def prefix() -> DynamicCache:
+        cache = DynamicCache()
+        for layer in range(model.config.decoder_layers):
+            cache.update(keys, values, layer)
+        return cache
+
+    trained = model(input_ids=ids, attention_mask=mask, labels=labels, cache=prefix())
+    decoder_ids = shift_tokens_right(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
+    stepped = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids, cache=prefix(), use_cache=True)
+    torch.testing.assert_close(trained.logits, stepped.logits)
+    unprefixed = model(input_ids=ids, attention_mask=mask, labels=labels).logits
+    assert not torch.allclose(trained.logits, unprefixed, atol=1e-3)
+    trained.loss.backward()
+    assert keys.grad.abs().sum() > 0 and values.grad.abs().sum() > 0
+
+
 def test_training_under_activation_checkpointing_without_labels_keeps_no_decoder_cache():
     """A forward without labels (a loss of the user's own) while training under activation checkpointing, the
     config's use_cache on: the decoder keeps no cache, as Marian's, and the gradients are those without checkpointing
