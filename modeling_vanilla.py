@@ -207,6 +207,8 @@ class VanillaSublayer(nn.Module):
         self.norm_first = config.norm_first
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # `sublayer` is a function, never a module: accelerate's hooks (device_map, offloading) move a call's arguments
+        # to the execution device with .to(), which would move a module's weights, and fails on offloaded ones.
         if self.norm_first:
             return x + self.dropout(sublayer(self.norm(x)))
         return self.norm(x + self.dropout(sublayer(x)))
@@ -228,7 +230,7 @@ class VanillaEncoderLayer(GradientCheckpointingLayer):
         hidden_states = self.self_attn_sublayer(
             hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)[0]
         )
-        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
+        return self.feed_forward_sublayer(hidden_states, lambda x: self.feed_forward(x))
 
 
 class VanillaDecoderLayer(GradientCheckpointingLayer):
@@ -261,7 +263,7 @@ class VanillaDecoderLayer(GradientCheckpointingLayer):
                 x, encoder_hidden_states, attention_mask=encoder_attention_mask, cache=cache, **kwargs
             )[0],
         )
-        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
+        return self.feed_forward_sublayer(hidden_states, lambda x: self.feed_forward(x))
 
 
 class VanillaPreTrainedModel(PreTrainedModel):
