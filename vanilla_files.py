@@ -388,6 +388,12 @@ def missing_rng_states(folder: Path) -> list[str]:
     return [name for name in names if not (folder / name).is_file()]
 
 
+def holds_optimizer_state(folder: Path) -> bool:
+    """Whether a checkpoint holds the optimizer and scheduler states a run continues from (Trainer's optimizer file,
+    or folder of shards, and scheduler.pt); one saved with --save_only_model holds the model alone."""
+    return (folder / "scheduler.pt").is_file() and any(folder.glob("optimizer*"))
+
+
 def newest_whole_checkpoint(run: Path) -> Path | None:
     """The newest of a run's complete checkpoints whose files read whole to the end (damaged_file with `read_all`),
     the one a resume loads; a newer one that does not is named in a warning and passed over."""

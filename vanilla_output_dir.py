@@ -21,6 +21,7 @@ from vanilla_files import (
     checkpoint_folders,
     complete_checkpoints,
     damaged_file,
+    holds_optimizer_state,
     is_model_folder_file,
     lock_file,
     missing_rng_states,
@@ -213,8 +214,11 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
     checkpoint = args.resume_from_checkpoint
     if checkpoint is not None:
         if checkpoint.lower() in ("true", "last"):
-            return str(last_checkpoint(output_dir))
+            newest = last_checkpoint(output_dir)
+            check_continuable(newest)
+            return str(newest)
         check_resumable(Path(checkpoint))
+        check_continuable(Path(checkpoint))
         if continues_in_place(checkpoint, output_dir):
             return checkpoint
         # A checkpoint from elsewhere starts this folder's run: output_dir is checked as for a new run.
@@ -294,6 +298,19 @@ def check_resumable(checkpoint: Path) -> None:
     else:
         return
     raise UsageError(f"--resume_from_checkpoint: {problem}; {resume_instead(checkpoint)}")
+
+
+def check_continuable(checkpoint: Path) -> None:
+    """UsageError for a checkpoint without optimizer and scheduler state (saved with --save_only_model, or a model
+    folder such as --save_at_seconds' model): Trainer would continue from it with a new optimizer and the
+    learning-rate schedule started over (its warmup again), a run that differs from the one it resumes."""
+    if not holds_optimizer_state(checkpoint):
+        raise UsageError(
+            f"--resume_from_checkpoint: {checkpoint} holds no optimizer or scheduler state (a checkpoint saved with "
+            "--save_only_model holds the model alone), and a run cannot continue from it: Trainer would start a new "
+            "optimizer and the learning-rate schedule from step 0; resume from a checkpoint that holds them, or "
+            "train anew"
+        )
 
 
 def resume_instead(checkpoint: Path) -> str:

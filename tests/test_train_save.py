@@ -280,6 +280,25 @@ def test_a_checkpoint_missing_a_processs_random_state_is_incomplete(tmp_path, fi
     )
 
 
+@pytest.mark.parametrize("which", ["last", "checkpoint-2"])
+def test_resuming_from_a_checkpoint_saved_with_save_only_model_is_refused(tmp_path, data, which):
+    """A --save_only_model checkpoint holds no optimizer or scheduler state: Trainer would continue from it with a new
+    optimizer and the schedule's warmup again. The resume is one error line, and the run's folder stays as it was."""
+    output_dir = tmp_path / "run"
+    args = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--save_only_model", "true"]
+    assert quick_run(data, output_dir, *args, fault="checkpoint-4").returncode == -signal.SIGKILL
+    checkpoint = output_dir / "checkpoint-2"
+    before = sorted(path.relative_to(output_dir) for path in output_dir.rglob("*"))
+    resume = which if which == "last" else str(output_dir / which)
+    refused = quick_run(data, output_dir, *args, "--resume_from_checkpoint", resume)
+    assert error_line(refused) == (
+        f"error: --resume_from_checkpoint: {checkpoint} holds no optimizer or scheduler state (a checkpoint saved "
+        "with --save_only_model holds the model alone), and a run cannot continue from it: Trainer would start a new "
+        "optimizer and the learning-rate schedule from step 0; resume from a checkpoint that holds them, or train anew"
+    )
+    assert sorted(path.relative_to(output_dir) for path in output_dir.rglob("*")) == before
+
+
 def test_overwrite_refuses_to_delete_an_unfinished_run(tmp_path, killed_recipe_run):
     run, args = killed_recipe_run
     output_dir = copy_of(run, tmp_path)
