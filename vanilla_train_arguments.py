@@ -358,6 +358,11 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             "--auto_find_batch_size retries with a smaller --per_device_train_batch_size, which --max_tokens batches "
             "do not use: lower --max_tokens instead, or drop one of them"
         )
+    if args.dataloader_drop_last and args.max_tokens is not None:  # Trainer hands a batch sampler no drop_last
+        raise UsageError(
+            "--dataloader_drop_last drops an epoch's last batch short of --per_device_train_batch_size pairs, and "
+            "--max_tokens batches are packed to a token budget, which Trainer leaves whole: drop one of them"
+        )
     if args.streaming and args.preprocessing_num_workers is not None:
         raise UsageError(
             "--preprocessing_num_workers tokenizes the corpus before training, and --streaming tokenizes it as "

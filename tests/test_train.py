@@ -1152,6 +1152,7 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
         ),
         (["--save_strategy", "best", "--eval_strategy", "epoch"], "--save_strategy best saves a checkpoint where"),
         (["--auto_find_batch_size", "--max_tokens", "64"], "--auto_find_batch_size retries with a smaller --per_devi"),
+        (["--dataloader_drop_last", "--max_tokens", "64"], "--dataloader_drop_last drops an epoch's last batch short"),
         (["--streaming"], "--streaming reads the data without knowing its size, so epochs cannot be counted: give the"),
         (["--config_overrides", "d_ff=48,colour=red"], "--config_overrides d_ff=48,colour=red: colour is not a field"),
         (["--config_overrides", "d_ff=wide"], "--config_overrides d_ff=wide: invalid literal for int()"),
