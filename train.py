@@ -143,6 +143,11 @@ def train_and_save(
             f"--eval_strategy {strategy} evaluates on a validation split, and the data has none: pass "
             "--validation_file (or a dataset with a 'validation' split), or --eval_strategy no"
         )
+    if args.eval_on_start and "validation" not in raw:  # Trainer would raise once training starts
+        raise UsageError(
+            "--eval_on_start evaluates on a validation split before training, and the data has none: pass "
+            "--validation_file (or a dataset with a 'validation' split), or drop it"
+        )
     output_dir = Path(args.output_dir)
     check_output_dir_writable(output_dir)
 

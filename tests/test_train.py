@@ -1232,8 +1232,16 @@ def test_perplexity_as_the_metric_for_the_best_model_keeps_the_lowest():
             ["--eval_strategy", "steps", "--eval_steps", "1"],
             "--eval_strategy steps evaluates on a validation split, and the data has none: pass --validation_file",
         ),
+        (
+            ["--eval_on_start", "true"],
+            "--eval_on_start evaluates on a validation split before training, and the data has none: pass --valida",
+        ),
     ],
-    ids=["learned-positions-shorter-than-the-data", "evaluation-without-validation-data"],
+    ids=[
+        "learned-positions-shorter-than-the-data",
+        "evaluation-without-validation-data",
+        "evaluation-on-start-without-validation-data",
+    ],
 )
 def test_settings_the_data_cannot_train_with_are_refused_before_training(tmp_path, capsys, flags, expected):
     data = ["--train_file", str(write_jsonl(tmp_path / "train.jsonl", range(1, 9))), "--source_lang", "en"]
