@@ -281,7 +281,8 @@ def read_recipe(path: str, parser: argparse.ArgumentParser) -> dict:
         raise UsageError(f"{path}: expected a mapping of flag names to values")
     unknown = sorted(set(values) - {action.dest for action in parser._actions})
     if unknown:
-        raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (python train.py --help lists the flags)")
+        hints = "".join(unknown_flag_hint(name) for name in unknown)
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)} (python train.py --help lists the flags){hints}")
     hints = {}
     for cls in getattr(parser, "dataclass_types", ()):
         hints.update(typing.get_type_hints(cls))
@@ -352,6 +353,22 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[
     return given | {name for name, value in vars(namespace).items() if value is not unset}
 
 
+# Trainer flags of transformers 4.x that 5.x has no more, and what stands for each (run scripts of 4.x pass them).
+FORMER_FLAGS = {
+    "evaluation_strategy": "--eval_strategy",
+    "group_by_length": "--train_sampling_strategy group_by_length",
+    "no_cuda": "--use_cpu",
+    "per_gpu_eval_batch_size": "--per_device_eval_batch_size",
+    "per_gpu_train_batch_size": "--per_device_train_batch_size",
+    "warmup_ratio": "--warmup_steps with a value below 1 (the share of the training steps)",
+}
+
+
+def unknown_flag_hint(name: str) -> str:
+    """For a flag name (no dashes) that transformers 4.x had: what to use instead, as `; ...` to end a message."""
+    return f"; transformers 5 has no --{name}: use {FORMER_FLAGS[name]}" if name in FORMER_FLAGS else ""
+
+
 def refuse_unknown_arguments(parser: argparse.ArgumentParser, argv: list[str], script: str, expected: str) -> None:
     """UsageError naming the first word of `argv` that is no argument of the CLI `script` nor a flag's value (an
     HfArgumentParser would list every such word as "not used by the HfArgumentParser"); `expected` says what is."""
@@ -360,7 +377,7 @@ def refuse_unknown_arguments(parser: argparse.ArgumentParser, argv: list[str], s
         return
     word = unknown[0].split("=")[0]
     if word.startswith("-"):
-        raise UsageError(f"unknown flag {word} (python {script} --help lists them)")
+        raise UsageError(f"unknown flag {word} (python {script} --help lists them){unknown_flag_hint(word[2:])}")
     raise UsageError(f"unexpected argument {word}: expected {expected}")
 
 

@@ -289,7 +289,11 @@ def test_recipe_file_with_flags_after_it_the_command_line_wins(tmp_path):
     model_args, _, args = parse_arguments([str(as_json)])
     assert (model_args.preset, args.num_train_epochs) == ("tiny", 3)
     recipe.write_text("preset: small\nnum_epochs: 8\n")
-    with pytest.raises(UsageError, match="unknown keys num_epochs"):
+    with pytest.raises(UsageError, match="unknown keys num_epochs") as refused:
+        parse_arguments([str(recipe)])
+    assert "transformers 5" not in str(refused.value)
+    recipe.write_text("evaluation_strategy: epoch\n")  # a recipe of transformers 4.x days: what replaces the key
+    with pytest.raises(UsageError, match="transformers 5 has no --evaluation_strategy: use --eval_strategy$"):
         parse_arguments([str(recipe)])
 
 
@@ -1177,6 +1181,8 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
         (["--no_such_flag", "1"], "error: unknown flag --no_such_flag (python train.py --help lists them)"),
         (["--no_such_flag=1"], "error: unknown flag --no_such_flag (python train.py --help lists them)"),
         (["--max_step", "2"], "error: unknown flag --max_step (python train.py --help lists them)"),  # no shortening
+        (["--warmup_ratio", "0.1"], "them); transformers 5 has no --warmup_ratio: use --warmup_steps with a value bel"),
+        (["--group_by_length"], "transformers 5 has no --group_by_length: use --train_sampling_strategy group_by_len"),
         (["recipe.txt"], "error: unexpected argument recipe.txt: expected --flag value pairs, after a recipe file"),
     ],
 )
