@@ -73,8 +73,8 @@ class EvalArguments:
             applied as generate()'s length^alpha rather than the paper's ((5 + length) / 6)^alpha).
         max_length_offset: Maximum output length = input length + this, in tokens (sec. 6.1: 50).
         batch_size: Sentences per generate() call.
-        predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model; for a Hub id,
-            in the working folder); `-`: stdout, the printed scores going to stderr.
+        predictions_file: Hypotheses, one a line (default: predictions_<split>.txt beside the model; for a Hub id or
+            a revision in the Hub's cache, in the working folder); `-`: stdout, the printed scores going to stderr.
         results_file: The JSON report (default: eval_results_<split>.json beside the model, as the hypotheses); `-`:
             stdout, as --predictions_file.
         hub_metrics: Load sacrebleu and chrf from the Hub instead of the local vanilla_metrics/.

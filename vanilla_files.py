@@ -288,11 +288,19 @@ def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None
 
 
 def output_path(given: str | None, model: str, default_name: str) -> Path:
-    """The file the user named, else `default_name` in the model folder (or the current folder for a Hub id)."""
+    """The file the user named, else `default_name` in the model folder (or the current folder for a Hub id, and for
+    a revision in the Hub's cache, which holds the Hub's files only)."""
     if given:
         return Path(given)
     folder = Path(model)
-    return (folder if folder.is_dir() else Path.cwd()) / default_name
+    return (folder if folder.is_dir() and not is_hub_snapshot(folder) else Path.cwd()) / default_name
+
+
+def is_hub_snapshot(folder: Path) -> bool:
+    """Whether `folder` is (or links to) a revision in huggingface_hub's cache, `models--org--name/snapshots/<commit>`:
+    its files are links into the cache's blobs, and a file written among them would pass for one of the revision's."""
+    snapshot = folder.resolve()
+    return snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith("models--")
 
 
 def output_label(flag: str, given: str | None) -> str:

@@ -5,7 +5,7 @@ Each commit becomes RECORD/revision-<n>/, the repository as that commit leaves i
 plus the commit's additions, less its deletions), and RECORD/commits.json lists the commits: message, branch and
 the paths each one added or deleted. upload_folder itself is huggingface_hub's: it picks the files that go.
 A commit whose message is HUB_STANDIN_REFUSE (a variable of the environment) is refused as the Hub refuses one, with
-an HfHubHTTPError (403).
+an HfHubHTTPError (403). cache_revision lays a model folder out as a download from the Hub leaves it in the local cache.
 """
 
 import hashlib
@@ -23,6 +23,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from huggingface_hub.errors import HfHubHTTPError
 
 NAMESPACE = "standin-user"
+REVISION = "0123456789abcdef0123456789abcdef01234567"  # a commit id, as the cache names a snapshot
 _lock = threading.Lock()
 
 
@@ -86,6 +87,24 @@ def install(record: Path) -> None:
     HfApi.create_commit = create_commit
     HfApi._validate_yaml = validate_yaml
     huggingface_hub.hf_api.is_xet_available = lambda: False  # upload_folder's one-commit path: create_commit
+
+
+def cache_revision(folder: Path, hf_home: Path, repo_id: str) -> Path:
+    """`folder`'s files (the Hub's: no data_args.json) as huggingface_hub caches a download under `hf_home`:
+    hub/models--org--name/ with blobs/<sha256>, snapshots/<commit>/<file> linking to ../../blobs/<sha256>, and
+    refs/main naming the commit; returns the snapshot folder."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != "data_args.json":
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            shutil.copyfile(path, repo / "blobs" / digest)
+            (snapshot / path.name).symlink_to(f"../../blobs/{digest}")
+    return snapshot
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import sacrebleu
 import torch
 from datasets import Dataset
 from harness import ROOT, environment, run_cli
+from hub_standin import cache_revision
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny_models import tiny_config
@@ -1961,6 +1962,42 @@ def test_a_model_folder_that_cannot_be_written_is_converted_for_the_run_only(
     del once
     gc.collect()
     assert not scratch.exists()
+
+
+def cache_listing(hub: Path) -> dict[str, str | bytes]:
+    """Every entry of the Hub cache (HF_HOME/hub): a link's target, a file's bytes, a folder's name."""
+    return {
+        str(path.relative_to(hub)): os.readlink(path)
+        if path.is_symlink()
+        else path.read_bytes()
+        if path.is_file()
+        else "folder"
+        for path in sorted(hub.rglob("*"))
+    }
+
+
+@pytest.mark.slow
+def test_a_revision_folder_of_the_hub_cache_gets_its_outputs_in_the_working_folder(trained_run, test_file, tmp_path):
+    """--model naming a snapshot folder of the Hub cache (its files links into the blobs) puts the default outputs
+    in the working folder, as for a Hub id: a file written into the snapshot would pass for one of the revision's."""
+    snapshot = cache_revision(trained_run, tmp_path / "hf", "org/name")
+    before = cache_listing(tmp_path / "hf" / "hub")
+    work = tmp_path / "work"
+    work.mkdir()
+    data = ("--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    result = run_cli("eval.py", "--model", str(snapshot), *data, "--max_length_offset", str(OFFSET), cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plot = run_cli("eval.py", "--model", str(snapshot), "--plot_attention", "seven", cwd=work)
+    assert plot.returncode == 0, plot.stderr[-3000:]
+    assert sorted(path.name for path in work.iterdir()) == [
+        "attention.png",
+        "eval_results_test.json",
+        "predictions_test.txt",
+    ]
+    sources = [source for source, _ in PAIRS]
+    expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
+    assert (work / "predictions_test.txt").read_text().splitlines() == expected
+    assert cache_listing(tmp_path / "hf" / "hub") == before
 
 
 @pytest.mark.slow
