@@ -84,7 +84,8 @@ class EvalArguments:
         averaged_model_dir: Where the averaged model is written (default: <run>/averaged-last-N).
         plot_attention: Only plot the last layer's cross-attention while translating this sentence.
         attention_file: The attention plot (default: attention.png beside the model, as the hypotheses).
-        engine: transformers' generate(), or CTranslate2 (converted once, cached beside the model).
+        engine: transformers' generate(), or CTranslate2 (converted once, cached beside the model; for a Hub model,
+            under ~/.cache/vanilla-transformer/ctranslate2).
         quantization: CTranslate2 weight and compute type: float32 (default), int8, int8_float32, int16; on a GPU
             also float16, bfloat16, int8_float16, int8_bfloat16.
         dtype: transformers engine: run the model in this dtype (default: as saved).

@@ -12,6 +12,7 @@ excluding the decoder start token (transformers' `BeamSearchScorer`/`_beam_searc
 
 import errno
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_cli import UsageError, first_line
-from vanilla_files import locked, read_json, sha256_of, write_folder_atomically
+from vanilla_files import is_hub_snapshot, locked, read_json, sha256_of, write_folder_atomically
 
 if TYPE_CHECKING:
     import ctranslate2
@@ -261,18 +262,20 @@ def conversion(folder: Path, quantization: str, fingerprint: dict[str, str]) -> 
 def converted_model(
     folder: Path, quantization: str, damaged: bool = False
 ) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """The cached conversion beside the model (`ctranslate2-<quantization>/`), converted first if missing, stale or
+    """The cached conversion (`ctranslate2-<quantization>/` in conversion_home), converted first if missing, stale or
     `damaged` (CTranslate2 could not load it), written atomically. Another process converting the same model (eval.py
     on two splits at once) is waited for, and its conversion taken.
 
-    A model folder that cannot be written (a read-only mount, another user's folder) gets the conversion in a
+    A folder that cannot be written (a read-only mount, another user's folder) gets the conversion in a
     temporary folder, for this run only: returned beside the path, it is removed when dropped."""
-    output = folder / f"{CONVERSION_PREFIX}{quantization}"
+    home = conversion_home(folder)
+    output = home / f"{CONVERSION_PREFIX}{quantization}"
     fingerprint = source_fingerprint(folder)  # hashed once: the weights may be large
     if not damaged and is_current_conversion(output, fingerprint):
         return output, None
     try:
-        with locked(folder / f".{output.name}.lock", waiting_for=f"another eval.py converting {folder} into {output}"):
+        home.mkdir(parents=True, exist_ok=True)
+        with locked(home / f".{output.name}.lock", waiting_for=f"another eval.py converting {folder} into {output}"):
             if damaged or not is_current_conversion(output, fingerprint, warn=False):  # or another process's
                 write_folder_atomically(output, conversion(folder, quantization, fingerprint))
         return output, None
@@ -281,12 +284,22 @@ def converted_model(
             message = f"cannot write the CTranslate2 conversion to {output}: {error.strerror or error}"
             raise UsageError(message) from None
         print(
-            f"note: {folder} cannot be written ({error.strerror}): converting it for this run only, not cached",
+            f"note: {home} cannot be written ({error.strerror}): the conversion is for this run only, not cached",
             file=sys.stderr,
         )
     scratch = tempfile.TemporaryDirectory(prefix="ctranslate2-")
     write_folder_atomically(Path(scratch.name) / output.name, conversion(folder, quantization, fingerprint))
     return Path(scratch.name) / output.name, scratch
+
+
+def conversion_home(folder: Path) -> Path:
+    """Where a model's conversions are cached: in its folder, or for a revision in the Hub's cache (whose folder holds
+    the Hub's files only) in <XDG_CACHE_HOME or ~/.cache>/vanilla-transformer/ctranslate2/models--org--name/<commit>."""
+    if not is_hub_snapshot(folder):
+        return folder
+    snapshot = folder.resolve()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "vanilla-transformer" / "ctranslate2" / snapshot.parent.parent.name / snapshot.name
 
 
 def is_current_conversion(output: Path, fingerprint: dict[str, str], warn: bool = True) -> bool:
@@ -368,9 +381,7 @@ def load(
     quantization = quantization or "float32"
     if quantization not in QUANTIZATIONS:
         raise UsageError(f"--quantization {quantization!r} must be one of {', '.join(QUANTIZATIONS)}")
-    folder = Path(model)
-    if not folder.is_dir():
-        raise UsageError(f"{model}: --engine ctranslate2 needs a local model folder")
+    folder = Path(model) if Path(model).is_dir() else hub_snapshot(model)
     device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
     supported = ctranslate2.get_supported_compute_types(device)
     if quantization not in supported:
@@ -391,6 +402,19 @@ def load(
     if device == "cuda":
         check_gpu_libraries(model, ctranslate2.__version__)
     return model, tokenizer
+
+
+def hub_snapshot(model_id: str) -> Path:
+    """The folder of a Hub model's revision in the local Hub cache, what the conversion reads fetched first (unless
+    HF_HUB_OFFLINE=1, which takes the cached revision)."""
+    from huggingface_hub import snapshot_download
+
+    wanted = [*SOURCE_FILES, "generation_config.json", "model.safetensors.index.json", "model-*.safetensors", "*.py"]
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=wanted))
+    except (OSError, ValueError) as error:
+        where = "no such model folder, and no such Hub model available"
+        raise UsageError(f"{model_id}: {where} ({first_line(error)})") from None
 
 
 def loaded_conversion(

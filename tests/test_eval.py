@@ -28,7 +28,7 @@ import sacrebleu
 import torch
 from datasets import Dataset
 from harness import ROOT, environment, run_cli
-from hub_standin import cache_revision
+from hub_standin import REVISION, cache_revision
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from tiny_models import tiny_config
@@ -1997,6 +1997,28 @@ def test_a_revision_folder_of_the_hub_cache_gets_its_outputs_in_the_working_fold
     sources = [source for source, _ in PAIRS]
     expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
     assert (work / "predictions_test.txt").read_text().splitlines() == expected
+    assert cache_listing(tmp_path / "hf" / "hub") == before
+
+
+@pytest.mark.slow
+def test_ctranslate2_converts_a_hub_model_once_into_a_cache_of_its_own(trained_run, tmp_path):
+    """--engine ctranslate2 --model org/name decodes the cached revision as generate() does, its conversion cached
+    under XDG_CACHE_HOME (never among the Hub cache's snapshots and blobs) and taken again by the next run."""
+    cache_revision(trained_run, tmp_path / "hf", "org/name")
+    before = cache_listing(tmp_path / "hf" / "hub")
+    env = environment(HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    lines = "seven\nthree hundred and forty-five\ntwelve\n"
+    flags = ("--model", "org/name", "--num_beams", "2")
+    reference = run_cli("eval.py", "translate", *flags, stdin=lines, env=env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    converted = tmp_path / "xdg/vanilla-transformer/ctranslate2/models--org--name" / REVISION / "ctranslate2-float32"
+    inodes = []
+    for _ in range(2):
+        result = run_cli("eval.py", "translate", *flags, "--engine", "ctranslate2", stdin=lines, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout == reference.stdout and len(result.stdout.splitlines()) == 3
+        inodes.append((converted / "model.bin").stat().st_ino)
+    assert inodes[0] == inodes[1], "converted again rather than taken from the cache"
     assert cache_listing(tmp_path / "hf" / "hub") == before
 
 
