@@ -76,6 +76,10 @@ class UsageErrorParser:
         super().__init__(*args, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("argument --") and message.endswith(": expected one argument"):
+            flag = message.removeprefix("argument ").split("/")[0].split(":")[0]  # "--output_dir/--output-dir: ..."
+            # What argparse also says of a value that starts with `-` (a folder -run): it takes it for a flag.
+            message += f" (a value that starts with - goes after =: {flag}=-run)"
         raise UsageError(message)
 
 
@@ -85,8 +89,15 @@ def first_line(error: Exception) -> str:
 
 
 def eval_command(*arguments: str | Path, launcher: tuple[str, ...] = ("python", "eval.py")) -> str:
-    """`python eval.py <arguments>` (or another `launcher`), each word quoted for a shell: a command to paste."""
-    return shlex.join([*launcher, *map(str, arguments)])
+    """`python eval.py <arguments>` (or another `launcher`), each word quoted for a shell: a command to paste. A value
+    that starts with `-` (a folder named -run) is joined to its flag, `--model=-run`: argparse would take it for one."""
+    words = []
+    for word in map(str, arguments):
+        if word.startswith("-") and not word.startswith("--") and words and words[-1].startswith("--"):
+            words[-1] = f"{words[-1]}={word}"
+        else:
+            words.append(word)
+    return shlex.join([*launcher, *words])
 
 
 def eval_launcher() -> tuple[str, ...]:

@@ -189,6 +189,22 @@ def test_the_printed_eval_command_runs_eval_py_as_train_py_was_run(monkeypatch, 
     assert shlex.split(line.removeprefix("evaluate it with: ")) == [*launcher, "--model", "my run"]
 
 
+def test_the_printed_eval_command_passes_a_folder_named_like_a_flag_as_the_value(monkeypatch):
+    """--output_dir=-run saves into the folder -run: the command printed to score it names it so that eval.py's
+    parser reads it as --model's value, not as a flag of its own."""
+    from eval import argument_parser
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "--output_dir=-run"])
+    line = train.end_of_run_command("-run", {"test": None})
+    words = shlex.split(line.removeprefix("evaluate it with: "))
+    args, _, _ = argument_parser().parse_args_into_dataclasses(args=words[2:])
+    assert args.model == "-run"
+    with pytest.raises(
+        UsageError, match=r"--model: expected one argument \(a value that starts with - goes after =: --model=-run\)"
+    ):
+        argument_parser().parse_args_into_dataclasses(args=["--model", "-run"])
+
+
 def test_bpe_tokenizer_round_trips_text_and_uses_the_config_special_ids():
     texts = [num2words(n, lang=lang) for n in range(1, 300) for lang in ("en", "de")]
     texts += ["Ein Mann in einem blauen Hemd steht auf einer Leiter.", "Zwei Männer stehen am Herd!"]
