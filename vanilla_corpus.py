@@ -67,6 +67,10 @@ class DataArguments:
     max_target_length: int = 256
 
     def __post_init__(self):
+        # A recipe file has no shell to expand `~`: expanded here, as TrainingArguments expands its output_dir's.
+        for name in ("dataset_name", "train_file", "validation_file", "test_file"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.expanduser(getattr(self, name)))
         for name in ("max_source_length", "max_target_length"):
             if getattr(self, name) < 2:
                 raise UsageError(f"--{name} is {getattr(self, name)}; expected at least 2 (a token and </s>)")

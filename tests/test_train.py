@@ -148,6 +148,32 @@ def test_cli_trains_on_the_embedded_task_from_a_yaml_file_and_saves_a_loadable_m
 
 
 @pytest.mark.slow
+def test_a_recipes_tilde_paths_are_the_home_folder_from_any_working_folder(tmp_path):
+    """A recipe has no shell to expand `~`: its data paths name the home folder's files, as its output_dir does (and
+    neither a `~` folder in the working folder), and data_args.json records them expanded."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "data").mkdir(parents=True)
+    work.mkdir()
+    write_jsonl(home / "data" / "train.jsonl", range(1, 17))
+    write_jsonl(home / "data" / "test.jsonl", range(20, 24))
+    recipe = home / "recipe.yaml"
+    recipe.write_text(
+        "output_dir: ~/runs/tilde\ntrain_file: ~/data/train.jsonl\ntest_file: ~/data/test.jsonl\n"
+        "source_lang: en\ntarget_lang: de\n"
+    )
+    result = run_cli(
+        "train.py", str(recipe), *TINY, *QUICK, "--max_steps", "1", env=environment(HOME=str(home)), cwd=work
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((home / "runs" / "tilde" / "data_args.json").read_text())
+    assert (record["train_file"], record["test_file"]) == (
+        str(home / "data/train.jsonl"),
+        str(home / "data/test.jsonl"),
+    )
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_train_and_eval_leave_cudnn_attention_out_unless_pytorchs_variable_asks_for_it(tmp_path):
     """cuDNN builds a plan for each new shape of the attention's inputs (PyTorch's first choice on Hopper GPUs), and
     both CLIs batch sentences of many lengths: they turn it off for their process, unless TORCH_CUDNN_SDPA_PREFERRED=1.
