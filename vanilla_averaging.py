@@ -17,6 +17,7 @@ from vanilla_files import (
     checkpoint_folders,
     complete_checkpoints,
     finish_gone_writes_in,
+    hub_revision,
     lock_file,
     locked,
     read_json,
@@ -33,7 +34,13 @@ if TYPE_CHECKING:
 
 def check_averaged_model_dir(output: Path, named: str) -> None:
     """Only a new folder, or one holding an earlier averaged model (its AVERAGED_MARKER), is written; `named` names
-    `output` in errors."""
+    `output` in errors. Nothing is written into a revision of the Hub's cache (hub_revision): a run pushed with its
+    checkpoints, averaged from there, gets its average elsewhere."""
+    if hub_revision(output) is not None:
+        raise UsageError(
+            f"{named} {output} lies in a revision of the Hub's cache, which holds the Hub's files only: name a folder "
+            "outside it with --averaged_model_dir"
+        )
     if not output.exists():
         check_writable(output / AVERAGED_MARKER, named)
         return

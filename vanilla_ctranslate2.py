@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vanilla_cli import UsageError, first_line
-from vanilla_files import is_hub_snapshot, locked, read_json, sha256_of, write_folder_atomically
+from vanilla_files import hub_revision, locked, read_json, sha256_of, write_folder_atomically
 
 if TYPE_CHECKING:
     import ctranslate2
@@ -294,12 +294,14 @@ def converted_model(
 
 def conversion_home(folder: Path) -> Path:
     """Where a model's conversions are cached: in its folder, or for a revision in the Hub's cache (whose folder holds
-    the Hub's files only) in <XDG_CACHE_HOME or ~/.cache>/vanilla-transformer/ctranslate2/models--org--name/<commit>."""
-    if not is_hub_snapshot(folder):
+    the Hub's files only) in <XDG_CACHE_HOME or ~/.cache>/vanilla-transformer/ctranslate2/models--org--name/<commit>
+    (and the model's path inside the revision, for a checkpoint pushed with it)."""
+    snapshot = hub_revision(folder)
+    if snapshot is None:
         return folder
-    snapshot = folder.resolve()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "vanilla-transformer" / "ctranslate2" / snapshot.parent.parent.name / snapshot.name
+    inside = folder.resolve().relative_to(snapshot)
+    return cache / "vanilla-transformer" / "ctranslate2" / snapshot.parent.parent.name / snapshot.name / inside
 
 
 def is_current_conversion(output: Path, fingerprint: dict[str, str], warn: bool = True) -> bool:

@@ -289,18 +289,21 @@ def write_folder_atomically(output: Path, write: Callable[[Path], None]) -> None
 
 def output_path(given: str | None, model: str, default_name: str) -> Path:
     """The file the user named, else `default_name` in the model folder (or the current folder for a Hub id, and for
-    a revision in the Hub's cache, which holds the Hub's files only)."""
+    a folder of a revision in the Hub's cache, which holds the Hub's files only)."""
     if given:
         return Path(given)
     folder = Path(model)
-    return (folder if folder.is_dir() and not is_hub_snapshot(folder) else Path.cwd()) / default_name
+    return (folder if folder.is_dir() and hub_revision(folder) is None else Path.cwd()) / default_name
 
 
-def is_hub_snapshot(folder: Path) -> bool:
-    """Whether `folder` is (or links to) a revision in huggingface_hub's cache, `models--org--name/snapshots/<commit>`:
-    its files are links into the cache's blobs, and a file written among them would pass for one of the revision's."""
-    snapshot = folder.resolve()
-    return snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith("models--")
+def hub_revision(folder: Path) -> Path | None:
+    """The revision folder of huggingface_hub's cache, `models--org--name/snapshots/<commit>`, that `folder` is (or
+    links to) or lies in (a checkpoint pushed with it), else None: its files are links into the cache's blobs, and a
+    file written among them would pass for one of the revision's."""
+    for snapshot in (folder.resolve(), *folder.resolve().parents):
+        if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith("models--"):
+            return snapshot
+    return None
 
 
 def output_label(flag: str, given: str | None) -> str:

@@ -90,20 +90,22 @@ def install(record: Path) -> None:
 
 
 def cache_revision(folder: Path, hf_home: Path, repo_id: str) -> Path:
-    """`folder`'s files (the Hub's: no data_args.json) as huggingface_hub caches a download under `hf_home`:
-    hub/models--org--name/ with blobs/<sha256>, snapshots/<commit>/<file> linking to ../../blobs/<sha256>, and
-    refs/main naming the commit; returns the snapshot folder."""
+    """`folder`'s files, its checkpoints' too (the Hub's: no data_args.json), as huggingface_hub caches a download
+    under `hf_home`: hub/models--org--name/ with blobs/<sha256>, snapshots/<commit>/<path> linking to
+    ../../blobs/<sha256> (../ once more a folder down), and refs/main naming the commit; returns the snapshot folder."""
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / REVISION
     snapshot.mkdir(parents=True)
     (repo / "blobs").mkdir()
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(REVISION)
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != "data_args.json":
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             shutil.copyfile(path, repo / "blobs" / digest)
-            (snapshot / path.name).symlink_to(f"../../blobs/{digest}")
+            link = snapshot / path.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(repo / "blobs" / digest, link.parent))
     return snapshot
 
 

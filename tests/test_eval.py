@@ -2001,6 +2001,42 @@ def test_a_revision_folder_of_the_hub_cache_gets_its_outputs_in_the_working_fold
 
 
 @pytest.mark.slow
+def test_a_run_in_the_hub_cache_is_averaged_and_its_checkpoint_scored_outside_it(trained_run, test_file, tmp_path):
+    """A run pushed with its checkpoints (--hub_strategy all_checkpoints), in the Hub cache: --average_last asks for
+    --averaged_model_dir rather than writing the average into the revision, and a checkpoint's reports go to the
+    working folder."""
+    snapshot = cache_revision(trained_run, tmp_path / "hf", "org/run")
+    before = cache_listing(tmp_path / "hf" / "hub")
+    work = tmp_path / "work"
+    work.mkdir()
+    data = ("--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de", "--max_length_offset", "2")
+    refused = run_cli("eval.py", "--model", str(snapshot), "--average_last", "2", *data, cwd=work)
+    assert_usage_error(refused, f"{snapshot / 'averaged-last-2'} lies in a revision of the Hub's cache", "--averaged_")
+    checkpoint = run_cli("eval.py", "--model", str(snapshot / "checkpoint-4"), *data, cwd=work)
+    assert checkpoint.returncode == 0, checkpoint.stderr[-3000:]
+    averaged = run_cli(
+        "eval.py", "--model", str(snapshot), "--average_last", "2", "--averaged_model_dir", "avg", *data, cwd=work
+    )
+    assert averaged.returncode == 0, averaged.stderr[-3000:]
+    assert sorted(path.name for path in work.iterdir()) == ["avg", "eval_results_test.json", "predictions_test.txt"]
+    assert (work / "avg" / "eval_results_test.json").is_file()
+    assert cache_listing(tmp_path / "hf" / "hub") == before
+
+
+@pytest.mark.slow
+def test_a_checkpoint_in_the_hub_cache_is_converted_into_the_conversion_cache(trained_run, tmp_path, monkeypatch):
+    """A checkpoint pushed with its run, in the Hub cache, has its CTranslate2 conversion cached under its own path
+    in XDG_CACHE_HOME, apart from the run's."""
+    snapshot = cache_revision(trained_run, tmp_path / "hf", "org/run")
+    before = cache_listing(tmp_path / "hf" / "hub")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path, scratch = vanilla_ctranslate2.converted_model(snapshot / "checkpoint-4", "float32")
+    cached = tmp_path / "xdg/vanilla-transformer/ctranslate2/models--org--run" / REVISION / "checkpoint-4"
+    assert (path, scratch) == (cached / "ctranslate2-float32", None) and (path / "model.bin").is_file()
+    assert cache_listing(tmp_path / "hf" / "hub") == before
+
+
+@pytest.mark.slow
 def test_ctranslate2_converts_a_hub_model_once_into_a_cache_of_its_own(trained_run, tmp_path):
     """--engine ctranslate2 --model org/name decodes the cached revision as generate() does, its conversion cached
     under XDG_CACHE_HOME (never among the Hub cache's snapshots and blobs) and taken again by the next run."""
