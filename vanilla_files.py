@@ -59,10 +59,15 @@ def is_resume_file(path: Path) -> bool:
 def check_output_files(outputs: dict[str, Path], inputs: dict[str, str | None]) -> None:
     """UsageError for an output file (flag -> path) that would overwrite an input file (flag -> path or None), another
     output, or a file of a model folder (one holding config.json) that the model is made of (MODEL_FOLDER_FILES) or
-    that a checkpoint resumes from (RESUME_FILES)."""
+    that a checkpoint resumes from (RESUME_FILES), or that would lie in a revision of the Hub's cache (hub_revision)."""
     taken = {Path(path).resolve(): flag for flag, path in inputs.items() if path}
     for flag, path in outputs.items():
         resolved = path.resolve()
+        if hub_revision(resolved.parent) is not None:
+            raise UsageError(
+                f"{flag} {path} lies in a revision of the Hub's cache, which holds the Hub's files only: name a file "
+                "outside it"
+            )
         if resolved in taken:
             raise UsageError(f"{flag} {path} is also the {taken[resolved]}: name another file")
         if is_model_folder_file(resolved) and (resolved.parent / "config.json").is_file():

@@ -1997,6 +1997,10 @@ def test_a_revision_folder_of_the_hub_cache_gets_its_outputs_in_the_working_fold
     sources = [source for source, _ in PAIRS]
     expected = one_by_one(trained_run, sources, longest_source(trained_run, sources) + OFFSET)
     assert (work / "predictions_test.txt").read_text().splitlines() == expected
+    named = run_cli(
+        "eval.py", "--model", str(snapshot), *data, "--results_file", str(snapshot / "report.json"), cwd=work
+    )
+    assert_usage_error(named, f"--results_file {snapshot / 'report.json'} lies in a revision of the Hub's cache")
     assert cache_listing(tmp_path / "hf" / "hub") == before
 
 
