@@ -25,6 +25,7 @@ from vanilla_files import (
     share_lock,
     unlock_file,
     write_folder_atomically,
+    write_text_atomically,
 )
 from vanilla_translation import load_model, load_model_and_tokenizer
 
@@ -123,11 +124,20 @@ def checkpoints_to_average(run: Path, last: int) -> tuple[list[Path], dict]:
 
 
 def is_average_of(output: Path, sources: dict) -> bool:
-    """Whether `output` holds the average of `sources` already (a note says it is kept); a damaged marker: not."""
-    if read_json(output / AVERAGED_MARKER) != sources:
+    """Whether `output` holds the average of `sources` already (a note says it is kept); a damaged marker: not. The
+    checkpoints' names and weights decide: a run moved or renamed since keeps its average, the marker naming it anew."""
+    recorded = read_json(output / AVERAGED_MARKER)
+    if not isinstance(recorded, dict) or {**recorded, "run": sources["run"]} != sources:
         return False
+    if recorded["run"] != sources["run"]:
+        write_text_atomically(output / AVERAGED_MARKER, marker_text(sources))
     print(f"note: {output} holds the average of these checkpoints already: kept, with its reports", file=sys.stderr)
     return True
+
+
+def marker_text(sources: dict) -> str:
+    """The AVERAGED_MARKER's text: the run, the checkpoints averaged and their weights' SHA-256."""
+    return json.dumps(sources, indent=2) + "\n"
 
 
 @contextmanager
@@ -213,7 +223,7 @@ def write_average(run: Path, chosen: list[Path], sources: dict, output: Path) ->
     state = model.state_dict()
     mean = {name: (total / len(chosen)).to(state[name].dtype) for name, total in totals.items()}
     model.load_state_dict(mean, strict=False)
-    files = {AVERAGED_MARKER: json.dumps(sources, indent=2) + "\n"}
+    files = {AVERAGED_MARKER: marker_text(sources)}
     record = next((folder / DATA_RECORD for folder in (chosen[-1], run) if (folder / DATA_RECORD).is_file()), None)
     if record is not None:  # the checkpoints' own, else (checkpoints of an older train.py) the run's
         files[DATA_RECORD] = record.read_text(encoding="utf-8")

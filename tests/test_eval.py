@@ -849,6 +849,29 @@ def test_averaging_checkpoints_of_two_runs_is_a_usage_error(trained_run, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_run_renamed_after_averaging_keeps_its_average_and_reports(trained_run, tmp_path):
+    """The same checkpoints, their run folder renamed since: the average is kept (not made again, the reports of
+    other splits staying), and its averaged_from.json and new report name the run where it now is."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    first = run_cli("eval.py", "--model", str(run), "--average_last", "2", "--split", "validation")
+    assert first.returncode == 0, first.stderr[-3000:]
+    renamed = tmp_path / "renamed run"
+    run.rename(renamed)
+    averaged = renamed / "averaged-last-2"
+    weights = (averaged / "model.safetensors").stat().st_ino
+    result = run_cli("eval.py", "--model", str(renamed), "--average_last", "2", "--split", "test")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "holds the average of these checkpoints already: kept, with its reports" in result.stderr
+    assert (averaged / "model.safetensors").stat().st_ino == weights
+    assert (averaged / "eval_results_validation.json").is_file()
+    assert json.loads((averaged / "averaged_from.json").read_text())["run"] == str(renamed.resolve())
+    assert json.loads((averaged / "eval_results_test.json").read_text())["averaged_from"]["run"] == str(
+        renamed.resolve()
+    )
+
+
+@pytest.mark.slow
 def test_averaging_the_same_checkpoints_again_keeps_the_averaged_model_and_its_reports(
     trained_run, test_file, tmp_path
 ):
