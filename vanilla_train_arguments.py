@@ -373,6 +373,11 @@ def check_arguments(model_args: ModelArguments, args: TrainingArguments) -> None
             "--save_strategy best saves a checkpoint where --metric_for_best_model improves: name one (loss, or bleu "
             "with --predict_with_generate)"
         )
+    if args.save_strategy == "best" and args.eval_strategy == "no":  # Trainer would save no checkpoint, silently
+        raise UsageError(
+            "--save_strategy best saves a checkpoint when an evaluation finds a new best, and --eval_strategy no "
+            "evaluates never: pass --eval_strategy steps or epoch, or another --save_strategy"
+        )
     if args.metric_for_best_model is not None:  # Trainer would raise a KeyError at the first evaluation
         reported = GENERATION_METRICS if args.predict_with_generate else EVALUATION_METRICS
         if args.prediction_loss_only:

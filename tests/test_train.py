@@ -1215,6 +1215,10 @@ def test_the_corpus_tokenized_in_two_processes_equals_it_tokenized_in_one():
         (["--eval_do_concat_batches", "false"], "--eval_do_concat_batches false hands the metrics one list per"),
         (["--batch_eval_metrics", "true"], "--batch_eval_metrics: train.py's metrics score the whole evaluation"),
         (
+            ["--save_strategy", "best", "--metric_for_best_model", "loss", "--eval_strategy", "no"],
+            "--save_strategy best saves a checkpoint when an evaluation finds a new best, and --eval_strategy no",
+        ),
+        (
             ["--metric_for_best_model", "nll_loss", "--prediction_loss_only", "true"],
             "--metric_for_best_model nll_loss: an evaluation reports loss with --prediction_loss_only",
         ),
