@@ -198,6 +198,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                     file=sys.stderr,
                 )
                 self.bf16 = self.bf16_full_eval = False
+        if self.resume_from_checkpoint:  # a recipe has no shell to expand `~`; TrainingArguments expands output_dir's
+            self.resume_from_checkpoint = os.path.expanduser(self.resume_from_checkpoint)
         super().__post_init__()
 
 

@@ -173,6 +173,17 @@ def test_a_recipes_tilde_paths_are_the_home_folder_from_any_working_folder(tmp_p
     assert list(work.iterdir()) == []
 
 
+def test_a_recipes_tilde_checkpoint_to_resume_from_is_in_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("output_dir: ~/runs/x\nresume_from_checkpoint: ~/runs/x/checkpoint-2\n")
+    _, _, args = parse_arguments([str(recipe)])
+    assert (args.output_dir, args.resume_from_checkpoint) == (
+        str(tmp_path / "runs/x"),
+        str(tmp_path / "runs/x/checkpoint-2"),
+    )
+
+
 @pytest.mark.slow
 def test_train_and_eval_leave_cudnn_attention_out_unless_pytorchs_variable_asks_for_it(tmp_path):
     """cuDNN builds a plan for each new shape of the attention's inputs (PyTorch's first choice on Hopper GPUs), and
