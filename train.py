@@ -293,7 +293,7 @@ def train_and_save(
     }
 
     repo_id = trainer.hub_model_id if args.push_to_hub else args.hub_model_id or output_dir.resolve().name
-    card = model_card(config.to_dict(), record, metrics, [], repo_id, PRESETS)
+    card = model_card(config.to_dict(), model.generation_config.to_dict(), record, metrics, [], repo_id, PRESETS)
     files = {
         CARD: card_text(card),
         DATA_RECORD: trainer.checkpoint_files[DATA_RECORD],

@@ -16,6 +16,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from vanilla_cli import eval_command
 from vanilla_corpus import DATA_FORMATS
 from vanilla_files import CARD, DATA_RECORD, RESUME_FILES, read_json
+from vanilla_translation import MAX_LENGTH_OFFSET, saved_decoding
 
 CARD_TAG = "vanilla-transformer"  # marks a card written here, which eval.py may refresh
 TRAIN_RESULTS = "all_results.json"  # train.py's metrics, in Trainer.save_metrics' format
@@ -35,6 +36,9 @@ HUB_ERRORS = HfHubHTTPError.__bases__
 # model.
 NOT_PUSHED = [*RESUME_FILES, DATA_RECORD, "*/*", ".*", "_*"]
 
+# What the card says of a beam search's length penalty, after its alpha.
+ALPHA_NOTE = """ (sec. 6.1's alpha; `generate()`
+divides a hypothesis' log-probability by length^alpha, where the paper's GNMT penalty is ((5 + length) / 6)^alpha)"""
 TEMPLATE = """---
 {{ card_data }}
 ---
@@ -42,8 +46,7 @@ TEMPLATE = """---
 
 The encoder-decoder Transformer of *Attention Is All You Need* (Vaswani et al., 2017), {{ shape }},
 trained with `train.py` on {{ data }}.
-Decoding defaults (generation_config.json): beam size 4, length penalty alpha 0.6 (sec. 6.1's alpha; `generate()`
-divides a hypothesis' log-probability by length^alpha, where the paper's GNMT penalty is ((5 + length) / 6)^alpha).
+Decoding defaults (generation_config.json): {{ decoding }}.
 {% if rows %}
 | metric | value |
 |---|---|
@@ -134,10 +137,17 @@ def eval_results(reports: list[dict]) -> list[EvalResult]:
 
 
 def model_card(
-    config: dict, record: dict, metrics: dict, reports: list[dict], repo_id: str, presets: dict[str, dict]
+    config: dict,
+    generation: dict,
+    record: dict,
+    metrics: dict,
+    reports: list[dict],
+    repo_id: str,
+    presets: dict[str, dict],
 ) -> ModelCard:
-    """The card of a model: its shape (`config`), data (`record`, train.py's data record), train.py's `metrics`,
-    eval.py's `reports`, and a usage snippet that loads it from `repo_id`."""
+    """The card of a model: its shape (`config`), decoding defaults (`generation`, its generation_config), data
+    (`record`, train.py's data record), train.py's `metrics`, eval.py's `reports`, and a usage snippet that loads it
+    from `repo_id`."""
     if record["embedded_task"]:
         data, datasets = EMBEDDED_DATA, None
     elif record["dataset_name"] and is_local(record["dataset_name"]):
@@ -161,10 +171,12 @@ def model_card(
         eval_results=results or None,
     )
     rows = [(name, f"{value:.4g}") for name, value in sorted(metrics.items())]  # as all_results.json holds them
-    rows += [
-        (f"{result.metric_name} ({result.dataset_name}, {result.dataset_split})", result.metric_value)
-        for result in results
-    ]
+    for report in reports:  # its BLEU and chrF, named with the decoding that produced them
+        decoding = report_decoding(report)
+        rows += [
+            (f"{result.metric_name} ({result.dataset_name}, {result.dataset_split}{decoding})", result.metric_value)
+            for result in eval_results([report])
+        ]
     return ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
@@ -173,12 +185,40 @@ def model_card(
         shape=described_shape(config, presets),
         data=data,
         rows=rows,
+        decoding=described_decoding(generation),
         repo_id=repo_id,
         example="twenty-three" if record["embedded_task"] else f"A sentence in {record['source_lang']}.",
         embedded=record["embedded_task"],
         command=card_eval_command(record, repo_id),
         own_data=datasets is None,  # local data: the command reads the reader's own test file
     )
+
+
+def described_decoding(generation: dict) -> str:
+    """The decoding defaults a generation_config holds, as eval.py takes them when no flag says otherwise."""
+    decoding = saved_decoding(generation)
+    if decoding["num_beams"] == 1:
+        return "greedy search"
+    return f"beam size {decoding['num_beams']}, length penalty alpha {decoding['length_penalty']}{ALPHA_NOTE}"
+
+
+def report_decoding(report: dict) -> str:
+    """How an eval.py report decoded, as its card row says: "; beam 4, alpha 0.6, transformers float32" (the beam
+    search and engine the report holds, the output limit where it is not sec. 6.1's), or "" for a report without it."""
+    decoding = report.get("decoding")
+    if not isinstance(decoding, dict) or "engine" not in report:
+        return ""
+    if decoding["num_beams"] == 1:  # greedy search ranks no hypotheses: no length penalty applies
+        words = ["greedy"]
+    else:
+        words = [f"beam {decoding['num_beams']}", f"alpha {decoding['length_penalty']}"]
+    if decoding.get("max_length_offset", MAX_LENGTH_OFFSET) != MAX_LENGTH_OFFSET:
+        words.append(f"max length input + {decoding['max_length_offset']}")
+    if report["engine"] == "ctranslate2":
+        words.append(f"CTranslate2 {report['quantization']}")
+    else:
+        words.append(f"transformers {report['dtype']}")
+    return "; " + ", ".join(words)
 
 
 def card_eval_command(record: dict, repo_id: str) -> str:
@@ -224,4 +264,5 @@ def folder_card(folder: Path, presets: dict[str, dict]) -> ModelCard | None:
     metrics = read_json(folder / TRAIN_RESULTS) or {}
     reports = list(eval_reports(folder).values())
     config, record = read_json(folder / "config.json"), read_json(folder / DATA_RECORD)
-    return model_card(config, record, metrics, reports, found.group(1), presets)
+    generation = read_json(folder / "generation_config.json") or {}
+    return model_card(config, generation, record, metrics, reports, found.group(1), presets)

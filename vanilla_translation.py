@@ -99,13 +99,24 @@ def load_translation_model(args: "EvalArguments"):
     return model, tokenizer
 
 
+GENERATE_DEFAULTS = {"num_beams": 1, "length_penalty": 1.0}  # generate()'s own: greedy, no length penalty
+
+
+def saved_decoding(generation_config: dict) -> dict:
+    """The beam size and length penalty a model decodes with by default: its generation_config's (train.py saves
+    sec. 6.1's), else, where it saved none (transformers 5 leaves them unset), generate()'s own (GENERATE_DEFAULTS)."""
+    return {
+        name: default if generation_config.get(name) is None else generation_config[name]
+        for name, default in GENERATE_DEFAULTS.items()
+    }
+
+
 def take_decoding_defaults(args: "EvalArguments", generation_config) -> None:
-    """The model's saved decoding settings for every decoding flag the user left out (train.py saves sec. 6.1's);
-    where it saved none (transformers 5 leaves them unset), generate()'s own: greedy, no length penalty."""
-    for name, default in (("num_beams", 1), ("length_penalty", 1.0)):
+    """The model's saved decoding settings (saved_decoding) for every decoding flag the user left out."""
+    saved = saved_decoding({name: getattr(generation_config, name, None) for name in GENERATE_DEFAULTS})
+    for name, value in saved.items():
         if getattr(args, name) is None:
-            value = getattr(generation_config, name, None)
-            setattr(args, name, default if value is None else value)
+            setattr(args, name, value)
 
 
 def compile_for_decoding(model: "PreTrainedModel", mode: str = "reduce-overhead", backend: str = "inductor") -> None:

@@ -1728,6 +1728,31 @@ def test_the_card_takes_the_new_scores_unless_the_user_edited_it(trained_run, te
     assert (model / "README.md").read_text(encoding="utf-8") == edited
 
 
+@pytest.mark.slow
+def test_the_card_gives_the_saved_decoding_defaults_and_each_scores_own_decoding(trained_run, test_file, tmp_path):
+    """A generation_config.json edited by the user is the card's decoding line once eval.py refreshes it, and each row
+    of scores names the decoding of its report: a second report on the split replaces the first, row and all."""
+    model = tmp_path / "model"
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    generation = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps(generation | {"num_beams": 3, "length_penalty": 1.0}))
+    arguments = ("--model", str(model), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    result = run_cli("eval.py", *arguments, "--max_length_offset", str(OFFSET), "--num_beams", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert "Decoding defaults (generation_config.json): beam size 3, length penalty alpha 1.0 (" in card
+    greedy = f"(test.jsonl, test; greedy, max length input + {OFFSET}, transformers float32)"
+    assert f"| BLEU {greedy} |" in card and f"| chrF {greedy} |" in card
+
+    result = run_cli("eval.py", *arguments, "--max_length_offset", str(OFFSET))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / "eval_results_test.json").read_text())
+    assert (report["decoding"]["num_beams"], report["decoding"]["length_penalty"]) == (3, 1.0)
+    card = (model / "README.md").read_text(encoding="utf-8")
+    beam = f"(test.jsonl, test; beam 3, alpha 1.0, max length input + {OFFSET}, transformers float32)"
+    assert f"| chrF {beam} | {round(report['chrf'], 2)} |" in card and "greedy" not in card
+
+
 def interrupted_before_the_card(arguments: tuple[str, ...], monkeypatch) -> None:
     """eval.py (in this process) stopped after writing its report and before rewriting the card, as Ctrl-C or a kill
     would stop it there."""
@@ -1815,7 +1840,7 @@ def test_a_card_an_older_train_py_wrote_is_not_said_to_be_edited(tmp_path, capsy
     record = {"embedded_task": True, "dataset_name": None, "train_file": None, "source_lang": "en", "target_lang": "de"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / DATA_RECORD).write_text(json.dumps(record))
-    rebuilt = str(model_card(config, record, {}, [], "user/model", {}))
+    rebuilt = str(model_card(config, {"num_beams": 4, "length_penalty": 0.6}, record, {}, [], "user/model", {}))
     older = rebuilt.replace("length penalty alpha 0.6", "length penalty 0.6")  # the wording before the digest line
     assert older != rebuilt
     (tmp_path / CARD).write_text(older, encoding="utf-8")

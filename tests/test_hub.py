@@ -216,7 +216,7 @@ def test_the_cards_eval_py_command_runs_on_the_pushed_files(pushed, tmp_path):
     record = {"embedded_task": False, "dataset_name": None, "train_file": str(tmp_path / "train.jsonl")}
     record |= {"dataset_config_name": None, "source_lang": "en", "target_lang": "de"}
     config = json.loads((repo / "config.json").read_text())
-    card = str(model_card(config, record, {}, [], "standin-user/en-de", {}))
+    card = str(model_card(config, {}, record, {}, [], "standin-user/en-de", {}))
     assert '`test.jsonl` holding JSON lines `{"translation": {"en": "...", "de": "..."}}`' in card
     pairs = [{"en": "seven", "de": "sieben"}, {"en": "twelve", "de": "zwölf"}]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs))
@@ -240,7 +240,8 @@ def test_eval_py_puts_bleu_and_chrf_into_the_cards_model_index(pushed, tmp_path)
         assert scores[metric].metric_value == round(report[metric], 2)
         assert (scores[metric].task_type, scores[metric].dataset_split) == ("translation", "test")
     assert scores["bleu"].metric_config == report["sacrebleu_signature"]
-    assert f"| chrF (embedded-number-words, test) | {round(report['chrf'], 2)} |" in card.text
+    row = "chrF (embedded-number-words, test; greedy, max length input + 5, transformers float32)"
+    assert f"| {row} | {round(report['chrf'], 2)} |" in card.text
     assert not [path.name for path in model.iterdir() if path.name.startswith(".")]  # no temporary file left
 
 
@@ -334,7 +335,7 @@ def test_the_card_names_local_data_by_its_file_or_folder_name_never_by_its_path(
     scores = {"bleu": 1.0, "chrf": 2.0, "sacrebleu_signature": "s", "chrf_signature": "c", "split": "test"}
     reports = [{**scores, "data": str(local / "test.parquet")}, {**scores, "data": "private-corpora/test.parquet"}]
     for source in sources:
-        card = str(model_card(config, {**base, **source}, {}, reports, "user/model", {}))
+        card = str(model_card(config, {}, {**base, **source}, {}, reports, "user/model", {}))
         assert "private-corpora" not in card, card
         name = Path(source.get("train_file") or source["dataset_name"]).name
         assert name in card
