@@ -65,6 +65,7 @@ from vanilla_train_arguments import (
 )
 from vanilla_trainer import (
     VanillaTrainer,
+    decoding_metrics,
     loss_before,
     nll_metrics,
     padding_fraction,
@@ -291,6 +292,9 @@ def train_and_save(
         for name, value in metrics.items()
         if isinstance(value, (int, float)) and not name.endswith("model_preparation_time")
     }
+    for prefix in ("eval", "test"):  # generated scores say how they were decoded: the flag may differ from the saved
+        if f"{prefix}_bleu" in metrics:
+            metrics.update(decoding_metrics(trainer, prefix))
 
     repo_id = trainer.hub_model_id if args.push_to_hub else args.hub_model_id or output_dir.resolve().name
     card = model_card(config.to_dict(), model.generation_config.to_dict(), record, metrics, [], repo_id, PRESETS)

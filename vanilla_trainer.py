@@ -523,3 +523,11 @@ def predict_metrics(trainer: Seq2SeqTrainer, dataset, metrics: dict) -> dict[str
     matched = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)
     names = ("test_loss", "test_bleu", "test_chrf", "test_gen_len")
     return {**{name: output.metrics[name] for name in names if name in output.metrics}, "test_exact_match": matched}
+
+
+def decoding_metrics(trainer: Seq2SeqTrainer, prefix: str) -> dict[str, float]:
+    """The beam size and length penalty that generated the `prefix` scores (eval_bleu, test_bleu):
+    --generation_num_beams as Seq2SeqTrainer takes it, else the model's generation_config; the card shows them."""
+    generation = trainer.model.generation_config
+    num_beams = trainer.args.generation_num_beams or generation.num_beams
+    return {f"{prefix}_num_beams": num_beams, f"{prefix}_length_penalty": generation.length_penalty}

@@ -1331,6 +1331,21 @@ def test_do_predict_scores_the_test_split_and_leaves_the_runs_settings_as_they_w
     assert "--do_predict translates the test split, and the data has none" in capsys.readouterr().err
 
 
+def test_generated_scores_record_the_beam_size_they_were_decoded_with_beside_the_saved_default(tmp_path):
+    """--generation_num_beams decodes the test split with another beam than generation_config.json saves: all_results
+    and the card say which, beside test_bleu, where the card's decoding line gives the saved default."""
+    output_dir = tmp_path / "out"
+    data = ["--do_predict", "true", "--max_predict_samples", "4"]
+    decoding = ["--generation_num_beams", "2", "--generation_max_length", "4"]
+    train.main([*TINY, *QUICK, "--max_steps", "1", *data, *decoding, "--output_dir", str(output_dir)])
+    results = json.loads((output_dir / "all_results.json").read_text())
+    saved = json.loads((output_dir / "generation_config.json").read_text())
+    assert saved["num_beams"] == 4 and "test_bleu" in results
+    assert (results["test_num_beams"], results["test_length_penalty"]) == (2, saved["length_penalty"])
+    card = (output_dir / "README.md").read_text()
+    assert "| test_num_beams | 2 |" in card and "Decoding defaults (generation_config.json): beam size 4," in card
+
+
 def test_neftune_noise_reaches_the_embeddings_the_encoder_and_decoder_read_in_training_only(tmp_path):
     """transformers hooks get_input_embeddings(), the encoder's alone: the decoder's input embeddings get it too."""
     tokenizer, rows = number_rows(range(1, 5))
