@@ -282,8 +282,8 @@ def train_and_save(
     metrics.update({name: run_metrics[name] for name in speed if name in run_metrics})
     if padding is not None:
         metrics["train_padding_fraction"] = padding
-    if "validation" in tokenized:
-        metrics.update(trainer.evaluate())
+    if "validation" in tokenized:  # with the number of pairs scored, as run_translation.py records it
+        metrics.update(trainer.evaluate(), eval_samples=len(tokenized["validation"]))
     if args.do_predict:
         metrics.update(predict_metrics(trainer, tokenized["test"], scoring))
     # Results only: Trainer's evaluation of a model that it has not trained adds the time it took to set it up.

@@ -509,8 +509,9 @@ def translation_metrics(tokenizer, metrics: dict) -> Callable[[EvalPrediction], 
 def predict_metrics(trainer: Seq2SeqTrainer, dataset, metrics: dict) -> dict[str, float]:
     """--do_predict: the test split translated by beam search, scored as --predict_with_generate scores (test_bleu,
     test_chrf, test_gen_len), the share of sentences whose translation equals the reference exactly
-    (test_exact_match), and the model's loss per target token (test_loss, as eval_loss). The trainer's settings are
-    put back after: the final save records the run's."""
+    (test_exact_match), the model's loss per target token (test_loss, as eval_loss), and the number of pairs
+    (test_samples, --max_predict_samples may cut the split). The trainer's settings are put back after: the final save
+    records the run's."""
     settings = trainer.args.predict_with_generate, trainer.compute_metrics, trainer.preprocess_logits_for_metrics
     trainer.args.predict_with_generate = True
     trainer.compute_metrics = translation_metrics(trainer.processing_class, metrics)
@@ -522,7 +523,8 @@ def predict_metrics(trainer: Seq2SeqTrainer, dataset, metrics: dict) -> dict[str
     hypotheses, references = (decoded(trainer.processing_class, ids) for ids in (output.predictions, output.label_ids))
     matched = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)
     names = ("test_loss", "test_bleu", "test_chrf", "test_gen_len")
-    return {**{name: output.metrics[name] for name in names if name in output.metrics}, "test_exact_match": matched}
+    scores = {name: output.metrics[name] for name in names if name in output.metrics}
+    return {**scores, "test_exact_match": matched, "test_samples": len(dataset)}
 
 
 def decoding_metrics(trainer: Seq2SeqTrainer, prefix: str) -> dict[str, float]:

@@ -1346,6 +1346,19 @@ def test_generated_scores_record_the_beam_size_they_were_decoded_with_beside_the
     assert "| test_num_beams | 2 |" in card and "Decoding defaults (generation_config.json): beam size 4," in card
 
 
+def test_all_results_and_the_card_say_how_many_pairs_the_validation_and_test_scores_cover(tmp_path):
+    """--max_eval_samples and --max_predict_samples cut the splits scored: eval_samples and test_samples say so."""
+    output_dir = tmp_path / "out"
+    cuts = ["--max_eval_samples", "3", "--do_predict", "true", "--max_predict_samples", "4"]
+    train.main(
+        [*TINY, *QUICK, "--max_steps", "1", *cuts, "--generation_max_length", "4", "--output_dir", str(output_dir)]
+    )
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert (results["eval_samples"], results["test_samples"]) == (3, 4)
+    card = (output_dir / "README.md").read_text()
+    assert "| eval_samples | 3 |" in card and "| test_samples | 4 |" in card
+
+
 def test_neftune_noise_reaches_the_embeddings_the_encoder_and_decoder_read_in_training_only(tmp_path):
     """transformers hooks get_input_embeddings(), the encoder's alone: the decoder's input embeddings get it too."""
     tokenizer, rows = number_rows(range(1, 5))
