@@ -1753,6 +1753,19 @@ def test_the_card_gives_the_saved_decoding_defaults_and_each_scores_own_decoding
     assert f"| chrF {beam} | {round(report['chrf'], 2)} |" in card and "greedy" not in card
 
 
+@pytest.mark.slow
+def test_a_ctranslate2_score_on_the_card_names_the_engine_and_its_quantization(trained_run, test_file, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained_run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    arguments = ("--model", str(model), "--test_file", str(test_file), "--source_lang", "en", "--target_lang", "de")
+    engine = ("--engine", "ctranslate2", "--quantization", "int8", "--length_penalty", "1.0")
+    result = run_cli("eval.py", *arguments, *engine, "--max_length_offset", str(OFFSET))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model / "eval_results_test.json").read_text())
+    row = f"BLEU (test.jsonl, test; beam 4, alpha 1.0, max length input + {OFFSET}, CTranslate2 int8)"
+    assert f"| {row} | {round(report['bleu'], 2)} |" in (model / "README.md").read_text(encoding="utf-8")
+
+
 def interrupted_before_the_card(arguments: tuple[str, ...], monkeypatch) -> None:
     """eval.py (in this process) stopped after writing its report and before rewriting the card, as Ctrl-C or a kill
     would stop it there."""
