@@ -66,6 +66,7 @@ from vanilla_train_arguments import (
 from vanilla_trainer import (
     VanillaTrainer,
     decoding_metrics,
+    diverged_warning,
     loss_before,
     nll_metrics,
     padding_fraction,
@@ -320,6 +321,9 @@ def train_and_save(
         print(json.dumps({name: round(value, 4) for name, value in metrics.items()}))
         print(f"model saved to {args.output_dir}")
         print(end_of_run_command(args.output_dir, raw))
+        warning = diverged_warning(trainer.model)
+        if warning is not None:  # last, where it is read
+            print(warning, file=sys.stderr)
     if args.push_to_hub:
         commit = trainer.push_to_hub()
         if trainer.is_world_process_zero():

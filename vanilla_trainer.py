@@ -413,6 +413,20 @@ class VanillaTrainer(Seq2SeqTrainer):
         )
 
 
+def diverged_warning(model: torch.nn.Module) -> str | None:
+    """A warning line if the trained weights hold NaN or inf: Trainer trains on after a step that diverged (its loss
+    log then shows 0, `logging_nan_inf_filter`) and saves a model that translates every sentence into nonsense."""
+    weights = dict(model.named_parameters())
+    broken = [name for name, weight in weights.items() if not torch.isfinite(weight).all()]
+    if not broken:
+        return None
+    return (
+        f"warning: training diverged: {len(broken)} of the saved model's {len(weights)} weight tensors hold NaN or "
+        f"inf ({broken[0]}, ...), so its translations are nonsense; train again with a lower --learning_rate, more "
+        "--warmup_steps or gradient clipping (--max_grad_norm)"
+    )
+
+
 def loss_before(checkpoint: str | None) -> float | None:
     """The training loss summed over the steps up to a checkpoint; None for a checkpoint saved without that sum."""
     if checkpoint is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sacrebleu
+import safetensors.torch
 import torch
 from datasets import Dataset
 from harness import ROOT, environment, run_cli
@@ -616,6 +617,23 @@ def test_resume_after_sigkill_continues_the_step_count(tmp_path):
     state = json.loads((output_dir / "checkpoint-12" / "trainer_state.json").read_text())
     assert state["global_step"] == 12
     assert_loads_and_translates(output_dir)
+
+
+def test_a_run_that_diverges_says_so_last_and_still_saves_its_model(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 9))
+    output_dir = tmp_path / "model"
+    # Adam's first steps move each weight by about the learning rate: 1e6, unclipped, overflows the logits.
+    result = run_train(
+        *TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de",
+        *("--max_steps", "4", "--learning_rate", "1e6", "--max_grad_norm", "0", "--output_dir", str(output_dir)),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = safetensors.torch.load_file(output_dir / "model.safetensors")
+    broken = sum(not torch.isfinite(weight).all() for weight in weights.values())
+    assert broken > 0  # the run did diverge
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("warning: training diverged: ") and "hold NaN or inf" in last
+    assert "--learning_rate" in last
 
 
 @pytest.mark.slow
