@@ -303,7 +303,40 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
         for language in languages:
             if language not in first["translation"]:
                 raise UsageError(f"{origin[split]}: language {language!r} is not in the data (found: {found})")
-    return raw
+    return datasets.IterableDatasetDict(
+        {split: checked_stream(stream, origin[split], languages) for split, stream in raw.items()}
+    )
+
+
+def checked_stream(stream: datasets.IterableDataset, origin: str, languages: tuple[str, str]):
+    """A stream whose pairs are checked as they are read (the BPE's sample, then training), as a loaded split's are
+    up front: a pair without a sentence in either language, or with an empty one, is a UsageError naming it, not a
+    traceback from the tokenizer."""
+
+    def check(row: dict, index: int) -> dict:
+        problem = pair_problem(row.get("translation"), languages)
+        if problem is not None:
+            raise UsageError(f"{origin}: pair {index + 1} {problem}")
+        return row
+
+    return stream.map(check, with_indices=True)
+
+
+def pair_problem(pair, languages: tuple[str, str]) -> str | None:
+    """What makes a streamed row's 'translation' unusable for `languages`, worded to follow "pair N"; else None."""
+    if not isinstance(pair, dict):
+        return f"has no 'translation' holding {{language: sentence}} (found: {pair!r})"
+    for language in languages:
+        sentence = pair.get(language)
+        if language not in pair:
+            return f"has no {language!r} sentence"
+        if sentence is None:
+            return f"has a null {language!r} sentence; expected a string"
+        if not isinstance(sentence, str):
+            return f"holds {sentence!r} as its {language!r} sentence; expected a string"
+        if not sentence.strip():
+            return f"has an empty {language!r} sentence"
+    return None
 
 
 def _load_hub_dataset(args: DataArguments) -> datasets.DatasetDict:

@@ -619,6 +619,7 @@ def test_resume_after_sigkill_continues_the_step_count(tmp_path):
     assert_loads_and_translates(output_dir)
 
 
+@pytest.mark.slow
 def test_a_run_that_diverges_says_so_last_and_still_saves_its_model(tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 9))
     output_dir = tmp_path / "model"
@@ -822,6 +823,32 @@ def bad_file_and_argument_cases(tmp_path: Path) -> dict[str, tuple[list[str], st
 def test_bad_file_or_argument_is_one_error_line_naming_it_and_what_was_expected(tmp_path, case):
     argv, expected = bad_file_and_argument_cases(tmp_path)[case]
     assert_usage_error(tmp_path, argv, expected)
+
+
+# A pair past a stream's first, which is the only one checked before the stream is read, and what train.py says.
+STREAMED_BAD_PAIRS = {
+    "no target sentence": ({"en": "x"}, "pair 6 has no 'de' sentence"),
+    "null target": ({"en": "x", "de": None}, "pair 6 has a null 'de' sentence; expected a string"),
+    "number as target": ({"en": "x", "de": 5}, "pair 6 holds 5 as its 'de' sentence; expected a string"),
+    "blank target": ({"en": "x", "de": " "}, "pair 6 has an empty 'de' sentence"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", STREAMED_BAD_PAIRS)
+@pytest.mark.parametrize("tokenizer", ["learned", "given"])  # given: training is the first to read the pair
+def test_an_unusable_streamed_pair_is_one_error_line_naming_it(tmp_path, case, tokenizer):
+    pair, expected = STREAMED_BAD_PAIRS[case]
+    pairs = [{"en": num2words(n), "de": num2words(n, lang="de")} for n in range(1, 6)] + [pair]
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps({"translation": pair}) + "\n" for pair in pairs), encoding="utf-8")
+    args = ["--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de", "--streaming"]
+    if tokenizer == "given":
+        texts = [sentence for pair in pairs[:5] for sentence in pair.values()]
+        train_bpe_tokenizer(texts, 64).save_pretrained(tmp_path / "tokenizer")
+        args += ["--tokenizer_name", str(tmp_path / "tokenizer"), "--per_device_train_batch_size", "1"]
+    args += ["--max_steps", "8", "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true"]
+    assert_usage_error(tmp_path, [*TINY, *args], f"{train_file}: {expected}")
 
 
 @pytest.mark.slow
