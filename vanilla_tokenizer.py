@@ -3,6 +3,7 @@
 import atexit
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -128,8 +129,18 @@ def build_tokenizer(
         if args.world_size > 1:
             torch.distributed.broadcast_object_list(serialized, src=0)
         tokenizer = wrap_tokenizer(Tokenizer.from_str(serialized[0]))
+        if given and len(tokenizer) < vocab_size and args.process_index == 0:
+            print(unfilled_vocabulary_note(vocab_size, len(tokenizer)), file=sys.stderr)
     tokenizer.model_max_length = data_args.max_source_length  # what truncation=True cuts to: the trained length
     return tokenizer
+
+
+def unfilled_vocabulary_note(asked: int, learned: int) -> str:
+    """The line that says a --vocab_size the training text cannot fill: the BPE stops when no pair is left to merge."""
+    return (
+        f"note: --vocab_size {asked}: the BPE learned on the training text stops at {learned} entries (the special "
+        f"tokens, its characters and every merge it holds), so the vocabulary and the model's embeddings have {learned}"
+    )
 
 
 def tokenizer_texts(raw, data_args: DataArguments, args: "TrainingArguments") -> list[str]:

@@ -295,6 +295,20 @@ def test_bpe_tokenizer_decodes_a_dropped_unknown_character_as_one_word_boundary(
     assert tokenizer.decode(unknown, skip_special_tokens=False) == "A man <unk> on</s>"
 
 
+@pytest.mark.slow
+def test_a_vocab_size_the_text_cannot_fill_is_said_with_the_size_learned(tmp_path):
+    train_file = write_jsonl(tmp_path / "train.jsonl", range(1, 9))
+    args = [*TINY, *QUICK, "--train_file", str(train_file), "--source_lang", "en", "--target_lang", "de"]
+    result = run_train(*args, "--vocab_size", "1000", "--max_steps", "1", "--output_dir", str(tmp_path / "big"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    learned = json.loads((tmp_path / "big" / "config.json").read_text())["vocab_size"]
+    texts = [num2words(n, lang=lang) for lang in ("en", "de") for n in range(1, 9)]
+    assert learned < 1000 and len(train_bpe_tokenizer(texts, 5000)) == learned  # no size fills more: it is all
+    assert f"note: --vocab_size 1000: the BPE learned on the training text stops at {learned} entries" in result.stderr
+    filled = run_train(*args, "--vocab_size", str(learned), "--max_steps", "1", "--output_dir", str(tmp_path / "fit"))
+    assert filled.returncode == 0 and "note: --vocab_size" not in filled.stderr
+
+
 def test_bpe_tokenizer_splits_punctuation_from_words():
     texts = ['Ein Mann (im T-Shirt) sagt: "Hallo!"', "A man on the street.", "The street, at night."] * 50
     tokenizer = train_bpe_tokenizer(texts, vocab_size=120)
