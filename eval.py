@@ -247,6 +247,7 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
         "source_lang": data.source_lang,
         "target_lang": data.target_lang,
         "num_sentences": len(sources),
+        "references_normalized": references_normalized(tokenizer, references),
         "bleu": scores["sacrebleu"]["score"],
         "chrf": scores["chrf"]["score"],
         "sacrebleu_signature": scores["sacrebleu"]["signature"],
@@ -279,6 +280,15 @@ def evaluate_split(args: EvalArguments, data: DataArguments, record: dict | None
     to_stdout = is_stdout(args.predictions_file, predictions_file) or is_stdout(args.results_file, results_file)
     print_table(report, output_name(args.results_file, results_file), sys.stderr if to_stdout else sys.stdout)
     return report
+
+
+def references_normalized(tokenizer, references: list[str]) -> int:
+    """How many references the tokenizer's normalizer changes beyond their spacing (NFKC: a decomposed "é", a
+    ligature, full-width letters): decoded from tokens, a hypothesis cannot match them as written."""
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    if normalizer is None:
+        return 0
+    return sum(normalizer.normalize_str(reference).split() != reference.split() for reference in references)
 
 
 def output_name(given: str | None, path: Path) -> str:
@@ -387,6 +397,10 @@ def print_table(report: dict, results_file: str, stream: TextIO) -> None:
     ]
     if report["bleu_details"]["totals"][-1] == 0:
         rows.insert(4, ("note", "no hypothesis has 4 tokens, so BLEU is 0 by definition; chrF still measures it"))
+    if report["references_normalized"]:
+        changed = f"{report['references_normalized']} of {report['num_sentences']} references"
+        undone = "which a hypothesis, decoded from tokens, cannot undo: scored as written, they cost BLEU and chrF"
+        rows.insert(4, ("note", f"{changed} change under the tokenizer's normalizer (e.g. NFKC), {undone}"))
     for name, value in rows:
         print(f"{name:<10}{value}", file=stream)
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from pathlib import Path
 
 import evaluate
@@ -97,6 +98,25 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 
 
 @pytest.mark.slow
+def test_references_the_tokenizer_normalizes_are_counted_and_noted(trained_run, tmp_path):
+    # A decomposed "ü" (u + combining diaeresis) and a full-width "！": NFKC composes and narrows them in training, so
+    # the model never writes them; an NFC sentence stays as it is.
+    pairs = [("five", unicodedata.normalize("NFD", "fünf")), ("seven", "sieben！"), ("twelve", "zwölf")]
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps({"translation": {"en": en, "de": de}}) + "\n" for en, de in pairs))
+    results_file = tmp_path / "report.json"
+    result = run_cli(
+        "eval.py",
+        *("--model", str(trained_run), "--test_file", str(test_file), "--max_length_offset", str(OFFSET)),
+        *("--predictions_file", str(tmp_path / "hypotheses.txt"), "--results_file", str(results_file)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    changed = sum(unicodedata.normalize("NFKC", de) != de for _, de in pairs)
+    assert changed == 2 and json.loads(results_file.read_text())["references_normalized"] == changed
+    assert f"note      {changed} of 3 references change under the tokenizer's normalizer" in result.stdout
+
+
+@pytest.mark.slow
 def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run, test_file, tmp_path):
     predictions_file, results_file = tmp_path / "hypotheses.txt", tmp_path / "report.json"
     result = run_cli(
@@ -127,6 +147,7 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run,
         "source_lang",
         "target_lang",
         "num_sentences",
+        "references_normalized",
         "bleu",
         "chrf",
         "sacrebleu_signature",
@@ -143,6 +164,7 @@ def test_evaluation_writes_the_report_and_hypotheses_in_input_order(trained_run,
         "predictions_file",
     }
     assert report["num_sentences"] == len(PAIRS) and report["averaged_from"] is None  # not an averaged model
+    assert report["references_normalized"] == 0  # NFC German: as NFKC leaves it
     assert report["metrics"] == "local"
     assert report["decoding"]["num_beams"] == 4
     assert report["decoding"]["length_penalty"] == 0.6
