@@ -217,6 +217,8 @@ def train_and_save(
         raise UsageError(f"cannot set up Trainer: {first_line(error)}") from None
     with torch.random.fork_rng():  # building a dataloader, drawing an epoch's order must not change training's stream
         train_dataloader = trainer.get_train_dataloader()
+        if not args.streaming and len(train_dataloader) == 0:  # only --dataloader_drop_last leaves no batch
+            raise UsageError(empty_epoch_message(len(tokenized["train"]), args))
         run_steps = trainer.set_initial_training_values(args, train_dataloader)[-1]
         # A stream's batches are not known ahead.
         padding = None if args.streaming else padding_fraction(trainer, train_dataloader)
@@ -334,6 +336,18 @@ def train_and_save(
                     f"{', '.join(trainer.failed_pushes)} failed (above)",
                     file=sys.stderr,
                 )
+
+
+def empty_epoch_message(pairs: int, args: TrainingArguments) -> str:
+    """Why an epoch has no batch: --dataloader_drop_last drops the one it has, short of a batch on every process."""
+    batch = f"--per_device_train_batch_size {args.per_device_train_batch_size}"
+    if args.world_size > 1:
+        batch += f" on each of {args.world_size} processes"
+    split = f"the training split's {pairs} pair{'s' * (pairs != 1)}"
+    return (
+        f"--dataloader_drop_last drops every batch: {split} fill none of {batch}; lower the batch size, or drop "
+        "--dataloader_drop_last"
+    )
 
 
 def end_of_run_command(output_dir: str, raw: dict) -> str:

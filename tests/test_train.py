@@ -1358,11 +1358,17 @@ def test_perplexity_as_the_metric_for_the_best_model_keeps_the_lowest():
             ["--eval_on_start", "true"],
             "--eval_on_start evaluates on a validation split before training, and the data has none: pass --valida",
         ),
+        (
+            ["--per_device_train_batch_size", "9", "--dataloader_drop_last", "true"],
+            "--dataloader_drop_last drops every batch: the training split's 8 pairs fill none of "
+            "--per_device_train_batch_size 9; lower the batch size",
+        ),
     ],
     ids=[
         "learned-positions-shorter-than-the-data",
         "evaluation-without-validation-data",
         "evaluation-on-start-without-validation-data",
+        "drop-last-leaving-no-batch",
     ],
 )
 def test_settings_the_data_cannot_train_with_are_refused_before_training(tmp_path, capsys, flags, expected):
