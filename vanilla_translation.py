@@ -182,10 +182,18 @@ def encode(
     tokenizer: "PreTrainedTokenizerBase", texts: list[str], max_source_length: int, positions: int | None = None
 ) -> list[list[int]]:
     """Token ids, cut at max_source_length and at the model's `positions` (position_limit) where it has a limit; a
-    warning on stderr says how many sources were cut, whose translations then miss their ends."""
+    warning on stderr says how many sources were cut, whose translations then miss their ends, and one how many hold
+    characters the vocabulary lacks."""
     limit = max_source_length if positions is None else min(max_source_length, positions)
     # One token more than the limit tells a source that was cut from one that fits exactly.
     longer = tokenizer(texts, truncation=True, max_length=limit + 1)["input_ids"]
+    unknown = sum(tokenizer.unk_token_id in ids for ids in longer) if tokenizer.unk_token_id is not None else 0
+    if unknown:  # a script the training text lacked reads as nothing the model knows
+        print(
+            f"warning: {unknown} of {len(texts)} sources hold characters that the model's vocabulary lacks, read as "
+            f"{tokenizer.unk_token}: their translations miss them",
+            file=sys.stderr,
+        )
     cut = [index for index, ids in enumerate(longer) if len(ids) > limit]
     if cut:
         why = "--max_source_length" if positions is None or max_source_length <= positions else "the position table"

@@ -98,6 +98,23 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 
 
 @pytest.mark.slow
+def test_sources_with_characters_the_vocabulary_lacks_are_counted_in_a_warning(trained_run, tmp_path):
+    sources = ["seven", "семь", "twelve"]  # the embedded task's vocabulary holds no Cyrillic letter
+    vocabulary = "".join(AutoTokenizer.from_pretrained(trained_run).get_vocab())
+    lacking = sum(any(character not in vocabulary for character in source) for source in sources)
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text("".join(json.dumps({"translation": {"en": en, "de": "sieben"}}) + "\n" for en in sources))
+    result = run_cli(
+        "eval.py",
+        *("--model", str(trained_run), "--test_file", str(test_file), "--max_length_offset", str(OFFSET)),
+        *("--predictions_file", str(tmp_path / "hypotheses.txt"), "--results_file", str(tmp_path / "report.json")),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert lacking == 1
+    assert f"warning: {lacking} of 3 sources hold characters that the model's vocabulary lacks" in result.stderr
+
+
+@pytest.mark.slow
 def test_references_the_tokenizer_normalizes_are_counted_and_noted(trained_run, tmp_path):
     # A decomposed "ü" (u + combining diaeresis) and a full-width "！": NFKC composes and narrows them in training, so
     # the model never writes them; an NFC sentence stays as it is.
@@ -706,8 +723,17 @@ def test_encode_cuts_only_the_long_sources_and_each_keeps_its_closing_eos(tmp_pa
     lengths = [len(tokenizer(text)["input_ids"]) for text in texts]
     limit = sorted(lengths)[len(lengths) // 2]
     calls = []
-    counting = lambda batch, **kwargs: calls.append(list(batch)) or tokenizer(batch, **kwargs)  # noqa: E731
-    ids = vanilla_translation.encode(counting, texts, max_source_length=limit)
+
+    class Counting:
+        """The tokenizer, each call's texts recorded."""
+
+        unk_token_id, unk_token = tokenizer.unk_token_id, tokenizer.unk_token
+
+        def __call__(self, batch, **kwargs):
+            calls.append(list(batch))
+            return tokenizer(batch, **kwargs)
+
+    ids = vanilla_translation.encode(Counting(), texts, max_source_length=limit)
     assert ids == [tokenizer(text, truncation=True, max_length=limit)["input_ids"] for text in texts]
     assert all(row[-1] == tokenizer.eos_token_id and len(row) <= limit for row in ids)
     long = [text for text, length in zip(texts, lengths, strict=True) if length > limit]
