@@ -297,8 +297,10 @@ def stream_raw_datasets(args: DataArguments) -> datasets.IterableDatasetDict:
             raise UsageError(f"{origin[split]}: cannot read the first pair: {error}") from None
         if first is None:
             raise UsageError(f"{origin[split]}: no sentence pairs")
-        if not isinstance(first.get("translation"), dict):
+        if "translation" not in first:
             raise UsageError(f"{origin[split]}: no 'translation' column (columns: {', '.join(first)})")
+        if not isinstance(first["translation"], dict):  # e.g. a JSON string of the pair
+            raise UsageError(f"{origin[split]}: pair 1 {pair_problem(first['translation'], languages)}")
         found = ", ".join(first["translation"])
         for language in languages:
             if language not in first["translation"]:

@@ -848,6 +848,16 @@ STREAMED_BAD_PAIRS = {
 }
 
 
+def test_a_streamed_translation_held_as_a_json_string_is_named_as_that(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"translation": json.dumps({"en": "one", "de": "eins"})}) + "\n", encoding="utf-8")
+    data = DataArguments(train_file=str(path), source_lang="en", target_lang="de")
+    with pytest.raises(UsageError) as error:
+        stream_raw_datasets(data)
+    held = repr(json.dumps({"en": "one", "de": "eins"}))
+    assert str(error.value) == f"{path}: pair 1 has no 'translation' holding {{language: sentence}} (found: {held})"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", STREAMED_BAD_PAIRS)
 @pytest.mark.parametrize("tokenizer", ["learned", "given"])  # given: training is the first to read the pair
