@@ -32,7 +32,7 @@ from vanilla_files import LOSS_TOTAL, TRAINER_STATE, trainer_state
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_metrics import score
 from vanilla_output_dir import fault_point
-from vanilla_translation import MAX_LENGTH_OFFSET, output_limit, position_limit
+from vanilla_translation import MAX_LENGTH_OFFSET, non_finite_weights, output_limit, position_limit
 
 
 class RunEvents(TrainerCallback):
@@ -416,14 +416,13 @@ class VanillaTrainer(Seq2SeqTrainer):
 def diverged_warning(model: torch.nn.Module) -> str | None:
     """A warning line if the trained weights hold NaN or inf: Trainer trains on after a step that diverged (its loss
     log then shows 0, `logging_nan_inf_filter`) and saves a model that translates every sentence into nonsense."""
-    weights = dict(model.named_parameters())
-    broken = [name for name, weight in weights.items() if not torch.isfinite(weight).all()]
+    broken = non_finite_weights(model)
     if not broken:
         return None
+    tensors = f"{len(broken)} of the saved model's {len(list(model.parameters()))} weight tensors"
     return (
-        f"warning: training diverged: {len(broken)} of the saved model's {len(weights)} weight tensors hold NaN or "
-        f"inf ({broken[0]}, ...), so its translations are nonsense; train again with a lower --learning_rate, more "
-        "--warmup_steps or gradient clipping (--max_grad_norm)"
+        f"warning: training diverged: {tensors} hold NaN or inf ({broken[0]}, ...), so its translations are "
+        "nonsense; train again with a lower --learning_rate, more --warmup_steps or gradient clipping (--max_grad_norm)"
     )
 
 

@@ -31,7 +31,7 @@ from datasets import Dataset
 from harness import ROOT, environment, run_cli
 from hub_standin import REVISION, cache_revision
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_models import tiny_config
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -95,6 +95,21 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> 
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+@pytest.mark.slow
+def test_a_model_whose_weights_hold_nan_is_translated_with_a_warning(trained_run, tmp_path):
+    model = model_copy(trained_run, tmp_path / "model")
+    weights = load_file(model / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name][0] = float("nan")  # as a diverged training leaves them, in one row of one tensor
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("eval.py", "translate", "--model", str(model), "--max_length_offset", "1", stdin="seven\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tensors = len(list(load(trained_run)[0].parameters()))
+    assert f"warning: 1 of the {tensors} weight tensors of {model} hold NaN or inf ({name}, ...)" in result.stderr
+    clean = run_cli("eval.py", "translate", "--model", str(trained_run), "--max_length_offset", "1", stdin="seven\n")
+    assert clean.returncode == 0 and "hold NaN or inf" not in clean.stderr
 
 
 @pytest.mark.slow
