@@ -79,7 +79,7 @@ class UsageErrorParser:
         if message.startswith("argument --") and message.endswith(": expected one argument"):
             flag = message.removeprefix("argument ").split("/")[0].split(":")[0]  # "--output_dir/--output-dir: ..."
             # What argparse also says of a value that starts with `-` (a folder -run): it takes it for a flag.
-            message += f" (a value that starts with - goes after =: {flag}=-run)"
+            message += f" (a value that starts with - is written {flag}=-value)"
         raise UsageError(message)
 
 

@@ -238,7 +238,7 @@ def test_the_printed_eval_command_passes_a_folder_named_like_a_flag_as_the_value
     args, _, _ = argument_parser().parse_args_into_dataclasses(args=words[2:])
     assert args.model == "-run"
     with pytest.raises(
-        UsageError, match=r"--model: expected one argument \(a value that starts with - goes after =: --model=-run\)"
+        UsageError, match=r"--model: expected one argument \(a value that starts with - is written --model=-value\)"
     ):
         argument_parser().parse_args_into_dataclasses(args=["--model", "-run"])
 
