@@ -330,10 +330,8 @@ def pair_problem(pair, languages: tuple[str, str]) -> str | None:
         return f"has no 'translation' holding {{language: sentence}} (found: {pair!r})"
     for language in languages:
         sentence = pair.get(language)
-        if language not in pair:
+        if sentence is None:  # missing, or null: older datasets fill a row's missing field with None
             return f"has no {language!r} sentence"
-        if sentence is None:
-            return f"has a null {language!r} sentence; expected a string"
         if not isinstance(sentence, str):
             return f"holds {sentence!r} as its {language!r} sentence; expected a string"
         if not sentence.strip():

@@ -719,14 +719,15 @@ def test_a_forward_without_decoder_inputs_names_them():
 
 @torch.no_grad()
 def test_a_model_offloaded_to_disk_by_device_map_gives_the_logits_of_the_model_in_memory(tmp_path):
-    """from_pretrained(device_map="auto") with no memory to spare offloads every weight to disk: accelerate's hooks
-    load each module's weights for its call and move its arguments to the device, which must leave modules alone."""
+    """from_pretrained(device_map="auto") with little memory to spare offloads weights to disk: accelerate's hooks
+    load each module's weights for its call and move its arguments to the device, which must leave modules alone.
+    (Some stay in memory: accelerate 1.3, the lowest supported, refuses to offload a whole model by device_map.)"""
     model = model_for()
     model.save_pretrained(tmp_path / "model")
     offloaded = AutoModelForSeq2SeqLM.from_pretrained(
-        tmp_path / "model", device_map="auto", max_memory={"cpu": 1}, offload_folder=tmp_path / "offload"
+        tmp_path / "model", device_map="auto", max_memory={"cpu": "20KB"}, offload_folder=tmp_path / "offload"
     )
-    assert set(offloaded.hf_device_map.values()) == {"disk"}
+    assert set(offloaded.hf_device_map.values()) == {"cpu", "disk"}, offloaded.hf_device_map
     ids, mask = source_batch()
     inputs = dict(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.randint(3, 40, (3, 6)))
     torch.testing.assert_close(offloaded(**inputs).logits, model(**inputs).logits)
