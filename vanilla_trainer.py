@@ -32,7 +32,7 @@ from vanilla_files import LOSS_TOTAL, TRAINER_STATE, trainer_state
 from vanilla_hub import HUB_ERRORS, NOT_PUSHED
 from vanilla_metrics import score
 from vanilla_output_dir import fault_point
-from vanilla_translation import MAX_LENGTH_OFFSET, non_finite_weights, output_limit, position_limit
+from vanilla_translation import MAX_LENGTH_OFFSET, non_finite_weights, output_limit, position_limit, saved_decoding
 
 
 class RunEvents(TrainerCallback):
@@ -416,13 +416,12 @@ class VanillaTrainer(Seq2SeqTrainer):
 def diverged_warning(model: torch.nn.Module) -> str | None:
     """A warning line if the trained weights hold NaN or inf: Trainer trains on after a step that diverged (its loss
     log then shows 0, `logging_nan_inf_filter`) and saves a model that translates every sentence into nonsense."""
-    broken = non_finite_weights(model)
-    if not broken:
+    broken = non_finite_weights(model, "the saved model")
+    if broken is None:
         return None
-    tensors = f"{len(broken)} of the saved model's {len(list(model.parameters()))} weight tensors"
     return (
-        f"warning: training diverged: {tensors} hold NaN or inf ({broken[0]}, ...), so its translations are "
-        "nonsense; train again with a lower --learning_rate, more --warmup_steps or gradient clipping (--max_grad_norm)"
+        f"warning: training diverged: {broken}, so its translations are nonsense; train again with a lower "
+        "--learning_rate, more --warmup_steps or gradient clipping (--max_grad_norm)"
     )
 
 
@@ -543,6 +542,6 @@ def predict_metrics(trainer: Seq2SeqTrainer, dataset, metrics: dict) -> dict[str
 def decoding_metrics(trainer: Seq2SeqTrainer, prefix: str) -> dict[str, float]:
     """The beam size and length penalty that generated the `prefix` scores (eval_bleu, test_bleu):
     --generation_num_beams as Seq2SeqTrainer takes it, else the model's generation_config; the card shows them."""
-    generation = trainer.model.generation_config
-    num_beams = trainer.args.generation_num_beams or generation.num_beams
-    return {f"{prefix}_num_beams": num_beams, f"{prefix}_length_penalty": generation.length_penalty}
+    saved = saved_decoding(trainer.model.generation_config.to_dict())
+    num_beams = trainer.args.generation_num_beams or saved["num_beams"]
+    return {f"{prefix}_num_beams": num_beams, f"{prefix}_length_penalty": saved["length_penalty"]}

@@ -62,21 +62,25 @@ def load_model_and_tokenizer(name: str, attn_implementation: str | None = None, 
             f"warning: bfloat16 weights: {problem}, so decoding runs slower than in float32 (--dtype float32)",
             file=sys.stderr,
         )
-    broken = non_finite_weights(model)
+    broken = non_finite_weights(model, str(name))
     if broken:
         print(
-            f"warning: {len(broken)} of the {len(list(model.parameters()))} weight tensors of {name} hold NaN or inf "
-            f"({broken[0]}, ...): the training that made them diverged, and its translations are nonsense",
+            f"warning: {broken}: the training that made them diverged, and its translations are nonsense",
             file=sys.stderr,
         )
     return model.to(device).eval(), tokenizer
 
 
-def non_finite_weights(model: "PreTrainedModel") -> list[str]:
-    """The names of the weight tensors that hold NaN or inf: what a training run that diverged leaves."""
+def non_finite_weights(model: "PreTrainedModel", whose: str) -> str | None:
+    """How many of the model's weight tensors hold NaN or inf, what a training run that diverged leaves, naming the
+    first ("3 of the 65 weight tensors of <whose> hold NaN or inf (<name>, ...)"); None where none do."""
     import torch
 
-    return [name for name, weight in model.named_parameters() if not torch.isfinite(weight).all()]
+    broken = [name for name, weight in model.named_parameters() if not torch.isfinite(weight).all()]
+    if not broken:
+        return None
+    total = len(list(model.parameters()))
+    return f"{len(broken)} of the {total} weight tensors of {whose} hold NaN or inf ({broken[0]}, ...)"
 
 
 def load_model(name: str | Path, attn_implementation: str | None = None, dtype: str | None = None) -> "PreTrainedModel":
